@@ -1,0 +1,441 @@
+//! The configuration file (SPEC §2): serde schema, loading and validation.
+//!
+//! The schema keeps values that need checking (durations, addresses, CIDRs, digests, percentages) as the
+//! text the operator wrote, so that serde only fails on *structure* (unknown keys, wrong types) and the
+//! validation pass in [`validate`] can report every semantic problem at once, each with its path.
+
+mod ordered;
+pub mod parse;
+mod validate;
+
+pub use ordered::OrderedMap;
+pub use validate::validate;
+pub(crate) use validate::{normalize_host, normalize_prefix};
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::Path;
+
+/// One problem found in a configuration, with the path of the offending value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem of one configuration; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<ClientsConfig>,
+    #[serde(default)]
+    pub upstreams: OrderedMap<UpstreamConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TlsListener>,
+    pub threads: usize,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub grace_period: String,
+    pub shutdown_timeout: String,
+    pub state_dir: String,
+    pub access_log: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec!["0.0.0.0:8080".into()],
+            tls: Vec::new(),
+            threads: 2,
+            pid_file: "/tmp/switchyard.pid".into(),
+            upgrade_sock: "/tmp/switchyard_upgrade.sock".into(),
+            grace_period: "30s".into(),
+            shutdown_timeout: "5s".into(),
+            state_dir: "/tmp/switchyard".into(),
+            access_log: "stdout".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub tokens: OrderedMap<String>,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9901".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsConfig {
+    #[serde(default = "default_api_key_header")]
+    pub api_key_header: String,
+    #[serde(default)]
+    pub keys: OrderedMap<String>,
+}
+
+fn default_api_key_header() -> String {
+    "X-Api-Key".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub backends: Vec<BackendConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub timeouts: TimeoutsConfig,
+}
+
+/// `"10.0.0.1:8080"` or `{addr: "10.0.0.1:8080", weight: 2}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BackendConfig {
+    Addr(String),
+    Weighted(WeightedBackend),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedBackend {
+    pub addr: String,
+    #[serde(default = "default_backend_weight")]
+    pub weight: i64,
+}
+
+fn default_backend_weight() -> i64 {
+    1
+}
+
+impl BackendConfig {
+    pub fn addr(&self) -> &str {
+        match self {
+            BackendConfig::Addr(a) => a,
+            BackendConfig::Weighted(w) => &w.addr,
+        }
+    }
+
+    pub fn weight(&self) -> i64 {
+        match self {
+            BackendConfig::Addr(_) => 1,
+            BackendConfig::Weighted(w) => w.weight,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_interval")]
+    pub interval: String,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: String,
+    /// Consecutive failures before a backend is marked down.
+    #[serde(default = "default_threshold")]
+    pub unhealthy_after: usize,
+    /// Consecutive successes before a down backend is marked up again.
+    #[serde(default = "default_threshold")]
+    pub healthy_after: usize,
+}
+
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+fn default_health_interval() -> String {
+    "5s".into()
+}
+fn default_health_timeout() -> String {
+    "1s".into()
+}
+fn default_threshold() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: MatchConfig,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub require_client: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub when: WhenConfig,
+    pub to: String,
+}
+
+/// Conditions of a rule; every key given must hold.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhenConfig {
+    #[serde(default, skip_serializing_if = "OrderedMap::is_empty")]
+    pub header: OrderedMap<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_present: Option<String>,
+    #[serde(default, skip_serializing_if = "OrderedMap::is_empty")]
+    pub cookie: OrderedMap<String>,
+    #[serde(default, skip_serializing_if = "OrderedMap::is_empty")]
+    pub query: OrderedMap<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_in: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    pub targets: OrderedMap<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sticky: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlueGreenConfig {
+    pub blue: String,
+    pub green: String,
+    pub live: String,
+}
+
+/// A percentage written as a number (`10`) or a string (`"10%"`, `0.5%`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PercentValue {
+    Number(f64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    pub to: String,
+    #[serde(default = "default_mirror_percent")]
+    pub percent: PercentValue,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sticky: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    #[serde(default = "default_mirror_body")]
+    pub max_body_bytes: u64,
+    #[serde(default = "default_mirror_timeout")]
+    pub timeout: String,
+    #[serde(default = "default_mirror_in_flight")]
+    pub max_in_flight: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<CompareConfig>,
+}
+
+fn default_mirror_percent() -> PercentValue {
+    PercentValue::Number(100.0)
+}
+fn default_mirror_body() -> u64 {
+    65536
+}
+fn default_mirror_timeout() -> String {
+    "2s".into()
+}
+fn default_mirror_in_flight() -> u64 {
+    256
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_json: Vec<String>,
+    #[serde(default = "default_compare_body")]
+    pub max_body_bytes: u64,
+}
+
+fn default_compare_body() -> u64 {
+    1 << 20
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    pub canary: String,
+    pub steps: Vec<PercentValue>,
+    pub hold: String,
+    #[serde(default = "default_rollout_interval")]
+    pub interval: String,
+    #[serde(default)]
+    pub gates: GatesConfig,
+    #[serde(default = "default_failure_limit")]
+    pub failure_limit: u32,
+}
+
+fn default_rollout_interval() -> String {
+    "30s".into()
+}
+fn default_failure_limit() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatesConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<PercentValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate_increase: Option<PercentValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mirror_diff_rate: Option<PercentValue>,
+}
+
+impl Config {
+    /// Parses YAML text. Structural errors (unknown keys, wrong types, bad YAML) come back with the
+    /// path of the offending value; semantics are checked by [`Config::load_str`].
+    pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::new(path, e.into_inner().to_string()).into()
+        })
+    }
+
+    /// Parses and validates YAML text: every problem is reported.
+    pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
+        let config = Config::parse_str(text)?;
+        let errors = validate(&config);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Reads, parses and validates a configuration file.
+    pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        Config::load_str(&text)
+    }
+
+    /// The configuration as YAML text.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,378 @@
+//! Semantic validation of a parsed [`Config`]: every problem is collected, each with its path in the
+//! file and the offending value, so an operator fixes a file in one pass.
+
+use super::parse::{self, Cidr, StickyKey};
+use super::{Config, ConfigError, MirrorConfig, RolloutConfig, RouteConfig, UpstreamConfig, WhenConfig};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError::new(path, message));
+    }
+
+    /// Records the error of a parse result, if any.
+    fn check<T>(&mut self, path: impl Into<String>, r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(m) => {
+                self.push(path, m);
+                None
+            }
+        }
+    }
+}
+
+/// Checks a parsed configuration; returns every problem found (empty when valid).
+pub fn validate(config: &Config) -> Vec<ConfigError> {
+    let mut e = Errors(Vec::new());
+    server(config, &mut e);
+    admin(config, &mut e);
+    clients(config, &mut e);
+    for (name, up) in config.upstreams.iter() {
+        upstream(&format!("upstreams.{name}"), up, &mut e);
+    }
+    let mut names = HashSet::new();
+    let mut matches: HashMap<(String, String), usize> = HashMap::new();
+    for (i, route_cfg) in config.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !names.insert(route_cfg.name.as_str()) {
+            e.push(format!("{path}.name"), format!("duplicate route name {:?}", route_cfg.name));
+        }
+        let key = (
+            route_cfg.matcher.host.as_deref().map(normalize_host).unwrap_or_default(),
+            normalize_prefix(route_cfg.matcher.path_prefix.as_deref().unwrap_or("/")),
+        );
+        if let Some(first) = matches.insert(key.clone(), i) {
+            let host = if key.0.is_empty() { "any host".to_string() } else { format!("host {:?}", key.0) };
+            e.push(
+                format!("{path}.match"),
+                format!("same {host} and path_prefix {:?} as routes[{first}]", key.1),
+            );
+        }
+        route(&path, route_cfg, config, &mut e);
+    }
+    e.0
+}
+
+fn server(config: &Config, e: &mut Errors) {
+    let s = &config.server;
+    if s.listen.is_empty() && s.tls.is_empty() {
+        e.push("server.listen", "no listener: give at least one address in listen or tls");
+    }
+    for (i, addr) in s.listen.iter().enumerate() {
+        e.check(format!("server.listen[{i}]"), parse::socket_addr(addr));
+    }
+    for (i, tls) in s.tls.iter().enumerate() {
+        e.check(format!("server.tls[{i}].listen"), parse::socket_addr(&tls.listen));
+        for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if !Path::new(file).is_file() {
+                e.push(format!("server.tls[{i}].{key}"), format!("no such file {file:?}"));
+            }
+        }
+    }
+    if s.threads == 0 {
+        e.push("server.threads", "must be at least 1, got 0");
+    }
+    e.check("server.grace_period", parse::duration(&s.grace_period));
+    e.check("server.shutdown_timeout", parse::duration(&s.shutdown_timeout));
+    for (key, value) in [("pid_file", &s.pid_file), ("upgrade_sock", &s.upgrade_sock), ("state_dir", &s.state_dir)] {
+        if value.trim().is_empty() {
+            e.push(format!("server.{key}"), "must not be empty");
+        }
+    }
+    if s.access_log.trim().is_empty() {
+        e.push("server.access_log", "must be stdout, off or a file path");
+    }
+}
+
+fn admin(config: &Config, e: &mut Errors) {
+    let Some(admin) = &config.admin else { return };
+    e.check("admin.listen", parse::socket_addr(&admin.listen));
+    for (name, digest) in admin.tokens.iter() {
+        if name.trim().is_empty() {
+            e.push("admin.tokens", "a token name (the actor in the audit log) must not be empty");
+        }
+        e.check(format!("admin.tokens.{name}"), parse::sha256_hex(digest));
+    }
+}
+
+fn clients(config: &Config, e: &mut Errors) {
+    let Some(clients) = &config.clients else { return };
+    e.check("clients.api_key_header", parse::header_name(&clients.api_key_header));
+    let mut seen: HashMap<[u8; 32], &str> = HashMap::new();
+    for (id, digest) in clients.keys.iter() {
+        if !valid_ident(id) {
+            e.push(format!("clients.keys.{id}"), format!("invalid client id {id:?} (use letters, digits, '.', '_', '-')"));
+        }
+        if let Some(d) = e.check(format!("clients.keys.{id}"), parse::sha256_hex(digest)) {
+            if let Some(other) = seen.insert(d, id) {
+                e.push(format!("clients.keys.{id}"), format!("same key digest as client {other:?}"));
+            }
+        }
+    }
+}
+
+fn upstream(path: &str, up: &UpstreamConfig, e: &mut Errors) {
+    if up.backends.is_empty() {
+        e.push(format!("{path}.backends"), "no backends");
+    }
+    let mut seen = HashSet::new();
+    for (i, b) in up.backends.iter().enumerate() {
+        let bpath = format!("{path}.backends[{i}]");
+        if let Some(addr) = e.check(&bpath, parse::socket_addr(b.addr())) {
+            if !seen.insert(addr) {
+                e.push(&bpath, format!("duplicate backend {addr}"));
+            }
+        }
+        if b.weight() < 1 {
+            e.push(format!("{bpath}.weight"), format!("must be at least 1, got {}", b.weight()));
+        } else if b.weight() > 1000 {
+            e.push(format!("{bpath}.weight"), format!("must be at most 1000, got {}", b.weight()));
+        }
+    }
+    if let Some(hc) = &up.health_check {
+        if !hc.path.starts_with('/') {
+            e.push(format!("{path}.health_check.path"), format!("must start with '/', got {:?}", hc.path));
+        }
+        if let Some(d) = e.check(format!("{path}.health_check.interval"), parse::duration(&hc.interval)) {
+            if d.is_zero() {
+                e.push(format!("{path}.health_check.interval"), "must be greater than 0");
+            }
+        }
+        e.check(format!("{path}.health_check.timeout"), parse::duration(&hc.timeout));
+        for (key, n) in [("unhealthy_after", hc.unhealthy_after), ("healthy_after", hc.healthy_after)] {
+            if n == 0 {
+                e.push(format!("{path}.health_check.{key}"), "must be at least 1, got 0");
+            }
+        }
+    }
+    let t = &up.timeouts;
+    for (key, value) in [("connect", &t.connect), ("read", &t.read), ("write", &t.write), ("idle", &t.idle)] {
+        if let Some(v) = value {
+            e.check(format!("{path}.timeouts.{key}"), parse::duration(v));
+        }
+    }
+}
+
+fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
+    if !valid_ident(&r.name) {
+        e.push(format!("{path}.name"), format!("invalid route name {:?} (use letters, digits, '.', '_', '-')", r.name));
+    }
+    if let Some(host) = &r.matcher.host {
+        if let Err(m) = host_pattern(host) {
+            e.push(format!("{path}.match.host"), m);
+        }
+    }
+    if let Some(prefix) = &r.matcher.path_prefix {
+        if !prefix.starts_with('/') {
+            e.push(format!("{path}.match.path_prefix"), format!("must start with '/', got {prefix:?}"));
+        }
+    }
+    for (i, m) in r.matcher.methods.iter().enumerate() {
+        e.check(format!("{path}.match.methods[{i}]"), parse::method(m));
+    }
+    let upstream_ref = |e: &mut Errors, at: String, name: &str| {
+        if !config.upstreams.contains_key(name) {
+            e.push(at, format!("no such upstream {name:?}"));
+        }
+    };
+    if r.require_client && config.clients.as_ref().is_none_or(|c| c.keys.is_empty()) {
+        e.push(format!("{path}.require_client"), "is true but no clients.keys are configured");
+    }
+    for (i, rule) in r.rules.iter().enumerate() {
+        let rpath = format!("{path}.rules[{i}]");
+        when(&format!("{rpath}.when"), &rule.when, config, e);
+        upstream_ref(e, format!("{rpath}.to"), &rule.to);
+    }
+    match (&r.split, &r.blue_green) {
+        (Some(_), Some(_)) => e.push(path, "has both split and blue_green; use one"),
+        (None, None) => e.push(path, "needs a split or a blue_green"),
+        _ => {}
+    }
+    if let Some(split) = &r.split {
+        if split.targets.is_empty() {
+            e.push(format!("{path}.split.targets"), "no targets");
+        }
+        let mut sum = 0.0;
+        for (name, w) in split.targets.iter() {
+            let tpath = format!("{path}.split.targets.{name}");
+            upstream_ref(e, tpath.clone(), name);
+            if !w.is_finite() || *w < 0.0 {
+                e.push(tpath, format!("weight must be a number >= 0, got {w}"));
+            } else {
+                sum += w;
+            }
+        }
+        if !split.targets.is_empty() && sum <= 0.0 {
+            e.push(format!("{path}.split.targets"), "weights sum to 0");
+        }
+        sticky_keys(&format!("{path}.split.sticky"), &split.sticky, e);
+    }
+    if let Some(bg) = &r.blue_green {
+        upstream_ref(e, format!("{path}.blue_green.blue"), &bg.blue);
+        upstream_ref(e, format!("{path}.blue_green.green"), &bg.green);
+        if bg.live != "blue" && bg.live != "green" {
+            e.push(format!("{path}.blue_green.live"), format!("must be blue or green, got {:?}", bg.live));
+        }
+    }
+    if let Some(m) = &r.mirror {
+        mirror(&format!("{path}.mirror"), m, e);
+        upstream_ref(e, format!("{path}.mirror.to"), &m.to);
+    }
+    if let Some(ro) = &r.rollout {
+        rollout(&format!("{path}.rollout"), ro, r, e);
+        upstream_ref(e, format!("{path}.rollout.canary"), &ro.canary);
+    }
+}
+
+fn when(path: &str, w: &WhenConfig, config: &Config, e: &mut Errors) {
+    if *w == WhenConfig::default() {
+        e.push(path, "no conditions (use header, header_present, cookie, query, client_in, method or source_ip)");
+    }
+    for (name, _) in w.header.iter() {
+        e.check(format!("{path}.header.{name}"), parse::header_name(name));
+    }
+    if let Some(h) = &w.header_present {
+        e.check(format!("{path}.header_present"), parse::header_name(h));
+    }
+    if let Some(ids) = &w.client_in {
+        if ids.is_empty() {
+            e.push(format!("{path}.client_in"), "empty list");
+        }
+        let known = config.clients.as_ref();
+        for (i, id) in ids.iter().enumerate() {
+            if !known.is_some_and(|c| c.keys.contains_key(id)) {
+                e.push(format!("{path}.client_in[{i}]"), format!("no such client {id:?} in clients.keys"));
+            }
+        }
+    }
+    if let Some(methods) = &w.method {
+        if methods.is_empty() {
+            e.push(format!("{path}.method"), "empty list");
+        }
+        for (i, m) in methods.iter().enumerate() {
+            e.check(format!("{path}.method[{i}]"), parse::method(m));
+        }
+    }
+    if let Some(cidrs) = &w.source_ip {
+        if cidrs.is_empty() {
+            e.push(format!("{path}.source_ip"), "empty list");
+        }
+        for (i, c) in cidrs.iter().enumerate() {
+            e.check(format!("{path}.source_ip[{i}]"), c.parse::<Cidr>());
+        }
+    }
+}
+
+fn sticky_keys(path: &str, keys: &[String], e: &mut Errors) {
+    for (i, k) in keys.iter().enumerate() {
+        e.check(format!("{path}[{i}]"), k.parse::<StickyKey>());
+    }
+}
+
+fn mirror(path: &str, m: &MirrorConfig, e: &mut Errors) {
+    e.check(format!("{path}.percent"), parse::percent(&m.percent));
+    sticky_keys(&format!("{path}.sticky"), &m.sticky, e);
+    if let Some(methods) = &m.methods {
+        for (i, x) in methods.iter().enumerate() {
+            e.check(format!("{path}.methods[{i}]"), parse::method(x));
+        }
+    }
+    e.check(format!("{path}.timeout"), parse::duration(&m.timeout));
+    if m.max_in_flight == 0 {
+        e.push(format!("{path}.max_in_flight"), "must be at least 1, got 0");
+    }
+    if let Some(c) = &m.compare {
+        for (i, h) in c.ignore_headers.iter().enumerate() {
+            e.check(format!("{path}.compare.ignore_headers[{i}]"), parse::header_name(h));
+        }
+        for (i, p) in c.ignore_json.iter().enumerate() {
+            if !p.is_empty() && !p.starts_with('/') {
+                e.push(format!("{path}.compare.ignore_json[{i}]"), format!("invalid JSON pointer {p:?} (must start with '/')"));
+            }
+        }
+    }
+}
+
+fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
+    match &r.split {
+        None => e.push(path, "a rollout needs the route to have a split"),
+        Some(split) => {
+            if split.targets.keys().next() == Some(ro.canary.as_str()) {
+                e.push(
+                    format!("{path}.canary"),
+                    format!("{:?} is the baseline (first split target); the canary must be another target", ro.canary),
+                );
+            }
+        }
+    }
+    if ro.steps.is_empty() {
+        e.push(format!("{path}.steps"), "no steps");
+    }
+    let mut last = 0.0;
+    for (i, s) in ro.steps.iter().enumerate() {
+        if let Some(p) = e.check(format!("{path}.steps[{i}]"), parse::percent(s)) {
+            if p <= last && i > 0 {
+                e.push(format!("{path}.steps[{i}]"), format!("steps must increase, got {p} after {last}"));
+            }
+            last = p;
+        }
+    }
+    e.check(format!("{path}.hold"), parse::duration(&ro.hold));
+    if let Some(d) = e.check(format!("{path}.interval"), parse::duration(&ro.interval)) {
+        if d.is_zero() {
+            e.push(format!("{path}.interval"), "must be greater than 0");
+        }
+    }
+    let g = &ro.gates;
+    for (key, v) in [
+        ("max_error_rate", &g.max_error_rate),
+        ("max_error_rate_increase", &g.max_error_rate_increase),
+        ("max_mirror_diff_rate", &g.max_mirror_diff_rate),
+    ] {
+        if let Some(v) = v {
+            e.check(format!("{path}.gates.{key}"), parse::percent(v));
+        }
+    }
+    if let Some(ratio) = g.max_p99_ratio {
+        if !ratio.is_finite() || ratio <= 0.0 {
+            e.push(format!("{path}.gates.max_p99_ratio"), format!("must be a number > 0, got {ratio}"));
+        }
+    }
+    if ro.failure_limit == 0 {
+        e.push(format!("{path}.failure_limit"), "must be at least 1, got 0");
+    }
+}
+
+/// Route names and client ids appear in URLs and metric labels.
+fn valid_ident(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// `api.example.com` or `*.example.com`.
+fn host_pattern(host: &str) -> Result<(), String> {
+    let bad = || format!("invalid host {host:?} (expected a name like api.example.com or *.example.com)");
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.is_empty()
+        || name.len() > 253
+        || !name.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Host as routes compare it: lowercase, no trailing dot.
+pub(crate) fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Path prefix as routes compare it: no trailing slash, `/` becomes the empty prefix (matches all).
+pub(crate) fn normalize_prefix(prefix: &str) -> String {
+    prefix.trim_end_matches('/').to_string()
+}

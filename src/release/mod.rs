@@ -1,0 +1,165 @@
+//! The release decision (SPEC §3): a pure function over an immutable, compiled [`ReleaseTable`].
+//!
+//! Nothing here is async or knows about Pingora: the proxy hands in a [`RequestView`] and gets back an
+//! [`Outcome`]. Health-aware fallback happens after the decision, in the proxy, because it depends on
+//! live pool health rather than on the table.
+
+mod matcher;
+mod router;
+pub mod split;
+mod table;
+
+pub use table::{ReleaseTable, Route};
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::net::IpAddr;
+
+/// Index of a route in its table.
+pub type RouteId = u32;
+/// Index of an upstream (a deployed version) in its table.
+pub type UpstreamId = u32;
+/// Index of an identified API client in its table.
+pub type ClientId = u32;
+
+/// What the decision needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    /// `Host` (or `:authority`), possibly with a port.
+    pub host: &'a str,
+    /// The path without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub client_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Colour {
+    Blue,
+    Green,
+}
+
+impl Colour {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Colour::Blue => "blue",
+            Colour::Green => "green",
+        }
+    }
+}
+
+/// Why a request got its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Rule n (0-based, in written order) matched.
+    Rule(u16),
+    /// The split placed the request in `bucket`; `sticky` is the index of the sticky key used, or
+    /// `None` when no key was present and the bucket was random.
+    Split { bucket: u32, sticky: Option<u8> },
+    /// The blue/green route's live colour.
+    Live(Colour),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Rule(n) => write!(f, "rule:{n}"),
+            Reason::Split { bucket, sticky: Some(_) } => write!(f, "split:{bucket}"),
+            Reason::Split { bucket, sticky: None } => write!(f, "split:{bucket}:random"),
+            Reason::Live(c) => write!(f, "live:{}", c.as_str()),
+        }
+    }
+}
+
+/// A routed request: which route, which version, why, and who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub route: RouteId,
+    pub target: UpstreamId,
+    pub reason: Reason,
+    pub client: Option<ClientId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Routed(Decision),
+    /// No route matches: 404 `{"error":"no_route"}`.
+    NoRoute,
+    /// The route requires a known API client and none was identified: 401.
+    ClientRequired { route: RouteId },
+}
+
+/// Decides where a request goes (SPEC §3). Pure: same table + same request = same answer, except for
+/// the random bucket of a split request with no sticky key, drawn from `random`.
+pub fn decide(table: &ReleaseTable, req: &RequestView<'_>, random: &mut dyn FnMut() -> u32) -> Outcome {
+    match table.find_route(req.host, req.path, req.method) {
+        Some(route) => decide_route(table, route, req, random),
+        None => Outcome::NoRoute,
+    }
+}
+
+/// The decision for a request already matched to `route` (also used to explain a route's behaviour).
+pub fn decide_route(
+    table: &ReleaseTable,
+    route_id: RouteId,
+    req: &RequestView<'_>,
+    random: &mut dyn FnMut() -> u32,
+) -> Outcome {
+    let Some(route) = table.route(route_id) else { return Outcome::NoRoute };
+    let client = identify_client(table, req);
+    if route.require_client && client.is_none() {
+        return Outcome::ClientRequired { route: route_id };
+    }
+    for (i, rule) in route.rules.iter().enumerate() {
+        if rule.when.holds(req, client) {
+            return Outcome::Routed(Decision { route: route_id, target: rule.to, reason: Reason::Rule(i as u16), client });
+        }
+    }
+    let (target, reason) = match &route.strategy {
+        table::Strategy::Split(split) => {
+            let client_name = client.map(|c| table.client_name(c));
+            let (bucket, sticky) = split.bucket_for(req, client_name, random);
+            (split.target(bucket), Reason::Split { bucket, sticky })
+        }
+        table::Strategy::BlueGreen { .. } => {
+            let live = route_live(route);
+            (route.baseline(), Reason::Live(live))
+        }
+    };
+    Outcome::Routed(Decision { route: route_id, target, reason, client })
+}
+
+fn route_live(route: &Route) -> Colour {
+    match &route.strategy {
+        table::Strategy::BlueGreen { live, .. } => *live,
+        table::Strategy::Split(_) => Colour::Blue,
+    }
+}
+
+/// The client whose API key the request carries, if any. The key is hashed with SHA-256 and looked up
+/// by digest; the stored digest is then compared in constant time, so response timing reveals nothing
+/// about stored keys.
+fn identify_client(table: &ReleaseTable, req: &RequestView<'_>) -> Option<ClientId> {
+    let header = table.clients.header.as_ref()?;
+    let key = req.headers.get(header)?.as_bytes();
+    if key.is_empty() {
+        return None;
+    }
+    let digest: [u8; 32] = Sha256::digest(key).into();
+    let (stored, id) = table.clients.by_digest.get_key_value(&digest)?;
+    constant_time_eq(stored, &digest).then_some(*id)
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b.iter()) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests;
