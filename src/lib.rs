@@ -5,3 +5,9 @@
 
 pub mod config;
 pub mod release;
+pub mod state;
+pub mod upstream;
+pub mod proxy;
+pub mod server;
+pub mod demo;
+pub mod cli;

@@ -439,3 +439,27 @@ impl Config {
         serde_yaml::to_string(self).unwrap_or_default()
     }
 }
+
+/// Parts of a valid configuration that are accepted and checked but not acted on by this version.
+/// `check` and `run` print them, so nothing in a file is ever ignored silently.
+pub fn inactive_parts(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if config.admin.is_some() {
+        out.push("admin: validated, but the admin API is not served by this version".to_string());
+    }
+    if config.server.access_log != "off" {
+        out.push(format!(
+            "server.access_log: {:?} is validated, but access logging is not active in this version",
+            config.server.access_log
+        ));
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        if r.mirror.is_some() {
+            out.push(format!("routes[{i}].mirror: validated, but mirroring is not active in this version"));
+        }
+        if r.rollout.is_some() {
+            out.push(format!("routes[{i}].rollout: validated, but the rollout controller is not active in this version"));
+        }
+    }
+    out
+}

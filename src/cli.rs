@@ -1,0 +1,104 @@
+//! The command line of SPEC §1. Exit codes: 0 success, 1 invalid input or config, 2 usage error
+//! (clap's own), 3 could not reach or act on a running instance.
+
+use crate::config::{self, Config};
+use crate::server::{self, RunOptions};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about = "Release new API versions safely: canary, sticky splits, blue/green, at the edge")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the demo: two versions, a canary, a blue/green route, on 127.0.0.1:8080. Needs no file.
+    Demo,
+    /// Run the proxy with a configuration file.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        conf: PathBuf,
+        /// Take the listening sockets over from a running instance (graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(short, long)]
+        daemon: bool,
+    },
+    /// Validate a configuration file and print every problem with its path.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        conf: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo => init_logging("info"),
+        Command::Run { .. } => init_logging("info"),
+        Command::Check { .. } => init_logging("warn"),
+    }
+    match cli.command {
+        Command::Check { conf } => check(&conf),
+        Command::Run { conf, upgrade, daemon } => {
+            let config = match load(&conf) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            for note in config::inactive_parts(&config) {
+                log::warn!("{note}");
+            }
+            finish(server::run(config, RunOptions { upgrade, daemon }))
+        }
+        Command::Demo => finish(crate::demo::run()),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load_file(path).map_err(|errors| {
+        eprintln!("{}: invalid configuration", path.display());
+        for e in &errors.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(1)
+    })
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let clients = config.clients.as_ref().map_or(0, |c| c.keys.len());
+    println!(
+        "{}: ok: {} routes, {} upstreams, {} clients",
+        path.display(),
+        config.routes.len(),
+        config.upstreams.len(),
+        clients
+    );
+    for note in config::inactive_parts(&config) {
+        println!("  note: {note}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let env = env_logger::Env::default().default_filter_or(default);
+    let _ = env_logger::Builder::from_env(env).format_timestamp_millis().try_init();
+}

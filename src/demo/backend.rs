@@ -1,0 +1,215 @@
+//! A small HTTP/1.1 server that says which version it is and echoes what it received. `switchyard demo`
+//! runs its v1/v2/blue/green backends on it, and the integration tests use it as a real upstream.
+//!
+//! `GET /healthz` answers 200 while healthy and 503 once [`BackendControl::set_healthy`] turned it off.
+//! Every other request gets a JSON body: `{"version","method","path","query","headers","body_bytes"}`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Live knobs of a running backend.
+#[derive(Debug)]
+pub struct BackendControl {
+    pub version: String,
+    healthy: AtomicBool,
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl BackendControl {
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Ordering::Relaxed);
+    }
+    /// Status code of every non-health response (default 200).
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+    }
+    /// Delay before every non-health response.
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+    /// Non-health requests served so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// A backend running on its own thread; it stops when dropped.
+pub struct RunningBackend {
+    pub addr: SocketAddr,
+    pub control: Arc<BackendControl>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningBackend {
+    /// Starts a backend reporting `version` on `addr` (use port 0 for any free port).
+    pub fn start(version: &str, addr: &str) -> io::Result<RunningBackend> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let control = Arc::new(BackendControl {
+            version: version.to_string(),
+            healthy: AtomicBool::new(true),
+            status: AtomicU16::new(200),
+            delay_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ctl = control.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name(format!("backend-{version}")).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log::error!("backend {}: {e}", ctl.version);
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = serve(listener, ctl) => {}
+                    _ = rx => {}
+                }
+            })
+        })?;
+        Ok(RunningBackend { addr, control, shutdown: Some(tx), thread: Some(thread) })
+    }
+}
+
+impl Drop for RunningBackend {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, control: Arc<BackendControl>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let control = control.clone();
+                tokio::spawn(async move {
+                    let _ = connection(stream, control).await;
+                });
+            }
+            Err(e) => {
+                log::warn!("backend {}: accept failed: {e}", control.version);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+
+async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        // Read until a full head is buffered.
+        let head_len = loop {
+            if let Some(pos) = find_head_end(&buf) {
+                break pos;
+            }
+            if buf.len() > MAX_HEAD {
+                return Ok(());
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(req.parse(&buf[..head_len]), Ok(httparse::Status::Complete(_))) {
+            stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await?;
+            return Ok(());
+        }
+        let method = req.method.unwrap_or("GET").to_string();
+        let target = req.path.unwrap_or("/").to_string();
+        let mut content_length = 0usize;
+        let mut close = req.version == Some(0);
+        let mut echoed = serde_json::Map::new();
+        for h in req.headers.iter() {
+            let name = h.name.to_ascii_lowercase();
+            let value = String::from_utf8_lossy(h.value).into_owned();
+            if name == "content-length" {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+            if name == "connection" {
+                close = value.eq_ignore_ascii_case("close");
+            }
+            echoed.insert(name, serde_json::Value::String(value));
+        }
+        buf.drain(..head_len);
+        while buf.len() < content_length {
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: Vec<u8> = buf.drain(..content_length).collect();
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (target.clone(), None),
+        };
+        let (status, payload) = if path == "/healthz" {
+            let up = control.healthy.load(Ordering::Relaxed);
+            (if up { 200 } else { 503 }, format!("{{\"healthy\":{up}}}"))
+        } else {
+            control.requests.fetch_add(1, Ordering::Relaxed);
+            let delay = control.delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let json = serde_json::json!({
+                "version": control.version,
+                "method": method,
+                "path": path,
+                "query": query,
+                "headers": echoed,
+                "body_bytes": body.len(),
+            });
+            (control.status.load(Ordering::Relaxed), json.to_string())
+        };
+        let head = format!(
+            "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {}\r\n{}\r\n",
+            reason(status),
+            payload.len(),
+            control.version,
+            if close { "connection: close\r\n" } else { "" },
+        );
+        let mut out = head.into_bytes();
+        if method != "HEAD" {
+            out.extend_from_slice(payload.as_bytes());
+        }
+        stream.write_all(&out).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
+}

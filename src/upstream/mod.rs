@@ -1,0 +1,213 @@
+//! Upstream pools (one per deployed version) on pingora-load-balancing: weighted backends, optional HTTP
+//! health checks, per-pool timeouts. Pools whose definition did not change are carried over from the
+//! previous snapshot on every config change, so health history is never reset by an unrelated edit.
+
+mod health;
+
+pub use health::HealthChecker;
+
+use crate::config::{parse, Config, ConfigError, ConfigErrors, HealthCheckConfig, UpstreamConfig};
+use pingora::http::RequestHeader;
+use pingora::lb::discovery::Static;
+use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::selection::RoundRobin;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::prelude::HttpPeer;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Per-pool timeouts applied to every peer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timeouts {
+    connect: Option<Duration>,
+    read: Option<Duration>,
+    write: Option<Duration>,
+    idle: Option<Duration>,
+}
+
+/// When a pool's health check is due.
+struct HealthSchedule {
+    interval: Duration,
+    /// Milliseconds since `epoch` at which the next check is due.
+    next_due_ms: AtomicU64,
+    running: AtomicBool,
+}
+
+/// One upstream pool.
+pub struct Pool {
+    pub name: String,
+    definition: UpstreamConfig,
+    lb: LoadBalancer<RoundRobin>,
+    backend_count: usize,
+    timeouts: Timeouts,
+    health: Option<HealthSchedule>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.name).field("backends", &self.backend_count).finish()
+    }
+}
+
+impl Pool {
+    fn build(name: &str, def: &UpstreamConfig) -> Result<Pool, ConfigErrors> {
+        let path = format!("upstreams.{name}");
+        let mut set = BTreeSet::new();
+        for (i, b) in def.backends.iter().enumerate() {
+            let weight = usize::try_from(b.weight()).unwrap_or(1).max(1);
+            let backend = Backend::new_with_weight(b.addr(), weight)
+                .map_err(|e| ConfigError::new(format!("{path}.backends[{i}]"), e.to_string()))?;
+            set.insert(backend);
+        }
+        let backend_count = set.len();
+        let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Static::new(set)));
+        // Static discovery completes without awaiting anything: one poll publishes the backends.
+        let polled = {
+            let mut update = std::pin::pin!(lb.update());
+            update.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Err(ConfigError::new(path, e.to_string()).into()),
+            Poll::Pending => return Err(ConfigError::new(path, "backend discovery did not complete").into()),
+        }
+        let dur = |at: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigErrors> {
+            v.as_deref()
+                .map(parse::duration)
+                .transpose()
+                .map_err(|m| ConfigError::new(format!("{path}.timeouts.{at}"), m).into())
+        };
+        let t = &def.timeouts;
+        let timeouts = Timeouts {
+            connect: dur("connect", &t.connect)?,
+            read: dur("read", &t.read)?,
+            write: dur("write", &t.write)?,
+            idle: dur("idle", &t.idle)?,
+        };
+        let health = match &def.health_check {
+            Some(hc) => {
+                lb.set_health_check(http_check(&path, hc)?);
+                let interval = parse::duration(&hc.interval)
+                    .map_err(|m| ConfigError::new(format!("{path}.health_check.interval"), m))?;
+                Some(HealthSchedule { interval, next_due_ms: AtomicU64::new(0), running: AtomicBool::new(false) })
+            }
+            None => None,
+        };
+        Ok(Pool { name: name.to_string(), definition: def.clone(), lb, backend_count, timeouts, health })
+    }
+
+    /// A healthy backend, skipping those in `exclude` (already failed for this request).
+    pub fn select(&self, exclude: &[SocketAddr]) -> Option<Backend> {
+        let n = self.backend_count * 2 + 1;
+        if exclude.is_empty() {
+            return self.lb.select(b"", n);
+        }
+        self.lb.select_with(b"", n, |b, healthy| {
+            healthy && b.addr.as_inet().is_none_or(|a| !exclude.contains(a))
+        })
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.backend_count
+    }
+
+    /// Whether any backend is currently healthy.
+    pub fn has_healthy(&self) -> bool {
+        self.select(&[]).is_some()
+    }
+
+    /// The peer for a selected backend, with this pool's timeouts.
+    pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
+        let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
+        let t = self.timeouts;
+        peer.options.connection_timeout = t.connect;
+        peer.options.read_timeout = t.read;
+        peer.options.write_timeout = t.write;
+        peer.options.idle_timeout = t.idle;
+        Box::new(peer)
+    }
+
+    /// Runs the health check if it is due. Returns immediately if not due or already running.
+    async fn check_health_if_due(&self, now_ms: u64) {
+        let Some(h) = &self.health else { return };
+        if now_ms < h.next_due_ms.load(Ordering::Relaxed) || h.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.lb.backends().run_health_check(true).await;
+        h.next_due_ms.store(now_ms + h.interval.as_millis() as u64, Ordering::Relaxed);
+        h.running.store(false, Ordering::Release);
+    }
+}
+
+fn http_check(path: &str, hc: &HealthCheckConfig) -> Result<Box<HttpHealthCheck>, ConfigErrors> {
+    let timeout =
+        parse::duration(&hc.timeout).map_err(|m| ConfigError::new(format!("{path}.health_check.timeout"), m))?;
+    let mut check = HttpHealthCheck::new("localhost", false);
+    let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
+        .map_err(|e| ConfigError::new(format!("{path}.health_check.path"), e.to_string()))?;
+    req.insert_header("Host", "localhost")
+        .and_then(|_| req.insert_header("User-Agent", "switchyard-health-check"))
+        .map_err(|e| ConfigError::new(format!("{path}.health_check"), e.to_string()))?;
+    check.req = req;
+    check.consecutive_failure = hc.unhealthy_after;
+    check.consecutive_success = hc.healthy_after;
+    check.peer_template.options.connection_timeout = Some(timeout);
+    check.peer_template.options.read_timeout = Some(timeout);
+    check.validator = Some(Box::new(|resp| {
+        if resp.status.is_success() {
+            Ok(())
+        } else {
+            pingora::Error::e_explain(
+                pingora::ErrorType::CustomCode("non-2xx health check", resp.status.as_u16()),
+                "during health check",
+            )
+        }
+    }));
+    Ok(Box::new(check))
+}
+
+/// All pools of a config, in the order of `config.upstreams` (the table's upstream ids).
+#[derive(Debug, Default)]
+pub struct Pools(Vec<Arc<Pool>>);
+
+impl Pools {
+    /// Builds the pools of `config`, reusing every pool of `previous` whose definition is unchanged.
+    pub fn build(config: &Config, previous: Option<&Pools>) -> Result<Pools, ConfigErrors> {
+        let mut pools = Vec::with_capacity(config.upstreams.len());
+        let mut errors = Vec::new();
+        for (name, def) in config.upstreams.iter() {
+            let reused = previous.and_then(|p| p.0.iter().find(|old| old.name == name && old.definition == *def));
+            match reused {
+                Some(p) => pools.push(p.clone()),
+                None => match Pool::build(name, def) {
+                    Ok(p) => pools.push(Arc::new(p)),
+                    Err(e) => errors.extend(e.0),
+                },
+            }
+        }
+        if errors.is_empty() {
+            Ok(Pools(pools))
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Arc<Pool>> {
+        self.0.get(id as usize)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.0.iter()
+    }
+}
+
+/// Milliseconds on a process-local monotonic clock.
+fn monotonic_ms() -> u64 {
+    static EPOCH: once_cell::sync::Lazy<Instant> = once_cell::sync::Lazy::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64
+}
