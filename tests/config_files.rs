@@ -1,0 +1,92 @@
+//! Every file in `conf/invalid/` is refused by `switchyard check` with exit code 1 and the message its
+//! first line promises; every other file in `conf/` passes.
+
+use std::path::Path;
+use std::process::Command;
+
+fn check(path: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(["check", "-c"]).arg(path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn yaml_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_invalid_file_is_refused_with_its_message() {
+    let files = yaml_files("conf/invalid");
+    assert!(files.len() >= 25, "expected one file per validation rule, found {}", files.len());
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| {
+            panic!("{} must start with '# expect: <message>'", file.display())
+        });
+        let (code, output) = check(&file);
+        assert_eq!(code, 1, "{} should be refused:\n{output}", file.display());
+        assert!(output.contains(expect), "{}: expected {expect:?} in:\n{output}", file.display());
+    }
+}
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let files = yaml_files("conf");
+    assert!(!files.is_empty());
+    for file in files {
+        let (code, output) = check(&file);
+        assert_eq!(code, 0, "{}:\n{output}", file.display());
+        assert!(output.contains(": ok: "), "{output}");
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let dir = std::env::temp_dir().join(format!("switchyard-multi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("multi.yaml");
+    std::fs::write(
+        &file,
+        r#"
+upstreams:
+  v1: {backends: ["10.0.0.1"]}
+routes:
+  - name: api
+    split: {targets: {v1: 0, v9: 0}, sticky: [nope]}
+  - name: api
+    blue_green: {blue: v1, green: v1, live: red}
+"#,
+    )
+    .unwrap();
+    let (code, output) = check(&file);
+    assert_eq!(code, 1);
+    for expect in [
+        "upstreams.v1.backends[0]: invalid address",
+        "routes[0].split.targets.v9: no such upstream",
+        "routes[0].split.targets: weights sum to 0",
+        "routes[0].split.sticky[0]: invalid sticky key",
+        "routes[1].name: duplicate route name",
+        "routes[1].blue_green.live: must be blue or green",
+    ] {
+        assert!(output.contains(expect), "expected {expect:?} in:\n{output}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_an_error_naming_it() {
+    let (code, output) = check(Path::new("/nonexistent/switchyard.yaml"));
+    assert_eq!(code, 1);
+    assert!(output.contains("/nonexistent/switchyard.yaml"), "{output}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
