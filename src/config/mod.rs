@@ -411,8 +411,11 @@ impl Config {
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            ConfigError::new(path, e.into_inner().to_string()).into()
+            let message = e.into_inner().to_string();
+            // serde_yaml names the path itself for most errors; add it only where it does not.
+            let named = message.split_once(": ").map(|(p, _)| p).filter(|p| !p.contains(' '));
+            let path = if path == "." || named.is_some_and(|n| path.starts_with(n)) { String::new() } else { path };
+            ConfigError::new(path, message).into()
         })
     }
 

@@ -1,0 +1,138 @@
+//! Test harness: real upstream servers on 127.0.0.1:0 and the real `switchyard run` binary on a free
+//! loopback port, driven with real HTTP. Everything stops when dropped.
+#![allow(dead_code)]
+
+pub use switchyard::demo::backend::RunningBackend;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn backend(version: &str) -> RunningBackend {
+    RunningBackend::start(version, "127.0.0.1:0").expect("start backend")
+}
+
+/// A loopback port nobody listens on (bound then released).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+pub struct ProxyProcess {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl ProxyProcess {
+    /// Starts `switchyard run` with `body` (upstreams/routes/clients YAML) under a generated `server:`.
+    pub fn start(body: &str) -> ProxyProcess {
+        let addr = free_addr();
+        let dir = std::env::temp_dir().join(format!("switchyard-test-{}-{}", std::process::id(), addr.port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  state_dir: {d}/state\n  access_log: off\n{body}",
+            d = dir.display()
+        );
+        let file = dir.join("switchyard.yaml");
+        std::fs::write(&file, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "-c"])
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn switchyard");
+        let proxy = ProxyProcess { addr, dir, child };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("proxy did not listen on {} in time", self.addr);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A keep-alive HTTP client that never turns statuses into errors.
+pub fn client() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    /// The `version` the demo backend reported.
+    pub fn version(&self) -> String {
+        self.json()["version"].as_str().unwrap_or_else(|| panic!("no version in {}", self.body)).to_string()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    /// A header as the upstream received it (echoed by the demo backend).
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name.to_ascii_lowercase()].as_str().map(str::to_string)
+    }
+}
+
+pub fn send(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = agent.request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
+        .collect();
+    let body = resp.into_string().unwrap_or_default();
+    Reply { status, headers, body }
+}
+
+pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(agent, "GET", url, headers)
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
