@@ -1,0 +1,122 @@
+//! Health-aware routing on real traffic: a pool whose backends are all down falls back to the route's
+//! baseline; nothing healthy is a JSON 502; a backend that refuses connections is skipped.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn config(v1: &str, v2: &str) -> String {
+    format!(
+        r#"
+upstreams:
+  v1:
+    backends: [{v1}]
+    health_check: {{path: /healthz, interval: 100ms, timeout: 500ms}}
+  v2:
+    backends: [{v2}]
+    health_check: {{path: /healthz, interval: 100ms, timeout: 500ms}}
+routes:
+  - name: payments
+    match: {{path_prefix: /api}}
+    rules:
+      - when: {{header: {{X-Version: beta}}}}
+        to: v2
+    split:
+      targets: {{v1: 50, v2: 50}}
+      sticky: [header:X-User-Id]
+"#
+    )
+}
+
+fn quoted(b: &RunningBackend) -> String {
+    format!("\"{}\"", b.addr)
+}
+
+/// Users 0..n whose bucket puts them on v2 while everything is healthy.
+fn v2_users(agent: &ureq::Agent, proxy: &ProxyProcess, n: u32) -> Vec<String> {
+    (0..n)
+        .map(|u| format!("user-{u}"))
+        .filter(|u| get(agent, &proxy.url("/api"), &[("X-User-Id", u)]).version() == "v2")
+        .collect()
+}
+
+#[test]
+fn a_down_pool_falls_back_to_the_baseline_and_recovers() {
+    let (v1, v2) = (backend("v1"), backend("v2"));
+    let proxy = ProxyProcess::start(&config(&quoted(&v1), &quoted(&v2)));
+    let agent = client();
+    let canary_users = v2_users(&agent, &proxy, 100);
+    assert!(canary_users.len() > 20, "expected about half of 100 users on v2");
+
+    v2.control.set_healthy(false);
+    let fell_back = eventually(Duration::from_secs(5), || {
+        get(&agent, &proxy.url("/api"), &[("X-User-Id", &canary_users[0])]).version() == "v1"
+    });
+    assert!(fell_back, "v2 marked down but its users were not sent to v1");
+    // Every canary user and the beta rule now land on the baseline, with no error.
+    for u in &canary_users {
+        let r = get(&agent, &proxy.url("/api"), &[("X-User-Id", u)]);
+        assert_eq!((r.status, r.version()), (200, "v1".to_string()));
+    }
+    let r = get(&agent, &proxy.url("/api"), &[("X-Version", "beta")]);
+    assert_eq!((r.status, r.version()), (200, "v1".to_string()));
+
+    v2.control.set_healthy(true);
+    let back = eventually(Duration::from_secs(5), || {
+        get(&agent, &proxy.url("/api"), &[("X-User-Id", &canary_users[0])]).version() == "v2"
+    });
+    assert!(back, "v2 healthy again but its users did not return");
+}
+
+#[test]
+fn nothing_healthy_is_a_json_502() {
+    let (v1, v2) = (backend("v1"), backend("v2"));
+    let proxy = ProxyProcess::start(&config(&quoted(&v1), &quoted(&v2)));
+    let agent = client();
+    assert_eq!(get(&agent, &proxy.url("/api"), &[]).status, 200);
+    v1.control.set_healthy(false);
+    v2.control.set_healthy(false);
+    let all_down = eventually(Duration::from_secs(5), || get(&agent, &proxy.url("/api"), &[]).status == 502);
+    assert!(all_down, "all pools down but requests still succeed");
+    let before = v1.control.requests() + v2.control.requests();
+    let r = get(&agent, &proxy.url("/api"), &[("X-User-Id", "someone")]);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json(), serde_json::json!({"error": "no_healthy_upstream"}));
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(v1.control.requests() + v2.control.requests(), before);
+}
+
+#[test]
+fn dead_backends_are_found_by_health_checks() {
+    // v2's only backend refuses connections from the start.
+    let v1 = backend("v1");
+    let dead = free_addr();
+    let proxy = ProxyProcess::start(&config(&quoted(&v1), &format!("\"{dead}\"")));
+    let agent = client();
+    let ok = eventually(Duration::from_secs(5), || {
+        (0..50).all(|u| get(&agent, &proxy.url("/api"), &[("X-User-Id", &format!("u{u}"))]).version() == "v1")
+    });
+    assert!(ok, "requests for a dead pool were not sent to the baseline");
+}
+
+#[test]
+fn a_backend_refusing_connections_is_skipped_without_health_checks() {
+    let live = backend("v1");
+    let dead = free_addr();
+    let body = format!(
+        r#"
+upstreams:
+  v1: {{backends: ["{dead}", "{live}"]}}
+routes:
+  - name: api
+    split: {{targets: {{v1: 1}}}}
+"#,
+        live = live.addr
+    );
+    let proxy = ProxyProcess::start(&body);
+    let agent = client();
+    for _ in 0..20 {
+        let r = get(&agent, &proxy.url("/x"), &[]);
+        assert_eq!((r.status, r.version()), (200, "v1".to_string()));
+    }
+}
