@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about = "Release new API versions safely: canary, sticky splits, blue/green, at the edge")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Release new API versions safely: canary, sticky splits, blue/green, at the edge"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -45,7 +49,11 @@ pub fn main() -> ExitCode {
     }
     match cli.command {
         Command::Check { conf } => check(&conf),
-        Command::Run { conf, upgrade, daemon } => {
+        Command::Run {
+            conf,
+            upgrade,
+            daemon,
+        } => {
             let config = match load(&conf) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -100,5 +108,7 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
 
 fn init_logging(default: &str) {
     let env = env_logger::Env::default().default_filter_or(default);
-    let _ = env_logger::Builder::from_env(env).format_timestamp_millis().try_init();
+    let _ = env_logger::Builder::from_env(env)
+        .format_timestamp_millis()
+        .try_init();
 }

@@ -3,11 +3,11 @@
 //! Data flows one way: [`config`] (YAML) → [`release::ReleaseTable::compile`] → [`state`] publishes a
 //! snapshot → [`proxy`] reads one snapshot per request and calls the pure [`release::decide`].
 
+pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod proxy;
 pub mod release;
+pub mod server;
 pub mod state;
 pub mod upstream;
-pub mod proxy;
-pub mod server;
-pub mod demo;
-pub mod cli;

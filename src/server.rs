@@ -38,24 +38,35 @@ fn server_conf(config: &Config) -> anyhow::Result<ServerConf> {
 /// Builds the server with every service of `config`, ready to run.
 pub fn build(config: Config, opts: RunOptions) -> anyhow::Result<(Server, Arc<State>)> {
     let conf = server_conf(&config)?;
-    let opt = Opt { upgrade: opts.upgrade, daemon: opts.daemon, ..Opt::default() };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
 
     let listen = config.server.listen.clone();
     let tls = config.server.tls.clone();
     let state = Arc::new(State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Proxy::new(state.clone()), "switchyard proxy");
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy::new(state.clone()),
+        "switchyard proxy",
+    );
     for addr in &listen {
         proxy.add_tcp(addr);
     }
     for t in &tls {
-        proxy
-            .add_tls(&t.listen, &t.cert, &t.key)
-            .with_context(|| format!("TLS listener {} (cert {}, key {})", t.listen, t.cert, t.key))?;
+        proxy.add_tls(&t.listen, &t.cert, &t.key).with_context(|| {
+            format!("TLS listener {} (cert {}, key {})", t.listen, t.cert, t.key)
+        })?;
     }
     server.add_service(proxy);
-    server.add_service(background_service("health checks", HealthChecker::new(state.clone())));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker::new(state.clone()),
+    ));
     Ok((server, state))
 }
 

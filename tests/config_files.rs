@@ -1,12 +1,18 @@
 //! Every file in `conf/invalid/` is refused by `switchyard check` with exit code 1 and the message its
+#![allow(clippy::unwrap_used)]
 //! first line promises; every other file in `conf/` passes.
 
 use std::path::Path;
 use std::process::Command;
 
 fn check(path: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(["check", "-c"]).arg(path).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -23,15 +29,25 @@ fn yaml_files(dir: &str) -> Vec<std::path::PathBuf> {
 #[test]
 fn every_invalid_file_is_refused_with_its_message() {
     let files = yaml_files("conf/invalid");
-    assert!(files.len() >= 25, "expected one file per validation rule, found {}", files.len());
+    assert!(
+        files.len() >= 25,
+        "expected one file per validation rule, found {}",
+        files.len()
+    );
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| {
-            panic!("{} must start with '# expect: <message>'", file.display())
-        });
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} must start with '# expect: <message>'", file.display()));
         let (code, output) = check(&file);
         assert_eq!(code, 1, "{} should be refused:\n{output}", file.display());
-        assert!(output.contains(expect), "{}: expected {expect:?} in:\n{output}", file.display());
+        assert!(
+            output.contains(expect),
+            "{}: expected {expect:?} in:\n{output}",
+            file.display()
+        );
     }
 }
 
@@ -87,6 +103,9 @@ fn a_missing_file_is_an_error_naming_it() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("frobnicate").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("frobnicate")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -46,13 +46,25 @@ fn a_down_pool_falls_back_to_the_baseline_and_recovers() {
     let proxy = ProxyProcess::start(&config(&quoted(&v1), &quoted(&v2)));
     let agent = client();
     let canary_users = v2_users(&agent, &proxy, 100);
-    assert!(canary_users.len() > 20, "expected about half of 100 users on v2");
+    assert!(
+        canary_users.len() > 20,
+        "expected about half of 100 users on v2"
+    );
 
     v2.control.set_healthy(false);
     let fell_back = eventually(Duration::from_secs(5), || {
-        get(&agent, &proxy.url("/api"), &[("X-User-Id", &canary_users[0])]).version() == "v1"
+        get(
+            &agent,
+            &proxy.url("/api"),
+            &[("X-User-Id", &canary_users[0])],
+        )
+        .version()
+            == "v1"
     });
-    assert!(fell_back, "v2 marked down but its users were not sent to v1");
+    assert!(
+        fell_back,
+        "v2 marked down but its users were not sent to v1"
+    );
     // Every canary user and the beta rule now land on the baseline, with no error.
     for u in &canary_users {
         let r = get(&agent, &proxy.url("/api"), &[("X-User-Id", u)]);
@@ -63,7 +75,13 @@ fn a_down_pool_falls_back_to_the_baseline_and_recovers() {
 
     v2.control.set_healthy(true);
     let back = eventually(Duration::from_secs(5), || {
-        get(&agent, &proxy.url("/api"), &[("X-User-Id", &canary_users[0])]).version() == "v2"
+        get(
+            &agent,
+            &proxy.url("/api"),
+            &[("X-User-Id", &canary_users[0])],
+        )
+        .version()
+            == "v2"
     });
     assert!(back, "v2 healthy again but its users did not return");
 }
@@ -76,12 +94,17 @@ fn nothing_healthy_is_a_json_502() {
     assert_eq!(get(&agent, &proxy.url("/api"), &[]).status, 200);
     v1.control.set_healthy(false);
     v2.control.set_healthy(false);
-    let all_down = eventually(Duration::from_secs(5), || get(&agent, &proxy.url("/api"), &[]).status == 502);
+    let all_down = eventually(Duration::from_secs(5), || {
+        get(&agent, &proxy.url("/api"), &[]).status == 502
+    });
     assert!(all_down, "all pools down but requests still succeed");
     let before = v1.control.requests() + v2.control.requests();
     let r = get(&agent, &proxy.url("/api"), &[("X-User-Id", "someone")]);
     assert_eq!(r.status, 502);
-    assert_eq!(r.json(), serde_json::json!({"error": "no_healthy_upstream"}));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "no_healthy_upstream"})
+    );
     assert!(r.header("x-request-id").is_some());
     assert_eq!(v1.control.requests() + v2.control.requests(), before);
 }
@@ -94,7 +117,15 @@ fn dead_backends_are_found_by_health_checks() {
     let proxy = ProxyProcess::start(&config(&quoted(&v1), &format!("\"{dead}\"")));
     let agent = client();
     let ok = eventually(Duration::from_secs(5), || {
-        (0..50).all(|u| get(&agent, &proxy.url("/api"), &[("X-User-Id", &format!("u{u}"))]).version() == "v1")
+        (0..50).all(|u| {
+            get(
+                &agent,
+                &proxy.url("/api"),
+                &[("X-User-Id", &format!("u{u}"))],
+            )
+            .version()
+                == "v1"
+        })
     });
     assert!(ok, "requests for a dead pool were not sent to the baseline");
 }

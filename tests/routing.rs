@@ -28,7 +28,9 @@ routes:
 fn assignments(proxy: &ProxyProcess, users: std::ops::Range<u32>) -> Vec<String> {
     let agent = client();
     let url = proxy.url("/api/pay");
-    users.map(|u| get(&agent, &url, &[("X-User-Id", &format!("user-{u}"))]).version()).collect()
+    users
+        .map(|u| get(&agent, &url, &[("X-User-Id", &format!("user-{u}"))]).version())
+        .collect()
 }
 
 #[test]
@@ -37,7 +39,10 @@ fn split_shares_are_within_one_percent_and_users_stay_put() {
     let proxy = ProxyProcess::start(&split_config(&v1, &v2, 10));
     let first = assignments(&proxy, 0..10_000);
     let on_v2 = first.iter().filter(|v| *v == "v2").count() as f64 / 100.0;
-    assert!((on_v2 - 10.0).abs() <= 1.0, "v2 share {on_v2}% for a 10% canary");
+    assert!(
+        (on_v2 - 10.0).abs() <= 1.0,
+        "v2 share {on_v2}% for a 10% canary"
+    );
     // The same user always gets the same version.
     let again = assignments(&proxy, 0..2_000);
     assert_eq!(&first[..2_000], &again[..]);
@@ -59,10 +64,16 @@ fn two_instances_agree_and_raising_the_canary_never_moves_users_back() {
         let proxy = ProxyProcess::start(&split_config(&v1, &v2, canary));
         let now = assignments(&proxy, users.clone());
         for (u, (was, is)) in previous.iter().zip(&now).enumerate() {
-            assert!(!(was == "v2" && is == "v1"), "user-{u} moved back to v1 when the canary rose to {canary}%");
+            assert!(
+                !(was == "v2" && is == "v1"),
+                "user-{u} moved back to v1 when the canary rose to {canary}%"
+            );
         }
         let share = now.iter().filter(|v| *v == "v2").count() as f64 / 30.0;
-        assert!((share - canary as f64).abs() <= 2.5, "share {share}% at {canary}%");
+        assert!(
+            (share - canary as f64).abs() <= 2.5,
+            "share {share}% at {canary}%"
+        );
         previous = now;
     }
 }
@@ -74,7 +85,9 @@ fn requests_without_a_sticky_key_are_spread_by_weight() {
     let agent = client();
     let mut counts: HashMap<String, u32> = HashMap::new();
     for _ in 0..2_000 {
-        *counts.entry(get(&agent, &proxy.url("/api"), &[]).version()).or_default() += 1;
+        *counts
+            .entry(get(&agent, &proxy.url("/api"), &[]).version())
+            .or_default() += 1;
     }
     // Binomial(2000, 0.5): 6 standard deviations is about ±134.
     let v2 = counts.get("v2").copied().unwrap_or(0);
@@ -86,10 +99,18 @@ const KEY_GLOBEX: &str = "key-globex";
 
 fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-fn rules_config(v1: &RunningBackend, v2: &RunningBackend, blue: &RunningBackend, green: &RunningBackend) -> String {
+fn rules_config(
+    v1: &RunningBackend,
+    v2: &RunningBackend,
+    blue: &RunningBackend,
+    green: &RunningBackend,
+) -> String {
     format!(
         r#"
 clients:
@@ -149,17 +170,31 @@ struct Fleet {
 }
 
 fn fleet() -> Fleet {
-    let (v1, v2, blue, green) = (backend("v1"), backend("v2"), backend("blue"), backend("green"));
+    let (v1, v2, blue, green) = (
+        backend("v1"),
+        backend("v2"),
+        backend("blue"),
+        backend("green"),
+    );
     let proxy = ProxyProcess::start(&rules_config(&v1, &v2, &blue, &green));
-    Fleet { v1, v2, _blue: blue, _green: green, proxy }
+    Fleet {
+        v1,
+        v2,
+        _blue: blue,
+        _green: green,
+        proxy,
+    }
 }
+
+/// Method, headers, path.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
 
 #[test]
 fn every_rule_kind_overrides_the_split() {
     let f = fleet();
     let agent = client();
     let url = f.proxy.url("/api/x");
-    let hits: [(&str, Vec<(&str, &str)>, &str); 9] = [
+    let hits: [Case; 9] = [
         ("GET", vec![("X-Version", "beta")], "/api/x"),
         ("GET", vec![("x-version", "beta")], "/api/x"),
         ("GET", vec![("X-DEBUG-V2", "1")], "/api/x"),
@@ -172,9 +207,13 @@ fn every_rule_kind_overrides_the_split() {
     ];
     for (method, headers, path) in &hits {
         let r = send(&agent, method, &f.proxy.url(path), headers);
-        assert_eq!((r.status, r.version()), (200, "v2".to_string()), "{method} {path} {headers:?}");
+        assert_eq!(
+            (r.status, r.version()),
+            (200, "v2".to_string()),
+            "{method} {path} {headers:?}"
+        );
     }
-    let misses: [(&str, Vec<(&str, &str)>, &str); 7] = [
+    let misses: [Case; 7] = [
         ("GET", vec![("X-Version", "BETA")], "/api/x"),
         ("GET", vec![("Cookie", "canary=no")], "/api/x"),
         ("GET", vec![], "/api/x?version=3"),
@@ -185,7 +224,11 @@ fn every_rule_kind_overrides_the_split() {
     ];
     for (method, headers, path) in &misses {
         let r = send(&agent, method, &f.proxy.url(path), headers);
-        assert_eq!((r.status, r.version()), (200, "v1".to_string()), "{method} {path} {headers:?}");
+        assert_eq!(
+            (r.status, r.version()),
+            (200, "v1".to_string()),
+            "{method} {path} {headers:?}"
+        );
     }
     assert_eq!(get(&agent, &url, &[]).version(), "v1");
 }
@@ -194,10 +237,18 @@ fn every_rule_kind_overrides_the_split() {
 fn blue_green_serves_the_live_colour_for_its_host() {
     let f = fleet();
     let agent = client();
-    let r = get(&agent, &f.proxy.url("/anything"), &[("Host", "WWW.example.com:8080")]);
+    let r = get(
+        &agent,
+        &f.proxy.url("/anything"),
+        &[("Host", "WWW.example.com:8080")],
+    );
     assert_eq!(r.version(), "green");
     // Another host has no route at all: a JSON 404.
-    let r = get(&agent, &f.proxy.url("/anything"), &[("Host", "other.example.com")]);
+    let r = get(
+        &agent,
+        &f.proxy.url("/anything"),
+        &[("Host", "other.example.com")],
+    );
     assert_eq!(r.status, 404);
     assert_eq!(r.json(), serde_json::json!({"error": "no_route"}));
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -208,15 +259,30 @@ fn require_client_answers_401_without_touching_an_upstream() {
     let f = fleet();
     let agent = client();
     let before = f.v1.control.requests() + f.v2.control.requests();
-    for headers in [vec![], vec![("X-Api-Key", "wrong")], vec![("X-Api-Key", "")]] {
+    for headers in [
+        vec![],
+        vec![("X-Api-Key", "wrong")],
+        vec![("X-Api-Key", "")],
+    ] {
         let r = get(&agent, &f.proxy.url("/partners/orders"), &headers);
         assert_eq!(r.status, 401, "{headers:?}");
         assert_eq!(r.json(), serde_json::json!({"error": "client_required"}));
     }
-    assert_eq!(f.v1.control.requests() + f.v2.control.requests(), before, "a refused request reached an upstream");
-    let r = get(&agent, &f.proxy.url("/partners/orders"), &[("X-Api-Key", KEY_ACME)]);
+    assert_eq!(
+        f.v1.control.requests() + f.v2.control.requests(),
+        before,
+        "a refused request reached an upstream"
+    );
+    let r = get(
+        &agent,
+        &f.proxy.url("/partners/orders"),
+        &[("X-Api-Key", KEY_ACME)],
+    );
     assert_eq!(r.status, 200);
-    assert_eq!(r.upstream_header("X-Switchyard-Client").as_deref(), Some("acme"));
+    assert_eq!(
+        r.upstream_header("X-Switchyard-Client").as_deref(),
+        Some("acme")
+    );
 }
 
 #[test]
@@ -226,16 +292,30 @@ fn client_sent_switchyard_headers_never_reach_upstream() {
     let r = get(
         &agent,
         &f.proxy.url("/api/x"),
-        &[("X-Switchyard-Client", "globex"), ("X-Switchyard-Shadow", "1"), ("x-switchyard-anything", "x")],
+        &[
+            ("X-Switchyard-Client", "globex"),
+            ("X-Switchyard-Shadow", "1"),
+            ("x-switchyard-anything", "x"),
+        ],
     );
     assert_eq!(r.status, 200);
     let headers = r.json()["headers"].as_object().unwrap().clone();
-    assert!(headers.keys().all(|k| !k.starts_with("x-switchyard-")), "{headers:?}");
+    assert!(
+        headers.keys().all(|k| !k.starts_with("x-switchyard-")),
+        "{headers:?}"
+    );
     // A spoofed client id is neither forwarded nor used for routing (globex would go to v2).
     assert_eq!(r.version(), "v1");
     // With a real key, the proxy's own header is sent.
-    let r = get(&agent, &f.proxy.url("/api/x"), &[("X-Api-Key", KEY_GLOBEX), ("X-Switchyard-Client", "acme")]);
-    assert_eq!(r.upstream_header("x-switchyard-client").as_deref(), Some("globex"));
+    let r = get(
+        &agent,
+        &f.proxy.url("/api/x"),
+        &[("X-Api-Key", KEY_GLOBEX), ("X-Switchyard-Client", "acme")],
+    );
+    assert_eq!(
+        r.upstream_header("x-switchyard-client").as_deref(),
+        Some("globex")
+    );
 }
 
 #[test]
@@ -248,16 +328,28 @@ fn request_ids_are_kept_when_sane_and_generated_otherwise() {
     assert_eq!(r.upstream_header("x-request-id").as_deref(), Some(sane));
 
     let mut seen = std::collections::HashSet::new();
-    for bad in [None, Some("has spaces in it"), Some("<script>"), Some(&*"x".repeat(200))] {
+    for bad in [
+        None,
+        Some("has spaces in it"),
+        Some("<script>"),
+        Some(&*"x".repeat(200)),
+    ] {
         let headers: Vec<(&str, &str)> = bad.map(|b| vec![("X-Request-Id", b)]).unwrap_or_default();
         let r = get(&agent, &f.proxy.url("/api/x"), &headers);
         let id = r.header("x-request-id").unwrap().to_string();
         assert_eq!(id.len(), 32);
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(r.upstream_header("x-request-id").as_deref(), Some(id.as_str()));
+        assert_eq!(
+            r.upstream_header("x-request-id").as_deref(),
+            Some(id.as_str())
+        );
         assert!(seen.insert(id), "request ids repeat");
     }
     // The proxy's own responses carry one too.
-    let r = get(&agent, &f.proxy.url("/partners"), &[("X-Request-Id", "abc-1")]);
+    let r = get(
+        &agent,
+        &f.proxy.url("/partners"),
+        &[("X-Request-Id", "abc-1")],
+    );
     assert_eq!((r.status, r.header("x-request-id")), (401, Some("abc-1")));
 }

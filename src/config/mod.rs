@@ -25,7 +25,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -413,8 +416,15 @@ impl Config {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
             // serde_yaml names the path itself for most errors; add it only where it does not.
-            let named = message.split_once(": ").map(|(p, _)| p).filter(|p| !p.contains(' '));
-            let path = if path == "." || named.is_some_and(|n| path.starts_with(n)) { String::new() } else { path };
+            let named = message
+                .split_once(": ")
+                .map(|(p, _)| p)
+                .filter(|p| !p.contains(' '));
+            let path = if path == "." || named.is_some_and(|n| path.starts_with(n)) {
+                String::new()
+            } else {
+                path
+            };
             ConfigError::new(path, message).into()
         })
     }
@@ -458,7 +468,9 @@ pub fn inactive_parts(config: &Config) -> Vec<String> {
     }
     for (i, r) in config.routes.iter().enumerate() {
         if r.mirror.is_some() {
-            out.push(format!("routes[{i}].mirror: validated, but mirroring is not active in this version"));
+            out.push(format!(
+                "routes[{i}].mirror: validated, but mirroring is not active in this version"
+            ));
         }
         if r.rollout.is_some() {
             out.push(format!("routes[{i}].rollout: validated, but the rollout controller is not active in this version"));

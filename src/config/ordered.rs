@@ -94,7 +94,8 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
-                let mut entries: Vec<(String, V)> = Vec::with_capacity(access.size_hint().unwrap_or(0));
+                let mut entries: Vec<(String, V)> =
+                    Vec::with_capacity(access.size_hint().unwrap_or(0));
                 while let Some((key, value)) = access.next_entry::<String, V>()? {
                     if entries.iter().any(|(k, _)| *k == key) {
                         return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
@@ -135,10 +136,15 @@ mod tests {
         let mut m: OrderedMap<u32> = serde_yaml::from_str("v1: 99\nv2: 1\n").unwrap();
         m.insert("v1", 95);
         m.insert("v3", 5);
-        assert_eq!(m.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Vec<_>>(), [
-            ("v1".to_string(), 95),
-            ("v2".to_string(), 1),
-            ("v3".to_string(), 5)
-        ]);
+        assert_eq!(
+            m.iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<Vec<_>>(),
+            [
+                ("v1".to_string(), 95),
+                ("v2".to_string(), 1),
+                ("v3".to_string(), 5)
+            ]
+        );
     }
 }

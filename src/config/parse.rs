@@ -13,7 +13,9 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || format!("invalid duration {text:?} (expected a whole number and a unit: ms, s, m or h, e.g. 250ms, 5s, 10m)");
+    let bad = || {
+        format!("invalid duration {text:?} (expected a whole number and a unit: ms, s, m or h, e.g. 250ms, 5s, 10m)")
+    };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
@@ -52,7 +54,9 @@ pub fn percent(value: &PercentValue) -> Result<f64, String> {
         }
     };
     if !n.is_finite() || !(0.0..=100.0).contains(&n) {
-        return Err(format!("invalid percentage {shown} (must be between 0 and 100)"));
+        return Err(format!(
+            "invalid percentage {shown} (must be between 0 and 100)"
+        ));
     }
     Ok(n)
 }
@@ -74,8 +78,9 @@ pub fn sha256_hex(text: &str) -> Result<[u8; 32], String> {
 
 /// `ip:port` with a literal IP address (IPv6 in brackets).
 pub fn socket_addr(text: &str) -> Result<SocketAddr, String> {
-    SocketAddr::from_str(text.trim())
-        .map_err(|_| format!("invalid address {text:?} (expected IP:PORT, e.g. 10.0.0.1:8080 or [::1]:8080)"))
+    SocketAddr::from_str(text.trim()).map_err(|_| {
+        format!("invalid address {text:?} (expected IP:PORT, e.g. 10.0.0.1:8080 or [::1]:8080)")
+    })
 }
 
 /// An IP network: `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
@@ -257,8 +262,14 @@ mod tests {
 
     #[test]
     fn sticky_keys() {
-        assert_eq!("header:X-User-Id".parse::<StickyKey>().unwrap(), StickyKey::Header("x-user-id".into()));
-        assert_eq!("cookie:uid".parse::<StickyKey>().unwrap(), StickyKey::Cookie("uid".into()));
+        assert_eq!(
+            "header:X-User-Id".parse::<StickyKey>().unwrap(),
+            StickyKey::Header("x-user-id".into())
+        );
+        assert_eq!(
+            "cookie:uid".parse::<StickyKey>().unwrap(),
+            StickyKey::Cookie("uid".into())
+        );
         assert_eq!("client".parse::<StickyKey>().unwrap(), StickyKey::Client);
         for bad in ["user", "header:", "path:/x", "header:bad name"] {
             assert!(bad.parse::<StickyKey>().is_err(), "{bad}");
@@ -267,7 +278,8 @@ mod tests {
 
     #[test]
     fn digests() {
-        let d = sha256_hex("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08").unwrap();
+        let d =
+            sha256_hex("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08").unwrap();
         assert_eq!(d[0], 0x9f);
         assert!(sha256_hex("9f86").is_err());
         assert!(sha256_hex(&"z".repeat(64)).is_err());

@@ -2,7 +2,9 @@
 //! file and the offending value, so an operator fixes a file in one pass.
 
 use super::parse::{self, Cidr, StickyKey};
-use super::{Config, ConfigError, MirrorConfig, RolloutConfig, RouteConfig, UpstreamConfig, WhenConfig};
+use super::{
+    Config, ConfigError, MirrorConfig, RolloutConfig, RouteConfig, UpstreamConfig, WhenConfig,
+};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -39,14 +41,26 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     for (i, route_cfg) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if !names.insert(route_cfg.name.as_str()) {
-            e.push(format!("{path}.name"), format!("duplicate route name {:?}", route_cfg.name));
+            e.push(
+                format!("{path}.name"),
+                format!("duplicate route name {:?}", route_cfg.name),
+            );
         }
         let key = (
-            route_cfg.matcher.host.as_deref().map(normalize_host).unwrap_or_default(),
+            route_cfg
+                .matcher
+                .host
+                .as_deref()
+                .map(normalize_host)
+                .unwrap_or_default(),
             normalize_prefix(route_cfg.matcher.path_prefix.as_deref().unwrap_or("/")),
         );
         if let Some(first) = matches.insert(key.clone(), i) {
-            let host = if key.0.is_empty() { "any host".to_string() } else { format!("host {:?}", key.0) };
+            let host = if key.0.is_empty() {
+                "any host".to_string()
+            } else {
+                format!("host {:?}", key.0)
+            };
             e.push(
                 format!("{path}.match"),
                 format!("same {host} and path_prefix {:?} as routes[{first}]", key.1),
@@ -60,16 +74,25 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
 fn server(config: &Config, e: &mut Errors) {
     let s = &config.server;
     if s.listen.is_empty() && s.tls.is_empty() {
-        e.push("server.listen", "no listener: give at least one address in listen or tls");
+        e.push(
+            "server.listen",
+            "no listener: give at least one address in listen or tls",
+        );
     }
     for (i, addr) in s.listen.iter().enumerate() {
         e.check(format!("server.listen[{i}]"), parse::socket_addr(addr));
     }
     for (i, tls) in s.tls.iter().enumerate() {
-        e.check(format!("server.tls[{i}].listen"), parse::socket_addr(&tls.listen));
+        e.check(
+            format!("server.tls[{i}].listen"),
+            parse::socket_addr(&tls.listen),
+        );
         for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
             if !Path::new(file).is_file() {
-                e.push(format!("server.tls[{i}].{key}"), format!("no such file {file:?}"));
+                e.push(
+                    format!("server.tls[{i}].{key}"),
+                    format!("no such file {file:?}"),
+                );
             }
         }
     }
@@ -77,8 +100,15 @@ fn server(config: &Config, e: &mut Errors) {
         e.push("server.threads", "must be at least 1, got 0");
     }
     e.check("server.grace_period", parse::duration(&s.grace_period));
-    e.check("server.shutdown_timeout", parse::duration(&s.shutdown_timeout));
-    for (key, value) in [("pid_file", &s.pid_file), ("upgrade_sock", &s.upgrade_sock), ("state_dir", &s.state_dir)] {
+    e.check(
+        "server.shutdown_timeout",
+        parse::duration(&s.shutdown_timeout),
+    );
+    for (key, value) in [
+        ("pid_file", &s.pid_file),
+        ("upgrade_sock", &s.upgrade_sock),
+        ("state_dir", &s.state_dir),
+    ] {
         if value.trim().is_empty() {
             e.push(format!("server.{key}"), "must not be empty");
         }
@@ -93,23 +123,37 @@ fn admin(config: &Config, e: &mut Errors) {
     e.check("admin.listen", parse::socket_addr(&admin.listen));
     for (name, digest) in admin.tokens.iter() {
         if name.trim().is_empty() {
-            e.push("admin.tokens", "a token name (the actor in the audit log) must not be empty");
+            e.push(
+                "admin.tokens",
+                "a token name (the actor in the audit log) must not be empty",
+            );
         }
         e.check(format!("admin.tokens.{name}"), parse::sha256_hex(digest));
     }
 }
 
 fn clients(config: &Config, e: &mut Errors) {
-    let Some(clients) = &config.clients else { return };
-    e.check("clients.api_key_header", parse::header_name(&clients.api_key_header));
+    let Some(clients) = &config.clients else {
+        return;
+    };
+    e.check(
+        "clients.api_key_header",
+        parse::header_name(&clients.api_key_header),
+    );
     let mut seen: HashMap<[u8; 32], &str> = HashMap::new();
     for (id, digest) in clients.keys.iter() {
         if !valid_ident(id) {
-            e.push(format!("clients.keys.{id}"), format!("invalid client id {id:?} (use letters, digits, '.', '_', '-')"));
+            e.push(
+                format!("clients.keys.{id}"),
+                format!("invalid client id {id:?} (use letters, digits, '.', '_', '-')"),
+            );
         }
         if let Some(d) = e.check(format!("clients.keys.{id}"), parse::sha256_hex(digest)) {
             if let Some(other) = seen.insert(d, id) {
-                e.push(format!("clients.keys.{id}"), format!("same key digest as client {other:?}"));
+                e.push(
+                    format!("clients.keys.{id}"),
+                    format!("same key digest as client {other:?}"),
+                );
             }
         }
     }
@@ -128,29 +172,58 @@ fn upstream(path: &str, up: &UpstreamConfig, e: &mut Errors) {
             }
         }
         if b.weight() < 1 {
-            e.push(format!("{bpath}.weight"), format!("must be at least 1, got {}", b.weight()));
+            e.push(
+                format!("{bpath}.weight"),
+                format!("must be at least 1, got {}", b.weight()),
+            );
         } else if b.weight() > 1000 {
-            e.push(format!("{bpath}.weight"), format!("must be at most 1000, got {}", b.weight()));
+            e.push(
+                format!("{bpath}.weight"),
+                format!("must be at most 1000, got {}", b.weight()),
+            );
         }
     }
     if let Some(hc) = &up.health_check {
         if !hc.path.starts_with('/') {
-            e.push(format!("{path}.health_check.path"), format!("must start with '/', got {:?}", hc.path));
+            e.push(
+                format!("{path}.health_check.path"),
+                format!("must start with '/', got {:?}", hc.path),
+            );
         }
-        if let Some(d) = e.check(format!("{path}.health_check.interval"), parse::duration(&hc.interval)) {
+        if let Some(d) = e.check(
+            format!("{path}.health_check.interval"),
+            parse::duration(&hc.interval),
+        ) {
             if d.is_zero() {
-                e.push(format!("{path}.health_check.interval"), "must be greater than 0");
+                e.push(
+                    format!("{path}.health_check.interval"),
+                    "must be greater than 0",
+                );
             }
         }
-        e.check(format!("{path}.health_check.timeout"), parse::duration(&hc.timeout));
-        for (key, n) in [("unhealthy_after", hc.unhealthy_after), ("healthy_after", hc.healthy_after)] {
+        e.check(
+            format!("{path}.health_check.timeout"),
+            parse::duration(&hc.timeout),
+        );
+        for (key, n) in [
+            ("unhealthy_after", hc.unhealthy_after),
+            ("healthy_after", hc.healthy_after),
+        ] {
             if n == 0 {
-                e.push(format!("{path}.health_check.{key}"), "must be at least 1, got 0");
+                e.push(
+                    format!("{path}.health_check.{key}"),
+                    "must be at least 1, got 0",
+                );
             }
         }
     }
     let t = &up.timeouts;
-    for (key, value) in [("connect", &t.connect), ("read", &t.read), ("write", &t.write), ("idle", &t.idle)] {
+    for (key, value) in [
+        ("connect", &t.connect),
+        ("read", &t.read),
+        ("write", &t.write),
+        ("idle", &t.idle),
+    ] {
         if let Some(v) = value {
             e.check(format!("{path}.timeouts.{key}"), parse::duration(v));
         }
@@ -159,7 +232,13 @@ fn upstream(path: &str, up: &UpstreamConfig, e: &mut Errors) {
 
 fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
     if !valid_ident(&r.name) {
-        e.push(format!("{path}.name"), format!("invalid route name {:?} (use letters, digits, '.', '_', '-')", r.name));
+        e.push(
+            format!("{path}.name"),
+            format!(
+                "invalid route name {:?} (use letters, digits, '.', '_', '-')",
+                r.name
+            ),
+        );
     }
     if let Some(host) = &r.matcher.host {
         if let Err(m) = host_pattern(host) {
@@ -168,7 +247,10 @@ fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
     }
     if let Some(prefix) = &r.matcher.path_prefix {
         if !prefix.starts_with('/') {
-            e.push(format!("{path}.match.path_prefix"), format!("must start with '/', got {prefix:?}"));
+            e.push(
+                format!("{path}.match.path_prefix"),
+                format!("must start with '/', got {prefix:?}"),
+            );
         }
     }
     for (i, m) in r.matcher.methods.iter().enumerate() {
@@ -180,7 +262,10 @@ fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
         }
     };
     if r.require_client && config.clients.as_ref().is_none_or(|c| c.keys.is_empty()) {
-        e.push(format!("{path}.require_client"), "is true but no clients.keys are configured");
+        e.push(
+            format!("{path}.require_client"),
+            "is true but no clients.keys are configured",
+        );
     }
     for (i, rule) in r.rules.iter().enumerate() {
         let rpath = format!("{path}.rules[{i}]");
@@ -215,7 +300,10 @@ fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
         upstream_ref(e, format!("{path}.blue_green.blue"), &bg.blue);
         upstream_ref(e, format!("{path}.blue_green.green"), &bg.green);
         if bg.live != "blue" && bg.live != "green" {
-            e.push(format!("{path}.blue_green.live"), format!("must be blue or green, got {:?}", bg.live));
+            e.push(
+                format!("{path}.blue_green.live"),
+                format!("must be blue or green, got {:?}", bg.live),
+            );
         }
     }
     if let Some(m) = &r.mirror {
@@ -245,7 +333,10 @@ fn when(path: &str, w: &WhenConfig, config: &Config, e: &mut Errors) {
         let known = config.clients.as_ref();
         for (i, id) in ids.iter().enumerate() {
             if !known.is_some_and(|c| c.keys.contains_key(id)) {
-                e.push(format!("{path}.client_in[{i}]"), format!("no such client {id:?} in clients.keys"));
+                e.push(
+                    format!("{path}.client_in[{i}]"),
+                    format!("no such client {id:?} in clients.keys"),
+                );
             }
         }
     }
@@ -287,11 +378,17 @@ fn mirror(path: &str, m: &MirrorConfig, e: &mut Errors) {
     }
     if let Some(c) = &m.compare {
         for (i, h) in c.ignore_headers.iter().enumerate() {
-            e.check(format!("{path}.compare.ignore_headers[{i}]"), parse::header_name(h));
+            e.check(
+                format!("{path}.compare.ignore_headers[{i}]"),
+                parse::header_name(h),
+            );
         }
         for (i, p) in c.ignore_json.iter().enumerate() {
             if !p.is_empty() && !p.starts_with('/') {
-                e.push(format!("{path}.compare.ignore_json[{i}]"), format!("invalid JSON pointer {p:?} (must start with '/')"));
+                e.push(
+                    format!("{path}.compare.ignore_json[{i}]"),
+                    format!("invalid JSON pointer {p:?} (must start with '/')"),
+                );
             }
         }
     }
@@ -316,7 +413,10 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
     for (i, s) in ro.steps.iter().enumerate() {
         if let Some(p) = e.check(format!("{path}.steps[{i}]"), parse::percent(s)) {
             if p <= last && i > 0 {
-                e.push(format!("{path}.steps[{i}]"), format!("steps must increase, got {p} after {last}"));
+                e.push(
+                    format!("{path}.steps[{i}]"),
+                    format!("steps must increase, got {p} after {last}"),
+                );
             }
             last = p;
         }
@@ -339,7 +439,10 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
     }
     if let Some(ratio) = g.max_p99_ratio {
         if !ratio.is_finite() || ratio <= 0.0 {
-            e.push(format!("{path}.gates.max_p99_ratio"), format!("must be a number > 0, got {ratio}"));
+            e.push(
+                format!("{path}.gates.max_p99_ratio"),
+                format!("must be a number > 0, got {ratio}"),
+            );
         }
     }
     if ro.failure_limit == 0 {
@@ -349,17 +452,23 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
 
 /// Route names and client ids appear in URLs and metric labels.
 fn valid_ident(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// `api.example.com` or `*.example.com`.
 fn host_pattern(host: &str) -> Result<(), String> {
-    let bad = || format!("invalid host {host:?} (expected a name like api.example.com or *.example.com)");
+    let bad =
+        || format!("invalid host {host:?} (expected a name like api.example.com or *.example.com)");
     let name = host.strip_prefix("*.").unwrap_or(host);
     if name.is_empty()
         || name.len() > 253
         || !name.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
     {
         return Err(bad());

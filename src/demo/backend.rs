@@ -63,23 +63,32 @@ impl RunningBackend {
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         let ctl = control.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread = std::thread::Builder::new().name(format!("backend-{version}")).spawn(move || {
-            runtime.block_on(async move {
-                let listener = match TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        log::error!("backend {}: {e}", ctl.version);
-                        return;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name(format!("backend-{version}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            log::error!("backend {}: {e}", ctl.version);
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        _ = serve(listener, ctl) => {}
+                        _ = rx => {}
                     }
-                };
-                tokio::select! {
-                    _ = serve(listener, ctl) => {}
-                    _ = rx => {}
-                }
-            })
-        })?;
-        Ok(RunningBackend { addr, control, shutdown: Some(tx), thread: Some(thread) })
+                })
+            })?;
+        Ok(RunningBackend {
+            addr,
+            control,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -135,8 +144,15 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
         };
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(&buf[..head_len]), Ok(httparse::Status::Complete(_))) {
-            stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await?;
+        if !matches!(
+            req.parse(&buf[..head_len]),
+            Ok(httparse::Status::Complete(_))
+        ) {
+            stream
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await?;
             return Ok(());
         }
         let method = req.method.unwrap_or("GET").to_string();
@@ -211,5 +227,8 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
 }

@@ -42,7 +42,8 @@ Stop with Ctrl-C.
 
 /// Runs the demo until interrupted.
 pub fn run() -> anyhow::Result<()> {
-    let config = Config::load_str(DEMO_CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
+    let config =
+        Config::load_str(DEMO_CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
     let mut backends = Vec::new();
     for (name, addr) in BACKENDS {
         let b = RunningBackend::start(name, addr)

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::lb::Backend;
 use pingora::prelude::*;
-use pingora::proxy::FailToProxy;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::proxy::FailToProxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -72,7 +72,10 @@ impl ProxyHttp for Proxy {
                 path: req.uri.path(),
                 query: req.uri.query(),
                 headers: &req.headers,
-                client_ip: session.client_addr().and_then(PeerAddr::as_inet).map(|a| a.ip()),
+                client_ip: session
+                    .client_addr()
+                    .and_then(PeerAddr::as_inet)
+                    .map(|a| a.ip()),
             };
             release::decide(&snapshot.table, &view, &mut random_bucket)
         };
@@ -83,7 +86,13 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
             Outcome::ClientRequired { .. } => {
-                respond_json(session, 401, r#"{"error":"client_required"}"#, &ctx.request_id).await?;
+                respond_json(
+                    session,
+                    401,
+                    r#"{"error":"client_required"}"#,
+                    &ctx.request_id,
+                )
+                .await?;
                 return Ok(true);
             }
         };
@@ -100,7 +109,13 @@ impl ProxyHttp for Proxy {
                 Ok(false)
             }
             None => {
-                respond_json(session, 502, r#"{"error":"no_healthy_upstream"}"#, &ctx.request_id).await?;
+                respond_json(
+                    session,
+                    502,
+                    r#"{"error":"no_healthy_upstream"}"#,
+                    &ctx.request_id,
+                )
+                .await?;
                 Ok(true)
             }
         }
@@ -108,7 +123,10 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let (Some(snapshot), Some(decision)) = (&ctx.snapshot, ctx.decision) else {
-            return Error::e_explain(ErrorType::InternalError, "upstream_peer called without a decision");
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "upstream_peer called without a decision",
+            );
         };
         let backend = match ctx.backend.take() {
             Some(b) => b,
@@ -121,7 +139,12 @@ impl ProxyHttp for Proxy {
                     ctx.target = Some(target);
                     b
                 }
-                None => return Error::e_explain(ErrorType::ConnectNoRoute, "no healthy backend left to retry"),
+                None => {
+                    return Error::e_explain(
+                        ErrorType::ConnectNoRoute,
+                        "no healthy backend left to retry",
+                    )
+                }
             },
         };
         let pool = ctx.target.and_then(|t| snapshot.pools.get(t));
@@ -133,12 +156,24 @@ impl ProxyHttp for Proxy {
         Ok(peer)
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(addr) = ctx.backend.take().and_then(|b| b.addr.as_inet().copied()) {
             ctx.failed.push(addr);
         }
         // Nothing was sent yet: trying another backend is always safe.
-        let pool_size = ctx.target.and_then(|t| ctx.snapshot.as_ref()?.pools.get(t).map(|p| p.backend_count()));
+        let pool_size = ctx.target.and_then(|t| {
+            ctx.snapshot
+                .as_ref()?
+                .pools
+                .get(t)
+                .map(|p| p.backend_count())
+        });
         if pool_size.is_some_and(|n| ctx.failed.len() < n) {
             e.set_retry(true);
         }
@@ -152,13 +187,19 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
-        if let (Some(snapshot), Some(client)) = (&ctx.snapshot, ctx.decision.and_then(|d| d.client)) {
+        if let (Some(snapshot), Some(client)) = (&ctx.snapshot, ctx.decision.and_then(|d| d.client))
+        {
             upstream_request.insert_header(CLIENT_HEADER, snapshot.table.client_name(client))?;
         }
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         Ok(())
     }
@@ -186,13 +227,20 @@ impl ProxyHttp for Proxy {
                 log::debug!("could not send error response: {err}");
             }
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 }
 
 /// A healthy backend for the decision's target, or for the route's baseline when the target's pool is
 /// entirely down. Returns the pool actually used.
-fn pick_backend(snapshot: &Snapshot, decision: &Decision, exclude: &[SocketAddr]) -> Option<(UpstreamId, Backend)> {
+fn pick_backend(
+    snapshot: &Snapshot,
+    decision: &Decision,
+    exclude: &[SocketAddr],
+) -> Option<(UpstreamId, Backend)> {
     let pool = snapshot.pools.get(decision.target)?;
     if let Some(b) = pool.select(exclude) {
         return Some((decision.target, b));
@@ -212,11 +260,17 @@ fn random_bucket() -> u32 {
 /// Removes every client-sent `X-Switchyard-*` header: only the proxy speaks in that namespace.
 fn strip_internal_headers(session: &mut Session) {
     let headers = &session.req_header().headers;
-    if !headers.keys().any(|k| k.as_str().starts_with(HEADER_PREFIX)) {
+    if !headers
+        .keys()
+        .any(|k| k.as_str().starts_with(HEADER_PREFIX))
+    {
         return;
     }
-    let names: Vec<http::HeaderName> =
-        headers.keys().filter(|k| k.as_str().starts_with(HEADER_PREFIX)).cloned().collect();
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(HEADER_PREFIX))
+        .cloned()
+        .collect();
     let req = session.req_header_mut();
     for name in names {
         req.remove_header(&name);
@@ -224,7 +278,12 @@ fn strip_internal_headers(session: &mut Session) {
 }
 
 /// Writes a complete JSON response made by the proxy itself.
-pub(crate) async fn respond_json(session: &mut Session, status: u16, body: &'static str, request_id: &str) -> Result<()> {
+pub(crate) async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    body: &'static str,
+    request_id: &str,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -232,5 +291,7 @@ pub(crate) async fn respond_json(session: &mut Session, status: u16, body: &'sta
         resp.insert_header(REQUEST_ID_HEADER, request_id)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await
 }

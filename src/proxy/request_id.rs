@@ -11,7 +11,11 @@ const MAX_LEN: usize = 128;
 pub fn settle(client_value: Option<&HeaderValue>) -> String {
     if let Some(v) = client_value {
         let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c)) {
+        if !b.is_empty()
+            && b.len() <= MAX_LEN
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
+        {
             // Checked ASCII above.
             return String::from_utf8_lossy(b).into_owned();
         }

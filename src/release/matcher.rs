@@ -20,13 +20,19 @@ pub(crate) enum Cond {
 impl Cond {
     fn holds(&self, req: &RequestView<'_>, client: Option<ClientId>) -> bool {
         match self {
-            Cond::Header(name, value) => req.headers.get_all(name).iter().any(|v| v.as_bytes() == &**value),
+            Cond::Header(name, value) => req
+                .headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == &**value),
             Cond::HeaderPresent(name) => req.headers.contains_key(name),
-            Cond::Cookie(name, value) => cookie(req, name).is_some_and(|v| v == &**value),
-            Cond::Query(name, value) => query_param(req.query, name).is_some_and(|v| v == &**value),
+            Cond::Cookie(name, value) => cookie(req, name).is_some_and(|v| *v == **value),
+            Cond::Query(name, value) => query_param(req.query, name).is_some_and(|v| *v == **value),
             Cond::ClientIn(ids) => client.is_some_and(|c| ids.contains(&c)),
             Cond::Method(methods) => methods.iter().any(|m| m.eq_ignore_ascii_case(req.method)),
-            Cond::SourceIp(cidrs) => req.client_ip.is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip))),
+            Cond::SourceIp(cidrs) => req
+                .client_ip
+                .is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip))),
         }
     }
 }
@@ -43,16 +49,21 @@ impl When {
 
 /// The value of cookie `name`, from any `Cookie` header.
 pub(crate) fn cookie<'a>(req: &RequestView<'a>, name: &str) -> Option<&'a str> {
-    req.headers.get_all(http::header::COOKIE).iter().find_map(|h| {
-        let h = h.to_str().ok()?;
-        h.split(';').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| {
-                let v = v.trim();
-                v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v)
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .find_map(|h| {
+            let h = h.to_str().ok()?;
+            h.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k.trim() == name).then(|| {
+                    let v = v.trim();
+                    v.strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(v)
+                })
             })
         })
-    })
 }
 
 /// The (percent-decoded) value of query parameter `name`; the first one wins.
@@ -75,7 +86,10 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(b) => {
                         out.push(b);
                         i += 2;
@@ -96,7 +110,14 @@ mod tests {
     use http::HeaderMap;
 
     fn view<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> RequestView<'a> {
-        RequestView { method: "GET", host: "h", path: "/", query, headers, client_ip: None }
+        RequestView {
+            method: "GET",
+            host: "h",
+            path: "/",
+            query,
+            headers,
+            client_ip: None,
+        }
     }
 
     #[test]
@@ -113,8 +134,14 @@ mod tests {
 
     #[test]
     fn query_params() {
-        assert_eq!(query_param(Some("a=1&version=beta"), "version").as_deref(), Some("beta"));
-        assert_eq!(query_param(Some("v=a%20b+c"), "v").as_deref(), Some("a b c"));
+        assert_eq!(
+            query_param(Some("a=1&version=beta"), "version").as_deref(),
+            Some("beta")
+        );
+        assert_eq!(
+            query_param(Some("v=a%20b+c"), "v").as_deref(),
+            Some("a b c")
+        );
         assert_eq!(query_param(Some("flag&x=1"), "flag").as_deref(), Some(""));
         assert_eq!(query_param(Some("x=%zz%4"), "x").as_deref(), Some("%zz%4"));
         assert_eq!(query_param(Some("x=1"), "y"), None);

@@ -67,8 +67,14 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::Rule(n) => write!(f, "rule:{n}"),
-            Reason::Split { bucket, sticky: Some(_) } => write!(f, "split:{bucket}"),
-            Reason::Split { bucket, sticky: None } => write!(f, "split:{bucket}:random"),
+            Reason::Split {
+                bucket,
+                sticky: Some(_),
+            } => write!(f, "split:{bucket}"),
+            Reason::Split {
+                bucket,
+                sticky: None,
+            } => write!(f, "split:{bucket}:random"),
             Reason::Live(c) => write!(f, "live:{}", c.as_str()),
         }
     }
@@ -89,12 +95,18 @@ pub enum Outcome {
     /// No route matches: 404 `{"error":"no_route"}`.
     NoRoute,
     /// The route requires a known API client and none was identified: 401.
-    ClientRequired { route: RouteId },
+    ClientRequired {
+        route: RouteId,
+    },
 }
 
 /// Decides where a request goes (SPEC §3). Pure: same table + same request = same answer, except for
 /// the random bucket of a split request with no sticky key, drawn from `random`.
-pub fn decide(table: &ReleaseTable, req: &RequestView<'_>, random: &mut dyn FnMut() -> u32) -> Outcome {
+pub fn decide(
+    table: &ReleaseTable,
+    req: &RequestView<'_>,
+    random: &mut dyn FnMut() -> u32,
+) -> Outcome {
     match table.find_route(req.host, req.path, req.method) {
         Some(route) => decide_route(table, route, req, random),
         None => Outcome::NoRoute,
@@ -108,14 +120,21 @@ pub fn decide_route(
     req: &RequestView<'_>,
     random: &mut dyn FnMut() -> u32,
 ) -> Outcome {
-    let Some(route) = table.route(route_id) else { return Outcome::NoRoute };
+    let Some(route) = table.route(route_id) else {
+        return Outcome::NoRoute;
+    };
     let client = identify_client(table, req);
     if route.require_client && client.is_none() {
         return Outcome::ClientRequired { route: route_id };
     }
     for (i, rule) in route.rules.iter().enumerate() {
         if rule.when.holds(req, client) {
-            return Outcome::Routed(Decision { route: route_id, target: rule.to, reason: Reason::Rule(i as u16), client });
+            return Outcome::Routed(Decision {
+                route: route_id,
+                target: rule.to,
+                reason: Reason::Rule(i as u16),
+                client,
+            });
         }
     }
     let (target, reason) = match &route.strategy {
@@ -129,7 +148,12 @@ pub fn decide_route(
             (route.baseline(), Reason::Live(live))
         }
     };
-    Outcome::Routed(Decision { route: route_id, target, reason, client })
+    Outcome::Routed(Decision {
+        route: route_id,
+        target,
+        reason,
+        client,
+    })
 }
 
 fn route_live(route: &Route) -> Colour {

@@ -26,7 +26,11 @@ impl PathTable {
         std::iter::from_fn(move || {
             while let Some(e) = end {
                 let candidate = &path[..e];
-                end = if e == 0 { None } else { Some(candidate.rfind('/').unwrap_or(0)) };
+                end = if e == 0 {
+                    None
+                } else {
+                    Some(candidate.rfind('/').unwrap_or(0))
+                };
                 if candidate.len() <= self.longest {
                     if let Some(r) = self.prefixes.get(candidate) {
                         return Some(*r);
@@ -52,15 +56,25 @@ impl Router {
         if host.is_empty() {
             self.any.insert(prefix, route);
         } else if let Some(suffix) = host.strip_prefix("*.") {
-            self.wildcard.entry(suffix.into()).or_default().insert(prefix, route);
+            self.wildcard
+                .entry(suffix.into())
+                .or_default()
+                .insert(prefix, route);
         } else {
-            self.exact.entry(host.into()).or_default().insert(prefix, route);
+            self.exact
+                .entry(host.into())
+                .or_default()
+                .insert(prefix, route);
         }
     }
 
     /// Every route that matches `host` and `path`, most specific first.
     /// `host` may carry a port and any case; `path` excludes the query.
-    pub(crate) fn candidates<'a>(&'a self, host: &'a str, path: &'a str) -> impl Iterator<Item = RouteId> + 'a {
+    pub(crate) fn candidates<'a>(
+        &'a self,
+        host: &'a str,
+        path: &'a str,
+    ) -> impl Iterator<Item = RouteId> + 'a {
         let host = normalize_request_host(host);
         let exact = self.exact.get(host.as_ref()).map(|t| t.candidates(path));
         let mut wild: Vec<&PathTable> = Vec::new();
@@ -85,7 +99,9 @@ impl Router {
 fn normalize_request_host(host: &str) -> Cow<'_, str> {
     let h = if host.starts_with('[') {
         // [v6]:port
-        host.split_once(']').map(|(a, _)| &host[..a.len() + 1]).unwrap_or(host)
+        host.split_once(']')
+            .map(|(a, _)| &host[..a.len() + 1])
+            .unwrap_or(host)
     } else {
         host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
     };
@@ -127,7 +143,11 @@ mod tests {
 
     #[test]
     fn exact_host_beats_wildcard_beats_any() {
-        let r = router(&[("", "/api/payments/long"), ("*.example.com", "/api"), ("api.example.com", "")]);
+        let r = router(&[
+            ("", "/api/payments/long"),
+            ("*.example.com", "/api"),
+            ("api.example.com", ""),
+        ]);
         assert_eq!(first(&r, "api.example.com", "/api/payments/long"), Some(2));
         assert_eq!(first(&r, "API.Example.com:8443", "/api"), Some(2));
         assert_eq!(first(&r, "www.example.com", "/api/x"), Some(1));
@@ -135,7 +155,9 @@ mod tests {
         assert_eq!(first(&r, "example.com", "/api/payments/long"), Some(0));
         assert_eq!(first(&r, "other.org", "/nothing"), None);
         // Falls through tiers in order of specificity.
-        let all: Vec<_> = r.candidates("www.example.com", "/api/payments/long/1").collect();
+        let all: Vec<_> = r
+            .candidates("www.example.com", "/api/payments/long/1")
+            .collect();
         assert_eq!(all, vec![1, 0]);
     }
 

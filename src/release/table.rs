@@ -19,7 +19,11 @@ pub(crate) struct Rule {
 #[derive(Debug, Clone)]
 pub(crate) enum Strategy {
     Split(Split),
-    BlueGreen { blue: UpstreamId, green: UpstreamId, live: Colour },
+    BlueGreen {
+        blue: UpstreamId,
+        green: UpstreamId,
+        live: Colour,
+    },
 }
 
 /// One compiled route.
@@ -74,21 +78,38 @@ impl ReleaseTable {
             return Err(ConfigErrors(errors));
         }
         let upstreams: Vec<Box<str>> = config.upstreams.keys().map(Into::into).collect();
-        let upstream_ids: AHashMap<&str, UpstreamId> =
-            upstreams.iter().enumerate().map(|(i, n)| (&**n, i as UpstreamId)).collect();
+        let upstream_ids: AHashMap<&str, UpstreamId> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (&**n, i as UpstreamId))
+            .collect();
         let clients = compile_clients(config)?;
-        let client_ids: AHashMap<&str, ClientId> =
-            clients.names.iter().enumerate().map(|(i, n)| (&**n, i as ClientId)).collect();
+        let client_ids: AHashMap<&str, ClientId> = clients
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (&**n, i as ClientId))
+            .collect();
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut router = Router::default();
         for (i, rc) in config.routes.iter().enumerate() {
             let path = format!("routes[{i}]");
             routes.push(compile_route(&path, rc, &upstream_ids, &client_ids)?);
-            let host = rc.matcher.host.as_deref().map(config::normalize_host).unwrap_or_default();
+            let host = rc
+                .matcher
+                .host
+                .as_deref()
+                .map(config::normalize_host)
+                .unwrap_or_default();
             let prefix = config::normalize_prefix(rc.matcher.path_prefix.as_deref().unwrap_or("/"));
             router.insert(&host, &prefix, i as RouteId);
         }
-        Ok(ReleaseTable { routes, router, upstreams, clients })
+        Ok(ReleaseTable {
+            routes,
+            router,
+            upstreams,
+            clients,
+        })
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -100,7 +121,10 @@ impl ReleaseTable {
     }
 
     pub fn route_id(&self, name: &str) -> Option<RouteId> {
-        self.routes.iter().position(|r| &*r.name == name).map(|i| i as RouteId)
+        self.routes
+            .iter()
+            .position(|r| &*r.name == name)
+            .map(|i| i as RouteId)
     }
 
     /// Name of an upstream (a deployed version) by id.
@@ -113,25 +137,37 @@ impl ReleaseTable {
     }
 
     pub fn client_name(&self, id: ClientId) -> &str {
-        self.clients.names.get(id as usize).map(|s| &**s).unwrap_or("")
+        self.clients
+            .names
+            .get(id as usize)
+            .map(|s| &**s)
+            .unwrap_or("")
     }
 
     /// The first route (most specific first) matching host, path and method.
     pub(crate) fn find_route(&self, host: &str, path: &str, method: &str) -> Option<RouteId> {
-        self.router
-            .candidates(host, path)
-            .find(|id| self.routes.get(*id as usize).is_some_and(|r| r.allows_method(method)))
+        self.router.candidates(host, path).find(|id| {
+            self.routes
+                .get(*id as usize)
+                .is_some_and(|r| r.allows_method(method))
+        })
     }
 }
 
 fn compile_clients(config: &Config) -> Result<Clients, ConfigErrors> {
-    let Some(cc) = &config.clients else { return Ok(Clients::default()) };
+    let Some(cc) = &config.clients else {
+        return Ok(Clients::default());
+    };
     let header = parse::header_name(&cc.api_key_header)
         .and_then(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|e| e.to_string()))
         .map_err(|m| ConfigError::new("clients.api_key_header", m))?;
-    let mut clients = Clients { header: Some(header), ..Clients::default() };
+    let mut clients = Clients {
+        header: Some(header),
+        ..Clients::default()
+    };
     for (i, (id, digest)) in cc.keys.iter().enumerate() {
-        let d = parse::sha256_hex(digest).map_err(|m| ConfigError::new(format!("clients.keys.{id}"), m))?;
+        let d = parse::sha256_hex(digest)
+            .map_err(|m| ConfigError::new(format!("clients.keys.{id}"), m))?;
         clients.by_digest.insert(d, i as ClientId);
         clients.names.push(id.into());
     }
@@ -145,12 +181,18 @@ fn compile_route(
     clients: &AHashMap<&str, ClientId>,
 ) -> Result<Route, ConfigErrors> {
     let up = |at: String, name: &str| {
-        upstreams.get(name).copied().ok_or_else(|| ConfigError::new(at, format!("no such upstream {name:?}")))
+        upstreams
+            .get(name)
+            .copied()
+            .ok_or_else(|| ConfigError::new(at, format!("no such upstream {name:?}")))
     };
     let mut rules = Vec::with_capacity(rc.rules.len());
     for (i, r) in rc.rules.iter().enumerate() {
         let rpath = format!("{path}.rules[{i}]");
-        rules.push(Rule { when: compile_when(&format!("{rpath}.when"), &r.when, clients)?, to: up(format!("{rpath}.to"), &r.to)? });
+        rules.push(Rule {
+            when: compile_when(&format!("{rpath}.when"), &r.when, clients)?,
+            to: up(format!("{rpath}.to"), &r.to)?,
+        });
     }
     let strategy = if let Some(split) = &rc.split {
         let mut targets = Vec::with_capacity(split.targets.len());
@@ -161,7 +203,10 @@ fn compile_route(
             .sticky
             .iter()
             .enumerate()
-            .map(|(i, k)| k.parse::<StickyKey>().map_err(|m| ConfigError::new(format!("{path}.split.sticky[{i}]"), m)))
+            .map(|(i, k)| {
+                k.parse::<StickyKey>()
+                    .map_err(|m| ConfigError::new(format!("{path}.split.sticky[{i}]"), m))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let salt = split.salt.clone().unwrap_or_else(|| rc.name.clone());
         Strategy::Split(Split::new(&targets, sticky, salt))
@@ -170,7 +215,11 @@ fn compile_route(
             "blue" => Colour::Blue,
             "green" => Colour::Green,
             other => {
-                return Err(ConfigError::new(format!("{path}.blue_green.live"), format!("must be blue or green, got {other:?}")).into())
+                return Err(ConfigError::new(
+                    format!("{path}.blue_green.live"),
+                    format!("must be blue or green, got {other:?}"),
+                )
+                .into())
             }
         };
         Strategy::BlueGreen {
@@ -181,20 +230,42 @@ fn compile_route(
     } else {
         return Err(ConfigError::new(path, "needs a split or a blue_green").into());
     };
-    let methods = rc.matcher.methods.iter().map(|m| m.to_ascii_uppercase().into()).collect();
-    Ok(Route { name: rc.name.as_str().into(), methods, require_client: rc.require_client, rules: rules.into(), strategy })
+    let methods = rc
+        .matcher
+        .methods
+        .iter()
+        .map(|m| m.to_ascii_uppercase().into())
+        .collect();
+    Ok(Route {
+        name: rc.name.as_str().into(),
+        methods,
+        require_client: rc.require_client,
+        rules: rules.into(),
+        strategy,
+    })
 }
 
-fn compile_when(path: &str, w: &config::WhenConfig, clients: &AHashMap<&str, ClientId>) -> Result<When, ConfigErrors> {
+fn compile_when(
+    path: &str,
+    w: &config::WhenConfig,
+    clients: &AHashMap<&str, ClientId>,
+) -> Result<When, ConfigErrors> {
     let header = |at: String, name: &str| {
-        HeaderName::from_bytes(name.as_bytes()).map_err(|_| ConfigError::new(at, format!("invalid header name {name:?}")))
+        HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ConfigError::new(at, format!("invalid header name {name:?}")))
     };
     let mut conds = Vec::new();
     for (name, value) in w.header.iter() {
-        conds.push(Cond::Header(header(format!("{path}.header.{name}"), name)?, value.as_bytes().into()));
+        conds.push(Cond::Header(
+            header(format!("{path}.header.{name}"), name)?,
+            value.as_bytes().into(),
+        ));
     }
     if let Some(name) = &w.header_present {
-        conds.push(Cond::HeaderPresent(header(format!("{path}.header_present"), name)?));
+        conds.push(Cond::HeaderPresent(header(
+            format!("{path}.header_present"),
+            name,
+        )?));
     }
     for (name, value) in w.cookie.iter() {
         conds.push(Cond::Cookie(name.into(), value.as_str().into()));
@@ -205,21 +276,32 @@ fn compile_when(path: &str, w: &config::WhenConfig, clients: &AHashMap<&str, Cli
     if let Some(ids) = &w.client_in {
         let mut set = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
-            let c = clients
-                .get(id.as_str())
-                .ok_or_else(|| ConfigError::new(format!("{path}.client_in[{i}]"), format!("no such client {id:?}")))?;
+            let c = clients.get(id.as_str()).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{path}.client_in[{i}]"),
+                    format!("no such client {id:?}"),
+                )
+            })?;
             set.push(*c);
         }
         conds.push(Cond::ClientIn(set.into()));
     }
     if let Some(methods) = &w.method {
-        conds.push(Cond::Method(methods.iter().map(|m| m.to_ascii_uppercase().into()).collect()));
+        conds.push(Cond::Method(
+            methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase().into())
+                .collect(),
+        ));
     }
     if let Some(cidrs) = &w.source_ip {
         let parsed = cidrs
             .iter()
             .enumerate()
-            .map(|(i, c)| c.parse::<Cidr>().map_err(|m| ConfigError::new(format!("{path}.source_ip[{i}]"), m)))
+            .map(|(i, c)| {
+                c.parse::<Cidr>()
+                    .map_err(|m| ConfigError::new(format!("{path}.source_ip[{i}]"), m))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         conds.push(Cond::SourceIp(parsed.into()));
     }

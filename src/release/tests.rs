@@ -58,7 +58,14 @@ struct Req {
 
 impl Req {
     fn new(path: &'static str) -> Req {
-        Req { method: "GET", host: "api.example.com", path, query: None, headers: HeaderMap::new(), ip: None }
+        Req {
+            method: "GET",
+            host: "api.example.com",
+            path,
+            query: None,
+            headers: HeaderMap::new(),
+            ip: None,
+        }
     }
     fn header(mut self, k: &'static str, v: &str) -> Req {
         self.headers.append(k, v.parse().unwrap());
@@ -78,7 +85,11 @@ impl Req {
 
 fn routed(t: &ReleaseTable, r: &Req) -> (String, String, Reason) {
     match decide(t, &r.view(), &mut || 0) {
-        Outcome::Routed(d) => (t.route(d.route).unwrap().name.to_string(), t.upstream_name(d.target).to_string(), d.reason),
+        Outcome::Routed(d) => (
+            t.route(d.route).unwrap().name.to_string(),
+            t.upstream_name(d.target).to_string(),
+            d.reason,
+        ),
         other => panic!("not routed: {other:?}"),
     }
 }
@@ -90,14 +101,33 @@ fn every_rule_kind_routes_to_its_target() {
         (Req::new("/api/payments").header("x-version", "beta"), 0),
         (Req::new("/api/payments").header("X-VERSION", "beta"), 0),
         (Req::new("/api/payments").header("X-Debug", ""), 1),
-        (Req::new("/api/payments").header("Cookie", "a=b; canary=yes"), 2),
-        (Req { query: Some("x=1&version=2"), ..Req::new("/api/payments") }, 3),
+        (
+            Req::new("/api/payments").header("Cookie", "a=b; canary=yes"),
+            2,
+        ),
+        (
+            Req {
+                query: Some("x=1&version=2"),
+                ..Req::new("/api/payments")
+            },
+            3,
+        ),
         (Req::new("/api/payments").header("X-Api-Key", "bar"), 4),
-        (Req { method: "POST", ip: Some("10.1.2.3".parse().unwrap()), ..Req::new("/api/payments") }, 5),
+        (
+            Req {
+                method: "POST",
+                ip: Some("10.1.2.3".parse().unwrap()),
+                ..Req::new("/api/payments")
+            },
+            5,
+        ),
     ];
     for (req, rule) in cases {
         let (route, target, reason) = routed(&t, &req);
-        assert_eq!((route.as_str(), target.as_str(), reason), ("payments", "v2", Reason::Rule(rule)));
+        assert_eq!(
+            (route.as_str(), target.as_str(), reason),
+            ("payments", "v2", Reason::Rule(rule))
+        );
     }
 }
 
@@ -107,10 +137,17 @@ fn near_misses_fall_through_to_the_split() {
     let misses = [
         Req::new("/api/payments").header("X-Version", "Beta"),
         Req::new("/api/payments").header("Cookie", "canary=no"),
-        Req { query: Some("version=3"), ..Req::new("/api/payments") },
+        Req {
+            query: Some("version=3"),
+            ..Req::new("/api/payments")
+        },
         Req::new("/api/payments").header("X-Api-Key", "foo"), // acme, not in client_in
         Req::new("/api/payments").header("X-Api-Key", "wrong"),
-        Req { method: "POST", ip: Some("11.1.2.3".parse().unwrap()), ..Req::new("/api/payments") },
+        Req {
+            method: "POST",
+            ip: Some("11.1.2.3".parse().unwrap()),
+            ..Req::new("/api/payments")
+        },
     ];
     for req in misses {
         let (_, _, reason) = routed(&t, &req);
@@ -122,7 +159,10 @@ fn near_misses_fall_through_to_the_split() {
 fn route_methods_restrict_the_match() {
     let t = table();
     // PUT is not among the payments route's methods, so it falls through to the catch-all web route.
-    let req = Req { method: "PUT", ..Req::new("/api/payments") };
+    let req = Req {
+        method: "PUT",
+        ..Req::new("/api/payments")
+    };
     assert_eq!(routed(&t, &req).0, "web");
 }
 
@@ -130,19 +170,66 @@ fn route_methods_restrict_the_match() {
 fn sticky_keys_are_tried_in_order() {
     let t = table();
     let salt = "payments";
-    let by_header = Req::new("/api/payments").header("X-User-Id", "u1").header("Cookie", "uid=u2");
-    assert_eq!(routed(&t, &by_header).2, Reason::Split { bucket: split::bucket(salt, b"u1"), sticky: Some(0) });
+    let by_header = Req::new("/api/payments")
+        .header("X-User-Id", "u1")
+        .header("Cookie", "uid=u2");
+    assert_eq!(
+        routed(&t, &by_header).2,
+        Reason::Split {
+            bucket: split::bucket(salt, b"u1"),
+            sticky: Some(0)
+        }
+    );
     let by_cookie = Req::new("/api/payments").header("Cookie", "uid=u2");
-    assert_eq!(routed(&t, &by_cookie).2, Reason::Split { bucket: split::bucket(salt, b"u2"), sticky: Some(1) });
-    let by_query = Req { query: Some("user=u3"), ..Req::new("/api/payments") };
-    assert_eq!(routed(&t, &by_query).2, Reason::Split { bucket: split::bucket(salt, b"u3"), sticky: Some(2) });
+    assert_eq!(
+        routed(&t, &by_cookie).2,
+        Reason::Split {
+            bucket: split::bucket(salt, b"u2"),
+            sticky: Some(1)
+        }
+    );
+    let by_query = Req {
+        query: Some("user=u3"),
+        ..Req::new("/api/payments")
+    };
+    assert_eq!(
+        routed(&t, &by_query).2,
+        Reason::Split {
+            bucket: split::bucket(salt, b"u3"),
+            sticky: Some(2)
+        }
+    );
     let by_client = Req::new("/api/payments").header("X-Api-Key", "foo");
-    assert_eq!(routed(&t, &by_client).2, Reason::Split { bucket: split::bucket(salt, b"acme"), sticky: Some(3) });
-    let by_ip = Req { ip: Some("192.0.2.7".parse().unwrap()), ..Req::new("/api/payments") };
-    assert_eq!(routed(&t, &by_ip).2, Reason::Split { bucket: split::bucket(salt, b"192.0.2.7"), sticky: Some(4) });
+    assert_eq!(
+        routed(&t, &by_client).2,
+        Reason::Split {
+            bucket: split::bucket(salt, b"acme"),
+            sticky: Some(3)
+        }
+    );
+    let by_ip = Req {
+        ip: Some("192.0.2.7".parse().unwrap()),
+        ..Req::new("/api/payments")
+    };
+    assert_eq!(
+        routed(&t, &by_ip).2,
+        Reason::Split {
+            bucket: split::bucket(salt, b"192.0.2.7"),
+            sticky: Some(4)
+        }
+    );
     let random = Req::new("/api/payments");
     let d = decide(&t, &random.view(), &mut || 1_234_567);
-    assert!(matches!(d, Outcome::Routed(Decision { reason: Reason::Split { bucket: 234_567, sticky: None }, .. })));
+    assert!(matches!(
+        d,
+        Outcome::Routed(Decision {
+            reason: Reason::Split {
+                bucket: 234_567,
+                sticky: None
+            },
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -151,7 +238,10 @@ fn split_shares_and_monotone_ramp() {
     let tables: Vec<ReleaseTable> = weights
         .iter()
         .map(|w| {
-            let yaml = CONFIG.replace("targets: {v1: 90, v2: 10}", &format!("targets: {{v1: {}, v2: {w}}}", 100 - w));
+            let yaml = CONFIG.replace(
+                "targets: {v1: 90, v2: 10}",
+                &format!("targets: {{v1: {}, v2: {w}}}", 100 - w),
+            );
             ReleaseTable::compile(&Config::load_str(&yaml).unwrap()).unwrap()
         })
         .collect();
@@ -165,10 +255,16 @@ fn split_shares_and_monotone_ramp() {
             })
             .collect();
         let share = on_v2.iter().filter(|x| **x).count() as f64 / users as f64 * 100.0;
-        assert!((share - *w as f64).abs() <= 1.0, "weight {w}: share {share}");
+        assert!(
+            (share - *w as f64).abs() <= 1.0,
+            "weight {w}: share {share}"
+        );
         if let Some(prev) = &prev_on_v2 {
             for (u, (was, is)) in prev.iter().zip(&on_v2).enumerate() {
-                assert!(!was || *is, "user-{u} moved from v2 back to v1 when v2 went up to {w}%");
+                assert!(
+                    !was || *is,
+                    "user-{u} moved from v2 back to v1 when v2 went up to {w}%"
+                );
             }
         }
         prev_on_v2 = Some(on_v2);
@@ -179,19 +275,33 @@ fn split_shares_and_monotone_ramp() {
 fn blue_green_serves_the_live_colour() {
     let t = table();
     let (route, target, reason) = routed(&t, &Req::new("/anything"));
-    assert_eq!((route.as_str(), target.as_str(), reason), ("web", "green", Reason::Live(Colour::Green)));
-    assert_eq!(t.upstream_name(t.route(t.route_id("web").unwrap()).unwrap().baseline()), "green");
+    assert_eq!(
+        (route.as_str(), target.as_str(), reason),
+        ("web", "green", Reason::Live(Colour::Green))
+    );
+    assert_eq!(
+        t.upstream_name(t.route(t.route_id("web").unwrap()).unwrap().baseline()),
+        "green"
+    );
 }
 
 #[test]
 fn require_client_refuses_unknown_callers() {
     let t = table();
     let locked = t.route_id("locked").unwrap();
-    for req in [Req::new("/locked"), Req::new("/locked").header("X-Api-Key", "nope")] {
-        assert_eq!(decide(&t, &req.view(), &mut || 0), Outcome::ClientRequired { route: locked });
+    for req in [
+        Req::new("/locked"),
+        Req::new("/locked").header("X-Api-Key", "nope"),
+    ] {
+        assert_eq!(
+            decide(&t, &req.view(), &mut || 0),
+            Outcome::ClientRequired { route: locked }
+        );
     }
     let ok = Req::new("/locked/x").header("x-api-key", "foo");
-    let Outcome::Routed(d) = decide(&t, &ok.view(), &mut || 0) else { panic!() };
+    let Outcome::Routed(d) = decide(&t, &ok.view(), &mut || 0) else {
+        panic!()
+    };
     assert_eq!(t.client_name(d.client.unwrap()), "acme");
 }
 
@@ -199,5 +309,8 @@ fn require_client_refuses_unknown_callers() {
 fn no_route_when_nothing_matches() {
     let yaml = "upstreams: {v1: {backends: [\"127.0.0.1:1\"]}}\nroutes:\n  - name: a\n    match: {path_prefix: /a}\n    split: {targets: {v1: 1}}\n";
     let t = ReleaseTable::compile(&Config::load_str(yaml).unwrap()).unwrap();
-    assert_eq!(decide(&t, &Req::new("/b").view(), &mut || 0), Outcome::NoRoute);
+    assert_eq!(
+        decide(&t, &Req::new("/b").view(), &mut || 0),
+        Outcome::NoRoute
+    );
 }

@@ -19,10 +19,19 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Validates and compiles `config`, reusing unchanged pools of `previous`.
-    pub fn build(config: Config, revision: u64, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+    pub fn build(
+        config: Config,
+        revision: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigErrors> {
         let table = ReleaseTable::compile(&config)?;
         let pools = Pools::build(&config, previous.map(|p| &p.pools))?;
-        Ok(Snapshot { revision, config, table, pools })
+        Ok(Snapshot {
+            revision,
+            config,
+            table,
+            pools,
+        })
     }
 }
 
@@ -36,7 +45,10 @@ pub struct State {
 impl State {
     pub fn new(config: Config) -> Result<State, ConfigErrors> {
         let snapshot = Snapshot::build(config, 1, None)?;
-        Ok(State { current: ArcSwap::from_pointee(snapshot), writer: Mutex::new(()) })
+        Ok(State {
+            current: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(()),
+        })
     }
 
     /// The live snapshot. Lock-free.
@@ -48,7 +60,11 @@ impl State {
     pub fn apply(&self, config: Config) -> Result<Arc<Snapshot>, ConfigErrors> {
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.current.load_full();
-        let next = Arc::new(Snapshot::build(config, previous.revision + 1, Some(&previous))?);
+        let next = Arc::new(Snapshot::build(
+            config,
+            previous.revision + 1,
+            Some(&previous),
+        )?);
         self.current.store(next.clone());
         Ok(next)
     }

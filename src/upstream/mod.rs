@@ -14,10 +14,10 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::prelude::HttpPeer;
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::future::Future;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,10 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("name", &self.name).field("backends", &self.backend_count).finish()
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .field("backends", &self.backend_count)
+            .finish()
     }
 }
 
@@ -69,12 +72,16 @@ impl Pool {
         // Static discovery completes without awaiting anything: one poll publishes the backends.
         let polled = {
             let mut update = std::pin::pin!(lb.update());
-            update.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+            update
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
         };
         match polled {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Err(ConfigError::new(path, e.to_string()).into()),
-            Poll::Pending => return Err(ConfigError::new(path, "backend discovery did not complete").into()),
+            Poll::Pending => {
+                return Err(ConfigError::new(path, "backend discovery did not complete").into())
+            }
         }
         let dur = |at: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigErrors> {
             v.as_deref()
@@ -94,11 +101,22 @@ impl Pool {
                 lb.set_health_check(http_check(&path, hc)?);
                 let interval = parse::duration(&hc.interval)
                     .map_err(|m| ConfigError::new(format!("{path}.health_check.interval"), m))?;
-                Some(HealthSchedule { interval, next_due_ms: AtomicU64::new(0), running: AtomicBool::new(false) })
+                Some(HealthSchedule {
+                    interval,
+                    next_due_ms: AtomicU64::new(0),
+                    running: AtomicBool::new(false),
+                })
             }
             None => None,
         };
-        Ok(Pool { name: name.to_string(), definition: def.clone(), lb, backend_count, timeouts, health })
+        Ok(Pool {
+            name: name.to_string(),
+            definition: def.clone(),
+            lb,
+            backend_count,
+            timeouts,
+            health,
+        })
     }
 
     /// A healthy backend, skipping those in `exclude` (already failed for this request).
@@ -135,18 +153,20 @@ impl Pool {
     /// Runs the health check if it is due. Returns immediately if not due or already running.
     async fn check_health_if_due(&self, now_ms: u64) {
         let Some(h) = &self.health else { return };
-        if now_ms < h.next_due_ms.load(Ordering::Relaxed) || h.running.swap(true, Ordering::AcqRel) {
+        if now_ms < h.next_due_ms.load(Ordering::Relaxed) || h.running.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         self.lb.backends().run_health_check(true).await;
-        h.next_due_ms.store(now_ms + h.interval.as_millis() as u64, Ordering::Relaxed);
+        h.next_due_ms
+            .store(now_ms + h.interval.as_millis() as u64, Ordering::Relaxed);
         h.running.store(false, Ordering::Release);
     }
 }
 
 fn http_check(path: &str, hc: &HealthCheckConfig) -> Result<Box<HttpHealthCheck>, ConfigErrors> {
-    let timeout =
-        parse::duration(&hc.timeout).map_err(|m| ConfigError::new(format!("{path}.health_check.timeout"), m))?;
+    let timeout = parse::duration(&hc.timeout)
+        .map_err(|m| ConfigError::new(format!("{path}.health_check.timeout"), m))?;
     let mut check = HttpHealthCheck::new("localhost", false);
     let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
         .map_err(|e| ConfigError::new(format!("{path}.health_check.path"), e.to_string()))?;
@@ -181,7 +201,10 @@ impl Pools {
         let mut pools = Vec::with_capacity(config.upstreams.len());
         let mut errors = Vec::new();
         for (name, def) in config.upstreams.iter() {
-            let reused = previous.and_then(|p| p.0.iter().find(|old| old.name == name && old.definition == *def));
+            let reused = previous.and_then(|p| {
+                p.0.iter()
+                    .find(|old| old.name == name && old.definition == *def)
+            });
             match reused {
                 Some(p) => pools.push(p.clone()),
                 None => match Pool::build(name, def) {

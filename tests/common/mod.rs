@@ -1,6 +1,6 @@
 //! Test harness: real upstream servers on 127.0.0.1:0 and the real `switchyard run` binary on a free
 //! loopback port, driven with real HTTP. Everything stops when dropped.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub use switchyard::demo::backend::RunningBackend;
 
@@ -15,7 +15,10 @@ pub fn backend(version: &str) -> RunningBackend {
 
 /// A loopback port nobody listens on (bound then released).
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 pub struct ProxyProcess {
@@ -28,7 +31,11 @@ impl ProxyProcess {
     /// Starts `switchyard run` with `body` (upstreams/routes/clients YAML) under a generated `server:`.
     pub fn start(body: &str) -> ProxyProcess {
         let addr = free_addr();
-        let dir = std::env::temp_dir().join(format!("switchyard-test-{}-{}", std::process::id(), addr.port()));
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-test-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let config = format!(
             "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  state_dir: {d}/state\n  access_log: off\n{body}",
@@ -75,7 +82,9 @@ impl Drop for ProxyProcess {
 
 /// A keep-alive HTTP client that never turns statuses into errors.
 pub fn client() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build()
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build()
 }
 
 pub struct Reply {
@@ -90,14 +99,22 @@ impl Reply {
     }
     /// The `version` the demo backend reported.
     pub fn version(&self) -> String {
-        self.json()["version"].as_str().unwrap_or_else(|| panic!("no version in {}", self.body)).to_string()
+        self.json()["version"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no version in {}", self.body))
+            .to_string()
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     /// A header as the upstream received it (echoed by the demo backend).
     pub fn upstream_header(&self, name: &str) -> Option<String> {
-        self.json()["headers"][name.to_ascii_lowercase()].as_str().map(str::to_string)
+        self.json()["headers"][name.to_ascii_lowercase()]
+            .as_str()
+            .map(str::to_string)
     }
 }
 
@@ -118,7 +135,11 @@ pub fn send(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str
         .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
         .collect();
     let body = resp.into_string().unwrap_or_default();
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Reply {
