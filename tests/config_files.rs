@@ -1,6 +1,6 @@
 //! Every file in `conf/invalid/` is refused by `switchyard check` with exit code 1 and the message its
-#![allow(clippy::unwrap_used)]
 //! first line promises; every other file in `conf/` passes.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::Command;
