@@ -1,0 +1,115 @@
+//! The release decision's cost: `decide()` for a route with 5 rules and a sticky split, route lookup
+//! among 10,000 routes, and compiling a 10,000-route table.
+//!
+//! Run: `cargo bench --bench decision`
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::HeaderMap;
+use switchyard::config::Config;
+use switchyard::release::{decide, Outcome, ReleaseTable, RequestView};
+
+const FIVE_RULES: &str = r#"
+clients:
+  api_key_header: X-Api-Key
+  keys:
+    acme: 2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae
+upstreams:
+  v1: {backends: ["127.0.0.1:9001"]}
+  v2: {backends: ["127.0.0.1:9002"]}
+routes:
+  - name: payments
+    match: {host: api.example.com, path_prefix: /api/payments, methods: [GET, POST]}
+    rules:
+      - when: {header: {X-Version: beta}}
+        to: v2
+      - when: {header_present: X-Debug-V2}
+        to: v2
+      - when: {cookie: {canary: "yes"}}
+        to: v2
+      - when: {query: {version: "2"}}
+        to: v2
+      - when: {client_in: [acme], source_ip: ["10.0.0.0/8"]}
+        to: v2
+    split:
+      targets: {v1: 90, v2: 10}
+      sticky: [header:X-User-Id, cookie:uid]
+  - name: web
+    match: {path_prefix: /}
+    split: {targets: {v1: 1}}
+"#;
+
+/// 100 hosts x 99 path prefixes + 100 wildcard-free catch-alls = 10,000 routes.
+fn ten_thousand_routes() -> String {
+    let mut y = String::from("upstreams:\n  v1: {backends: [\"127.0.0.1:9001\"]}\n  v2: {backends: [\"127.0.0.1:9002\"]}\nroutes:\n");
+    for h in 0..100 {
+        for p in 0..100 {
+            let prefix = if p == 0 { "/".to_string() } else { format!("/svc{p}/v{}", p % 3) };
+            y.push_str(&format!(
+                "  - name: r{h}-{p}\n    match: {{host: host{h}.example.com, path_prefix: \"{prefix}\"}}\n    split: {{targets: {{v1: 95, v2: 5}}, sticky: [header:X-User-Id]}}\n"
+            ));
+        }
+    }
+    y
+}
+
+fn request<'a>(headers: &'a HeaderMap, host: &'a str, path: &'a str) -> RequestView<'a> {
+    RequestView {
+        method: "GET",
+        host,
+        path,
+        query: Some("page=2&sort=desc"),
+        headers,
+        client_ip: Some("192.0.2.10".parse().unwrap()),
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let table = ReleaseTable::compile(&Config::load_str(FIVE_RULES).unwrap()).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "api.example.com".parse().unwrap());
+    headers.insert("user-agent", "bench/1.0".parse().unwrap());
+    headers.insert("accept", "application/json".parse().unwrap());
+    headers.insert("x-user-id", "user-4242".parse().unwrap());
+    headers.insert("cookie", "session=abc; theme=dark".parse().unwrap());
+    let req = request(&headers, "api.example.com", "/api/payments/123");
+    assert!(matches!(decide(&table, &req, &mut || 0), Outcome::Routed(_)));
+    c.bench_function("decide: 5 rules miss, sticky split", |b| {
+        b.iter(|| decide(black_box(&table), black_box(&req), &mut || 7))
+    });
+
+    let mut with_key = headers.clone();
+    with_key.insert("x-api-key", "foo".parse().unwrap());
+    let req = request(&with_key, "api.example.com", "/api/payments/123");
+    c.bench_function("decide: 5 rules + API key (sha256), sticky split", |b| {
+        b.iter(|| decide(black_box(&table), black_box(&req), &mut || 7))
+    });
+
+    let big_yaml = ten_thousand_routes();
+    let big_config = Config::load_str(&big_yaml).unwrap();
+    let big = ReleaseTable::compile(&big_config).unwrap();
+    assert_eq!(big.routes().len(), 10_000);
+    let empty = HeaderMap::new();
+    let req = request(&empty, "host57.example.com", "/svc42/v0/orders/991/items");
+    let Outcome::Routed(d) = decide(&big, &req, &mut || 0) else { panic!("no route") };
+    assert_eq!(&*big.route(d.route).unwrap().name, "r57-42");
+    c.bench_function("route lookup + decide among 10,000 routes", |b| {
+        b.iter(|| decide(black_box(&big), black_box(&req), &mut || 7))
+    });
+    let req = request(&empty, "unknown.example.org", "/nothing/here");
+    c.bench_function("no-route lookup among 10,000 routes", |b| {
+        b.iter(|| decide(black_box(&big), black_box(&req), &mut || 7))
+    });
+
+    let mut g = c.benchmark_group("compile");
+    g.sample_size(10);
+    g.bench_function("compile a 10,000-route table (validate + build)", |b| {
+        b.iter(|| ReleaseTable::compile(black_box(&big_config)).unwrap())
+    });
+    g.bench_function("parse + validate + compile 10,000 routes from YAML", |b| {
+        b.iter(|| ReleaseTable::compile(&Config::load_str(black_box(&big_yaml)).unwrap()).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(decision, benches);
+criterion_main!(decision);
