@@ -43,7 +43,11 @@ fn ten_thousand_routes() -> String {
     let mut y = String::from("upstreams:\n  v1: {backends: [\"127.0.0.1:9001\"]}\n  v2: {backends: [\"127.0.0.1:9002\"]}\nroutes:\n");
     for h in 0..100 {
         for p in 0..100 {
-            let prefix = if p == 0 { "/".to_string() } else { format!("/svc{p}/v{}", p % 3) };
+            let prefix = if p == 0 {
+                "/".to_string()
+            } else {
+                format!("/svc{p}/v{}", p % 3)
+            };
             y.push_str(&format!(
                 "  - name: r{h}-{p}\n    match: {{host: host{h}.example.com, path_prefix: \"{prefix}\"}}\n    split: {{targets: {{v1: 95, v2: 5}}, sticky: [header:X-User-Id]}}\n"
             ));
@@ -72,7 +76,10 @@ fn benches(c: &mut Criterion) {
     headers.insert("x-user-id", "user-4242".parse().unwrap());
     headers.insert("cookie", "session=abc; theme=dark".parse().unwrap());
     let req = request(&headers, "api.example.com", "/api/payments/123");
-    assert!(matches!(decide(&table, &req, &mut || 0), Outcome::Routed(_)));
+    assert!(matches!(
+        decide(&table, &req, &mut || 0),
+        Outcome::Routed(_)
+    ));
     c.bench_function("decide: 5 rules miss, sticky split", |b| {
         b.iter(|| decide(black_box(&table), black_box(&req), &mut || 7))
     });
@@ -90,7 +97,9 @@ fn benches(c: &mut Criterion) {
     assert_eq!(big.routes().len(), 10_000);
     let empty = HeaderMap::new();
     let req = request(&empty, "host57.example.com", "/svc42/v0/orders/991/items");
-    let Outcome::Routed(d) = decide(&big, &req, &mut || 0) else { panic!("no route") };
+    let Outcome::Routed(d) = decide(&big, &req, &mut || 0) else {
+        panic!("no route")
+    };
     assert_eq!(&*big.route(d.route).unwrap().name, "r57-42");
     c.bench_function("route lookup + decide among 10,000 routes", |b| {
         b.iter(|| decide(black_box(&big), black_box(&req), &mut || 7))

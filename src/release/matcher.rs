@@ -47,30 +47,42 @@ impl When {
     }
 }
 
-/// The value of cookie `name`, from any `Cookie` header.
+/// The value of cookie `name`, from any `Cookie` header. Scans bytes: this runs on every request
+/// of a route with a cookie rule or sticky key.
 pub(crate) fn cookie<'a>(req: &RequestView<'a>, name: &str) -> Option<&'a str> {
+    let name = name.as_bytes();
     req.headers
         .get_all(http::header::COOKIE)
         .iter()
         .find_map(|h| {
-            let h = h.to_str().ok()?;
-            h.split(';').find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                (k.trim() == name).then(|| {
-                    let v = v.trim();
-                    v.strip_prefix('"')
-                        .and_then(|v| v.strip_suffix('"'))
-                        .unwrap_or(v)
-                })
+            h.as_bytes().split(|b| *b == b';').find_map(|pair| {
+                let pair = pair.trim_ascii_start();
+                let rest = pair.strip_prefix(name)?;
+                let value = rest.trim_ascii_start().strip_prefix(b"=")?.trim_ascii();
+                let value = value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value);
+                std::str::from_utf8(value).ok()
             })
         })
 }
 
 /// The (percent-decoded) value of query parameter `name`; the first one wins.
 pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
+    let query = query?;
+    query.as_bytes().split(|b| *b == b'&').find_map(|pair| {
+        let eq = pair.iter().position(|b| *b == b'=').unwrap_or(pair.len());
+        let (k, v) = (&pair[..eq], pair.get(eq + 1..).unwrap_or_default());
+        let k = std::str::from_utf8(k).ok()?;
+        let matches = if k.as_bytes().iter().any(|b| *b == b'%' || *b == b'+') {
+            percent_decode(k) == name
+        } else {
+            k == name
+        };
+        matches
+            .then(|| std::str::from_utf8(v).map(percent_decode).ok())
+            .flatten()
     })
 }
 

@@ -22,7 +22,21 @@ impl PathTable {
 
     /// Routes whose prefix matches `path`, longest first.
     fn candidates<'a>(&'a self, path: &'a str) -> impl Iterator<Item = RouteId> + 'a {
-        let mut end = Some(path.len());
+        // Start at the longest segment boundary no longer than the longest prefix: nothing longer
+        // can match. Cutting at a '/' always lands on a char boundary.
+        let bytes = path.as_bytes();
+        let mut end = if path.len() <= self.longest {
+            Some(path.len())
+        } else if bytes.get(self.longest) == Some(&b'/') {
+            Some(self.longest)
+        } else {
+            Some(
+                bytes[..self.longest]
+                    .iter()
+                    .rposition(|b| *b == b'/')
+                    .unwrap_or(0),
+            )
+        };
         std::iter::from_fn(move || {
             while let Some(e) = end {
                 let candidate = &path[..e];
@@ -31,10 +45,8 @@ impl PathTable {
                 } else {
                     Some(candidate.rfind('/').unwrap_or(0))
                 };
-                if candidate.len() <= self.longest {
-                    if let Some(r) = self.prefixes.get(candidate) {
-                        return Some(*r);
-                    }
+                if let Some(r) = self.prefixes.get(candidate) {
+                    return Some(*r);
                 }
             }
             None

@@ -37,7 +37,7 @@ pub fn bucket(salt: &str, key: &[u8]) -> u32 {
 pub(crate) struct Split {
     /// (exclusive end of range, target), in written order; the last end is `BUCKETS`.
     ranges: Box<[(u32, UpstreamId)]>,
-    pub(crate) sticky: Box<[StickyKey]>,
+    sticky: Box<[Sticky]>,
     pub(crate) salt: Box<str>,
 }
 
@@ -64,7 +64,7 @@ impl Split {
         }
         Split {
             ranges: ranges.into(),
-            sticky: sticky.into(),
+            sticky: sticky.into_iter().filter_map(Sticky::compile).collect(),
             salt: salt.into(),
         }
     }
@@ -101,25 +101,25 @@ impl Split {
 
     fn sticky_bucket(
         &self,
-        key: &StickyKey,
+        key: &Sticky,
         req: &RequestView<'_>,
         client: Option<&str>,
     ) -> Option<u32> {
         let b = match key {
-            StickyKey::Header(name) => {
-                let v = req.headers.get(name.as_str())?.as_bytes();
+            Sticky::Header(name) => {
+                let v = req.headers.get(name)?.as_bytes();
                 (!v.is_empty()).then(|| bucket(&self.salt, v))?
             }
-            StickyKey::Cookie(name) => {
+            Sticky::Cookie(name) => {
                 let v = cookie(req, name)?;
                 (!v.is_empty()).then(|| bucket(&self.salt, v.as_bytes()))?
             }
-            StickyKey::Query(name) => {
+            Sticky::Query(name) => {
                 let v = query_param(req.query, name)?;
                 (!v.is_empty()).then(|| bucket(&self.salt, v.as_bytes()))?
             }
-            StickyKey::Client => bucket(&self.salt, client?.as_bytes()),
-            StickyKey::Ip => {
+            Sticky::Client => bucket(&self.salt, client?.as_bytes()),
+            Sticky::Ip => {
                 let ip = req.client_ip?;
                 let mut buf = [0u8; 64];
                 let mut cur = std::io::Cursor::new(&mut buf[..]);
@@ -129,6 +129,31 @@ impl Split {
             }
         };
         Some(b)
+    }
+}
+
+/// A sticky key ready for lookup: header names parsed once, not per request.
+#[derive(Debug, Clone)]
+enum Sticky {
+    Header(http::HeaderName),
+    Cookie(Box<str>),
+    Query(Box<str>),
+    Client,
+    Ip,
+}
+
+impl Sticky {
+    /// Validated keys always compile; a header name that does not parse is dropped.
+    fn compile(key: StickyKey) -> Option<Sticky> {
+        Some(match key {
+            StickyKey::Header(n) => {
+                Sticky::Header(http::HeaderName::from_bytes(n.as_bytes()).ok()?)
+            }
+            StickyKey::Cookie(n) => Sticky::Cookie(n.into()),
+            StickyKey::Query(n) => Sticky::Query(n.into()),
+            StickyKey::Client => Sticky::Client,
+            StickyKey::Ip => Sticky::Ip,
+        })
     }
 }
 

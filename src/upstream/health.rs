@@ -38,10 +38,10 @@ impl BackgroundService for HealthChecker {
                 _ = tick.tick() => {
                     let snapshot = self.state.load();
                     let now = monotonic_ms();
-                    for pool in snapshot.pools.iter() {
+                    for pool in snapshot.pools.iter().filter(|p| p.claim_health_check(now)) {
                         let pool = pool.clone();
                         // Each pool's check runs on its own task so a slow backend never delays others.
-                        tokio::spawn(async move { pool.check_health_if_due(now).await });
+                        tokio::spawn(async move { pool.run_health_check().await });
                     }
                 }
             }

@@ -150,16 +150,22 @@ impl Pool {
         Box::new(peer)
     }
 
-    /// Runs the health check if it is due. Returns immediately if not due or already running.
-    async fn check_health_if_due(&self, now_ms: u64) {
+    /// Claims this pool's health check if it is due and not already running.
+    fn claim_health_check(&self, now_ms: u64) -> bool {
+        self.health.as_ref().is_some_and(|h| {
+            now_ms >= h.next_due_ms.load(Ordering::Relaxed)
+                && !h.running.swap(true, Ordering::AcqRel)
+        })
+    }
+
+    /// Runs a claimed health check and schedules the next one.
+    async fn run_health_check(&self) {
         let Some(h) = &self.health else { return };
-        if now_ms < h.next_due_ms.load(Ordering::Relaxed) || h.running.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
         self.lb.backends().run_health_check(true).await;
-        h.next_due_ms
-            .store(now_ms + h.interval.as_millis() as u64, Ordering::Relaxed);
+        h.next_due_ms.store(
+            monotonic_ms() + h.interval.as_millis() as u64,
+            Ordering::Relaxed,
+        );
         h.running.store(false, Ordering::Release);
     }
 }
