@@ -2,6 +2,7 @@
 //! among 10,000 routes, and compiling a 10,000-route table.
 //!
 //! Run: `cargo bench --bench decision`
+#![allow(clippy::unwrap_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::HeaderMap;

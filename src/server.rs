@@ -2,14 +2,20 @@
 //! listener, the health checker, and Pingora's graceful upgrade (`-u`) and daemon (`-d`) modes.
 
 use crate::config::{parse, Config};
-use crate::proxy::Proxy;
+use crate::proxy::{Draining, Proxy};
 use crate::state::State;
 use crate::upstream::HealthChecker;
 use anyhow::Context;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long connections accepted just before shutdown have to send their first request (see
+/// [`Draining`]). The runtime's own shutdown timeout still bounds it.
+const FIRST_REQUEST_WINDOW: Duration = Duration::from_secs(1);
 
 /// How the process starts, from the command line.
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,10 +55,10 @@ pub fn build(config: Config, opts: RunOptions) -> anyhow::Result<(Server, Arc<St
     let tls = config.server.tls.clone();
     let state = Arc::new(State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Proxy::new(state.clone()),
-        "switchyard proxy",
+    let app = pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone()));
+    let mut proxy = Service::new(
+        "switchyard proxy".to_string(),
+        Draining::new(app, FIRST_REQUEST_WINDOW),
     );
     for addr in &listen {
         proxy.add_tcp(addr);

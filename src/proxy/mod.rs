@@ -3,7 +3,10 @@
 //! (falling back to the route's baseline), and build the peer. Responses the proxy makes itself (no
 //! route, client required, nothing healthy) are small JSON bodies.
 
+mod drain;
 mod request_id;
+
+pub use drain::Draining;
 
 use crate::release::{self, Decision, Outcome, RequestView, UpstreamId};
 use crate::state::{Snapshot, State};

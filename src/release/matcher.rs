@@ -70,19 +70,14 @@ pub(crate) fn cookie<'a>(req: &RequestView<'a>, name: &str) -> Option<&'a str> {
 
 /// The (percent-decoded) value of query parameter `name`; the first one wins.
 pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
-    let query = query?;
-    query.as_bytes().split(|b| *b == b'&').find_map(|pair| {
-        let eq = pair.iter().position(|b| *b == b'=').unwrap_or(pair.len());
-        let (k, v) = (&pair[..eq], pair.get(eq + 1..).unwrap_or_default());
-        let k = std::str::from_utf8(k).ok()?;
-        let matches = if k.as_bytes().iter().any(|b| *b == b'%' || *b == b'+') {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let matches = if k.bytes().any(|b| b == b'%' || b == b'+') {
             percent_decode(k) == name
         } else {
-            k == name
+            k.as_bytes() == name.as_bytes()
         };
-        matches
-            .then(|| std::str::from_utf8(v).map(percent_decode).ok())
-            .flatten()
+        matches.then(|| percent_decode(v))
     })
 }
 

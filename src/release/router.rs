@@ -109,16 +109,20 @@ impl Router {
 
 /// Strips the port and a trailing dot, lowercases (borrowing when already lowercase).
 fn normalize_request_host(host: &str) -> Cow<'_, str> {
-    let h = if host.starts_with('[') {
+    let b = host.as_bytes();
+    let end = if b.first() == Some(&b'[') {
         // [v6]:port
-        host.split_once(']')
-            .map(|(a, _)| &host[..a.len() + 1])
-            .unwrap_or(host)
+        b.iter().position(|c| *c == b']').map_or(b.len(), |i| i + 1)
     } else {
-        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+        b.iter().rposition(|c| *c == b':').unwrap_or(b.len())
     };
-    let h = h.trim_end_matches('.');
-    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+    let mut h = &b[..end];
+    while let [rest @ .., b'.'] = h {
+        h = rest;
+    }
+    // Cutting at ASCII bytes keeps `h` valid UTF-8.
+    let h = &host[..h.len()];
+    if h.bytes().any(|c| c.is_ascii_uppercase()) {
         Cow::Owned(h.to_ascii_lowercase())
     } else {
         Cow::Borrowed(h)
@@ -162,6 +166,9 @@ mod tests {
         ]);
         assert_eq!(first(&r, "api.example.com", "/api/payments/long"), Some(2));
         assert_eq!(first(&r, "API.Example.com:8443", "/api"), Some(2));
+        assert_eq!(first(&r, "api.example.com.", "/api"), Some(2));
+        assert_eq!(normalize_request_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_request_host("Host"), "host");
         assert_eq!(first(&r, "www.example.com", "/api/x"), Some(1));
         assert_eq!(first(&r, "a.b.example.com", "/api/x"), Some(1));
         assert_eq!(first(&r, "example.com", "/api/payments/long"), Some(0));

@@ -24,7 +24,7 @@ pub fn free_addr() -> SocketAddr {
 pub struct ProxyProcess {
     pub addr: SocketAddr,
     pub dir: PathBuf,
-    child: Child,
+    pub child: Child,
 }
 
 impl ProxyProcess {
@@ -41,19 +41,16 @@ impl ProxyProcess {
             "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  state_dir: {d}/state\n  access_log: off\n{body}",
             d = dir.display()
         );
-        let file = dir.join("switchyard.yaml");
-        std::fs::write(&file, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["run", "-c"])
-            .arg(&file)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn switchyard");
+        std::fs::write(dir.join("switchyard.yaml"), config).unwrap();
+        let child = spawn_run(&dir, &[]);
         let proxy = ProxyProcess { addr, dir, child };
         proxy.wait_ready();
         proxy
+    }
+
+    /// Starts a second instance on the same config with `-u`: it takes the listening sockets over.
+    pub fn spawn_upgrade(&self) -> Child {
+        spawn_run(&self.dir, &["-u"])
     }
 
     fn wait_ready(&self) {
@@ -78,6 +75,29 @@ impl Drop for ProxyProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn spawn_run(dir: &std::path::Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "-c"])
+        .arg(dir.join("switchyard.yaml"))
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn switchyard")
+}
+
+/// Sends a signal to a process by pid.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
 }
 
 /// A keep-alive HTTP client that never turns statuses into errors.
