@@ -48,6 +48,16 @@ pub struct Ctx {
     pub request_id: String,
 }
 
+impl Ctx {
+    /// Records the pool serving the request; a pool other than the decision's target is a fallback.
+    fn use_pool(&mut self, decision: &Decision, target: UpstreamId) {
+        if target != decision.target {
+            self.fallback_from = Some(decision.target);
+        }
+        self.target = Some(target);
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
@@ -104,10 +114,7 @@ impl ProxyHttp for Proxy {
         ctx.snapshot = Some(snapshot);
         match picked {
             Some((target, backend)) => {
-                if target != decision.target {
-                    ctx.fallback_from = Some(decision.target);
-                }
-                ctx.target = Some(target);
+                ctx.use_pool(&decision, target);
                 ctx.backend = Some(backend);
                 Ok(false)
             }
@@ -136,10 +143,7 @@ impl ProxyHttp for Proxy {
             // A retry after a failed connect: another healthy backend, never one that already failed.
             None => match pick_backend(snapshot, &decision, &ctx.failed) {
                 Some((target, b)) => {
-                    if target != decision.target {
-                        ctx.fallback_from = Some(decision.target);
-                    }
-                    ctx.target = Some(target);
+                    ctx.use_pool(&decision, target);
                     b
                 }
                 None => {
