@@ -132,35 +132,32 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let (Some(snapshot), Some(decision)) = (&ctx.snapshot, ctx.decision) else {
+        let Some(decision) = ctx.decision else {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "upstream_peer called without a decision",
             );
         };
-        let backend = match ctx.backend.take() {
-            Some(b) => b,
+        if ctx.backend.is_none() {
             // A retry after a failed connect: another healthy backend, never one that already failed.
-            None => match pick_backend(snapshot, &decision, &ctx.failed) {
-                Some((target, b)) => {
-                    ctx.use_pool(&decision, target);
-                    b
-                }
-                None => {
-                    return Error::e_explain(
-                        ErrorType::ConnectNoRoute,
-                        "no healthy backend left to retry",
-                    )
-                }
-            },
-        };
-        let pool = ctx.target.and_then(|t| snapshot.pools.get(t));
-        let Some(pool) = pool else {
-            return Error::e_explain(ErrorType::InternalError, "decision names an unknown pool");
-        };
-        let peer = pool.peer(&backend);
-        ctx.backend = Some(backend);
-        Ok(peer)
+            let picked = ctx
+                .snapshot
+                .as_ref()
+                .and_then(|s| pick_backend(s, &decision, &ctx.failed));
+            let Some((target, b)) = picked else {
+                return Error::e_explain(
+                    ErrorType::ConnectNoRoute,
+                    "no healthy backend left to retry",
+                );
+            };
+            ctx.use_pool(&decision, target);
+            ctx.backend = Some(b);
+        }
+        let pool = ctx.target.and_then(|t| ctx.snapshot.as_ref()?.pools.get(t));
+        match (pool, &ctx.backend) {
+            (Some(pool), Some(backend)) => Ok(pool.peer(backend)),
+            _ => Error::e_explain(ErrorType::InternalError, "decision names an unknown pool"),
+        }
     }
 
     fn fail_to_connect(
