@@ -54,32 +54,41 @@ pub fn main() -> ExitCode {
             upgrade,
             daemon,
         } => {
-            let config = match load(&conf) {
+            let (config, text) = match load(&conf) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             for note in config::inactive_parts(&config) {
                 log::warn!("{note}");
             }
-            finish(server::run(config, RunOptions { upgrade, daemon }))
+            finish(server::run(config, &text, RunOptions { upgrade, daemon }))
         }
         Command::Demo => finish(crate::demo::run()),
     }
 }
 
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load_file(path).map_err(|errors| {
+/// Reads and validates a config file; returns it with the text it was read from.
+fn load(path: &std::path::Path) -> Result<(Config, String), ExitCode> {
+    let invalid = |errors: &[config::ConfigError]| {
         eprintln!("{}: invalid configuration", path.display());
-        for e in &errors.0 {
+        for e in errors {
             eprintln!("  {e}");
         }
         ExitCode::from(1)
-    })
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(&[config::ConfigError::new(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )])
+    })?;
+    let config = Config::load_str(&text).map_err(|errors| invalid(&errors.0))?;
+    Ok((config, text))
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
     let config = match load(path) {
-        Ok(c) => c,
+        Ok((c, _)) => c,
         Err(code) => return code,
     };
     let clients = config.clients.as_ref().map_or(0, |c| c.keys.len());

@@ -41,8 +41,13 @@ fn server_conf(config: &Config) -> anyhow::Result<ServerConf> {
     })
 }
 
-/// Builds the server with every service of `config`, ready to run.
-pub fn build(config: Config, opts: RunOptions) -> anyhow::Result<(Server, Arc<State>)> {
+/// Builds the server with every service of `config`, ready to run. With the text of the config file,
+/// the live state is persisted in `server.state_dir` (see [`State::open`]); without, it is in memory.
+pub fn build(
+    config: Config,
+    file_text: Option<&str>,
+    opts: RunOptions,
+) -> anyhow::Result<(Server, Arc<State>)> {
     let conf = server_conf(&config)?;
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -53,7 +58,10 @@ pub fn build(config: Config, opts: RunOptions) -> anyhow::Result<(Server, Arc<St
 
     let listen = config.server.listen.clone();
     let tls = config.server.tls.clone();
-    let state = Arc::new(State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let state = Arc::new(match file_text {
+        Some(text) => State::open(config, text)?,
+        None => State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?,
+    });
 
     let app = pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone()));
     let mut proxy = Service::new(
@@ -77,8 +85,8 @@ pub fn build(config: Config, opts: RunOptions) -> anyhow::Result<(Server, Arc<St
 }
 
 /// Runs until told to stop by a signal (SIGTERM, SIGINT, or SIGQUIT for a graceful upgrade).
-pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
-    let (mut server, _state) = build(config, opts)?;
+pub fn run(config: Config, file_text: &str, opts: RunOptions) -> anyhow::Result<()> {
+    let (mut server, _state) = build(config, Some(file_text), opts)?;
     server.bootstrap();
     server.run_forever()
 }

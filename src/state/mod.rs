@@ -1,12 +1,26 @@
 //! The live store: one [`Snapshot`] (compiled table + upstream pools + the config they came from),
 //! published through `ArcSwap`. Requests load one snapshot and keep it to the end, so a change never
-//! affects a request in flight. Every change goes through [`State::apply`].
+//! affects a request in flight.
+//!
+//! Every change — admin API, file reload, rollout controller — goes through [`State::change`]: one at a
+//! time, validate → compile → persist → swap → one audit line. A change that fails at any step leaves
+//! the live config, the revision and the files exactly as they were.
+//!
+//! Start-up rule (with a `state_dir`): if the config file on disk is the one last applied, Switchyard
+//! resumes exactly what was serving, API changes included; if the file was edited since, the file wins
+//! and becomes a new revision by actor `file`.
+
+pub mod store;
 
 use crate::config::{Config, ConfigErrors};
 use crate::release::ReleaseTable;
 use crate::upstream::Pools;
 use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use store::{AuditEntry, Persisted, Store};
 
 /// Everything a request needs, immutable once published.
 #[derive(Debug)]
@@ -35,19 +49,118 @@ impl Snapshot {
     }
 }
 
+/// Who changes what, and why: becomes the audit line.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub route: Option<&'a str>,
+    pub reason: Option<&'a str>,
+}
+
+#[derive(Debug)]
+pub enum ChangeError {
+    /// The resulting config is invalid; nothing changed.
+    Invalid(ConfigErrors),
+    /// The change itself was refused (unknown route, bad value...); nothing changed.
+    Refused(String),
+    /// The change could not be persisted; nothing changed.
+    Storage(String),
+}
+
+impl fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChangeError::Invalid(e) => write!(f, "invalid configuration:\n{e}"),
+            ChangeError::Refused(m) => f.write_str(m),
+            ChangeError::Storage(m) => write!(f, "cannot persist the change: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ChangeError {}
+
 /// The single writer of the live snapshot.
 pub struct State {
     current: ArcSwap<Snapshot>,
-    /// Serialises writers: validate → compile → swap happens for one change at a time.
-    writer: Mutex<()>,
+    /// Serialises writers; holds the state directory when changes are persisted.
+    writer: Mutex<Writer>,
+}
+
+struct Writer {
+    store: Option<Store>,
+    /// Digest of the config file the live revision was last loaded from.
+    file_sha256: String,
 }
 
 impl State {
+    /// A state kept in memory only (no `state_dir`).
     pub fn new(config: Config) -> Result<State, ConfigErrors> {
         let snapshot = Snapshot::build(config, 1, None)?;
         Ok(State {
             current: ArcSwap::from_pointee(snapshot),
-            writer: Mutex::new(()),
+            writer: Mutex::new(Writer {
+                store: None,
+                file_sha256: String::new(),
+            }),
+        })
+    }
+
+    /// Opens the persisted state in `config.server.state_dir`, following the start-up rule above.
+    /// `file_text` is the config file as read from disk (its digest decides the rule).
+    pub fn open(file_config: Config, file_text: &str) -> anyhow::Result<State> {
+        let dir = file_config.server.state_dir.clone();
+        let store =
+            Store::open(Path::new(&dir)).map_err(|e| anyhow::anyhow!("state_dir {dir}: {e}"))?;
+        let file_sha256 = sha256_hex(file_text.as_bytes());
+        let persisted = store
+            .persisted()
+            .map_err(|e| anyhow::anyhow!("{dir}/state.json: {e}"))?;
+        if let Some(p) = persisted.as_ref().filter(|p| p.file_sha256 == file_sha256) {
+            match store
+                .effective()
+                .map_err(|e| e.to_string())
+                .and_then(|t| Config::load_str(&t).map_err(|e| e.to_string()))
+            {
+                Ok(config) => {
+                    let snapshot = Snapshot::build(config, p.revision, None)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    log::info!("resuming revision {} from {dir}", p.revision);
+                    return Ok(State {
+                        current: ArcSwap::from_pointee(snapshot),
+                        writer: Mutex::new(Writer {
+                            store: Some(store),
+                            file_sha256,
+                        }),
+                    });
+                }
+                Err(e) => log::error!(
+                    "{dir}/effective.yaml cannot be served ({e}); loading the config file instead"
+                ),
+            }
+        }
+        let revision = persisted.as_ref().map_or(1, |p| p.revision + 1);
+        let reason = if persisted.is_some() {
+            "config file changed while stopped"
+        } else {
+            "first start"
+        };
+        let snapshot =
+            Snapshot::build(file_config, revision, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let writer = Writer {
+            store: Some(store),
+            file_sha256,
+        };
+        let change = Change {
+            actor: "file",
+            action: "config.reload",
+            route: None,
+            reason: Some(reason),
+        };
+        persist(&writer, &change, None, &snapshot).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(State {
+            current: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(writer),
         })
     }
 
@@ -56,16 +169,102 @@ impl State {
         self.current.load_full()
     }
 
-    /// Replaces the live config. On any error nothing changes and every problem is returned.
-    pub fn apply(&self, config: Config) -> Result<Arc<Snapshot>, ConfigErrors> {
-        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+    /// Applies one change: `edit` derives the new config from the live one. On any error nothing
+    /// changes. Returns the new live snapshot.
+    pub fn change(
+        &self,
+        change: Change<'_>,
+        edit: impl FnOnce(&Config) -> Result<Config, ChangeError>,
+    ) -> Result<Arc<Snapshot>, ChangeError> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.current.load_full();
-        let next = Arc::new(Snapshot::build(
-            config,
-            previous.revision + 1,
-            Some(&previous),
-        )?);
+        let config = edit(&previous.config)?;
+        let next = Arc::new(
+            Snapshot::build(config, previous.revision + 1, Some(&previous))
+                .map_err(ChangeError::Invalid)?,
+        );
+        persist(&writer, &change, Some(&previous), &next)?;
         self.current.store(next.clone());
         Ok(next)
     }
+
+    /// Replaces the whole config (a reload or a PUT).
+    pub fn apply(&self, config: Config) -> Result<Arc<Snapshot>, ChangeError> {
+        let change = Change {
+            actor: "file",
+            action: "config.reload",
+            route: None,
+            reason: None,
+        };
+        self.change(change, |_| Ok(config))
+    }
+
+    /// The audit log, oldest first (empty without a `state_dir`).
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer
+            .store
+            .as_ref()
+            .and_then(|s| s.audit().ok())
+            .unwrap_or_default()
+    }
 }
+
+/// Writes the new revision and its audit line. Nothing is written for an in-memory state.
+fn persist(
+    writer: &Writer,
+    change: &Change<'_>,
+    previous: Option<&Snapshot>,
+    next: &Snapshot,
+) -> Result<(), ChangeError> {
+    let Some(store) = &writer.store else {
+        return Ok(());
+    };
+    let yaml = next.config.to_yaml();
+    let persisted = Persisted {
+        revision: next.revision,
+        file_sha256: writer.file_sha256.clone(),
+    };
+    store
+        .commit(&persisted, &yaml)
+        .map_err(|e| ChangeError::Storage(format!("{}: {e}", store.dir().display())))?;
+    let describe = |s: Option<&Snapshot>| match (s, change.route) {
+        (Some(s), Some(route)) => s
+            .config
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .and_then(|r| serde_json::to_value(r).ok())
+            .unwrap_or(serde_json::Value::Null),
+        (Some(s), None) => serde_json::json!({
+            "revision": s.revision,
+            "routes": s.config.routes.len(),
+            "upstreams": s.config.upstreams.len(),
+            "sha256": sha256_hex(s.config.to_yaml().as_bytes()),
+        }),
+        (None, _) => serde_json::Value::Null,
+    };
+    let entry = AuditEntry {
+        revision: next.revision,
+        at: store::now_rfc3339(),
+        actor: change.actor.to_string(),
+        action: change.action.to_string(),
+        route: change.route.map(str::to_string),
+        before: describe(previous),
+        after: describe(Some(next)),
+        reason: change.reason.map(str::to_string),
+    };
+    store
+        .append_audit(&entry)
+        .map_err(|e| ChangeError::Storage(format!("{}/audit.jsonl: {e}", store.dir().display())))
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

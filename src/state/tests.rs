@@ -1,0 +1,181 @@
+//! The single writer: revisions, audit lines, persistence and the start-up rule.
+
+use super::*;
+use crate::config::Config;
+use std::path::PathBuf;
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("switchyard-state-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn file_text(state_dir: &Path, canary: u32) -> String {
+    format!(
+        "server: {{state_dir: {}, access_log: off}}\nupstreams:\n  v1: {{backends: [\"127.0.0.1:1\"]}}\n  v2: {{backends: [\"127.0.0.1:2\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: {}, v2: {canary}}}}}\n",
+        state_dir.display(),
+        100 - canary
+    )
+}
+
+fn open(state_dir: &Path, canary: u32) -> State {
+    let text = file_text(state_dir, canary);
+    State::open(Config::load_str(&text).unwrap(), &text).unwrap()
+}
+
+fn canary_weight(state: &State) -> f64 {
+    *state.load().config.routes[0]
+        .split
+        .as_ref()
+        .unwrap()
+        .targets
+        .get("v2")
+        .unwrap()
+}
+
+fn set_canary(state: &State, actor: &str, w: f64) -> Result<Arc<Snapshot>, ChangeError> {
+    let change = Change {
+        actor,
+        action: "route.patch",
+        route: Some("api"),
+        reason: None,
+    };
+    state.change(change, |c| {
+        let mut c = c.clone();
+        let split = c.routes[0]
+            .split
+            .as_mut()
+            .ok_or_else(|| ChangeError::Refused("no split".into()))?;
+        split.targets.insert("v1", 100.0 - w);
+        split.targets.insert("v2", w);
+        Ok(c)
+    })
+}
+
+#[test]
+fn changes_make_monotone_revisions_with_one_audit_line_each() {
+    let d = dir("monotone");
+    let state = open(&d, 1);
+    assert_eq!(state.load().revision, 1);
+    for (i, w) in [5.0, 10.0, 0.0].iter().enumerate() {
+        let snap = set_canary(&state, "ops", *w).unwrap();
+        assert_eq!(snap.revision, 2 + i as u64);
+    }
+    let audit = state.audit();
+    assert_eq!(audit.len(), 4);
+    assert_eq!(
+        (audit[0].actor.as_str(), audit[0].action.as_str()),
+        ("file", "config.reload")
+    );
+    assert_eq!(
+        audit.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    let e = &audit[2];
+    assert_eq!(
+        (e.actor.as_str(), e.action.as_str(), e.route.as_deref()),
+        ("ops", "route.patch", Some("api"))
+    );
+    assert_eq!(e.before["split"]["targets"]["v2"], 5.0);
+    assert_eq!(e.after["split"]["targets"]["v2"], 10.0);
+    assert!(e.at.ends_with('Z') && e.at.len() == 24, "{}", e.at);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn concurrent_changes_are_all_applied_once_in_order() {
+    let d = dir("concurrent");
+    let state = Arc::new(open(&d, 0));
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                set_canary(&state, &format!("t{i}"), f64::from(i))
+                    .unwrap()
+                    .revision
+            })
+        })
+        .collect();
+    let mut revisions: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    revisions.sort_unstable();
+    assert_eq!(revisions, (2..42).collect::<Vec<_>>());
+    let audit = state.audit();
+    assert_eq!(audit.len(), 41);
+    assert!(audit.windows(2).all(|w| w[0].revision + 1 == w[1].revision));
+    let mut actors: Vec<_> = audit[1..].iter().map(|e| e.actor.clone()).collect();
+    actors.sort();
+    actors.dedup();
+    assert_eq!(actors.len(), 40);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn an_invalid_change_changes_nothing() {
+    let d = dir("invalid");
+    let state = open(&d, 1);
+    let before = std::fs::read_to_string(d.join("effective.yaml")).unwrap();
+    let change = Change {
+        actor: "ops",
+        action: "route.patch",
+        route: Some("api"),
+        reason: None,
+    };
+    let err = state
+        .change(change, |c| {
+            let mut c = c.clone();
+            c.routes[0]
+                .split
+                .as_mut()
+                .unwrap()
+                .targets
+                .insert("v9", 5.0);
+            Ok(c)
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("routes[0].split.targets.v9: no such upstream"),
+        "{err}"
+    );
+    assert!(set_canary(&state, "ops", -1.0).is_err());
+    assert_eq!(state.load().revision, 1);
+    assert_eq!(canary_weight(&state), 1.0);
+    assert_eq!(state.audit().len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(d.join("effective.yaml")).unwrap(),
+        before
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_restart_resumes_api_changes_when_the_file_is_unchanged() {
+    let d = dir("restart");
+    let state = open(&d, 1);
+    set_canary(&state, "ops", 25.0).unwrap();
+    drop(state);
+    let again = open(&d, 1);
+    assert_eq!((again.load().revision, canary_weight(&again)), (2, 25.0));
+    assert_eq!(again.audit().len(), 2, "resuming is not a change");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn an_edited_file_wins_at_start_as_a_new_revision() {
+    let d = dir("edited");
+    let state = open(&d, 1);
+    set_canary(&state, "ops", 25.0).unwrap();
+    drop(state);
+    let again = open(&d, 50);
+    assert_eq!((again.load().revision, canary_weight(&again)), (3, 50.0));
+    let last = again.audit().pop().unwrap();
+    assert_eq!(
+        (last.actor.as_str(), last.action.as_str(), last.revision),
+        ("file", "config.reload", 3)
+    );
+    assert_eq!(
+        last.reason.as_deref(),
+        Some("config file changed while stopped")
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
