@@ -38,6 +38,15 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         conf: PathBuf,
     },
+    /// Ask the running instance to re-read its config file (sends SIGHUP to the pid in its pid file).
+    Reload {
+        /// The config file of the running instance (its server.pid_file names the pid file).
+        #[arg(short, long, value_name = "FILE")]
+        conf: Option<PathBuf>,
+        /// The pid file, when not taken from a config file.
+        #[arg(long, value_name = "PATH", conflicts_with = "conf")]
+        pid_file: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -45,10 +54,11 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Demo => init_logging("info"),
         Command::Run { .. } => init_logging("info"),
-        Command::Check { .. } => init_logging("warn"),
+        Command::Check { .. } | Command::Reload { .. } => init_logging("warn"),
     }
     match cli.command {
         Command::Check { conf } => check(&conf),
+        Command::Reload { conf, pid_file } => reload(conf, pid_file),
         Command::Run {
             conf,
             upgrade,
@@ -61,7 +71,14 @@ pub fn main() -> ExitCode {
             for note in config::inactive_parts(&config) {
                 log::warn!("{note}");
             }
-            finish(server::run(config, &text, RunOptions { upgrade, daemon }))
+            // Absolute, because a daemon changes its working directory.
+            let path = std::fs::canonicalize(&conf).unwrap_or(conf);
+            let file = server::ConfigFile { path, text };
+            finish(server::run(
+                config,
+                Some(&file),
+                RunOptions { upgrade, daemon },
+            ))
         }
         Command::Demo => finish(crate::demo::run()),
     }
@@ -103,6 +120,30 @@ fn check(path: &std::path::Path) -> ExitCode {
         println!("  note: {note}");
     }
     ExitCode::SUCCESS
+}
+
+fn reload(conf: Option<PathBuf>, pid_file: Option<PathBuf>) -> ExitCode {
+    let pid_file = match (pid_file, conf) {
+        (Some(p), _) => p,
+        // Validate first: a file the instance would refuse is reported here and nothing is signalled.
+        (None, Some(conf)) => match load(&conf) {
+            Ok((c, _)) => PathBuf::from(c.server.pid_file),
+            Err(code) => return code,
+        },
+        (None, None) => PathBuf::from(config::ServerConfig::default().pid_file),
+    };
+    match crate::server::signal_pid_file(&pid_file, nix::sys::signal::Signal::SIGHUP) {
+        Ok(pid) => {
+            println!(
+                "asked switchyard (pid {pid}) to reload its config file; the outcome is in its log"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard reload: {e:#}");
+            ExitCode::from(3)
+        }
+    }
 }
 
 fn finish(result: anyhow::Result<()>) -> ExitCode {

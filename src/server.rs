@@ -3,6 +3,7 @@
 
 use crate::config::{parse, Config};
 use crate::proxy::{Draining, Proxy};
+use crate::state::reloader::Reloader;
 use crate::state::State;
 use crate::upstream::HealthChecker;
 use anyhow::Context;
@@ -10,6 +11,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,11 +43,19 @@ fn server_conf(config: &Config) -> anyhow::Result<ServerConf> {
     })
 }
 
-/// Builds the server with every service of `config`, ready to run. With the text of the config file,
-/// the live state is persisted in `server.state_dir` (see [`State::open`]); without, it is in memory.
+/// The config file a server runs from.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// Builds the server with every service of `config`, ready to run. From a config file, the live state
+/// is persisted in `server.state_dir` (see [`State::open`]) and SIGHUP re-reads the file; without one
+/// (the demo) the state is kept in memory.
 pub fn build(
     config: Config,
-    file_text: Option<&str>,
+    file: Option<&ConfigFile>,
     opts: RunOptions,
 ) -> anyhow::Result<(Server, Arc<State>)> {
     let conf = server_conf(&config)?;
@@ -58,8 +68,8 @@ pub fn build(
 
     let listen = config.server.listen.clone();
     let tls = config.server.tls.clone();
-    let state = Arc::new(match file_text {
-        Some(text) => State::open(config, text)?,
+    let state = Arc::new(match file {
+        Some(f) => State::open(config, &f.text)?,
         None => State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?,
     });
 
@@ -81,12 +91,45 @@ pub fn build(
         "health checks",
         HealthChecker::new(state.clone()),
     ));
+    let reloader = Reloader::new(file.map(|f| f.path.clone()), state.clone());
+    server.add_service(background_service("config reload", reloader));
     Ok((server, state))
 }
 
-/// Runs until told to stop by a signal (SIGTERM, SIGINT, or SIGQUIT for a graceful upgrade).
-pub fn run(config: Config, file_text: &str, opts: RunOptions) -> anyhow::Result<()> {
-    let (mut server, _state) = build(config, Some(file_text), opts)?;
+/// Runs until told to stop by a signal (SIGTERM, SIGINT, or SIGQUIT for a graceful upgrade; SIGHUP
+/// reloads the config file).
+pub fn run(config: Config, file: Option<&ConfigFile>, opts: RunOptions) -> anyhow::Result<()> {
+    let pid_file = config.server.pid_file.clone();
+    let (mut server, _state) = build(config, file, opts)?;
     server.bootstrap();
+    if !opts.daemon {
+        // Pingora writes the pid file when it daemonizes; in the foreground `switchyard reload` needs
+        // it too.
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing pid file {pid_file}"))?;
+    }
     server.run_forever()
+}
+
+/// Sends `signal` to the process named in `pid_file`; returns its pid.
+pub fn signal_pid_file(
+    pid_file: &std::path::Path,
+    signal: nix::sys::signal::Signal,
+) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(pid_file).with_context(|| {
+        format!(
+            "no running instance: cannot read pid file {}",
+            pid_file.display()
+        )
+    })?;
+    let pid: i32 = text.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "pid file {} does not hold a pid: {:?}",
+            pid_file.display(),
+            text.trim()
+        )
+    })?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .with_context(|| format!("cannot signal pid {pid} from {}", pid_file.display()))?;
+    Ok(pid)
 }

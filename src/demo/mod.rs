@@ -51,7 +51,7 @@ pub fn run() -> anyhow::Result<()> {
         backends.push(b);
     }
     println!("{TRY}");
-    let result = server::run(config, DEMO_CONFIG, RunOptions::default());
+    let result = server::run(config, None, RunOptions::default());
     drop(backends);
     result
 }

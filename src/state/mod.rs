@@ -10,6 +10,7 @@
 //! resumes exactly what was serving, API changes included; if the file was edited since, the file wins
 //! and becomes a new revision by actor `file`.
 
+pub mod reloader;
 pub mod store;
 
 use crate::config::{Config, ConfigErrors};
@@ -177,26 +178,42 @@ impl State {
         edit: impl FnOnce(&Config) -> Result<Config, ChangeError>,
     ) -> Result<Arc<Snapshot>, ChangeError> {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.change_locked(&writer, change, edit)
+    }
+
+    fn change_locked(
+        &self,
+        writer: &Writer,
+        change: Change<'_>,
+        edit: impl FnOnce(&Config) -> Result<Config, ChangeError>,
+    ) -> Result<Arc<Snapshot>, ChangeError> {
         let previous = self.current.load_full();
         let config = edit(&previous.config)?;
-        let next = Arc::new(
-            Snapshot::build(config, previous.revision + 1, Some(&previous))
-                .map_err(ChangeError::Invalid)?,
-        );
-        persist(&writer, &change, Some(&previous), &next)?;
+        let next = Snapshot::build(config, previous.revision + 1, Some(&previous))
+            .map_err(ChangeError::Invalid)?;
+        let next = Arc::new(next);
+        persist(writer, &change, Some(&previous), &next)?;
         self.current.store(next.clone());
         Ok(next)
     }
 
-    /// Replaces the whole config (a reload or a PUT).
-    pub fn apply(&self, config: Config) -> Result<Arc<Snapshot>, ChangeError> {
+    /// Re-reads the config file (SIGHUP / `switchyard reload`): a new revision by actor `file`, and the
+    /// file's digest is remembered for the start-up rule. An invalid file changes nothing.
+    pub fn reload_file(&self, text: &str) -> Result<Arc<Snapshot>, ChangeError> {
+        let config = Config::load_str(text).map_err(ChangeError::Invalid)?;
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let previous_sha = std::mem::replace(&mut writer.file_sha256, sha256_hex(text.as_bytes()));
         let change = Change {
             actor: "file",
             action: "config.reload",
             route: None,
-            reason: None,
+            reason: Some("config file reloaded"),
         };
-        self.change(change, |_| Ok(config))
+        let result = self.change_locked(&writer, change, |_| Ok(config));
+        if result.is_err() {
+            writer.file_sha256 = previous_sha;
+        }
+        result
     }
 
     /// The audit log, oldest first (empty without a `state_dir`).

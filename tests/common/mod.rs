@@ -37,15 +37,20 @@ impl ProxyProcess {
             addr.port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = format!(
-            "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  state_dir: {d}/state\n  access_log: off\n{body}",
-            d = dir.display()
-        );
-        std::fs::write(dir.join("switchyard.yaml"), config).unwrap();
+        std::fs::write(dir.join("switchyard.yaml"), config_text(addr, &dir, body)).unwrap();
         let child = spawn_run(&dir, &[]);
         let proxy = ProxyProcess { addr, dir, child };
         proxy.wait_ready();
         proxy
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("switchyard.yaml")
+    }
+
+    /// Replaces the config file's body (the `server:` section stays the same).
+    pub fn rewrite_config(&self, body: &str) {
+        std::fs::write(self.config_path(), config_text(self.addr, &self.dir, body)).unwrap();
     }
 
     /// Starts a second instance on the same config with `-u`: it takes the listening sockets over.
@@ -75,6 +80,24 @@ impl Drop for ProxyProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn config_text(addr: SocketAddr, dir: &std::path::Path, body: &str) -> String {
+    format!(
+        "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  state_dir: {d}/state\n  access_log: off\n{body}",
+        d = dir.display()
+    )
+}
+
+/// Runs `switchyard ARGS...` to completion; returns its exit code and output.
+pub fn switchyard(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
 }
 
 fn spawn_run(dir: &std::path::Path, extra: &[&str]) -> Child {

@@ -1,0 +1,88 @@
+//! Reload: `switchyard reload` (SIGHUP) re-reads the file. A good file becomes a new revision by actor
+//! `file`; a broken one is refused and the running config keeps serving.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn body(v1: &RunningBackend, v2: &RunningBackend, canary: u32) -> String {
+    format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: {}, v2: {canary}}}}}\n",
+        v1.addr,
+        v2.addr,
+        100 - canary
+    )
+}
+
+fn audit_lines(proxy: &ProxyProcess) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(proxy.dir.join("state/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn reload_applies_a_good_file_and_refuses_a_broken_one() {
+    let (v1, v2) = (backend("v1"), backend("v2"));
+    let proxy = ProxyProcess::start(&body(&v1, &v2, 0));
+    let agent = client();
+    assert_eq!(get(&agent, &proxy.url("/x"), &[]).version(), "v1");
+    let conf = proxy.config_path();
+    let conf = conf.to_str().unwrap();
+
+    proxy.rewrite_config(&body(&v1, &v2, 100));
+    let (code, out) = switchyard(&["reload", "-c", conf]);
+    assert_eq!(code, 0, "{out}");
+    assert!(eventually(Duration::from_secs(5), || get(
+        &agent,
+        &proxy.url("/x"),
+        &[]
+    )
+    .version()
+        == "v2"));
+    let audit = audit_lines(&proxy);
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert_eq!(
+        (audit[1]["revision"].as_u64(), audit[1]["actor"].as_str()),
+        (Some(2), Some("file"))
+    );
+    assert_eq!(audit[1]["action"], "config.reload");
+
+    // A broken file: `switchyard reload` reports every error and signals nothing (exit 1)...
+    let broken = "routes:\n  - {name: api, split: {targets: {nope: 1}}}\nbogus: 1\n";
+    std::fs::write(proxy.config_path(), broken).unwrap();
+    let (code, out) = switchyard(&["reload", "-c", conf]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("bogus"), "{out}");
+    // ...and a raw SIGHUP with that file is refused by the instance, which keeps serving.
+    signal(proxy.child.id(), "HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..20 {
+        let r = get(&agent, &proxy.url("/x"), &[]);
+        assert_eq!((r.status, r.version()), (200, "v2".to_string()));
+    }
+    assert_eq!(audit_lines(&proxy).len(), 2);
+
+    // A plain SIGHUP does the same as `switchyard reload`.
+    proxy.rewrite_config(&body(&v1, &v2, 0));
+    signal(proxy.child.id(), "HUP");
+    assert!(eventually(Duration::from_secs(5), || get(
+        &agent,
+        &proxy.url("/x"),
+        &[]
+    )
+    .version()
+        == "v1"));
+    assert_eq!(audit_lines(&proxy).len(), 3);
+}
+
+#[test]
+fn reload_without_a_running_instance_exits_3() {
+    let dir = std::env::temp_dir().join(format!("switchyard-noreload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("none.pid");
+    let (code, out) = switchyard(&["reload", "--pid-file", pid_file.to_str().unwrap()]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("none.pid"), "{out}");
+}
