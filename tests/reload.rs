@@ -1,5 +1,6 @@
 //! Reload: `switchyard reload` (SIGHUP) re-reads the file. A good file becomes a new revision by actor
 //! `file`; a broken one is refused and the running config keeps serving.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 use common::*;
