@@ -3,6 +3,7 @@
 //! Data flows one way: [`config`] (YAML) → [`release::ReleaseTable::compile`] → [`state`] publishes a
 //! snapshot → [`proxy`] reads one snapshot per request and calls the pure [`release::decide`].
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;

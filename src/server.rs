@@ -1,6 +1,7 @@
 //! Assembling and running the Pingora server from our own configuration: the proxy service on every
 //! listener, the health checker, and Pingora's graceful upgrade (`-u`) and daemon (`-d`) modes.
 
+use crate::admin::AdminApi;
 use crate::config::{parse, Config};
 use crate::proxy::{Draining, Proxy};
 use crate::state::reloader::Reloader;
@@ -91,6 +92,11 @@ pub fn build(
         "health checks",
         HealthChecker::new(state.clone()),
     ));
+    if let Some(admin) = state.load().config.admin.clone() {
+        let mut api = Service::new("switchyard admin".to_string(), AdminApi::new(state.clone()));
+        api.add_tcp(&admin.listen);
+        server.add_service(api);
+    }
     let reloader = Reloader::new(file.map(|f| f.path.clone()), state.clone());
     server.add_service(background_service("config reload", reloader));
     Ok((server, state))

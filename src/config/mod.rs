@@ -457,9 +457,6 @@ impl Config {
 /// `check` and `run` print them, so nothing in a file is ever ignored silently.
 pub fn inactive_parts(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    if config.admin.is_some() {
-        out.push("admin: validated, but the admin API is not served by this version".to_string());
-    }
     if config.server.access_log != "off" {
         out.push(format!(
             "server.access_log: {:?} is validated, but access logging is not active in this version",

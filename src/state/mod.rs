@@ -63,8 +63,12 @@ pub struct Change<'a> {
 pub enum ChangeError {
     /// The resulting config is invalid; nothing changed.
     Invalid(ConfigErrors),
-    /// The change itself was refused (unknown route, bad value...); nothing changed.
+    /// The change itself was refused (bad value...); nothing changed.
     Refused(String),
+    /// The change names something that does not exist (a route); nothing changed.
+    NotFound(String),
+    /// The change was made against another revision than the live one; nothing changed.
+    Conflict(String),
     /// The change could not be persisted; nothing changed.
     Storage(String),
 }
@@ -73,7 +77,9 @@ impl fmt::Display for ChangeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ChangeError::Invalid(e) => write!(f, "invalid configuration:\n{e}"),
-            ChangeError::Refused(m) => f.write_str(m),
+            ChangeError::Refused(m) | ChangeError::NotFound(m) | ChangeError::Conflict(m) => {
+                f.write_str(m)
+            }
             ChangeError::Storage(m) => write!(f, "cannot persist the change: {m}"),
         }
     }
@@ -175,7 +181,7 @@ impl State {
     pub fn change(
         &self,
         change: Change<'_>,
-        edit: impl FnOnce(&Config) -> Result<Config, ChangeError>,
+        edit: impl FnOnce(&Snapshot) -> Result<Config, ChangeError>,
     ) -> Result<Arc<Snapshot>, ChangeError> {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.change_locked(&writer, change, edit)
@@ -185,10 +191,10 @@ impl State {
         &self,
         writer: &Writer,
         change: Change<'_>,
-        edit: impl FnOnce(&Config) -> Result<Config, ChangeError>,
+        edit: impl FnOnce(&Snapshot) -> Result<Config, ChangeError>,
     ) -> Result<Arc<Snapshot>, ChangeError> {
         let previous = self.current.load_full();
-        let config = edit(&previous.config)?;
+        let config = edit(&previous)?;
         let next = Snapshot::build(config, previous.revision + 1, Some(&previous))
             .map_err(ChangeError::Invalid)?;
         let next = Arc::new(next);
@@ -214,6 +220,22 @@ impl State {
             writer.file_sha256 = previous_sha;
         }
         result
+    }
+
+    /// Revisions kept in `state_dir`, ascending (empty without one).
+    pub fn revisions(&self) -> Vec<u64> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer
+            .store
+            .as_ref()
+            .and_then(|s| s.revisions().ok())
+            .unwrap_or_default()
+    }
+
+    /// The config of revision `n`, as kept in `state_dir`.
+    pub fn revision_config(&self, n: u64) -> Option<String> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer.store.as_ref().and_then(|s| s.revision(n).ok())
     }
 
     /// The audit log, oldest first (empty without a `state_dir`).

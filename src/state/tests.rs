@@ -40,8 +40,8 @@ fn set_canary(state: &State, actor: &str, w: f64) -> Result<Arc<Snapshot>, Chang
         route: Some("api"),
         reason: None,
     };
-    state.change(change, |c| {
-        let mut c = c.clone();
+    state.change(change, |live| {
+        let mut c = live.config.clone();
         let split = c.routes[0]
             .split
             .as_mut()
@@ -121,8 +121,8 @@ fn an_invalid_change_changes_nothing() {
         reason: None,
     };
     let err = state
-        .change(change, |c| {
-            let mut c = c.clone();
+        .change(change, |live| {
+            let mut c = live.config.clone();
             c.routes[0]
                 .split
                 .as_mut()

@@ -1,0 +1,367 @@
+//! The admin API on a real instance: auth, every endpoint's success and refusal, ETag/If-Match,
+//! rollback, revisions and restore, concurrent changes, and how fast a PATCH starts serving.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const OPS: &str = "ops-token";
+const CI: &str = "ci-token";
+
+fn sha(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+struct Admin {
+    proxy: ProxyProcess,
+    admin: SocketAddr,
+    _v1: RunningBackend,
+    _v2: RunningBackend,
+    _blue: RunningBackend,
+    _green: RunningBackend,
+}
+
+fn start() -> Admin {
+    let (v1, v2, blue, green) = (
+        backend("v1"),
+        backend("v2"),
+        backend("blue"),
+        backend("green"),
+    );
+    let admin = free_addr();
+    let body = format!(
+        r#"admin:
+  listen: "{admin}"
+  tokens: {{ops: {ops}, ci: {ci}}}
+upstreams:
+  v1: {{backends: ["{}"]}}
+  v2: {{backends: ["{}"]}}
+  blue: {{backends: ["{}"]}}
+  green: {{backends: ["{}"]}}
+routes:
+  - name: api
+    match: {{path_prefix: /api}}
+    split: {{targets: {{v1: 100, v2: 0}}, sticky: [header:X-User-Id]}}
+  - name: web
+    match: {{path_prefix: /}}
+    blue_green: {{blue: blue, green: green, live: blue}}
+"#,
+        v1.addr,
+        v2.addr,
+        blue.addr,
+        green.addr,
+        ops = sha(OPS),
+        ci = sha(CI),
+    );
+    let proxy = ProxyProcess::start(&body);
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
+    Admin {
+        proxy,
+        admin,
+        _v1: v1,
+        _v2: v2,
+        _blue: blue,
+        _green: green,
+    }
+}
+
+impl Admin {
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+        let agent = client();
+        let url = format!("http://{}{}", self.admin, path);
+        let mut req = agent.request(method, &url);
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = match body
+            .map(|b| req.clone().send_string(b))
+            .unwrap_or_else(|| req.call())
+        {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let headers = resp
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: resp.into_string().unwrap_or_default(),
+        }
+    }
+    fn ops(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.call(method, path, Some(OPS), body)
+    }
+    fn revision(&self) -> u64 {
+        self.ops("GET", "/v1/status", None).json()["revision"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+#[test]
+fn auth_healthz_and_tokens() {
+    let a = start();
+    assert_eq!(a.call("GET", "/healthz", None, None).status, 200);
+    for token in [None, Some("wrong"), Some("")] {
+        let r = a.call("GET", "/v1/status", token, None);
+        assert_eq!(r.status, 401, "{token:?}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    for token in [OPS, CI] {
+        assert_eq!(a.call("GET", "/v1/status", Some(token), None).status, 200);
+    }
+    // The token's name is the actor.
+    a.call(
+        "PATCH",
+        "/v1/routes/api",
+        Some(CI),
+        Some(r#"{"split":{"v2":5}}"#),
+    );
+    let audit = a.ops("GET", "/v1/audit", None).json();
+    let last = audit["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (
+            last["actor"].as_str(),
+            last["action"].as_str(),
+            last["route"].as_str()
+        ),
+        (Some("ci"), Some("route.patch"), Some("api"))
+    );
+}
+
+#[test]
+fn patch_split_live_and_refusals() {
+    let a = start();
+    let agent = client();
+    assert_eq!(get(&agent, &a.proxy.url("/api"), &[]).version(), "v1");
+    let started = a.revision();
+    let r = a.ops(
+        "PATCH",
+        "/v1/routes/api",
+        Some(r#"{"split":{"v1":0,"v2":100}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["revision"].as_u64(), Some(started + 1));
+    assert_eq!(get(&agent, &a.proxy.url("/api"), &[]).version(), "v2");
+    // Targets keep their written order: v1 is still the first (baseline) target.
+    let status = a.ops("GET", "/v1/status", None).json();
+    let targets: Vec<String> = status["routes"][0]["split"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(targets, ["v1", "v2"]);
+
+    assert_eq!(
+        a.ops("PATCH", "/v1/routes/web", Some(r#"{"live":"green"}"#))
+            .status,
+        200
+    );
+    assert_eq!(get(&agent, &a.proxy.url("/"), &[]).version(), "green");
+
+    let refusals: [(&str, &str, u16, &str); 8] = [
+        (
+            "/v1/routes/nope",
+            r#"{"split":{"v1":1}}"#,
+            404,
+            "no such route",
+        ),
+        (
+            "/v1/routes/api",
+            r#"{"split":{"v9":5}}"#,
+            400,
+            "no such upstream",
+        ),
+        (
+            "/v1/routes/api",
+            r#"{"split":{"v1":0,"v2":0}}"#,
+            400,
+            "weights sum to 0",
+        ),
+        (
+            "/v1/routes/api",
+            r#"{"split":{"v1":-1}}"#,
+            400,
+            "weight must be a number >= 0",
+        ),
+        ("/v1/routes/api", "not json", 400, "not valid JSON"),
+        (
+            "/v1/routes/api",
+            r#"{"colour":"red"}"#,
+            400,
+            "unknown field",
+        ),
+        (
+            "/v1/routes/web",
+            r#"{"live":"purple"}"#,
+            400,
+            "live must be",
+        ),
+        (
+            "/v1/routes/api",
+            r#"{"live":"green"}"#,
+            400,
+            "not blue/green",
+        ),
+    ];
+    let before = a.revision();
+    for (path, body, code, message) in refusals {
+        let r = a.ops("PATCH", path, Some(body));
+        assert_eq!(r.status, code, "{path} {body}: {}", r.body);
+        assert!(r.body.contains(message), "{path} {body}: {}", r.body);
+    }
+    assert_eq!(a.revision(), before, "a refused change made a revision");
+    assert_eq!(get(&agent, &a.proxy.url("/api"), &[]).version(), "v2");
+}
+
+#[test]
+fn config_etag_put_rollback_and_restore() {
+    let a = start();
+    let agent = client();
+    let r = a.ops("GET", "/v1/config", None);
+    let etag = r.header("etag").unwrap().to_string();
+    assert_eq!(etag, format!("\"{}\"", a.revision()));
+    let yaml = r.body.clone();
+    assert!(yaml.contains("routes:"));
+
+    // If-Match on another revision: 409, nothing changes.
+    let agent2 = client();
+    let put = |if_match: &str, body: &str| {
+        let resp = agent2
+            .put(&format!("http://{}/v1/config", a.admin))
+            .set("Authorization", &format!("Bearer {OPS}"))
+            .set("If-Match", if_match)
+            .send_string(body);
+        match resp {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let (code, body) = put("\"999\"", &yaml);
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = put(&etag, "routes: [{name: x}]\n");
+    assert_eq!(code, 400);
+    assert!(body.contains("\"errors\""), "{body}");
+    let v2_everywhere = yaml.replace("v1: 100", "v1: 0").replace("v2: 0", "v2: 100");
+    let (code, body) = put(&etag, &v2_everywhere);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(&agent, &a.proxy.url("/api"), &[]).version(), "v2");
+    let put_revision = a.revision();
+
+    // Rollback: all split traffic to the baseline.
+    assert_eq!(a.ops("POST", "/v1/routes/api/rollback", None).status, 200);
+    assert_eq!(get(&agent, &a.proxy.url("/api"), &[]).version(), "v1");
+    assert_eq!(a.ops("POST", "/v1/routes/web/rollback", None).status, 200);
+    assert_eq!(get(&agent, &a.proxy.url("/"), &[]).version(), "green");
+
+    // Restore the PUT revision: a new revision equal to it.
+    let list = a.ops("GET", "/v1/revisions", None).json();
+    assert!(list["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["revision"].as_u64() == Some(put_revision)));
+    let r = a.ops(
+        "POST",
+        &format!("/v1/revisions/{put_revision}/restore"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(get(&agent, &a.proxy.url("/api"), &[]).version(), "v2");
+    assert_eq!(
+        a.ops("POST", "/v1/revisions/9999/restore", None).status,
+        404
+    );
+    assert_eq!(a.ops("POST", "/v1/revisions/abc/restore", None).status, 400);
+    assert_eq!(a.ops("DELETE", "/v1/config", None).status, 405);
+    assert_eq!(a.ops("GET", "/v1/nothing", None).status, 404);
+}
+
+#[test]
+fn oversized_bodies_are_refused() {
+    let a = start();
+    let huge = "x".repeat(5 << 20);
+    let r = a.ops("PUT", "/v1/config", Some(&huge));
+    assert_eq!(r.status, 413);
+}
+
+#[test]
+fn forty_concurrent_patches_all_apply_once() {
+    let a = start();
+    let before = a.revision();
+    let admin = a.admin;
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let r = client()
+                    .request("PATCH", &format!("http://{admin}/v1/routes/api"))
+                    .set("Authorization", &format!("Bearer {OPS}"))
+                    .send_string(&format!(r#"{{"split":{{"v2":{i}}}}}"#))
+                    .unwrap();
+                serde_json::from_str::<serde_json::Value>(&r.into_string().unwrap()).unwrap()
+                    ["revision"]
+                    .as_u64()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut revisions: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    revisions.sort_unstable();
+    assert_eq!(
+        revisions,
+        ((before + 1)..=(before + 40)).collect::<Vec<_>>()
+    );
+    let entries = a.ops("GET", "/v1/audit", None).json()["entries"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let patches = entries
+        .iter()
+        .filter(|e| e["action"] == "route.patch")
+        .count();
+    assert_eq!(patches, 40);
+}
+
+/// Not an assertion on time: prints how long a PATCH takes to start serving, for the record.
+#[test]
+fn patch_to_serving_latency_is_reported() {
+    let a = start();
+    let agent = client();
+    let mut samples = Vec::new();
+    for i in 0..20 {
+        let (target, weights) = if i % 2 == 0 {
+            ("v2", r#"{"split":{"v1":0,"v2":100}}"#)
+        } else {
+            ("v1", r#"{"split":{"v1":100,"v2":0}}"#)
+        };
+        let t = Instant::now();
+        assert_eq!(a.ops("PATCH", "/v1/routes/api", Some(weights)).status, 200);
+        let returned = t.elapsed();
+        assert_eq!(
+            get(&agent, &a.proxy.url("/api"), &[]).version(),
+            target,
+            "the PATCH was not serving once it returned"
+        );
+        samples.push(returned);
+    }
+    samples.sort();
+    eprintln!(
+        "PATCH round trip (returns with the new split live): median {:?}, max {:?}",
+        samples[10], samples[19]
+    );
+}
