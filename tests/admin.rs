@@ -81,10 +81,11 @@ impl Admin {
         if let Some(t) = token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
-        let resp = match body
-            .map(|b| req.clone().send_string(b))
-            .unwrap_or_else(|| req.call())
-        {
+        let result = match body {
+            Some(b) => req.send_string(b),
+            None => req.call(),
+        };
+        let resp = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
             Err(e) => panic!("{method} {path}: {e}"),
