@@ -38,6 +38,14 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         conf: PathBuf,
     },
+    /// Control a running instance through its admin API (SWITCHYARD_ADMIN, SWITCHYARD_TOKEN).
+    Ctl {
+        /// Print the API's JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: crate::ctl::CtlCommand,
+    },
     /// Ask the running instance to re-read its config file (sends SIGHUP to the pid in its pid file).
     Reload {
         /// The config file of the running instance (its server.pid_file names the pid file).
@@ -54,11 +62,14 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Demo => init_logging("info"),
         Command::Run { .. } => init_logging("info"),
-        Command::Check { .. } | Command::Reload { .. } => init_logging("warn"),
+        Command::Check { .. } | Command::Reload { .. } | Command::Ctl { .. } => {
+            init_logging("warn")
+        }
     }
     match cli.command {
         Command::Check { conf } => check(&conf),
         Command::Reload { conf, pid_file } => reload(conf, pid_file),
+        Command::Ctl { json, command } => crate::ctl::run(command, json),
         Command::Run {
             conf,
             upgrade,

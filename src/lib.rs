@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod proxy;
 pub mod release;

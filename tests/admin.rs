@@ -366,3 +366,65 @@ fn patch_to_serving_latency_is_reported() {
         samples[10], samples[19]
     );
 }
+
+/// `switchyard ctl` against the running instance, with the environment it documents.
+fn ctl(a: &Admin, token: &str, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("ctl")
+        .args(args)
+        .env("SWITCHYARD_ADMIN", format!("http://{}", a.admin))
+        .env("SWITCHYARD_TOKEN", token)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn ctl_drives_a_running_instance() {
+    let a = start();
+    let agent = client();
+    let (code, out) = ctl(&a, OPS, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("api") && out.contains("v1 100.0%") && out.contains("live blue"),
+        "{out}"
+    );
+
+    let (code, out) = ctl(&a, OPS, &["set-split", "api", "v1=90", "v2=10"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("now serving revision"), "{out}");
+    let (_, out) = ctl(&a, OPS, &["status"]);
+    assert!(out.contains("v1 90.0%, v2 10.0%"), "{out}");
+
+    assert_eq!(ctl(&a, OPS, &["flip", "web"]).0, 0);
+    assert_eq!(get(&agent, &a.proxy.url("/"), &[]).version(), "green");
+    assert_eq!(ctl(&a, OPS, &["rollback", "api"]).0, 0);
+    let (code, out) = ctl(&a, OPS, &["--json", "status"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["routes"][0]["split"]["v2"], 0.0);
+
+    let (code, out) = ctl(&a, OPS, &["revisions"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("(live)") && out.contains("route.rollback"),
+        "{out}"
+    );
+    let (code, out) = ctl(&a, OPS, &["audit"]);
+    assert!(
+        code == 0 && out.contains("route.patch") && out.contains("ops"),
+        "{out}"
+    );
+    assert_eq!(ctl(&a, OPS, &["restore", "2"]).0, 0);
+
+    // Refused as invalid: exit 1 with the reason; not allowed or not reachable: exit 3; usage: 2.
+    let (code, out) = ctl(&a, OPS, &["set-split", "api", "v9=5"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no such upstream"), "{out}");
+    assert_eq!(ctl(&a, OPS, &["flip", "api"]).0, 1);
+    assert_eq!(ctl(&a, OPS, &["set-split", "api", "v2"]).0, 1);
+    assert_eq!(ctl(&a, "wrong", &["status"]).0, 3);
+    assert_eq!(ctl(&a, OPS, &["frobnicate"]).0, 2);
+}

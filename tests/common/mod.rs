@@ -84,7 +84,7 @@ impl Drop for ProxyProcess {
 
 fn config_text(addr: SocketAddr, dir: &std::path::Path, body: &str) -> String {
     format!(
-        "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 0s\n  shutdown_timeout: 1s\n  state_dir: {d}/state\n  access_log: off\n{body}",
+        "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 2s\n  shutdown_timeout: 2s\n  state_dir: {d}/state\n  access_log: off\n{body}",
         d = dir.display()
     )
 }
