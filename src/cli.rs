@@ -84,7 +84,10 @@ pub fn main() -> ExitCode {
             }
             // Absolute, because a daemon changes its working directory.
             let path = std::fs::canonicalize(&conf).unwrap_or(conf);
-            let file = server::ConfigFile { path, text };
+            let file = server::ConfigFile {
+                path: Some(path),
+                text,
+            };
             finish(server::run(
                 config,
                 Some(&file),

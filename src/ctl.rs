@@ -207,7 +207,7 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
                 let live = if r["live"] == true { " (live)" } else { "" };
                 t += &format!(
                     "{:>8}  {:<24}  {:<10}  {:<18}  {}{live}\n",
-                    r["revision"],
+                    text(&r["revision"]),
                     text(&r["at"]),
                     text(&r["actor"]),
                     text(&r["action"]),
@@ -228,7 +228,7 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             for e in v["entries"].as_array().into_iter().flatten() {
                 t += &format!(
                     "{:>8}  {:<24}  {:<10}  {:<18}  {:<12}  {}\n",
-                    e["revision"],
+                    text(&e["revision"]),
                     text(&e["at"]),
                     text(&e["actor"]),
                     text(&e["action"]),

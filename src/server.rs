@@ -44,10 +44,11 @@ fn server_conf(config: &Config) -> anyhow::Result<ServerConf> {
     })
 }
 
-/// The config file a server runs from.
+/// The config a server runs from: its text, and the file it was read from (`None` when embedded, as
+/// in the demo: then there is nothing for SIGHUP to re-read).
 #[derive(Debug, Clone)]
 pub struct ConfigFile {
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
     pub text: String,
 }
 
@@ -97,7 +98,7 @@ pub fn build(
         api.add_tcp(&admin.listen);
         server.add_service(api);
     }
-    let reloader = Reloader::new(file.map(|f| f.path.clone()), state.clone());
+    let reloader = Reloader::new(file.and_then(|f| f.path.clone()), state.clone());
     server.add_service(background_service("config reload", reloader));
     Ok((server, state))
 }

@@ -18,7 +18,7 @@ const BACKENDS: [(&str, &str); 4] = [
 ];
 
 const TRY: &str = r#"
-Switchyard demo: proxy on http://127.0.0.1:8080, backends on 127.0.0.1:9081-9084.
+Switchyard demo: proxy on http://127.0.0.1:8080, admin API on http://127.0.0.1:9901, backends on 127.0.0.1:9081-9084.
 
 Sticky 90/10 canary (route "payments"): each user keeps their version; about 1 in 10 get v2.
   for u in alice bob carol dave erin frank grace heidi ivan judy; do
@@ -37,6 +37,15 @@ Blue/green (route "web", live colour blue):
 No route for a host/path is a JSON 404; every response carries X-Request-Id:
   curl -si http://127.0.0.1:8080/ | grep -i x-request-id
 
+Move traffic live through the admin API on 127.0.0.1:9901 (every change is a revision in the audit log):
+  export SWITCHYARD_ADMIN=http://127.0.0.1:9901 SWITCHYARD_TOKEN=demo-token
+  switchyard ctl status
+  switchyard ctl set-split payments payments-v1=50 payments-v2=50
+  switchyard ctl flip web
+  switchyard ctl rollback payments
+  switchyard ctl audit
+  curl -s -H 'Authorization: Bearer demo-token' http://127.0.0.1:9901/v1/status
+
 Stop with Ctrl-C.
 "#;
 
@@ -50,8 +59,14 @@ pub fn run() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("demo backend {name} cannot listen on {addr}: {e}"))?;
         backends.push(b);
     }
+    // The demo starts from its embedded config every time: drop what an earlier demo left behind.
+    let _ = std::fs::remove_dir_all(&config.server.state_dir);
     println!("{TRY}");
-    let result = server::run(config, None, RunOptions::default());
+    let file = server::ConfigFile {
+        path: None,
+        text: DEMO_CONFIG.to_string(),
+    };
+    let result = server::run(config, Some(&file), RunOptions::default());
     drop(backends);
     result
 }
