@@ -428,3 +428,79 @@ fn ctl_drives_a_running_instance() {
     assert_eq!(ctl(&a, "wrong", &["status"]).0, 3);
     assert_eq!(ctl(&a, OPS, &["frobnicate"]).0, 2);
 }
+
+#[test]
+fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let a = start();
+    a._v1.control.set_delay(Duration::from_millis(800));
+    let url = a.proxy.url("/api");
+    let slow = std::thread::spawn(move || get(&client(), &url, &[]));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        a.ops(
+            "PATCH",
+            "/v1/routes/api",
+            Some(r#"{"split":{"v1":0,"v2":100}}"#)
+        )
+        .status,
+        200
+    );
+    // New requests see the change at once; the slow one completes normally on v1.
+    assert_eq!(get(&client(), &a.proxy.url("/api"), &[]).version(), "v2");
+    let r = slow.join().unwrap();
+    assert_eq!((r.status, r.version()), (200, "v1".to_string()));
+}
+
+#[test]
+fn a_restart_serves_the_api_made_split_until_the_file_is_edited() {
+    let mut a = start();
+    let agent = client();
+    assert_eq!(
+        a.ops(
+            "PATCH",
+            "/v1/routes/api",
+            Some(r#"{"split":{"v1":0,"v2":100}}"#)
+        )
+        .status,
+        200
+    );
+    let revision = a.revision();
+    a.proxy.restart();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(a.admin).is_ok()
+    }));
+    assert_eq!(
+        get(&agent, &a.proxy.url("/api"), &[]).version(),
+        "v2",
+        "the API-made split was lost by a restart"
+    );
+    assert_eq!(a.revision(), revision);
+
+    // Editing the file while stopped: the file wins, as a new revision by actor `file`.
+    let text = std::fs::read_to_string(a.proxy.config_path()).unwrap();
+    std::fs::write(
+        a.proxy.config_path(),
+        text.replace(
+            "blue_green: {blue: blue, green: green, live: blue}",
+            "blue_green: {blue: blue, green: green, live: green}",
+        ),
+    )
+    .unwrap();
+    a.proxy.restart();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(a.admin).is_ok()
+    }));
+    assert_eq!(get(&agent, &a.proxy.url("/"), &[]).version(), "green");
+    assert_eq!(
+        get(&agent, &a.proxy.url("/api"), &[]).version(),
+        "v1",
+        "the file's split is back"
+    );
+    assert_eq!(a.revision(), revision + 1);
+    let audit = a.ops("GET", "/v1/audit", None).json();
+    let last = audit["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["actor"].as_str(), last["reason"].as_str()),
+        (Some("file"), Some("config file changed while stopped"))
+    );
+}

@@ -53,6 +53,14 @@ impl ProxyProcess {
         std::fs::write(self.config_path(), config_text(self.addr, &self.dir, body)).unwrap();
     }
 
+    /// Stops the instance (SIGKILL, no drain) and starts a new one on the same files.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_run(&self.dir, &[]);
+        self.wait_ready();
+    }
+
     /// Starts a second instance on the same config with `-u`: it takes the listening sockets over.
     pub fn spawn_upgrade(&self) -> Child {
         spawn_run(&self.dir, &["-u"])
