@@ -30,6 +30,27 @@ pub enum CtlCommand {
     Restore { revision: u64 },
     /// The audit log, newest last.
     Audit,
+    /// Which target a request gets on ROUTE, and why.
+    Explain {
+        route: String,
+        /// A request header, NAME=VALUE (repeatable).
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        /// A cookie, NAME=VALUE (repeatable).
+        #[arg(long = "cookie", value_name = "NAME=VALUE")]
+        cookies: Vec<String>,
+        /// A query parameter, NAME=VALUE (repeatable).
+        #[arg(long = "query", value_name = "NAME=VALUE")]
+        queries: Vec<String>,
+        /// The calling client's id.
+        #[arg(long)]
+        client: Option<String>,
+        /// The client's IP address.
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long)]
+        method: Option<String>,
+    },
 }
 
 struct Client {
@@ -219,6 +240,46 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
         CtlCommand::Restore { revision } => c
             .call("POST", &format!("/v1/revisions/{revision}/restore"), None)
             .map(changed),
+        CtlCommand::Explain {
+            route,
+            headers,
+            cookies,
+            queries,
+            client,
+            ip,
+            method,
+        } => {
+            let mut params = Vec::new();
+            for (prefix, list) in [
+                ("header.", &headers),
+                ("cookie.", &cookies),
+                ("query.", &queries),
+            ] {
+                for kv in list {
+                    let Some((k, v)) = kv.split_once('=') else {
+                        return Err(Failure::Refused(format!("{kv:?}: expected NAME=VALUE")));
+                    };
+                    params.push(format!("{}={}", encode(&format!("{prefix}{k}")), encode(v)));
+                }
+            }
+            for (key, value) in [("client", client), ("ip", ip), ("method", method)] {
+                if let Some(v) = value {
+                    params.push(format!("{key}={}", encode(&v)));
+                }
+            }
+            let v = c.call(
+                "GET",
+                &format!("/v1/routes/{route}/explain?{}", params.join("&")),
+                None,
+            )?;
+            let table = format!(
+                "{} -> {} ({})\n",
+                text(&v["route"]),
+                text(&v["target"]),
+                text(&v["explanation"])
+            );
+            Ok((v, table))
+        }
         CtlCommand::Audit => {
             let v = c.call("GET", "/v1/audit", None)?;
             let mut t = format!(
@@ -239,6 +300,18 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             Ok((v, t))
         }
     }
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn text(v: &Value) -> String {

@@ -504,3 +504,63 @@ fn a_restart_serves_the_api_made_split_until_the_file_is_edited() {
         (Some("file"), Some("config file changed while stopped"))
     );
 }
+
+#[test]
+fn explain_agrees_with_what_the_proxy_serves() {
+    let a = start();
+    let agent = client();
+    assert_eq!(
+        a.ops(
+            "PATCH",
+            "/v1/routes/api",
+            Some(r#"{"split":{"v1":50,"v2":50}}"#)
+        )
+        .status,
+        200
+    );
+    for u in 0..30 {
+        let user = format!("user-{u}");
+        let e = a
+            .ops(
+                "GET",
+                &format!("/v1/routes/api/explain?header.X-User-Id={user}"),
+                None,
+            )
+            .json();
+        let served = get(&agent, &a.proxy.url("/api"), &[("X-User-Id", &user)]).version();
+        assert_eq!(e["target"].as_str(), Some(served.as_str()), "{e}");
+        assert!(
+            e["explanation"]
+                .as_str()
+                .unwrap()
+                .contains("sticky key header:x-user-id"),
+            "{e}"
+        );
+    }
+    let e = a.ops("GET", "/v1/routes/web/explain", None).json();
+    assert_eq!(
+        (e["target"].as_str(), e["reason"].as_str()),
+        (Some("blue"), Some("live:blue"))
+    );
+    let e = a.ops("GET", "/v1/routes/api/explain", None).json();
+    assert_eq!(e["reason"], "split:random");
+    assert_eq!(a.ops("GET", "/v1/routes/nope/explain", None).status, 404);
+    assert_eq!(
+        a.ops("GET", "/v1/routes/api/explain?client=nobody", None)
+            .status,
+        400
+    );
+    assert_eq!(
+        a.ops("GET", "/v1/routes/api/explain?colour=red", None)
+            .status,
+        400
+    );
+
+    let (code, out) = ctl(&a, OPS, &["explain", "api", "--header", "X-User-Id=user-7"]);
+    let served = get(&agent, &a.proxy.url("/api"), &[("X-User-Id", "user-7")]).version();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with(&format!("api -> {served} (bucket ")),
+        "{out}"
+    );
+}

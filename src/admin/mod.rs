@@ -54,6 +54,7 @@ impl AdminApi {
 pub(crate) struct Request {
     pub method: http::Method,
     pub path: String,
+    pub query: Option<String>,
     pub if_match: Option<String>,
     pub body: Vec<u8>,
 }
@@ -64,6 +65,7 @@ impl ServeHttp for AdminApi {
         let head = session.req_header();
         let method = head.method.clone();
         let path = head.uri.path().to_string();
+        let query = head.uri.query().map(str::to_string);
         let if_match = head
             .headers
             .get(http::header::IF_MATCH)
@@ -98,6 +100,7 @@ impl ServeHttp for AdminApi {
         let req = Request {
             method,
             path,
+            query,
             if_match,
             body,
         };

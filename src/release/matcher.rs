@@ -82,7 +82,7 @@ pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<
 }
 
 /// Decodes `%XX` escapes and `+` (as space); invalid escapes are kept as written.
-fn percent_decode(s: &str) -> Cow<'_, str> {
+pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(s);
     }

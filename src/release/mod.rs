@@ -11,6 +11,8 @@ mod table;
 
 pub use table::{ReleaseTable, Route};
 
+pub(crate) use matcher::percent_decode;
+
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -113,17 +115,29 @@ pub fn decide(
     }
 }
 
-/// The decision for a request already matched to `route` (also used to explain a route's behaviour).
+/// The decision for a request already matched to `route`.
 pub fn decide_route(
     table: &ReleaseTable,
     route_id: RouteId,
     req: &RequestView<'_>,
     random: &mut dyn FnMut() -> u32,
 ) -> Outcome {
+    let client = identify_client(table, req);
+    decide_for_client(table, route_id, req, client, random)
+}
+
+/// The decision for a request already matched to `route`, from a known client (or none). Explaining a
+/// route uses this directly: it knows the client id, not the client's secret key.
+pub fn decide_for_client(
+    table: &ReleaseTable,
+    route_id: RouteId,
+    req: &RequestView<'_>,
+    client: Option<ClientId>,
+    random: &mut dyn FnMut() -> u32,
+) -> Outcome {
     let Some(route) = table.route(route_id) else {
         return Outcome::NoRoute;
     };
-    let client = identify_client(table, req);
     if route.require_client && client.is_none() {
         return Outcome::ClientRequired { route: route_id };
     }

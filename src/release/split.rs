@@ -69,6 +69,20 @@ impl Split {
         }
     }
 
+    /// The sticky keys, as written in a config.
+    pub(crate) fn sticky_names(&self) -> Vec<String> {
+        self.sticky
+            .iter()
+            .map(|k| match k {
+                Sticky::Header(n) => format!("header:{n}"),
+                Sticky::Cookie(n) => format!("cookie:{n}"),
+                Sticky::Query(n) => format!("query:{n}"),
+                Sticky::Client => "client".to_string(),
+                Sticky::Ip => "ip".to_string(),
+            })
+            .collect()
+    }
+
     /// The target owning `bucket`.
     pub(crate) fn target(&self, bucket: u32) -> UpstreamId {
         self.ranges

@@ -136,6 +136,22 @@ impl ReleaseTable {
         self.upstreams.len()
     }
 
+    pub fn client_id(&self, name: &str) -> Option<ClientId> {
+        self.clients
+            .names
+            .iter()
+            .position(|n| &**n == name)
+            .map(|i| i as ClientId)
+    }
+
+    /// The sticky keys of a route's split, as written (`header:x-user-id`...).
+    pub fn sticky_keys(&self, route: RouteId) -> Vec<String> {
+        match self.route(route).map(|r| &r.strategy) {
+            Some(Strategy::Split(s)) => s.sticky_names(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn client_name(&self, id: ClientId) -> &str {
         self.clients
             .names
