@@ -1,0 +1,119 @@
+//! The README's runbooks, run verbatim against a live instance, each followed by a check of its effect.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+const TOKEN: &str = "runbook-token";
+
+fn sha(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The lines of the README block fenced as ```sh runbook:NAME.
+fn runbook(name: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let fence = format!("```sh runbook:{name}");
+    let start = readme
+        .find(&fence)
+        .unwrap_or_else(|| panic!("README has no {fence} block"));
+    let body = &readme[start + fence.len()..];
+    let end = body.find("```").unwrap();
+    body[..end]
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn run_lines(name: &str, admin: std::net::SocketAddr) {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_switchyard"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for line in runbook(name) {
+        let out = Command::new("sh")
+            .args(["-c", &line])
+            .env("PATH", &path)
+            .env("SWITCHYARD_ADMIN", format!("http://{admin}"))
+            .env("SWITCHYARD_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "runbook {name}: `{line}` failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_readme_runbooks_work() {
+    let (v1, v2) = (backend("payments-v1"), backend("payments-v2"));
+    let admin = free_addr();
+    let proxy = ProxyProcess::start(&format!(
+        r#"admin:
+  listen: "{admin}"
+  tokens: {{ops: {}}}
+upstreams:
+  payments-v1: {{backends: ["{}"]}}
+  payments-v2: {{backends: ["{}"]}}
+routes:
+  - name: payments
+    match: {{path_prefix: /api/payments}}
+    split: {{targets: {{payments-v1: 100, payments-v2: 0}}, sticky: [header:X-User-Id]}}
+"#,
+        sha(TOKEN),
+        v1.addr,
+        v2.addr
+    ));
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
+    let agent = client();
+    let serve =
+        |user: &str| get(&agent, &proxy.url("/api/payments"), &[("X-User-Id", user)]).version();
+
+    run_lines("canary", admin);
+    assert_eq!(serve("alice"), "payments-v2", "the canary ends at 100% v2");
+
+    run_lines("rollback", admin);
+    assert_eq!(
+        serve("alice"),
+        "payments-v1",
+        "roll back sends everyone to the baseline"
+    );
+
+    run_lines("restore", admin);
+    // Revision 1 is the file's config: everyone on v1, and the restores are audited revisions.
+    assert_eq!(serve("bob"), "payments-v1");
+    let audit = std::fs::read_to_string(proxy.dir.join("state/audit.jsonl")).unwrap();
+    assert_eq!(
+        audit
+            .lines()
+            .filter(|l| l.contains("\"revision.restore\""))
+            .count(),
+        2
+    );
+    assert_eq!(
+        audit
+            .lines()
+            .filter(|l| l.contains("\"route.rollback\""))
+            .count(),
+        2
+    );
+}
