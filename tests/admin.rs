@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 const OPS: &str = "ops-token";
 const CI: &str = "ci-token";
 
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 struct Admin {
     proxy: ProxyProcess,
     admin: SocketAddr,
@@ -56,8 +48,8 @@ routes:
         v2.addr,
         blue.addr,
         green.addr,
-        ops = sha(OPS),
-        ci = sha(CI),
+        ops = sha256_hex(OPS),
+        ci = sha256_hex(CI),
     );
     let proxy = ProxyProcess::start(&body);
     assert!(eventually(Duration::from_secs(10), || {
@@ -75,32 +67,11 @@ routes:
 
 impl Admin {
     fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
-        let agent = client();
         let url = format!("http://{}{}", self.admin, path);
-        let mut req = agent.request(method, &url);
-        if let Some(t) = token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        let result = match body {
-            Some(b) => req.send_string(b),
-            None => req.call(),
-        };
-        let resp = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = resp.status();
-        let headers = resp
-            .headers_names()
-            .into_iter()
-            .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
-            .collect();
-        Reply {
-            status,
-            headers,
-            body: resp.into_string().unwrap_or_default(),
-        }
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        send_body(&client(), method, &url, &headers, body)
     }
     fn ops(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
         self.call(method, path, Some(OPS), body)

@@ -97,14 +97,6 @@ fn requests_without_a_sticky_key_are_spread_by_weight() {
 const KEY_ACME: &str = "key-acme";
 const KEY_GLOBEX: &str = "key-globex";
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn rules_config(
     v1: &RunningBackend,
     v2: &RunningBackend,

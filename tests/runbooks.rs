@@ -8,14 +8,6 @@ use std::time::Duration;
 
 const TOKEN: &str = "runbook-token";
 
-fn sha(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The lines of the README block fenced as ```sh runbook:NAME.
 fn runbook(name: &str) -> Vec<String> {
     let readme =
@@ -77,7 +69,7 @@ routes:
     match: {{path_prefix: /api/payments}}
     split: {{targets: {{payments-v1: 100, payments-v2: 0}}, sticky: [header:X-User-Id]}}
 "#,
-        sha(TOKEN),
+        sha256_hex(TOKEN),
         v1.addr,
         v2.addr
     ));

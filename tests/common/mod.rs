@@ -170,11 +170,26 @@ impl Reply {
 }
 
 pub fn send(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    send_body(agent, method, url, headers, None)
+}
+
+/// Sends a request with an optional body; any status is a `Reply`, only transport errors panic.
+pub fn send_body(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
     let mut req = agent.request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);
     }
-    let resp = match req.call() {
+    let result = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    let resp = match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
         Err(e) => panic!("{method} {url}: {e}"),
@@ -191,6 +206,15 @@ pub fn send(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str
         headers,
         body,
     }
+}
+
+/// Lowercase hex SHA-256, as the config stores keys and tokens.
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Reply {
