@@ -80,7 +80,8 @@ fn put_config(state: &State, actor: &str, req: &Request) -> Response<Vec<u8>> {
     let Ok(text) = std::str::from_utf8(&req.body) else {
         return error(StatusCode::BAD_REQUEST, "body is not UTF-8 text");
     };
-    let config = match Config::load_str(text) {
+    // Parsed only: the change compiles it, and compiling validates.
+    let config = match Config::parse_str(text) {
         Ok(c) => c,
         Err(errors) => {
             return invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
@@ -271,7 +272,7 @@ fn restore(state: &State, actor: &str, n: &str) -> Response<Vec<u8>> {
     let Some(text) = state.revision_config(n) else {
         return error(StatusCode::NOT_FOUND, &format!("no revision {n} is kept"));
     };
-    let config = match Config::load_str(&text) {
+    let config = match Config::parse_str(&text) {
         Ok(c) => c,
         Err(errors) => {
             return invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())

@@ -14,7 +14,6 @@ pub(crate) use validate::{normalize_host, normalize_prefix};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::path::Path;
 
 /// One problem found in a configuration, with the path of the offending value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,7 +408,7 @@ pub struct GatesConfig {
 
 impl Config {
     /// Parses YAML text. Structural errors (unknown keys, wrong types, bad YAML) come back with the
-    /// path of the offending value; semantics are checked by [`Config::load_str`].
+    /// path of the offending value; semantics are checked by [`validate`] (which [`Config::load_str`] and table compilation run).
     pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
@@ -438,13 +437,6 @@ impl Config {
         } else {
             Err(ConfigErrors(errors))
         }
-    }
-
-    /// Reads, parses and validates a configuration file.
-    pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
-        Config::load_str(&text)
     }
 
     /// The configuration as YAML text.

@@ -39,23 +39,13 @@ impl Proxy {
 pub struct Ctx {
     pub snapshot: Option<Arc<Snapshot>>,
     pub decision: Option<Decision>,
-    /// The pool actually used: the decision's target, or the baseline after a fallback.
+    /// The pool actually used: the decision's target, or the baseline after a fallback (a fallback
+    /// is exactly `target != decision.target`).
     pub target: Option<UpstreamId>,
-    pub fallback_from: Option<UpstreamId>,
     pub backend: Option<Backend>,
     /// Backends that failed to connect for this request; skipped on retry.
     pub failed: Vec<SocketAddr>,
     pub request_id: String,
-}
-
-impl Ctx {
-    /// Records the pool serving the request; a pool other than the decision's target is a fallback.
-    fn use_pool(&mut self, decision: &Decision, target: UpstreamId) {
-        if target != decision.target {
-            self.fallback_from = Some(decision.target);
-        }
-        self.target = Some(target);
-    }
 }
 
 #[async_trait]
@@ -114,7 +104,7 @@ impl ProxyHttp for Proxy {
         ctx.snapshot = Some(snapshot);
         match picked {
             Some((target, backend)) => {
-                ctx.use_pool(&decision, target);
+                ctx.target = Some(target);
                 ctx.backend = Some(backend);
                 Ok(false)
             }
@@ -150,7 +140,7 @@ impl ProxyHttp for Proxy {
                     "no healthy backend left to retry",
                 );
             };
-            ctx.use_pool(&decision, target);
+            ctx.target = Some(target);
             ctx.backend = Some(b);
         }
         let pool = ctx.target.and_then(|t| ctx.snapshot.as_ref()?.pools.get(t));

@@ -71,16 +71,7 @@ impl Split {
 
     /// The sticky keys, as written in a config.
     pub(crate) fn sticky_names(&self) -> Vec<String> {
-        self.sticky
-            .iter()
-            .map(|k| match k {
-                Sticky::Header(n) => format!("header:{n}"),
-                Sticky::Cookie(n) => format!("cookie:{n}"),
-                Sticky::Query(n) => format!("query:{n}"),
-                Sticky::Client => "client".to_string(),
-                Sticky::Ip => "ip".to_string(),
-            })
-            .collect()
+        self.sticky.iter().map(|k| k.key().to_string()).collect()
     }
 
     /// The target owning `bucket`.
@@ -157,6 +148,16 @@ enum Sticky {
 }
 
 impl Sticky {
+    fn key(&self) -> StickyKey {
+        match self {
+            Sticky::Header(n) => StickyKey::Header(n.as_str().to_string()),
+            Sticky::Cookie(n) => StickyKey::Cookie(n.to_string()),
+            Sticky::Query(n) => StickyKey::Query(n.to_string()),
+            Sticky::Client => StickyKey::Client,
+            Sticky::Ip => StickyKey::Ip,
+        }
+    }
+
     /// Validated keys always compile; a header name that does not parse is dropped.
     fn compile(key: StickyKey) -> Option<Sticky> {
         Some(match key {

@@ -132,10 +132,6 @@ impl ReleaseTable {
         self.upstreams.get(id as usize).map(|s| &**s).unwrap_or("")
     }
 
-    pub fn upstream_count(&self) -> usize {
-        self.upstreams.len()
-    }
-
     pub fn client_id(&self, name: &str) -> Option<ClientId> {
         self.clients
             .names

@@ -127,7 +127,7 @@ impl State {
             match store
                 .effective()
                 .map_err(|e| e.to_string())
-                .and_then(|t| Config::load_str(&t).map_err(|e| e.to_string()))
+                .and_then(|t| Config::parse_str(&t).map_err(|e| e.to_string()))
             {
                 Ok(config) => {
                     let snapshot = Snapshot::build(config, p.revision, None)
@@ -206,7 +206,8 @@ impl State {
     /// Re-reads the config file (SIGHUP / `switchyard reload`): a new revision by actor `file`, and the
     /// file's digest is remembered for the start-up rule. An invalid file changes nothing.
     pub fn reload_file(&self, text: &str) -> Result<Arc<Snapshot>, ChangeError> {
-        let config = Config::load_str(text).map_err(ChangeError::Invalid)?;
+        // Parsed only: the change compiles it, and compiling validates.
+        let config = Config::parse_str(text).map_err(ChangeError::Invalid)?;
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let previous_sha = std::mem::replace(&mut writer.file_sha256, sha256_hex(text.as_bytes()));
         let change = Change {
@@ -279,7 +280,12 @@ fn persist(
             "revision": s.revision,
             "routes": s.config.routes.len(),
             "upstreams": s.config.upstreams.len(),
-            "sha256": sha256_hex(s.config.to_yaml().as_bytes()),
+            // The new config was serialised above; only the previous one needs it here.
+            "sha256": if std::ptr::eq(s, next) {
+                sha256_hex(yaml.as_bytes())
+            } else {
+                sha256_hex(s.config.to_yaml().as_bytes())
+            },
         }),
         (None, _) => serde_json::Value::Null,
     };

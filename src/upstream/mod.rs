@@ -134,11 +134,6 @@ impl Pool {
         self.backend_count
     }
 
-    /// Whether any backend is currently healthy.
-    pub fn has_healthy(&self) -> bool {
-        self.select(&[]).is_some()
-    }
-
     /// The peer for a selected backend, with this pool's timeouts.
     pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
         let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
