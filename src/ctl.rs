@@ -30,6 +30,14 @@ pub enum CtlCommand {
     Restore { revision: u64 },
     /// The audit log, newest last.
     Audit,
+    /// Per route and target: requests, 5xx rate and p50/p95/p99 over the last 60 s (`--since-start`:
+    /// since the instance started).
+    Stats {
+        /// Only this route.
+        route: Option<String>,
+        #[arg(long)]
+        since_start: bool,
+    },
     /// Which target a request gets on ROUTE, and why.
     Explain {
         route: String,
@@ -280,6 +288,15 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             );
             Ok((v, table))
         }
+        CtlCommand::Stats { route, since_start } => {
+            let path = match &route {
+                Some(r) => format!("/v1/stats?route={}", encode(r)),
+                None => "/v1/stats".to_string(),
+            };
+            let v = c.call("GET", &path, None)?;
+            let table = stats_table(&v, since_start);
+            Ok((v, table))
+        }
         CtlCommand::Audit => {
             let v = c.call("GET", "/v1/audit", None)?;
             let mut t = format!(
@@ -320,6 +337,57 @@ fn text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+fn stats_table(v: &Value, since_start: bool) -> String {
+    let window = if since_start {
+        "since_start"
+    } else {
+        "last_60s"
+    };
+    let mut t = format!(
+        "{:<20}  {:<20}  {:>9}  {:>8}  {:>6}  {:>8}  {:>8}  {:>8}  {:>6}  {:>9}\n",
+        "ROUTE",
+        "TARGET",
+        "REQUESTS",
+        "RPS",
+        "5XX%",
+        "P50_MS",
+        "P95_MS",
+        "P99_MS",
+        "ERRORS",
+        "FALLBACKS"
+    );
+    for r in v["routes"].as_array().into_iter().flatten() {
+        for target in r["targets"].as_array().into_iter().flatten() {
+            let w = &target[window];
+            let requests = w["requests"].as_u64().unwrap_or(0);
+            let seconds = w["seconds"].as_f64().unwrap_or(0.0);
+            let rps = if seconds > 0.0 {
+                requests as f64 / seconds
+            } else {
+                0.0
+            };
+            let ms = |k: &str| match w[k].as_f64() {
+                Some(x) => format!("{x:.1}"),
+                None => "-".into(),
+            };
+            t += &format!(
+                "{:<20}  {:<20}  {:>9}  {:>8.1}  {:>6.2}  {:>8}  {:>8}  {:>8}  {:>6}  {:>9}\n",
+                text(&r["route"]),
+                text(&target["target"]),
+                requests,
+                rps,
+                w["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                ms("p50_ms"),
+                ms("p95_ms"),
+                ms("p99_ms"),
+                text(&w["upstream_errors"]),
+                text(&w["fallbacks"]),
+            );
+        }
+    }
+    t
 }
 
 fn status_table(v: &Value) -> String {

@@ -3,6 +3,7 @@
 
 use crate::admin::AdminApi;
 use crate::config::{parse, Config};
+use crate::proxy::access_log::{AccessLog, Destination};
 use crate::proxy::{Draining, Proxy};
 use crate::state::reloader::Reloader;
 use crate::state::State;
@@ -75,7 +76,14 @@ pub fn build(
         None => State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?,
     });
 
-    let app = pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone()));
+    let access_log = match Destination::from_setting(&state.load().config.server.access_log) {
+        Some(dest) => Some(Arc::new(AccessLog::start(&dest, state.metrics().clone())?)),
+        None => None,
+    };
+    let app = pingora::proxy::http_proxy(
+        &server.configuration,
+        Proxy::new(state.clone(), access_log.clone()),
+    );
     let mut proxy = Service::new(
         "switchyard proxy".to_string(),
         Draining::new(app, FIRST_REQUEST_WINDOW),
@@ -98,7 +106,8 @@ pub fn build(
         api.add_tcp(&admin.listen);
         server.add_service(api);
     }
-    let reloader = Reloader::new(file.and_then(|f| f.path.clone()), state.clone());
+    let reloader =
+        Reloader::new(file.and_then(|f| f.path.clone()), state.clone()).reopening(access_log);
     server.add_service(background_service("config reload", reloader));
     Ok((server, state))
 }

@@ -22,10 +22,16 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         (&Method::GET, ["v1", "routes", route, "explain"]) => {
             explain(&state.load(), route, req.query.as_deref())
         }
+        (&Method::GET, ["v1", "stats"]) => {
+            match super::stats::stats(state.metrics(), &state.load(), req.query.as_deref()) {
+                Some(v) => json(StatusCode::OK, &v),
+                None => error(StatusCode::NOT_FOUND, "no such route"),
+            }
+        }
         (&Method::GET, ["v1", "audit"]) => {
             json(StatusCode::OK, &json!({ "entries": state.audit() }))
         }
-        (_, ["v1", "status" | "config" | "revisions" | "audit"])
+        (_, ["v1", "status" | "config" | "revisions" | "audit" | "stats"])
         | (_, ["v1", "routes", _])
         | (_, ["v1", "routes", _, "rollback" | "explain"])
         | (_, ["v1", "revisions", _, "restore"]) => error(

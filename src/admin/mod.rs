@@ -1,9 +1,11 @@
-//! The admin API (SPEC §4): a Pingora HTTP service on `admin.listen`. `/healthz` is open; every `/v1/*`
+//! The admin API (SPEC §4): a Pingora HTTP service on `admin.listen`. `/healthz` and `/metrics`
+//! (Prometheus text) are open; every `/v1/*`
 //! call needs `Authorization: Bearer <token>`, whose SHA-256 must match one of `admin.tokens`; the
 //! token's name is the actor of every change it makes. Bodies are bounded. Every change goes through
 //! [`State::change`], so it is validated, persisted, audited, and refused whole on any error.
 
 mod api;
+mod stats;
 
 use crate::config::parse;
 use crate::state::State;
@@ -76,6 +78,27 @@ impl ServeHttp for AdminApi {
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes().to_vec());
 
+        if path == "/metrics" {
+            if method != http::Method::GET {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "only GET is allowed on /metrics",
+                );
+            }
+            let live = self.state.load();
+            return match crate::metrics::prometheus::render(
+                self.state.metrics(),
+                live.revision,
+                &live.config,
+            ) {
+                Ok(text) => respond(
+                    StatusCode::OK,
+                    crate::metrics::prometheus::CONTENT_TYPE,
+                    text,
+                ),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+            };
+        }
         if path == "/healthz" {
             return json(
                 StatusCode::OK,

@@ -449,12 +449,6 @@ impl Config {
 /// `check` and `run` print them, so nothing in a file is ever ignored silently.
 pub fn inactive_parts(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    if config.server.access_log != "off" {
-        out.push(format!(
-            "server.access_log: {:?} is validated, but access logging is not active in this version",
-            config.server.access_log
-        ));
-    }
     for (i, r) in config.routes.iter().enumerate() {
         if r.mirror.is_some() {
             out.push(format!(

@@ -2,13 +2,20 @@
 //! `X-Switchyard-*` headers, settle the request id, call the pure decision, pick a healthy backend
 //! (falling back to the route's baseline), and build the peer. Responses the proxy makes itself (no
 //! route, client required, nothing healthy) are small JSON bodies.
+//!
+//! Observability: upstream-side events are counted as they happen (failed attempts, connection reuse,
+//! time to first byte); the request itself is counted once, in the logging phase, against the target
+//! that served it, and handed to the access log.
 
+pub mod access_log;
 mod drain;
 mod request_id;
 
+pub use access_log::AccessLog;
 pub use drain::Draining;
 
-use crate::release::{self, Decision, Outcome, RequestView, UpstreamId};
+use crate::metrics::{Metrics, Rejection, Series, UpstreamError};
+use crate::release::{self, Decision, Outcome, RequestView, RouteId, UpstreamId};
 use crate::state::{Snapshot, State};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +26,7 @@ use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::proxy::FailToProxy;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 pub const HEADER_PREFIX: &str = "x-switchyard-";
 pub const CLIENT_HEADER: &str = "x-switchyard-client";
@@ -26,17 +34,40 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 pub struct Proxy {
     state: Arc<State>,
+    metrics: Arc<Metrics>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Proxy {
-    pub fn new(state: Arc<State>) -> Self {
-        Proxy { state }
+    pub fn new(state: Arc<State>, access_log: Option<Arc<AccessLog>>) -> Self {
+        let metrics = state.metrics().clone();
+        Proxy {
+            state,
+            metrics,
+            access_log,
+        }
+    }
+
+    /// The series of `target` on this request's route, if a route was decided.
+    fn series<'a>(&self, ctx: &'a Ctx, target: UpstreamId) -> Option<&'a Series> {
+        let snapshot = ctx.snapshot.as_ref()?;
+        let route = ctx.decision?.route;
+        self.metrics
+            .series_in(&snapshot.series, &snapshot.table, route, target)
+    }
+
+    fn record_upstream_error(&self, ctx: &mut Ctx, kind: UpstreamError) {
+        ctx.error = Some(kind.as_str());
+        let target = ctx.target.or(ctx.decision.map(|d| d.target));
+        if let Some(series) = target.and_then(|t| self.series(ctx, t)) {
+            series.record_upstream_error(self.metrics.now(), kind);
+        }
     }
 }
 
 /// Per-request context: the snapshot this request reads from start to end, and what was decided.
-#[derive(Default)]
 pub struct Ctx {
+    pub started: Instant,
     pub snapshot: Option<Arc<Snapshot>>,
     pub decision: Option<Decision>,
     /// The pool actually used: the decision's target, or the baseline after a fallback (a fallback
@@ -46,6 +77,32 @@ pub struct Ctx {
     /// Backends that failed to connect for this request; skipped on retry.
     pub failed: Vec<SocketAddr>,
     pub request_id: String,
+    /// The route, once known (also for a request refused for want of a client).
+    pub route: Option<RouteId>,
+    /// Answered before a target was chosen, and why.
+    pub rejected: Option<Rejection>,
+    /// When the upstream connection was ready; taken when its response header arrives.
+    pub upstream_ready: Option<Instant>,
+    /// The last upstream error's kind, for the access log.
+    pub error: Option<&'static str>,
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Ctx {
+            started: Instant::now(),
+            snapshot: None,
+            decision: None,
+            target: None,
+            backend: None,
+            failed: Vec::new(),
+            request_id: String::new(),
+            route: None,
+            rejected: None,
+            upstream_ready: None,
+            error: None,
+        }
+    }
 }
 
 #[async_trait]
@@ -85,10 +142,14 @@ impl ProxyHttp for Proxy {
         let decision = match outcome {
             Outcome::Routed(d) => d,
             Outcome::NoRoute => {
+                ctx.rejected = Some(Rejection::NoRoute);
                 respond_json(session, 404, r#"{"error":"no_route"}"#, &ctx.request_id).await?;
                 return Ok(true);
             }
-            Outcome::ClientRequired { .. } => {
+            Outcome::ClientRequired { route } => {
+                ctx.rejected = Some(Rejection::ClientRequired);
+                ctx.route = Some(route);
+                ctx.snapshot = Some(snapshot);
                 respond_json(
                     session,
                     401,
@@ -100,6 +161,7 @@ impl ProxyHttp for Proxy {
             }
         };
         ctx.decision = Some(decision);
+        ctx.route = Some(decision.route);
         let picked = pick_backend(&snapshot, &decision, &[]);
         ctx.snapshot = Some(snapshot);
         match picked {
@@ -109,6 +171,7 @@ impl ProxyHttp for Proxy {
                 Ok(false)
             }
             None => {
+                self.record_upstream_error(ctx, UpstreamError::NoHealthyUpstream);
                 respond_json(
                     session,
                     502,
@@ -135,6 +198,7 @@ impl ProxyHttp for Proxy {
                 .as_ref()
                 .and_then(|s| pick_backend(s, &decision, &ctx.failed));
             let Some((target, b)) = picked else {
+                self.record_upstream_error(ctx, UpstreamError::NoHealthyUpstream);
                 return Error::e_explain(
                     ErrorType::ConnectNoRoute,
                     "no healthy backend left to retry",
@@ -157,6 +221,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        self.record_upstream_error(ctx, upstream_error_kind(&e));
         if let Some(addr) = ctx.backend.take().and_then(|b| b.addr.as_inet().copied()) {
             ctx.failed.push(addr);
         }
@@ -172,6 +237,64 @@ impl ProxyHttp for Proxy {
             e.set_retry(true);
         }
         e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if *e.esource() == ErrorSource::Upstream {
+            self.record_upstream_error(ctx, upstream_error_kind(&e));
+        }
+        // Pingora's default policy: retry only idempotent requests, and only when the failed
+        // connection was a reused one.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_ready = Some(Instant::now());
+        if let Some(series) = ctx.target.and_then(|t| self.series(ctx, t)) {
+            series.record_connection(reused);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        if let Some(ready) = ctx.upstream_ready.take() {
+            let us = ready.elapsed().as_micros() as u64;
+            if let Some(series) = ctx.target.and_then(|t| self.series(ctx, t)) {
+                series.record_ttfb(us);
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -196,6 +319,53 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let end = Instant::now();
+        let duration_us = end.saturating_duration_since(ctx.started).as_micros() as u64;
+        // No response at all: the client went away first (nginx's 499).
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        if let Some(why) = ctx.rejected {
+            self.metrics.record_rejection(why);
+        } else if let (Some(snapshot), Some(d)) = (&ctx.snapshot, ctx.decision) {
+            let now = self.metrics.second_at(end);
+            let served = ctx.target.unwrap_or(d.target);
+            if served != d.target {
+                self.metrics.record_fallback(
+                    &snapshot.series,
+                    &snapshot.table,
+                    d.route,
+                    d.target,
+                    served,
+                    now,
+                );
+            }
+            if let Some(series) = self.series(ctx, served) {
+                series.record_request(now, status, duration_us);
+            }
+        }
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            log.log(access_log::Entry {
+                at: SystemTime::now(),
+                request_id: std::mem::take(&mut ctx.request_id),
+                snapshot: ctx.snapshot.take(),
+                route: ctx.route,
+                decision: ctx.decision,
+                served: ctx.target,
+                rejected: ctx.rejected,
+                method: req.method.clone(),
+                path: req.uri.path().to_string(),
+                status,
+                upstream: ctx.backend.as_ref().and_then(|b| b.addr.as_inet().copied()),
+                duration_us,
+                mirrored: false,
+                error: ctx.error,
+            });
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -245,6 +415,24 @@ fn pick_backend(
     }
     let b = snapshot.pools.get(baseline)?.select(exclude)?;
     Some((baseline, b))
+}
+
+/// The `kind` label of an upstream error.
+fn upstream_error_kind(e: &Error) -> UpstreamError {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout => UpstreamError::ConnectTimeout,
+        ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
+        | ConnectProxyFailure => UpstreamError::ConnectFailure,
+        TLSWantX509Lookup | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
+        | HandshakeError => UpstreamError::Tls,
+        ReadTimedout | WriteTimedout => UpstreamError::Timeout,
+        ReadError | WriteError | ConnectionClosed => UpstreamError::Closed,
+        InvalidHTTPHeader | H1Error | H2Error | H2Downgrade | InvalidH2 => {
+            UpstreamError::InvalidResponse
+        }
+        _ => UpstreamError::Other,
+    }
 }
 
 fn random_bucket() -> u32 {

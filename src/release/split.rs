@@ -84,6 +84,11 @@ impl Split {
             .unwrap_or_default()
     }
 
+    /// Every target, in written order.
+    pub(crate) fn targets(&self) -> impl Iterator<Item = UpstreamId> + '_ {
+        self.ranges.iter().map(|(_, t)| *t)
+    }
+
     /// The first target, the route's baseline.
     pub(crate) fn first(&self) -> UpstreamId {
         self.ranges.first().map(|(_, t)| *t).unwrap_or_default()

@@ -48,6 +48,25 @@ impl Route {
         }
     }
 
+    /// Every upstream this route can send a request to: split targets (or blue, green), then rule
+    /// targets; each once.
+    pub fn targets(&self) -> Vec<UpstreamId> {
+        let mut out: Vec<UpstreamId> = match &self.strategy {
+            Strategy::Split(s) => s.targets().collect(),
+            Strategy::BlueGreen { blue, green, .. } => vec![*blue, *green],
+        };
+        for rule in self.rules.iter() {
+            out.push(rule.to);
+        }
+        let mut seen = Vec::with_capacity(out.len());
+        out.retain(|t| {
+            let new = !seen.contains(t);
+            seen.push(*t);
+            new
+        });
+        out
+    }
+
     fn allows_method(&self, method: &str) -> bool {
         self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
     }

@@ -14,6 +14,7 @@ pub mod reloader;
 pub mod store;
 
 use crate::config::{Config, ConfigErrors};
+use crate::metrics::{Metrics, SeriesCells};
 use crate::release::ReleaseTable;
 use crate::upstream::Pools;
 use arc_swap::ArcSwap;
@@ -30,6 +31,8 @@ pub struct Snapshot {
     pub config: Config,
     pub table: ReleaseTable,
     pub pools: Pools,
+    /// Where this snapshot's requests find their metrics series.
+    pub series: SeriesCells,
 }
 
 impl Snapshot {
@@ -41,11 +44,13 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigErrors> {
         let table = ReleaseTable::compile(&config)?;
         let pools = Pools::build(&config, previous.map(|p| &p.pools))?;
+        let series = SeriesCells::new(&table);
         Ok(Snapshot {
             revision,
             config,
             table,
             pools,
+            series,
         })
     }
 }
@@ -92,6 +97,7 @@ pub struct State {
     current: ArcSwap<Snapshot>,
     /// Serialises writers; holds the state directory when changes are persisted.
     writer: Mutex<Writer>,
+    metrics: Arc<Metrics>,
 }
 
 struct Writer {
@@ -110,6 +116,7 @@ impl State {
                 store: None,
                 file_sha256: String::new(),
             }),
+            metrics: Arc::default(),
         })
     }
 
@@ -139,6 +146,7 @@ impl State {
                             store: Some(store),
                             file_sha256,
                         }),
+                        metrics: Arc::default(),
                     });
                 }
                 Err(e) => log::error!(
@@ -168,7 +176,13 @@ impl State {
         Ok(State {
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(writer),
+            metrics: Arc::default(),
         })
+    }
+
+    /// The metrics of this instance's traffic.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The live snapshot. Lock-free.

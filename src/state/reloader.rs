@@ -1,8 +1,10 @@
 //! Reload on SIGHUP: re-read the config file and apply it as a new revision by actor `file`. An invalid
 //! file is refused with every error logged, and the running config stays. Handling SIGHUP here also
-//! keeps its default action (ending the process) from applying.
+//! keeps its default action (ending the process) from applying. SIGHUP also reopens the access log
+//! file, as logrotate expects.
 
 use super::State;
+use crate::proxy::AccessLog;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -14,11 +16,23 @@ pub struct Reloader {
     /// The config file; `None` for an embedded config (the demo), which has nothing to re-read.
     path: Option<PathBuf>,
     state: Arc<State>,
+    /// Reopened on SIGHUP, so that a rotated log file is let go.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Reloader {
     pub fn new(path: Option<PathBuf>, state: Arc<State>) -> Self {
-        Reloader { path, state }
+        Reloader {
+            path,
+            state,
+            access_log: None,
+        }
+    }
+
+    /// Also reopen this access log on every SIGHUP.
+    pub fn reopening(mut self, access_log: Option<Arc<AccessLog>>) -> Self {
+        self.access_log = access_log;
+        self
     }
 
     /// One reload attempt; logs its outcome.
@@ -32,6 +46,7 @@ impl Reloader {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
+                self.state.metrics().record_reload(false);
                 log::error!(
                     "reload refused: cannot read {path}: {e}; still serving revision {}",
                     live.revision
@@ -41,12 +56,14 @@ impl Reloader {
         };
         match self.state.reload_file(&text) {
             Ok(next) => {
+                self.state.metrics().record_reload(true);
                 if next.config.server != live.config.server {
                     log::warn!("reload of {path}: changes under server: take effect at the next restart or upgrade");
                 }
                 log::info!("reloaded {path}: now serving revision {}", next.revision);
             }
             Err(e) => {
+                self.state.metrics().record_reload(false);
                 log::error!(
                     "reload of {path} refused, still serving revision {}: {e}",
                     live.revision
@@ -76,6 +93,9 @@ impl BackgroundService for Reloader {
                 received = hangup.recv() => {
                     if received.is_none() {
                         return;
+                    }
+                    if let Some(log) = &self.access_log {
+                        log.reopen();
                     }
                     self.reload();
                 }

@@ -1,0 +1,248 @@
+//! Prometheus text exposition (SPEC §7) through the `prometheus` crate Pingora itself uses
+//! (`pingora_prometheus::prometheus`): our series are read into metric families at scrape time and
+//! encoded with its `TextEncoder`, followed by anything registered in its default registry.
+
+use super::histogram::{Latencies, PROMETHEUS_LE_US};
+use super::series::{UpstreamError, CLASS_NAMES};
+use super::{Metrics, Rejection};
+use crate::config::Config;
+use pingora_prometheus::prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use pingora_prometheus::prometheus::{self, Encoder, TextEncoder};
+use std::sync::atomic::Ordering::Relaxed;
+
+/// The content type of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Every metric, as Prometheus text. `revision` and `config` are the live ones.
+pub fn render(metrics: &Metrics, revision: u64, config: &Config) -> Result<Vec<u8>, String> {
+    let mut families = families(metrics, revision, config);
+    families.extend(prometheus::gather());
+    families.retain(|f| !f.get_metric().is_empty());
+    let mut out = Vec::with_capacity(16 * 1024);
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+struct Family(MetricFamily);
+
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Family {
+        let mut f = MetricFamily {
+            name: Some(name.to_string()),
+            help: Some(help.to_string()),
+            ..Default::default()
+        };
+        f.set_field_type(kind);
+        Family(f)
+    }
+
+    fn counter(&mut self, labels: &[(&str, &str)], value: u64) {
+        let mut m = Metric::from_label(label_pairs(labels));
+        m.set_counter(Counter {
+            value: Some(value as f64),
+            ..Default::default()
+        });
+        self.0.mut_metric().push(m);
+    }
+
+    fn gauge(&mut self, labels: &[(&str, &str)], value: f64) {
+        let mut m = Metric::from_label(label_pairs(labels));
+        m.set_gauge(Gauge {
+            value: Some(value),
+            ..Default::default()
+        });
+        self.0.mut_metric().push(m);
+    }
+
+    fn histogram(&mut self, labels: &[(&str, &str)], l: &Latencies) {
+        let mut m = Metric::from_label(label_pairs(labels));
+        m.set_histogram(Histogram {
+            sample_count: Some(l.count()),
+            sample_sum: Some(l.sum_us as f64 / 1e6),
+            bucket: PROMETHEUS_LE_US
+                .iter()
+                .map(|&le| Bucket {
+                    cumulative_count: Some(l.count_le(le)),
+                    upper_bound: Some(le as f64 / 1e6),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        self.0.mut_metric().push(m);
+    }
+}
+
+fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+    labels
+        .iter()
+        .map(|(k, v)| LabelPair {
+            name: Some(k.to_string()),
+            value: Some(v.to_string()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFamily> {
+    use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+    let mut requests = Family::new(
+        "switchyard_requests_total",
+        "Requests answered, by route, the target that served them, and status class.",
+        COUNTER,
+    );
+    let mut duration = Family::new(
+        "switchyard_request_duration_seconds",
+        "Time from a request's arrival to the end of its response.",
+        HISTOGRAM,
+    );
+    let mut errors = Family::new(
+        "switchyard_upstream_errors_total",
+        "Failed upstream attempts (connect failures are counted per attempt, retried or not).",
+        COUNTER,
+    );
+    let mut ttfb = Family::new(
+        "switchyard_upstream_ttfb_seconds",
+        "Time from the upstream connection being ready to the upstream's response header.",
+        HISTOGRAM,
+    );
+    let mut connections = Family::new(
+        "switchyard_upstream_connections_total",
+        "Upstream connections used by requests, newly made or reused from the pool.",
+        COUNTER,
+    );
+    for (route, target, s) in metrics.all_series() {
+        let labels = [("route", route.as_str()), ("target", target.as_str())];
+        let totals = s.totals();
+        for (i, class) in CLASS_NAMES.iter().enumerate() {
+            // 1xx only once seen: most APIs never send one.
+            if i > 0 || totals.status[i] > 0 {
+                requests.counter(&[labels[0], labels[1], ("code", class)], totals.status[i]);
+            }
+        }
+        duration.histogram(&labels, &totals.latency);
+        let detail = s.upstream_detail();
+        for kind in UpstreamError::ALL {
+            errors.counter(
+                &[labels[0], labels[1], ("kind", kind.as_str())],
+                detail.errors[kind as usize],
+            );
+        }
+        ttfb.histogram(&labels, &detail.ttfb);
+        connections.counter(
+            &[labels[0], labels[1], ("reused", "false")],
+            detail.connections_new,
+        );
+        connections.counter(
+            &[labels[0], labels[1], ("reused", "true")],
+            detail.connections_reused,
+        );
+    }
+
+    let mut fallbacks = Family::new(
+        "switchyard_fallbacks_total",
+        "Requests decided for a target whose pool was down, served by the route's baseline instead.",
+        COUNTER,
+    );
+    for (route, from, to, n) in metrics.fallbacks() {
+        fallbacks.counter(&[("route", &route), ("from", &from), ("to", &to)], n);
+    }
+
+    let mut rejected = Family::new(
+        "switchyard_rejected_total",
+        "Requests answered by the proxy before any target was chosen.",
+        COUNTER,
+    );
+    for why in [Rejection::NoRoute, Rejection::ClientRequired] {
+        rejected.counter(&[("reason", why.as_str())], metrics.rejected(why));
+    }
+
+    let mut rev = Family::new(
+        "switchyard_config_revision",
+        "The revision of the configuration being served.",
+        GAUGE,
+    );
+    rev.gauge(&[], revision as f64);
+
+    let mut reloads = Family::new(
+        "switchyard_reloads_total",
+        "Reloads of the config file (SIGHUP or `switchyard reload`), applied or refused.",
+        COUNTER,
+    );
+    let (ok, refused) = metrics.reloads();
+    reloads.counter(&[("result", "ok")], ok);
+    reloads.counter(&[("result", "error")], refused);
+
+    let mut weights = Family::new(
+        "switchyard_split_weight",
+        "Configured weight of each target of a route (blue/green: 100 for the live colour, 0 else).",
+        GAUGE,
+    );
+    for route in &config.routes {
+        if let Some(split) = &route.split {
+            for (target, w) in split.targets.iter() {
+                weights.gauge(&[("route", &route.name), ("target", target)], *w);
+            }
+        } else if let Some(bg) = &route.blue_green {
+            let live = if bg.live == "green" {
+                &bg.green
+            } else {
+                &bg.blue
+            };
+            for target in [&bg.blue, &bg.green] {
+                let w = if target == live { 100.0 } else { 0.0 };
+                weights.gauge(&[("route", &route.name), ("target", target)], w);
+            }
+        }
+    }
+
+    let mut log_lines = Family::new(
+        "switchyard_access_log_lines_total",
+        "Access log lines written.",
+        COUNTER,
+    );
+    log_lines.counter(&[], metrics.access_log.written.load(Relaxed));
+    let mut log_dropped = Family::new(
+        "switchyard_access_log_dropped_total",
+        "Access log lines dropped instead of delaying requests: queue full, or the write failed.",
+        COUNTER,
+    );
+    log_dropped.counter(
+        &[("reason", "queue_full")],
+        metrics.access_log.dropped_queue_full.load(Relaxed),
+    );
+    log_dropped.counter(
+        &[("reason", "write_error")],
+        metrics.access_log.dropped_write_error.load(Relaxed),
+    );
+
+    let mut uptime = Family::new(
+        "switchyard_uptime_seconds",
+        "Seconds since this process started.",
+        GAUGE,
+    );
+    uptime.gauge(&[], metrics.uptime_seconds() as f64);
+
+    [
+        requests,
+        duration,
+        errors,
+        fallbacks,
+        ttfb,
+        connections,
+        rejected,
+        rev,
+        reloads,
+        weights,
+        log_lines,
+        log_dropped,
+        uptime,
+    ]
+    .into_iter()
+    .map(|f| f.0)
+    .collect()
+}
