@@ -25,11 +25,19 @@ pub struct ProxyProcess {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub child: Child,
+    /// `server.access_log` of the generated config.
+    pub access_log: String,
 }
 
 impl ProxyProcess {
     /// Starts `switchyard run` with `body` (upstreams/routes/clients YAML) under a generated `server:`.
     pub fn start(body: &str) -> ProxyProcess {
+        ProxyProcess::start_with(body, "off", Stdio::null())
+    }
+
+    /// Like `start`, with `server.access_log: ACCESS_LOG` (`{dir}` is replaced by the instance's
+    /// directory) and the process's stdout going to `stdout`.
+    pub fn start_with(body: &str, access_log: &str, stdout: Stdio) -> ProxyProcess {
         let addr = free_addr();
         let dir = std::env::temp_dir().join(format!(
             "switchyard-test-{}-{}",
@@ -37,9 +45,19 @@ impl ProxyProcess {
             addr.port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("switchyard.yaml"), config_text(addr, &dir, body)).unwrap();
-        let child = spawn_run(&dir, &[]);
-        let proxy = ProxyProcess { addr, dir, child };
+        let access_log = access_log.replace("{dir}", &dir.display().to_string());
+        std::fs::write(
+            dir.join("switchyard.yaml"),
+            config_text(addr, &dir, &access_log, body),
+        )
+        .unwrap();
+        let child = spawn_run(&dir, &[], stdout);
+        let proxy = ProxyProcess {
+            addr,
+            dir,
+            child,
+            access_log,
+        };
         proxy.wait_ready();
         proxy
     }
@@ -50,20 +68,24 @@ impl ProxyProcess {
 
     /// Replaces the config file's body (the `server:` section stays the same).
     pub fn rewrite_config(&self, body: &str) {
-        std::fs::write(self.config_path(), config_text(self.addr, &self.dir, body)).unwrap();
+        std::fs::write(
+            self.config_path(),
+            config_text(self.addr, &self.dir, &self.access_log, body),
+        )
+        .unwrap();
     }
 
     /// Stops the instance (SIGKILL, no drain) and starts a new one on the same files.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_run(&self.dir, &[]);
+        self.child = spawn_run(&self.dir, &[], Stdio::null());
         self.wait_ready();
     }
 
     /// Starts a second instance on the same config with `-u`: it takes the listening sockets over.
     pub fn spawn_upgrade(&self) -> Child {
-        spawn_run(&self.dir, &["-u"])
+        spawn_run(&self.dir, &["-u"], Stdio::null())
     }
 
     fn wait_ready(&self) {
@@ -90,9 +112,9 @@ impl Drop for ProxyProcess {
     }
 }
 
-fn config_text(addr: SocketAddr, dir: &std::path::Path, body: &str) -> String {
+fn config_text(addr: SocketAddr, dir: &std::path::Path, access_log: &str, body: &str) -> String {
     format!(
-        "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 2s\n  shutdown_timeout: 2s\n  state_dir: {d}/state\n  access_log: off\n{body}",
+        "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 2s\n  shutdown_timeout: 2s\n  state_dir: {d}/state\n  access_log: {access_log}\n{body}",
         d = dir.display()
     )
 }
@@ -108,13 +130,13 @@ pub fn switchyard(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn spawn_run(dir: &std::path::Path, extra: &[&str]) -> Child {
+fn spawn_run(dir: &std::path::Path, extra: &[&str], stdout: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "-c"])
         .arg(dir.join("switchyard.yaml"))
         .args(extra)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn switchyard")
