@@ -1,7 +1,7 @@
 //! The JSON access log (SPEC §7): one object a line, to stdout or a file, written by its own thread.
 //!
-//! A request only moves its entry into a bounded queue (`try_send`, never waiting). The writer thread
-//! formats the lines and writes them in batches. When the destination is slow or broken — a full disk,
+//! A request only moves its entry into a bounded queue (`try_send`, never waiting, never waking
+//! anyone). The writer thread drains it every 20 ms, formats the lines and writes them in batches. When the destination is slow or broken — a full disk,
 //! a closed or stalled stdout — lines are dropped and counted (`switchyard_access_log_dropped_total`),
 //! and requests go on exactly as before. SIGHUP reopens a log file, for logrotate.
 
@@ -15,12 +15,14 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lines that may wait for the writer before new ones are dropped.
 pub const QUEUE_LINES: usize = 8192;
+/// How often the writer drains the queue: a line reaches its destination within this.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Bytes gathered before a write, under load.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -45,6 +47,35 @@ pub struct Entry {
     pub error: Option<&'static str>,
 }
 
+/// RFC 3339 timestamps with milliseconds, formatted once per second: lines of the same second reuse
+/// the date and time and only write their milliseconds.
+#[derive(Debug, Default)]
+pub struct Timestamps {
+    second: u64,
+    prefix: String,
+}
+
+impl Timestamps {
+    fn format(&mut self, at: SystemTime) -> String {
+        let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if since.as_secs() != self.second || self.prefix.is_empty() {
+            self.second = since.as_secs();
+            let full = rfc3339(UNIX_EPOCH + Duration::from_secs(since.as_secs()));
+            // "YYYY-MM-DDTHH:MM:SS" then ".000Z"
+            self.prefix = full.get(..19).unwrap_or(&full).to_string();
+        }
+        let mut out = String::with_capacity(24);
+        out.push_str(&self.prefix);
+        let ms = since.subsec_millis();
+        out.push('.');
+        for d in [ms / 100, ms / 10 % 10, ms % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
+        out.push('Z');
+        out
+    }
+}
+
 #[derive(Serialize)]
 struct Line<'a> {
     ts: String,
@@ -56,7 +87,7 @@ struct Line<'a> {
     method: &'a str,
     path: &'a str,
     status: u16,
-    upstream: Option<String>,
+    upstream: Option<SocketAddr>,
     duration_ms: f64,
     mirrored: bool,
     fallback_from: Option<&'a str>,
@@ -64,7 +95,8 @@ struct Line<'a> {
 }
 
 impl Entry {
-    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    /// Appends this entry as one JSON line (done by the writer thread).
+    pub fn write_json(&self, out: &mut Vec<u8>, ts: &mut Timestamps) -> serde_json::Result<()> {
         let table = self.snapshot.as_ref().map(|s| &s.table);
         let name = |id: Option<UpstreamId>| Some(table?.upstream_name(id?));
         let d = self.decision;
@@ -79,7 +111,7 @@ impl Entry {
             _ => None,
         };
         let line = Line {
-            ts: rfc3339(self.at),
+            ts: ts.format(self.at),
             request_id: &self.request_id,
             route: table.and_then(|t| Some(&*t.route(self.route?)?.name)),
             target: name(served),
@@ -88,7 +120,7 @@ impl Entry {
             method: self.method.as_str(),
             path: &self.path,
             status: self.status,
-            upstream: self.upstream.map(|a| a.to_string()),
+            upstream: self.upstream,
             duration_ms: (self.duration_us as f64) / 1000.0,
             mirrored: self.mirrored,
             fallback_from,
@@ -183,6 +215,7 @@ impl AccessLog {
             sink,
             reopen: reopen.clone(),
             metrics: metrics.clone(),
+            failing: false,
         };
         std::thread::Builder::new()
             .name("access-log".into())
@@ -225,45 +258,79 @@ struct Writer {
     sink: Sink,
     reopen: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    /// The last write failed (logged once until one succeeds).
+    failing: bool,
 }
 
 impl Writer {
+    /// Drains the queue every [`FLUSH_INTERVAL`] instead of waiting on it: a request queueing an entry
+    /// then never has to wake this thread (no syscall on the request path), and lines go out in
+    /// batches.
     fn run(mut self) {
         let mut batch = Vec::with_capacity(BATCH_BYTES + 4096);
-        let mut failing = false;
-        while let Ok(first) = self.rx.recv() {
-            let mut lines = 0u64;
-            let mut next = Some(first);
-            while let Some(entry) = next {
-                if entry.write_json(&mut batch).is_ok() {
-                    lines += 1;
-                }
-                drop(entry);
-                next = if batch.len() < BATCH_BYTES {
-                    self.rx.try_recv().ok()
-                } else {
-                    None
-                };
-            }
-            if self.reopen.swap(false, Relaxed) {
-                self.sink.reopen();
-            }
-            let counters = &self.metrics.access_log;
-            match self.sink.write_all(&batch) {
-                Ok(()) => {
-                    counters.written.fetch_add(lines, Relaxed);
-                    if std::mem::take(&mut failing) {
-                        log::info!("access log: writing again");
+        let mut lines = 0u64;
+        let mut ts = Timestamps::default();
+        loop {
+            match self.rx.try_recv() {
+                Ok(entry) => {
+                    if entry.write_json(&mut batch, &mut ts).is_ok() {
+                        lines += 1;
+                    }
+                    if batch.len() >= BATCH_BYTES {
+                        self.flush(&mut batch, &mut lines);
                     }
                 }
-                Err(e) => {
-                    counters.dropped_write_error.fetch_add(lines, Relaxed);
-                    if !std::mem::replace(&mut failing, true) {
-                        log::error!("access log: cannot write ({e}); dropping and counting lines until it recovers");
+                Err(TryRecvError::Empty) => {
+                    if lines > 0 {
+                        self.flush(&mut batch, &mut lines);
                     }
+                    std::thread::sleep(FLUSH_INTERVAL);
+                }
+                Err(TryRecvError::Disconnected) => {
+                    self.flush(&mut batch, &mut lines);
+                    return;
                 }
             }
-            batch.clear();
+        }
+    }
+
+    fn flush(&mut self, batch: &mut Vec<u8>, lines: &mut u64) {
+        if self.reopen.swap(false, Relaxed) {
+            self.sink.reopen();
+        }
+        let counters = &self.metrics.access_log;
+        match self.sink.write_all(batch) {
+            Ok(()) => {
+                counters.written.fetch_add(*lines, Relaxed);
+                if std::mem::take(&mut self.failing) {
+                    log::info!("access log: writing again");
+                }
+            }
+            Err(e) => {
+                counters.dropped_write_error.fetch_add(*lines, Relaxed);
+                if !std::mem::replace(&mut self.failing, true) {
+                    log::error!(
+                        "access log: cannot write ({e}); dropping and counting lines until it recovers"
+                    );
+                }
+            }
+        }
+        batch.clear();
+        *lines = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_timestamps_equal_full_formatting() {
+        let mut ts = Timestamps::default();
+        let base = UNIX_EPOCH + Duration::from_millis(1_795_000_000_000);
+        for ms in [0u64, 7, 45, 999, 1000, 1001, 61_234, 86_400_000 + 5] {
+            let at = base + Duration::from_millis(ms);
+            assert_eq!(ts.format(at), rfc3339(at));
         }
     }
 }

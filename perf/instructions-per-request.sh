@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Instructions the proxy executes per request, counted by valgrind (callgrind): repeatable whatever else
+# the machine is doing, unlike wall-clock or CPU time on a small shared VM. Two runs per variant, with
+# N1 and N2 sequential keep-alive requests; the slope (Ir2 - Ir1) / (N2 - N1) removes start-up and
+# shutdown. Loopback only, bounded by the request counts.
+#
+#   perf/instructions-per-request.sh LABEL BINARY ACCESS_LOG [N1] [N2]
+#
+# ACCESS_LOG is `off`, `stdout` or `file`. Needs valgrind, nginx (the upstream) and python3.
+set -euo pipefail
+label=$1 bin=$2 log=$3 n1=${4:-500} n2=${5:-2500}
+work=$(mktemp -d /tmp/switchyard-ir.XXXXXX)
+up_port=18091 px_port=18090
+cleanup() { [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 256; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$up_port; location / { return 200 "ok\n"; } }
+}
+NGINX
+nginx -c "$work/nginx.conf"
+case $log in file) access_log=$work/access.log ;; *) access_log=$log ;; esac
+cat > "$work/sy.yaml" <<YAML
+server:
+  listen: ["127.0.0.1:$px_port"]
+  threads: 1
+  pid_file: $work/sy.pid
+  upgrade_sock: $work/sy.sock
+  state_dir: $work/state
+  grace_period: 0s
+  shutdown_timeout: 1s
+  access_log: $access_log
+upstreams:
+  v1: {backends: ["127.0.0.1:$up_port"]}
+routes:
+  - name: api
+    match: {path_prefix: /}
+    split: {targets: {v1: 100}, sticky: ["header:X-User-Id"]}
+YAML
+
+count() { # $1 requests -> total instructions of the proxy process
+  rm -rf "$work/state"
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$bin" run -c "$work/sy.yaml" \
+    >/dev/null 2>"$work/vg.err" &
+  local pid=$!
+  python3 - "$px_port" "$1" <<'PY'
+import http.client, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+deadline = time.time() + 60
+while True:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30); c.request("GET", "/warm"); c.getresponse().read(); break
+    except OSError:
+        if time.time() > deadline: raise
+        time.sleep(0.2)
+for i in range(n):
+    c.request("GET", "/api/orders/%d" % i, headers={"X-User-Id": "u%d" % (i % 100)})
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+  kill -INT $pid; wait $pid 2>/dev/null || true
+  awk '/^summary:|^totals:/ {print $2; exit}' "$work"/cg.*
+  rm -f "$work"/cg.*
+}
+ir1=$(count "$n1"); ir2=$(count "$n2")
+awk -v l="$label" -v a="$ir1" -v b="$ir2" -v n1="$n1" -v n2="$n2" \
+  'BEGIN { printf "%-30s %8.0f instructions/request\n", l, (b - a) / (n2 - n1) }'
