@@ -476,6 +476,8 @@ fn upstream_detail_connect_failures_timeouts_reuse_and_fallbacks() {
             .unwrap()
             >= 8
     );
+    dashboard_queries_only_use_exposed_metrics(&m);
+
     let half = rig.stats("half-dead");
     assert_eq!(
         window(&half, "half-dead", "since_start")["upstream_errors"]
@@ -484,6 +486,62 @@ fn upstream_detail_connect_failures_timeouts_reuse_and_fallbacks() {
         refused
     );
     drop(rig.v2);
+}
+
+/// Every metric the shipped Grafana dashboard queries is exposed, with every label it selects on or
+/// groups by.
+fn dashboard_queries_only_use_exposed_metrics(m: &Scrape) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/grafana/switchyard-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 10);
+    for expr in &exprs {
+        let mut labels_of_expr = std::collections::HashSet::new();
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("switchyard_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let samples = m.all(&name);
+            assert!(!samples.is_empty(), "{name} (in {expr}) is not exposed");
+            let labels: std::collections::HashSet<String> = samples
+                .iter()
+                .flat_map(|(l, _)| l.keys().cloned())
+                .collect();
+            if let Some(selector) = rest.strip_prefix('{') {
+                let selector = &selector[..selector.find('}').unwrap()];
+                for matcher in selector.split(',') {
+                    let key = matcher.split('=').next().unwrap().trim();
+                    assert!(labels.contains(key), "{name} has no label {key} ({expr})");
+                }
+            }
+            labels_of_expr.extend(labels);
+        }
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("by (") {
+            let group = &rest[at + 4..];
+            let group = &group[..group.find(')').unwrap()];
+            for key in group.split(',').map(str::trim) {
+                assert!(
+                    labels_of_expr.contains(key),
+                    "grouping by {key}: no such label ({expr})"
+                );
+            }
+            rest = &rest[at + 4..];
+        }
+    }
 }
 
 fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {

@@ -46,6 +46,10 @@ Move traffic live through the admin API on 127.0.0.1:9901 (every change is a rev
   switchyard ctl audit
   curl -s -H 'Authorization: Bearer demo-token' http://127.0.0.1:9901/v1/status
 
+Compare the versions (last 60 s and since start; Prometheus text on /metrics):
+  switchyard ctl stats payments
+  curl -s http://127.0.0.1:9901/metrics | grep '^switchyard_requests_total'
+
 Stop with Ctrl-C.
 "#;
 

@@ -131,6 +131,22 @@ impl Metrics {
         }
     }
 
+    /// The last `seconds` seconds (at most 60) of `route` × `target`; zeros if it never served.
+    /// For a judge of canaries: compare `window(route, canary, 30)` with `window(route, baseline, 30)`.
+    /// For intervals longer than the window, keep [`Metrics::totals`] readings and use [`Stats::since`].
+    pub fn window(&self, route: &str, target: &str, seconds: u64) -> Stats {
+        self.find(route, target)
+            .map(|s| s.last(self.now(), seconds))
+            .unwrap_or_default()
+    }
+
+    /// Everything `route` × `target` served since start.
+    pub fn totals(&self, route: &str, target: &str) -> Stats {
+        self.find(route, target)
+            .map(|s| s.totals())
+            .unwrap_or_default()
+    }
+
     fn fallback_counter(&self, route: &str, from: &str, to: &str) -> Arc<AtomicU64> {
         let mut map = self.fallbacks.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((route.into(), from.into(), to.into()))
@@ -256,5 +272,48 @@ impl SeriesCells {
             .iter()
             .find(|(t, _)| *t == target)
             .map(|(_, c)| c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn requests_find_their_series_through_the_snapshot_cells_and_keep_it_across_tables() {
+        let config = Config::load_str(
+            "upstreams:\n  v1: {backends: [\"127.0.0.1:1\"]}\n  v2: {backends: [\"127.0.0.1:2\"]}\nroutes:\n  - name: api\n    split: {targets: {v1: 90, v2: 10}}\n",
+        )
+        .unwrap();
+        let table = ReleaseTable::compile(&config).unwrap();
+        let metrics = Metrics::new();
+        let cells = SeriesCells::new(&table);
+        let now = metrics.now();
+        for _ in 0..3 {
+            let s = metrics.series_in(&cells, &table, 0, 1).unwrap();
+            s.record_request(now, 503, 2_000);
+        }
+        metrics.record_fallback(&cells, &table, 0, 1, 0, now);
+        assert!(
+            metrics.series_in(&cells, &table, 0, 7).is_none(),
+            "not a target of the route"
+        );
+        // A new table (a config change) finds the same series.
+        let cells2 = SeriesCells::new(&table);
+        metrics
+            .series_in(&cells2, &table, 0, 1)
+            .unwrap()
+            .record_request(now, 200, 1_000);
+        let w = metrics.window("api", "v2", 60);
+        assert_eq!(w.requests(), 4);
+        assert_eq!(w.status[4], 3);
+        assert_eq!(w.fallbacks, 1);
+        assert_eq!(metrics.totals("api", "v2").requests(), 4);
+        assert_eq!(metrics.window("api", "v1", 60), Stats::default());
+        assert_eq!(
+            metrics.fallbacks(),
+            vec![("api".into(), "v2".into(), "v1".into(), 1)]
+        );
     }
 }
