@@ -28,10 +28,21 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
                 None => error(StatusCode::NOT_FOUND, "no such route"),
             }
         }
+        (&Method::GET, ["v1", "mirror", "diffs"]) => {
+            let route = req.query.as_deref().and_then(|q| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| *k == "route")
+                    .map(|(_, v)| percent_decode(v))
+            });
+            let diffs = state.metrics().mirror_diffs.list(route.as_deref());
+            json(StatusCode::OK, &json!({ "diffs": diffs }))
+        }
         (&Method::GET, ["v1", "audit"]) => {
             json(StatusCode::OK, &json!({ "entries": state.audit() }))
         }
         (_, ["v1", "status" | "config" | "revisions" | "audit" | "stats"])
+        | (_, ["v1", "mirror", "diffs"])
         | (_, ["v1", "routes", _])
         | (_, ["v1", "routes", _, "rollback" | "explain"])
         | (_, ["v1", "revisions", _, "restore"]) => error(

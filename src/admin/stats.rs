@@ -43,6 +43,21 @@ pub(crate) fn stats(metrics: &Metrics, s: &Snapshot, query: Option<&str>) -> Opt
                 })
             })
             .collect();
+        let mirrored = route.mirror.is_some();
+        let targets = targets
+            .into_iter()
+            .map(|mut t| {
+                if !mirrored {
+                    for w in ["last_60s", "since_start"] {
+                        if let Some(o) = t[w].as_object_mut() {
+                            o.remove("mirror_sent");
+                            o.remove("mirror_diff_rate");
+                        }
+                    }
+                }
+                t
+            })
+            .collect::<Vec<_>>();
         routes.push(json!({ "route": &*route.name, "targets": targets }));
     }
     if only.is_some() && routes.is_empty() {
@@ -77,5 +92,7 @@ pub(crate) fn window_json(w: &Stats, seconds: f64) -> Value {
         "p99_ms": ms(w.quantile(0.99)),
         "upstream_errors": w.upstream_errors,
         "fallbacks": w.fallbacks,
+        "mirror_sent": w.mirror_sent,
+        "mirror_diff_rate": w.mirror_diff_rate(),
     })
 }

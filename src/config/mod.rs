@@ -450,11 +450,6 @@ impl Config {
 pub fn inactive_parts(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for (i, r) in config.routes.iter().enumerate() {
-        if r.mirror.is_some() {
-            out.push(format!(
-                "routes[{i}].mirror: validated, but mirroring is not active in this version"
-            ));
-        }
         if r.rollout.is_some() {
             out.push(format!("routes[{i}].rollout: validated, but the rollout controller is not active in this version"));
         }

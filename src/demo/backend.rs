@@ -20,6 +20,19 @@ pub struct BackendControl {
     status: AtomicU16,
     delay_ms: AtomicU64,
     requests: AtomicU64,
+    body: std::sync::Mutex<Option<String>>,
+    received: std::sync::Mutex<Vec<Received>>,
+}
+
+/// A request as a backend received it (kept for the last 1,000 non-health requests).
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    /// Header names lowercased, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl BackendControl {
@@ -33,6 +46,17 @@ impl BackendControl {
     /// Delay before every non-health response.
     pub fn set_delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+    /// Answer every non-health request with this body instead of the echo (`None`: echo again).
+    pub fn set_body(&self, body: Option<&str>) {
+        *self.body.lock().unwrap_or_else(|p| p.into_inner()) = body.map(str::to_string);
+    }
+    /// The last requests received (at most 1,000), oldest first.
+    pub fn received(&self) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     /// Non-health requests served so far.
     pub fn requests(&self) -> u64 {
@@ -60,6 +84,8 @@ impl RunningBackend {
             status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            body: std::sync::Mutex::new(None),
+            received: std::sync::Mutex::new(Vec::new()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         let ctl = control.clone();
@@ -160,6 +186,7 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
         let mut content_length = 0usize;
         let mut close = req.version == Some(0);
         let mut echoed = serde_json::Map::new();
+        let mut raw_headers = Vec::new();
         for h in req.headers.iter() {
             let name = h.name.to_ascii_lowercase();
             let value = String::from_utf8_lossy(h.value).into_owned();
@@ -169,6 +196,7 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
             if name == "connection" {
                 close = value.eq_ignore_ascii_case("close");
             }
+            raw_headers.push((name.clone(), value.clone()));
             echoed.insert(name, serde_json::Value::String(value));
         }
         buf.drain(..head_len);
@@ -190,6 +218,18 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
             (if up { 200 } else { 503 }, format!("{{\"healthy\":{up}}}"))
         } else {
             control.requests.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut received = control.received.lock().unwrap_or_else(|p| p.into_inner());
+                if received.len() >= 1000 {
+                    received.remove(0);
+                }
+                received.push(Received {
+                    method: method.clone(),
+                    target: target.clone(),
+                    headers: raw_headers,
+                    body: body.clone(),
+                });
+            }
             let delay = control.delay_ms.load(Ordering::Relaxed);
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -202,7 +242,15 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
                 "headers": echoed,
                 "body_bytes": body.len(),
             });
-            (control.status.load(Ordering::Relaxed), json.to_string())
+            let fixed = control
+                .body
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            (
+                control.status.load(Ordering::Relaxed),
+                fixed.unwrap_or_else(|| json.to_string()),
+            )
         };
         let head = format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {}\r\n{}\r\n",

@@ -7,12 +7,16 @@
 //! `OnceLock` per route × target of that snapshot), then does relaxed atomic adds. The registry's mutex
 //! is taken only the first time a snapshot sees a pair, so at most once per pair per config change.
 
+pub mod diffs;
 mod histogram;
 pub mod prometheus;
 mod series;
 
 pub use histogram::{Latencies, BUCKETS, EDGES_US, PROMETHEUS_LE_US};
-pub use series::{class_of, Series, Stats, UpstreamDetail, UpstreamError, WINDOW_SECONDS};
+pub use series::{
+    class_of, CompareResult, MirrorOutcome, Series, Stats, UpstreamDetail, UpstreamError,
+    WINDOW_SECONDS,
+};
 
 use crate::release::{ReleaseTable, RouteId, UpstreamId};
 use ahash::AHashMap;
@@ -59,6 +63,8 @@ pub struct Metrics {
     rejected: [AtomicU64; 2],
     reloads: [AtomicU64; 2],
     pub access_log: AccessLogCounters,
+    /// Differing shadow/primary pairs, newest last.
+    pub mirror_diffs: diffs::Diffs,
 }
 
 impl Default for Metrics {
@@ -70,6 +76,7 @@ impl Default for Metrics {
             rejected: Default::default(),
             reloads: Default::default(),
             access_log: AccessLogCounters::default(),
+            mirror_diffs: diffs::Diffs::default(),
         }
     }
 }
@@ -192,7 +199,7 @@ impl Metrics {
         table: &ReleaseTable,
         route: RouteId,
         target: UpstreamId,
-    ) -> Option<&'a Series> {
+    ) -> Option<&'a Arc<Series>> {
         let cell = cells.cell(route, target)?;
         let series = cell.series.get_or_init(|| {
             let name = table.route(route).map(|r| &*r.name).unwrap_or("");

@@ -3,7 +3,7 @@
 //! encoded with its `TextEncoder`, followed by anything registered in its default registry.
 
 use super::histogram::{Latencies, PROMETHEUS_LE_US};
-use super::series::{UpstreamError, CLASS_NAMES};
+use super::series::{CompareResult, MirrorOutcome, UpstreamError, CLASS_NAMES};
 use super::{Metrics, Rejection};
 use crate::config::Config;
 use pingora_prometheus::prometheus::proto::{
@@ -115,6 +115,16 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
         "Upstream connections used by requests, newly made or reused from the pool.",
         COUNTER,
     );
+    let mut mirror = Family::new(
+        "switchyard_mirror_total",
+        "Shadow copies of a route's traffic towards a target: sent, or dropped, skipped_body, error, timeout.",
+        COUNTER,
+    );
+    let mut compare = Family::new(
+        "switchyard_mirror_compare_total",
+        "Shadow answers compared with the primary's: match, or the first difference (status, body, headers).",
+        COUNTER,
+    );
     for (route, target, s) in metrics.all_series() {
         let labels = [("route", route.as_str()), ("target", target.as_str())];
         let totals = s.totals();
@@ -141,6 +151,20 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
             &[labels[0], labels[1], ("reused", "true")],
             detail.connections_reused,
         );
+        if detail.mirror.iter().any(|n| *n > 0) {
+            for o in MirrorOutcome::ALL {
+                mirror.counter(
+                    &[labels[0], labels[1], ("outcome", o.as_str())],
+                    detail.mirror[o as usize],
+                );
+            }
+            for r in CompareResult::ALL {
+                compare.counter(
+                    &[labels[0], labels[1], ("result", r.as_str())],
+                    detail.compare[r as usize],
+                );
+            }
+        }
     }
 
     let mut fallbacks = Family::new(
@@ -234,6 +258,8 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
         fallbacks,
         ttfb,
         connections,
+        mirror,
+        compare,
         rejected,
         rev,
         reloads,

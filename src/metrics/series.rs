@@ -61,6 +61,71 @@ impl UpstreamError {
     }
 }
 
+/// What became of a shadow copy: the `outcome` label of `switchyard_mirror_total`. `Sent` counts every
+/// copy started; the others count copies dropped before starting or failed after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorOutcome {
+    Sent,
+    /// Not started: `max_in_flight` copies were already running (or the copy was abandoned because the
+    /// primary's body had to be replayed).
+    Dropped,
+    /// Not started, or abandoned: the request body is larger than `max_body_bytes`.
+    SkippedBody,
+    /// The shadow target could not be reached or did not answer with HTTP.
+    Error,
+    /// The shadow did not answer within `timeout`.
+    Timeout,
+}
+
+impl MirrorOutcome {
+    pub const ALL: [MirrorOutcome; 5] = [
+        MirrorOutcome::Sent,
+        MirrorOutcome::Dropped,
+        MirrorOutcome::SkippedBody,
+        MirrorOutcome::Error,
+        MirrorOutcome::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorOutcome::Sent => "sent",
+            MirrorOutcome::Dropped => "dropped",
+            MirrorOutcome::SkippedBody => "skipped_body",
+            MirrorOutcome::Error => "error",
+            MirrorOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// How a shadow's answer compared with the primary's: the `result` label of
+/// `switchyard_mirror_compare_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareResult {
+    Match,
+    Status,
+    Headers,
+    Body,
+}
+
+impl CompareResult {
+    pub const ALL: [CompareResult; 4] = [
+        CompareResult::Match,
+        CompareResult::Status,
+        CompareResult::Headers,
+        CompareResult::Body,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompareResult::Match => "match",
+            CompareResult::Status => "status",
+            CompareResult::Headers => "headers",
+            CompareResult::Body => "body",
+        }
+    }
+}
+
 /// Index 0..5 of a status code's class: 1xx … 5xx. A response never sent (the client went away) is
 /// counted as 4xx, like nginx's 499.
 #[inline]
@@ -87,6 +152,11 @@ pub struct Stats {
     pub fallbacks: u64,
     /// Time from the request's arrival to the end of its response.
     pub latency: Latencies,
+    /// Shadow copies of this route's traffic started towards this target.
+    pub mirror_sent: u64,
+    /// Shadow answers compared with their primary's, and how many differed.
+    pub mirror_compared: u64,
+    pub mirror_diffs: u64,
 }
 
 impl Stats {
@@ -104,6 +174,15 @@ impl Stats {
         }
     }
 
+    /// Share of compared shadow answers that differed from the primary's, 0–1 (0 with none).
+    pub fn mirror_diff_rate(&self) -> f64 {
+        if self.mirror_compared == 0 {
+            0.0
+        } else {
+            self.mirror_diffs as f64 / self.mirror_compared as f64
+        }
+    }
+
     /// Latency quantile (e.g. 0.99), `None` with no requests. At most 13% off (see `histogram`).
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         self.latency.quantile(q)
@@ -117,6 +196,9 @@ impl Stats {
             upstream_errors: self.upstream_errors.saturating_sub(earlier.upstream_errors),
             fallbacks: self.fallbacks.saturating_sub(earlier.fallbacks),
             latency: self.latency.since(&earlier.latency),
+            mirror_sent: self.mirror_sent.saturating_sub(earlier.mirror_sent),
+            mirror_compared: self.mirror_compared.saturating_sub(earlier.mirror_compared),
+            mirror_diffs: self.mirror_diffs.saturating_sub(earlier.mirror_diffs),
         }
     }
 
@@ -130,6 +212,9 @@ impl Stats {
             *a += u64::from(c.load(Relaxed));
         }
         self.latency.sum_us += slot.latency_sum_us.load(Relaxed);
+        self.mirror_sent += u64::from(slot.mirror_sent.load(Relaxed));
+        self.mirror_compared += u64::from(slot.mirror_compared.load(Relaxed));
+        self.mirror_diffs += u64::from(slot.mirror_diffs.load(Relaxed));
     }
 }
 
@@ -143,6 +228,9 @@ struct Slot {
     fallbacks: AtomicU32,
     latency: [AtomicU32; BUCKETS],
     latency_sum_us: AtomicU64,
+    mirror_sent: AtomicU32,
+    mirror_compared: AtomicU32,
+    mirror_diffs: AtomicU32,
 }
 
 impl Default for Slot {
@@ -154,6 +242,9 @@ impl Default for Slot {
             fallbacks: AtomicU32::new(0),
             latency: std::array::from_fn(|_| AtomicU32::new(0)),
             latency_sum_us: AtomicU64::new(0),
+            mirror_sent: AtomicU32::new(0),
+            mirror_compared: AtomicU32::new(0),
+            mirror_diffs: AtomicU32::new(0),
         }
     }
 }
@@ -169,6 +260,9 @@ impl Slot {
             c.store(0, Relaxed);
         }
         self.latency_sum_us.store(0, Relaxed);
+        self.mirror_sent.store(0, Relaxed);
+        self.mirror_compared.store(0, Relaxed);
+        self.mirror_diffs.store(0, Relaxed);
     }
 }
 
@@ -183,11 +277,15 @@ struct Totals {
     ttfb: AtomicHistogram,
     /// Upstream connections used: [new, reused].
     connections: [AtomicU64; 2],
+    mirror: [AtomicU64; MirrorOutcome::ALL.len()],
+    compare: [AtomicU64; CompareResult::ALL.len()],
 }
 
 /// A route × target series.
 #[derive(Debug)]
 pub struct Series {
+    /// Shadow copies towards this target now running (bounded by the route's `max_in_flight`).
+    pub mirror_in_flight: AtomicU64,
     totals: Totals,
     ring: Box<[Slot; SLOTS]>,
 }
@@ -195,6 +293,7 @@ pub struct Series {
 impl Default for Series {
     fn default() -> Self {
         Series {
+            mirror_in_flight: AtomicU64::new(0),
             totals: Totals::default(),
             ring: Box::new(std::array::from_fn(|_| Slot::default())),
         }
@@ -208,6 +307,10 @@ pub struct UpstreamDetail {
     pub ttfb: Latencies,
     pub connections_new: u64,
     pub connections_reused: u64,
+    /// Shadow copies by outcome ([`MirrorOutcome::ALL`] order).
+    pub mirror: [u64; MirrorOutcome::ALL.len()],
+    /// Comparisons by result ([`CompareResult::ALL`] order).
+    pub compare: [u64; CompareResult::ALL.len()],
 }
 
 impl Series {
@@ -239,6 +342,27 @@ impl Series {
         }
     }
 
+    /// A shadow copy's outcome (on the series of the route × mirror target).
+    pub fn record_mirror(&self, now: u64, outcome: MirrorOutcome) {
+        self.totals.mirror[outcome as usize].fetch_add(1, Relaxed);
+        if outcome == MirrorOutcome::Sent {
+            if let Some(slot) = self.slot(now) {
+                slot.mirror_sent.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// How a shadow's answer compared with its primary's.
+    pub fn record_compare(&self, now: u64, result: CompareResult) {
+        self.totals.compare[result as usize].fetch_add(1, Relaxed);
+        if let Some(slot) = self.slot(now) {
+            slot.mirror_compared.fetch_add(1, Relaxed);
+            if result != CompareResult::Match {
+                slot.mirror_diffs.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
     pub fn record_connection(&self, reused: bool) {
         self.totals.connections[usize::from(reused)].fetch_add(1, Relaxed);
     }
@@ -255,6 +379,9 @@ impl Series {
             upstream_errors: t.upstream_errors.iter().map(|c| c.load(Relaxed)).sum(),
             fallbacks: t.fallbacks.load(Relaxed),
             latency: t.latency.read(),
+            mirror_sent: t.mirror[MirrorOutcome::Sent as usize].load(Relaxed),
+            mirror_compared: t.compare.iter().map(|c| c.load(Relaxed)).sum(),
+            mirror_diffs: t.compare[1..].iter().map(|c| c.load(Relaxed)).sum(),
         }
     }
 
@@ -265,6 +392,8 @@ impl Series {
             ttfb: t.ttfb.read(),
             connections_new: t.connections[0].load(Relaxed),
             connections_reused: t.connections[1].load(Relaxed),
+            mirror: std::array::from_fn(|i| t.mirror[i].load(Relaxed)),
+            compare: std::array::from_fn(|i| t.compare[i].load(Relaxed)),
         }
     }
 

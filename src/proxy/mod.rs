@@ -9,6 +9,7 @@
 
 pub mod access_log;
 mod drain;
+pub mod mirror;
 mod request_id;
 
 pub use access_log::AccessLog;
@@ -31,6 +32,7 @@ use std::time::{Instant, SystemTime};
 pub const HEADER_PREFIX: &str = "x-switchyard-";
 pub const CLIENT_HEADER: &str = "x-switchyard-client";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
 
 pub struct Proxy {
     state: Arc<State>,
@@ -54,6 +56,33 @@ impl Proxy {
         let route = ctx.decision?.route;
         self.metrics
             .series_in(&snapshot.series, &snapshot.table, route, target)
+            .map(|s| &**s)
+    }
+
+    /// Starts the shadow copy of a routed request (the route mirrors and sampled it).
+    fn start_mirror(&self, session: &mut Session, ctx: &mut Ctx, decision: &Decision) {
+        let Some(snapshot) = ctx.snapshot.clone() else {
+            return;
+        };
+        let Some(m) = snapshot
+            .table
+            .route(decision.route)
+            .and_then(|r| r.mirror.as_ref())
+        else {
+            return;
+        };
+        ctx.mirror = mirror::start(
+            session,
+            mirror::Start {
+                metrics: &self.metrics,
+                snapshot: &snapshot,
+                mirror: m,
+                route: decision.route,
+                request_id: &ctx.request_id,
+                client: decision.client.map(|c| snapshot.table.client_name(c)),
+            },
+        );
+        ctx.mirrored = ctx.mirror.is_some();
     }
 
     fn record_upstream_error(&self, ctx: &mut Ctx, kind: UpstreamError) {
@@ -85,6 +114,14 @@ pub struct Ctx {
     pub upstream_ready: Option<Instant>,
     /// The last upstream error's kind, for the access log.
     pub error: Option<&'static str>,
+    /// This request's shadow copy, while it runs.
+    pub mirror: Option<mirror::MirrorCtx>,
+    /// A shadow copy was started for this request.
+    pub mirrored: bool,
+    /// This is a shadow copy (a mirror subrequest), not a client's request.
+    pub shadow: bool,
+    /// The primary's client id, sent upstream with the shadow copy too.
+    pub shadow_client: Option<String>,
 }
 
 impl Default for Ctx {
@@ -101,6 +138,10 @@ impl Default for Ctx {
             rejected: None,
             upstream_ready: None,
             error: None,
+            mirror: None,
+            mirrored: false,
+            shadow: false,
+            shadow_client: None,
         }
     }
 }
@@ -113,11 +154,38 @@ impl ProxyHttp for Proxy {
         Ctx::default()
     }
 
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &Ctx) -> bool {
+        // Only primaries spawn shadows: a shadow never mirrors again.
+        session.subrequest_ctx.is_none()
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(tag) = mirror::shadow_tag(session) {
+            let snapshot = tag.snapshot.clone();
+            ctx.shadow = true;
+            ctx.route = Some(tag.route);
+            ctx.target = Some(tag.target);
+            ctx.request_id = tag.request_id.clone();
+            ctx.shadow_client = tag.client.clone();
+            let backend = snapshot.pools.get(tag.target).and_then(|p| p.select(&[]));
+            strip_internal_headers(session);
+            ctx.snapshot = Some(snapshot);
+            return match backend {
+                Some(b) => {
+                    ctx.backend = Some(b);
+                    Ok(false)
+                }
+                None => Error::e_explain(
+                    ErrorType::ConnectNoRoute,
+                    "mirror target has no healthy backend",
+                ),
+            };
+        }
         let snapshot = self.state.load();
         strip_internal_headers(session);
         ctx.request_id = request_id::settle(session.req_header().headers.get(REQUEST_ID_HEADER));
 
+        let mut mirror_wanted = false;
         let outcome = {
             let req = session.req_header();
             let host = req
@@ -137,7 +205,12 @@ impl ProxyHttp for Proxy {
                     .and_then(PeerAddr::as_inet)
                     .map(|a| a.ip()),
             };
-            release::decide(&snapshot.table, &view, &mut random_bucket)
+            let outcome = release::decide(&snapshot.table, &view, &mut random_bucket);
+            if let Outcome::Routed(d) = &outcome {
+                mirror_wanted =
+                    release::mirror_for(&snapshot.table, d, &view, &mut random_bucket).is_some();
+            }
+            outcome
         };
         let decision = match outcome {
             Outcome::Routed(d) => d,
@@ -168,6 +241,9 @@ impl ProxyHttp for Proxy {
             Some((target, backend)) => {
                 ctx.target = Some(target);
                 ctx.backend = Some(backend);
+                if mirror_wanted {
+                    self.start_mirror(session, ctx, &decision);
+                }
                 Ok(false)
             }
             None => {
@@ -185,18 +261,19 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(decision) = ctx.decision else {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                "upstream_peer called without a decision",
-            );
-        };
         if ctx.backend.is_none() {
-            // A retry after a failed connect: another healthy backend, never one that already failed.
-            let picked = ctx
-                .snapshot
-                .as_ref()
-                .and_then(|s| pick_backend(s, &decision, &ctx.failed));
+            // A retry: another healthy backend, never one that already failed. A shadow copy that
+            // already has part of the body is abandoned rather than sent a second copy.
+            if let Some(m) = ctx.mirror.as_mut() {
+                m.on_retry();
+            }
+            let picked = match (ctx.decision, ctx.shadow, &ctx.snapshot) {
+                (Some(decision), false, Some(s)) => pick_backend(s, &decision, &ctx.failed),
+                (None, true, Some(s)) => ctx
+                    .target
+                    .and_then(|t| Some((t, s.pools.get(t)?.select(&ctx.failed)?))),
+                _ => None,
+            };
             let Some((target, b)) = picked else {
                 self.record_upstream_error(ctx, UpstreamError::NoHealthyUpstream);
                 return Error::e_explain(
@@ -297,6 +374,19 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(m) = ctx.mirror.as_mut() {
+            m.tee_body(body, end_of_stream);
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -304,6 +394,12 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        if ctx.shadow {
+            upstream_request.insert_header(SHADOW_HEADER, "1")?;
+            if let Some(client) = &ctx.shadow_client {
+                upstream_request.insert_header(CLIENT_HEADER, client.as_str())?;
+            }
+        }
         if let (Some(snapshot), Some(client)) = (&ctx.snapshot, ctx.decision.and_then(|d| d.client))
         {
             upstream_request.insert_header(CLIENT_HEADER, snapshot.table.client_name(client))?;
@@ -318,10 +414,39 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        if let Some(m) = ctx.mirror.as_mut() {
+            m.capture_header(resp.status.as_u16(), &resp.headers);
+        }
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(m) = ctx.mirror.as_mut() {
+            m.capture_body(body, end_of_stream);
+        }
+        Ok(None)
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        // A failing shadow is counted (switchyard_mirror_total), not logged per request.
+        ctx.shadow
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.shadow {
+            return; // shadows are not traffic: their outcome is counted by the primary's mirror task
+        }
+        if let Some(m) = ctx.mirror.as_mut() {
+            if e.is_none() {
+                m.finish_capture();
+            }
+        }
         let end = Instant::now();
         let duration_us = end.saturating_duration_since(ctx.started).as_micros() as u64;
         // No response at all: the client went away first (nginx's 499).
@@ -362,13 +487,20 @@ impl ProxyHttp for Proxy {
                 status,
                 upstream: ctx.backend.as_ref().and_then(|b| b.addr.as_inet().copied()),
                 duration_us,
-                mirrored: false,
+                mirrored: ctx.mirrored,
                 error: ctx.error,
             });
         }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if ctx.shadow {
+            // Nobody reads a shadow's error page: its task sees no response and counts an error.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout

@@ -5,10 +5,12 @@
 //! live pool health rather than on the table.
 
 mod matcher;
+pub mod mirror;
 mod router;
 pub mod split;
 mod table;
 
+pub use mirror::{mirror_for, Mirror};
 pub use table::{ReleaseTable, Route};
 
 pub(crate) use matcher::percent_decode;

@@ -34,6 +34,8 @@ pub struct Route {
     pub require_client: bool,
     pub(crate) rules: Box<[Rule]>,
     pub(crate) strategy: Strategy,
+    /// Shadow copies of this route's traffic, if mirrored.
+    pub mirror: Option<super::Mirror>,
 }
 
 impl Route {
@@ -49,7 +51,7 @@ impl Route {
     }
 
     /// Every upstream this route can send a request to: split targets (or blue, green), then rule
-    /// targets; each once.
+    /// targets, then the mirror target; each once.
     pub fn targets(&self) -> Vec<UpstreamId> {
         let mut out: Vec<UpstreamId> = match &self.strategy {
             Strategy::Split(s) => s.targets().collect(),
@@ -57,6 +59,9 @@ impl Route {
         };
         for rule in self.rules.iter() {
             out.push(rule.to);
+        }
+        if let Some(m) = &self.mirror {
+            out.push(m.to);
         }
         let mut seen = Vec::with_capacity(out.len());
         out.retain(|t| {
@@ -267,12 +272,22 @@ fn compile_route(
         .iter()
         .map(|m| m.to_ascii_uppercase().into())
         .collect();
+    let mirror = match &rc.mirror {
+        Some(m) => Some(super::Mirror::compile(
+            &format!("{path}.mirror"),
+            &rc.name,
+            m,
+            up(format!("{path}.mirror.to"), &m.to)?,
+        )?),
+        None => None,
+    };
     Ok(Route {
         name: rc.name.as_str().into(),
         methods,
         require_client: rc.require_client,
         rules: rules.into(),
         strategy,
+        mirror,
     })
 }
 

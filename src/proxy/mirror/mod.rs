@@ -1,0 +1,362 @@
+//! Dark releases (SPEC §5): a sampled copy of a routed request goes to the route's `mirror.to` through
+//! a Pingora subrequest, marked `X-Switchyard-Shadow: 1`. The subrequest re-runs our `ProxyHttp` with a
+//! [`ShadowTag`] in its user context: that sends it to the mirror target's pool, keeps it out of the
+//! metrics and the access log, and forbids it to spawn mirrors of its own.
+//!
+//! The client never waits for the shadow. The subrequest runs in its own task; the request body is
+//! teed chunk by chunk into an unbounded queue (bounded in bytes by `max_body_bytes`) that a forwarder
+//! feeds to the subrequest, so the primary never waits for the shadow's pace. Copies above
+//! `max_in_flight` are dropped, never queued. With `compare`, the primary's response (status, headers,
+//! first bytes of the body) is handed to the shadow's task, which compares the two once both are in.
+
+pub mod compare;
+
+pub use compare::{Captured, Verdict};
+
+use crate::metrics::diffs::{DiffSample, Side};
+use crate::metrics::{Metrics, MirrorOutcome, Series};
+use crate::release::mirror::Compare;
+use crate::release::{Mirror, RouteId, UpstreamId};
+use crate::state::Snapshot;
+use bytes::Bytes;
+use pingora::protocols::http::HttpTask;
+use pingora::proxy::subrequest::{BodyMode, Ctx as SubCtx};
+use pingora::proxy::Session;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+
+/// Marks a subrequest as the shadow copy of a primary request.
+pub struct ShadowTag {
+    pub snapshot: Arc<Snapshot>,
+    pub route: RouteId,
+    pub target: UpstreamId,
+    pub request_id: String,
+    pub client: Option<String>,
+}
+
+/// The shadow tag of this session, if it is a mirror subrequest.
+pub fn shadow_tag(session: &Session) -> Option<&ShadowTag> {
+    session
+        .subrequest_ctx
+        .as_ref()?
+        .user_ctx()?
+        .downcast_ref::<ShadowTag>()
+}
+
+/// The primary's side of a running mirror.
+pub struct MirrorCtx {
+    /// Request body chunks for the shadow; `None` once the body is complete or the copy abandoned.
+    body: Option<mpsc::UnboundedSender<HttpTask>>,
+    body_bytes: u64,
+    max_body_bytes: u64,
+    /// The primary's response, for the comparison; `None` without `compare`, or once handed over.
+    capture: Option<(Captured, usize, oneshot::Sender<Captured>)>,
+    task: tokio::task::AbortHandle,
+    series: Arc<Series>,
+    metrics: Arc<Metrics>,
+}
+
+impl MirrorCtx {
+    /// Stops the copy: the shadow task is cancelled and counted with `outcome` instead of its result.
+    fn abandon(&mut self, outcome: MirrorOutcome) {
+        if self.task.is_finished() {
+            return;
+        }
+        self.task.abort();
+        self.body = None;
+        self.capture = None;
+        self.series.record_mirror(self.metrics.now(), outcome);
+    }
+
+    /// A chunk of the primary's request body, as the primary reads it.
+    pub fn tee_body(&mut self, body: &Option<Bytes>, end: bool) {
+        let Some(tx) = &self.body else {
+            return;
+        };
+        let len = body.as_ref().map_or(0, |b| b.len() as u64);
+        self.body_bytes += len;
+        if self.body_bytes > self.max_body_bytes {
+            self.abandon(MirrorOutcome::SkippedBody);
+            return;
+        }
+        if tx.send(HttpTask::Body(body.clone(), end)).is_err() || end {
+            self.body = None;
+        }
+    }
+
+    /// The primary is about to send its body again (a retry): the shadow already has a first copy.
+    pub fn on_retry(&mut self) {
+        if self.body.is_some() || self.body_bytes > 0 {
+            self.abandon(MirrorOutcome::Dropped);
+        }
+    }
+
+    pub fn capture_header(&mut self, status: u16, headers: &http::HeaderMap) {
+        if let Some((c, _, _)) = &mut self.capture {
+            c.status = status;
+            c.headers = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect();
+        }
+    }
+
+    pub fn capture_body(&mut self, body: &Option<Bytes>, end: bool) {
+        if let (Some((c, limit, _)), Some(b)) = (&mut self.capture, body) {
+            c.push_body(b, *limit);
+        }
+        if end {
+            self.finish_capture();
+        }
+    }
+
+    /// Hands the primary's response to the shadow's task (if it was seen at all).
+    pub fn finish_capture(&mut self) {
+        if let Some((c, _, tx)) = self.capture.take() {
+            if c.status != 0 {
+                let _ = tx.send(c);
+            }
+        }
+    }
+}
+
+/// What a request needs to know to start its mirror.
+pub struct Start<'a> {
+    pub metrics: &'a Arc<Metrics>,
+    pub snapshot: &'a Arc<Snapshot>,
+    pub mirror: &'a Mirror,
+    pub route: RouteId,
+    pub request_id: &'a str,
+    pub client: Option<&'a str>,
+}
+
+/// Starts the shadow copy of this request, or counts why it was not started.
+pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
+    let Start {
+        metrics,
+        snapshot,
+        mirror,
+        route,
+        request_id,
+        client,
+    } = s;
+    let series = metrics
+        .series_in(&snapshot.series, &snapshot.table, route, mirror.to)?
+        .clone();
+    let now = metrics.now();
+    let headers = &session.req_header().headers;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
+    let has_body = chunked || declared.is_some_and(|n| n > 0);
+    if declared.is_some_and(|n| n > mirror.max_body_bytes) {
+        series.record_mirror(now, MirrorOutcome::SkippedBody);
+        return None;
+    }
+    if series.mirror_in_flight.fetch_add(1, Relaxed) >= mirror.max_in_flight {
+        series.mirror_in_flight.fetch_sub(1, Relaxed);
+        series.record_mirror(now, MirrorOutcome::Dropped);
+        return None;
+    }
+    let in_flight = InFlight(series.clone());
+    let spawner = session.subrequest_spawner.as_ref()?;
+    let tag = ShadowTag {
+        snapshot: snapshot.clone(),
+        route,
+        target: mirror.to,
+        request_id: request_id.to_string(),
+        client: client.map(str::to_string),
+    };
+    let sub = SubCtx::builder()
+        .user_ctx(Box::new(tag))
+        .body_mode(if has_body {
+            BodyMode::ExpectBody
+        } else {
+            BodyMode::NoBody
+        })
+        .build();
+    let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub);
+    series.record_mirror(now, MirrorOutcome::Sent);
+
+    let pingora::protocols::http::subrequest::server::SubrequestHandle {
+        tx: shadow_tx,
+        rx: shadow_rx,
+        ..
+    } = handle;
+    let (body, keep_input) = if has_body {
+        let (tx, mut rx) = mpsc::unbounded_channel::<HttpTask>();
+        tokio::spawn(async move {
+            while let Some(task) = rx.recv().await {
+                if shadow_tx.send(task).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (Some(tx), None)
+    } else {
+        (None, Some(shadow_tx))
+    };
+    let (capture, primary_rx) = match &mirror.compare {
+        Some(c) => {
+            let (tx, rx) = oneshot::channel();
+            (
+                Some((Captured::default(), c.max_body_bytes, tx)),
+                Some((rx, c.clone())),
+            )
+        }
+        None => (None, None),
+    };
+    let req = session.req_header();
+    let meta = Meta {
+        route: snapshot
+            .table
+            .route(route)
+            .map(|r| r.name.to_string())
+            .unwrap_or_default(),
+        target: snapshot.table.upstream_name(mirror.to).to_string(),
+        request_id: request_id.to_string(),
+        method: req.method.to_string(),
+        path: req
+            .uri
+            .path_and_query()
+            .map_or_else(|| req.uri.path().to_string(), |p| p.to_string()),
+    };
+    let task = tokio::spawn(run_shadow(
+        prepared,
+        shadow_rx,
+        keep_input,
+        mirror.timeout,
+        primary_rx,
+        meta,
+        metrics.clone(),
+        in_flight,
+    ));
+    Some(MirrorCtx {
+        body,
+        body_bytes: 0,
+        max_body_bytes: mirror.max_body_bytes,
+        capture,
+        task: task.abort_handle(),
+        series,
+        metrics: metrics.clone(),
+    })
+}
+
+/// Holds one of `max_in_flight` until the shadow task ends, however it ends.
+struct InFlight(Arc<Series>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.mirror_in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+struct Meta {
+    route: String,
+    target: String,
+    request_id: String,
+    method: String,
+    path: String,
+}
+
+/// Runs the subrequest, reads the shadow's answer, and compares it with the primary's.
+async fn run_shadow(
+    prepared: pingora::proxy::PreparedSubrequest,
+    mut rx: mpsc::Receiver<HttpTask>,
+    // Without a body, the subrequest's input stays open (and empty) while it runs.
+    _input: Option<mpsc::Sender<HttpTask>>,
+    timeout: Duration,
+    primary: Option<(oneshot::Receiver<Captured>, Compare)>,
+    meta: Meta,
+    metrics: Arc<Metrics>,
+    in_flight: InFlight,
+) {
+    let series = in_flight.0.clone();
+    let limit = primary.as_ref().map_or(0, |(_, c)| c.max_body_bytes);
+    let collect = async move {
+        let mut shadow = Captured::default();
+        let mut complete = false;
+        while let Some(task) = rx.recv().await {
+            match task {
+                HttpTask::Header(h, end) => {
+                    shadow.status = h.status.as_u16();
+                    shadow.headers = h
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                        .collect();
+                    complete = end;
+                }
+                HttpTask::Body(b, end) | HttpTask::UpgradedBody(b, end) => {
+                    if let Some(b) = b {
+                        shadow.push_body(&b, limit);
+                    }
+                    complete = end;
+                }
+                HttpTask::Trailer(_) | HttpTask::Done => complete = true,
+                HttpTask::Failed(_) => {
+                    complete = false;
+                    break;
+                }
+            }
+            if complete {
+                break;
+            }
+        }
+        (shadow, complete)
+    };
+    let outcome = tokio::time::timeout(timeout, async {
+        let (_, got) = tokio::join!(prepared.run(), collect);
+        got
+    })
+    .await;
+    let now = metrics.now();
+    let shadow = match outcome {
+        Err(_) => {
+            series.record_mirror(now, MirrorOutcome::Timeout);
+            return;
+        }
+        Ok((shadow, complete)) if shadow.status == 0 || !complete => {
+            series.record_mirror(now, MirrorOutcome::Error);
+            return;
+        }
+        Ok((shadow, _)) => shadow,
+    };
+    let Some((primary_rx, cfg)) = primary else {
+        return;
+    };
+    // The primary may still be sending its body; it always ends, but do not wait forever.
+    let Ok(Ok(primary)) = tokio::time::timeout(Duration::from_secs(300), primary_rx).await else {
+        return;
+    };
+    let verdict = compare::compare(&primary, &shadow, &cfg);
+    series.record_compare(metrics.now(), verdict.result);
+    if verdict.result != crate::metrics::CompareResult::Match {
+        metrics.mirror_diffs.push(DiffSample {
+            at: crate::state::store::rfc3339(SystemTime::now()),
+            route: meta.route,
+            target: meta.target,
+            request_id: meta.request_id,
+            method: meta.method,
+            path: meta.path,
+            result: verdict.result,
+            diff: verdict.diff,
+            primary: Side::new(
+                primary.status,
+                &primary.headers,
+                &primary.body,
+                primary.truncated,
+            ),
+            shadow: Side::new(
+                shadow.status,
+                &shadow.headers,
+                &shadow.body,
+                shadow.truncated,
+            ),
+        });
+    }
+    drop(in_flight);
+}

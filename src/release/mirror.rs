@@ -1,0 +1,103 @@
+//! A route's compiled `mirror:`: which requests get a shadow copy, and where it goes. The sampling is
+//! part of the pure decision: random, or sticky (the same users are mirrored on every instance), with
+//! its own salt so mirrored users are not the split's canary users.
+
+use super::split::{Split, BUCKETS};
+use super::{Decision, ReleaseTable, RequestView, UpstreamId};
+use crate::config::parse::{self, StickyKey};
+use crate::config::{ConfigError, ConfigErrors, MirrorConfig};
+use std::time::Duration;
+
+/// Methods mirrored when `methods` is not given: the ones without side effects.
+pub const DEFAULT_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+
+#[derive(Debug, Clone)]
+pub struct Compare {
+    /// Lowercase names of headers left out of the comparison (beyond the always-ignored ones).
+    pub ignore_headers: Vec<String>,
+    /// JSON pointers removed from both bodies before comparing.
+    pub ignore_json: Vec<String>,
+    /// Bytes of each body captured for the comparison.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub to: UpstreamId,
+    /// Buckets below this are mirrored (percent of 1,000,000).
+    threshold: u32,
+    /// Only its sticky keys and salt are used.
+    sampler: Split,
+    methods: Box<[Box<str>]>,
+    pub max_body_bytes: u64,
+    pub timeout: Duration,
+    pub max_in_flight: u64,
+    pub compare: Option<Compare>,
+}
+
+impl Mirror {
+    pub(crate) fn compile(
+        path: &str,
+        route: &str,
+        m: &MirrorConfig,
+        to: UpstreamId,
+    ) -> Result<Mirror, ConfigErrors> {
+        let err = |at: &str, msg: String| {
+            ConfigErrors::from(ConfigError::new(format!("{path}.{at}"), msg))
+        };
+        let percent = parse::percent(&m.percent).map_err(|e| err("percent", e))?;
+        let sticky = m
+            .sticky
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                k.parse::<StickyKey>()
+                    .map_err(|e| err(&format!("sticky[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let methods = match &m.methods {
+            Some(list) => list.iter().map(|x| x.to_ascii_uppercase().into()).collect(),
+            None => DEFAULT_METHODS.iter().map(|x| (*x).into()).collect(),
+        };
+        let timeout = parse::duration(&m.timeout).map_err(|e| err("timeout", e))?;
+        Ok(Mirror {
+            to,
+            threshold: ((percent / 100.0) * f64::from(BUCKETS)).round() as u32,
+            sampler: Split::new(&[(to, 1.0)], sticky, format!("{route}:mirror")),
+            methods,
+            max_body_bytes: m.max_body_bytes,
+            timeout,
+            max_in_flight: m.max_in_flight,
+            compare: m.compare.as_ref().map(|c| Compare {
+                ignore_headers: c
+                    .ignore_headers
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+                ignore_json: c.ignore_json.clone(),
+                max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
+            }),
+        })
+    }
+
+    fn allows_method(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    }
+}
+
+/// The mirror a routed request should be copied to, if any: the route mirrors, the request's method is
+/// mirrored, it was not routed to the mirror target anyway, and it falls in the sampled share.
+pub fn mirror_for<'t>(
+    table: &'t ReleaseTable,
+    decision: &Decision,
+    req: &RequestView<'_>,
+    random: &mut dyn FnMut() -> u32,
+) -> Option<&'t Mirror> {
+    let m = table.route(decision.route)?.mirror.as_ref()?;
+    if m.threshold == 0 || decision.target == m.to || !m.allows_method(req.method) {
+        return None;
+    }
+    let client = decision.client.map(|c| table.client_name(c));
+    let (bucket, _) = m.sampler.bucket_for(req, client, random);
+    (bucket < m.threshold).then_some(m)
+}
