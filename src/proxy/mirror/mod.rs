@@ -211,6 +211,7 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
     };
     let req = session.req_header();
     let meta = Meta {
+        timeout: mirror.timeout,
         route: snapshot
             .table
             .route(route)
@@ -228,7 +229,6 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
         prepared,
         shadow_rx,
         keep_input,
-        mirror.timeout,
         primary_rx,
         meta,
         metrics.clone(),
@@ -255,6 +255,7 @@ impl Drop for InFlight {
 }
 
 struct Meta {
+    timeout: Duration,
     route: String,
     target: String,
     request_id: String,
@@ -268,7 +269,6 @@ async fn run_shadow(
     mut rx: mpsc::Receiver<HttpTask>,
     // Without a body, the subrequest's input stays open (and empty) while it runs.
     _input: Option<mpsc::Sender<HttpTask>>,
-    timeout: Duration,
     primary: Option<(oneshot::Receiver<Captured>, Compare)>,
     meta: Meta,
     metrics: Arc<Metrics>,
@@ -308,7 +308,7 @@ async fn run_shadow(
         }
         (shadow, complete)
     };
-    let outcome = tokio::time::timeout(timeout, async {
+    let outcome = tokio::time::timeout(meta.timeout, async {
         let (_, got) = tokio::join!(prepared.run(), collect);
         got
     })
