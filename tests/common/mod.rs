@@ -135,7 +135,7 @@ fn spawn_run(dir: &std::path::Path, extra: &[&str], stdout: Stdio) -> Child {
         .args(["run", "-c"])
         .arg(dir.join("switchyard.yaml"))
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("SY_LOG").unwrap_or("warn".into()))
         .stdout(stdout)
         .stderr(Stdio::inherit())
         .spawn()

@@ -184,9 +184,13 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
     let pingora::protocols::http::subrequest::server::SubrequestHandle {
         tx: shadow_tx,
         rx: shadow_rx,
+        subreq_proxy_error,
         ..
     } = handle;
-    let (body, keep_input) = if has_body {
+    // The subrequest's input must stay open until it ends: once its body is complete it watches the
+    // input as an idle client connection, and a closed input reads as the client going away.
+    let keep_input = shadow_tx.clone();
+    let body = if has_body {
         let (tx, mut rx) = mpsc::unbounded_channel::<HttpTask>();
         tokio::spawn(async move {
             while let Some(task) = rx.recv().await {
@@ -195,9 +199,9 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
                 }
             }
         });
-        (Some(tx), None)
+        Some(tx)
     } else {
-        (None, Some(shadow_tx))
+        None
     };
     let (capture, primary_rx) = match &mirror.compare {
         Some(c) => {
@@ -227,8 +231,11 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
     };
     let task = tokio::spawn(run_shadow(
         prepared,
-        shadow_rx,
-        keep_input,
+        Channels {
+            rx: shadow_rx,
+            _input: keep_input,
+            proxy_error: subreq_proxy_error,
+        },
         primary_rx,
         meta,
         metrics.clone(),
@@ -254,6 +261,16 @@ impl Drop for InFlight {
     }
 }
 
+/// The subrequest's ends that the shadow task holds.
+struct Channels {
+    /// The shadow's response.
+    rx: mpsc::Receiver<HttpTask>,
+    /// Kept open while the subrequest runs (see `start`).
+    _input: mpsc::Sender<HttpTask>,
+    /// The subrequest's final error, if any.
+    proxy_error: oneshot::Receiver<Box<pingora::Error>>,
+}
+
 struct Meta {
     timeout: Duration,
     route: String,
@@ -266,15 +283,18 @@ struct Meta {
 /// Runs the subrequest, reads the shadow's answer, and compares it with the primary's.
 async fn run_shadow(
     prepared: pingora::proxy::PreparedSubrequest,
-    mut rx: mpsc::Receiver<HttpTask>,
-    // Without a body, the subrequest's input stays open (and empty) while it runs.
-    _input: Option<mpsc::Sender<HttpTask>>,
+    channels: Channels,
     primary: Option<(oneshot::Receiver<Captured>, Compare)>,
     meta: Meta,
     metrics: Arc<Metrics>,
     in_flight: InFlight,
 ) {
     let series = in_flight.0.clone();
+    let Channels {
+        mut rx,
+        _input,
+        mut proxy_error,
+    } = channels;
     let limit = primary.as_ref().map_or(0, |(_, c)| c.max_body_bytes);
     let collect = async move {
         let mut shadow = Captured::default();
@@ -321,6 +341,14 @@ async fn run_shadow(
         }
         Ok((shadow, complete)) if shadow.status == 0 || !complete => {
             series.record_mirror(now, MirrorOutcome::Error);
+            if let Ok(e) = proxy_error.try_recv() {
+                log::debug!(
+                    "mirror of {} {} to {}: {e}",
+                    meta.method,
+                    meta.path,
+                    meta.target
+                );
+            }
             return;
         }
         Ok((shadow, _)) => shadow,
