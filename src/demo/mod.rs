@@ -10,15 +10,16 @@ use backend::RunningBackend;
 /// The demo configuration, as shipped in `conf/demo.yaml`.
 pub const DEMO_CONFIG: &str = include_str!("../../conf/demo.yaml");
 
-const BACKENDS: [(&str, &str); 4] = [
+const BACKENDS: [(&str, &str); 5] = [
     ("payments-v1", "127.0.0.1:9081"),
     ("payments-v2", "127.0.0.1:9082"),
     ("web-blue", "127.0.0.1:9083"),
     ("web-green", "127.0.0.1:9084"),
+    ("payments-v3", "127.0.0.1:9085"),
 ];
 
 const TRY: &str = r#"
-Switchyard demo: proxy on http://127.0.0.1:8080, admin API on http://127.0.0.1:9901, backends on 127.0.0.1:9081-9084.
+Switchyard demo: proxy on http://127.0.0.1:8080, admin API on http://127.0.0.1:9901, backends on 127.0.0.1:9081-9085.
 
 Sticky 90/10 canary (route "payments"): each user keeps their version; about 1 in 10 get v2.
   for u in alice bob carol dave erin frank grace heidi ivan judy; do
@@ -45,6 +46,11 @@ Move traffic live through the admin API on 127.0.0.1:9901 (every change is a rev
   switchyard ctl rollback payments
   switchyard ctl audit
   curl -s -H 'Authorization: Bearer demo-token' http://127.0.0.1:9901/v1/status
+
+Dark release: payments-v3 gets a copy of every payments request; its answers are compared with the
+primary's (differences are kept at /v1/mirror/diffs):
+  curl -s http://127.0.0.1:9901/metrics | grep '^switchyard_mirror'
+  curl -s -H 'Authorization: Bearer demo-token' http://127.0.0.1:9901/v1/mirror/diffs
 
 Compare the versions (last 60 s and since start; Prometheus text on /metrics):
   switchyard ctl stats payments

@@ -101,3 +101,76 @@ pub fn mirror_for<'t>(
     let (bucket, _) = m.sampler.bucket_for(req, client, random);
     (bucket < m.threshold).then_some(m)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Config;
+    use crate::release::{decide, Outcome};
+    use http::HeaderMap;
+
+    fn table(mirror: &str) -> ReleaseTable {
+        let yaml = format!(
+            "upstreams:\n  v1: {{backends: [\"127.0.0.1:1\"]}}\n  v2: {{backends: [\"127.0.0.1:2\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 90, v2: 10}}, sticky: [header:X-User-Id]}}\n    mirror: {mirror}\n"
+        );
+        ReleaseTable::compile(&Config::load_str(&yaml).unwrap()).unwrap()
+    }
+
+    fn mirrored(
+        t: &ReleaseTable,
+        method: &str,
+        user: Option<&str>,
+        rng: &mut dyn FnMut() -> u32,
+    ) -> (bool, UpstreamId) {
+        let mut headers = HeaderMap::new();
+        if let Some(u) = user {
+            headers.insert("x-user-id", u.parse().unwrap());
+        }
+        let view = RequestView {
+            method,
+            host: "",
+            path: "/",
+            query: None,
+            headers: &headers,
+            client_ip: None,
+        };
+        let Outcome::Routed(d) = decide(t, &view, rng) else {
+            panic!("not routed")
+        };
+        (mirror_for(t, &d, &view, rng).is_some(), d.target)
+    }
+
+    #[test]
+    fn sticky_sampling_mirrors_the_same_users_at_the_configured_share() {
+        let t = table("{to: v2, percent: 30, sticky: [header:X-User-Id]}");
+        let mut rng = {
+            let mut x = 12345u32;
+            move || {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x
+            }
+        };
+        let mut sampled = 0;
+        let mut on_v1 = 0;
+        for i in 0..10_000 {
+            let user = format!("user-{i}");
+            let (m, target) = mirrored(&t, "GET", Some(&user), &mut rng);
+            assert_eq!(mirrored(&t, "GET", Some(&user), &mut rng).0, m, "sticky");
+            if target == 1 {
+                assert!(!m, "a request routed to the mirror target is not mirrored");
+                continue;
+            }
+            on_v1 += 1;
+            sampled += usize::from(m);
+        }
+        let share = sampled as f64 / on_v1 as f64;
+        assert!((0.28..0.32).contains(&share), "{share}");
+        // Only the listed (or default) methods.
+        assert!(!(0..50).any(|i| mirrored(&t, "POST", Some(&format!("u{i}")), &mut rng).0));
+        let none = table("{to: v2, percent: 0}");
+        assert!(!(0..50).any(|_| mirrored(&none, "GET", None, &mut rng).0));
+    }
+}
