@@ -86,9 +86,11 @@ impl MirrorCtx {
         }
     }
 
-    /// The primary is about to send its body again (a retry): the shadow already has a first copy.
+    /// The primary is about to try another upstream. Before any body was read (a failed connect)
+    /// nothing changes; once the whole body was copied, the replay is not copied again. In between,
+    /// the shadow would get the start of the body twice, so the copy is abandoned.
     pub fn on_retry(&mut self) {
-        if self.body.is_some() || self.body_bytes > 0 {
+        if self.body.is_some() && self.body_bytes > 0 {
             self.abandon(MirrorOutcome::Dropped);
         }
     }
