@@ -29,12 +29,7 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
             }
         }
         (&Method::GET, ["v1", "mirror", "diffs"]) => {
-            let route = req.query.as_deref().and_then(|q| {
-                q.split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .find(|(k, _)| *k == "route")
-                    .map(|(_, v)| percent_decode(v))
-            });
+            let route = super::query_param(req.query.as_deref(), "route");
             let diffs = state.metrics().mirror_diffs.list(route.as_deref());
             json(StatusCode::OK, &json!({ "diffs": diffs }))
         }

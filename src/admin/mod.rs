@@ -155,6 +155,15 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<
     }
 }
 
+/// The decoded value of query parameter `name`, if present.
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| crate::release::percent_decode(v).into_owned())
+}
+
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     respond(status, "application/json", body)

@@ -1,19 +1,13 @@
 //! `GET /v1/stats`: per route × target, the last 60 seconds and since start, as SPEC §4 lists them.
 
 use crate::metrics::{Metrics, Stats, WINDOW_SECONDS};
-use crate::release::percent_decode;
 use crate::state::Snapshot;
 use serde_json::{json, Value};
 
 /// Every route of the live config (or only `?route=NAME`) with every target it can use, plus any
 /// other target that served it since start. `None` when the named route does not exist.
 pub(crate) fn stats(metrics: &Metrics, s: &Snapshot, query: Option<&str>) -> Option<Value> {
-    let only = query.and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "route")
-            .map(|(_, v)| percent_decode(v))
-    });
+    let only = super::query_param(query, "route");
     let uptime = metrics.uptime();
     let window = uptime.min(WINDOW_SECONDS as f64);
     let series = metrics.all_series();

@@ -82,7 +82,6 @@ impl Proxy {
                 client: decision.client.map(|c| snapshot.table.client_name(c)),
             },
         );
-        ctx.mirrored = ctx.mirror.is_some();
     }
 
     fn record_upstream_error(&self, ctx: &mut Ctx, kind: UpstreamError) {
@@ -116,8 +115,6 @@ pub struct Ctx {
     pub error: Option<&'static str>,
     /// This request's shadow copy, while it runs.
     pub mirror: Option<mirror::MirrorCtx>,
-    /// A shadow copy was started for this request.
-    pub mirrored: bool,
     /// This is a shadow copy (a mirror subrequest), not a client's request.
     pub shadow: bool,
     /// The primary's client id, sent upstream with the shadow copy too.
@@ -139,7 +136,6 @@ impl Default for Ctx {
             upstream_ready: None,
             error: None,
             mirror: None,
-            mirrored: false,
             shadow: false,
             shadow_client: None,
         }
@@ -487,7 +483,7 @@ impl ProxyHttp for Proxy {
                 status,
                 upstream: ctx.backend.as_ref().and_then(|b| b.addr.as_inet().copied()),
                 duration_us,
-                mirrored: ctx.mirrored,
+                mirrored: ctx.mirror.is_some(),
                 error: ctx.error,
             });
         }
