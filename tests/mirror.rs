@@ -265,8 +265,9 @@ fn a_slow_or_dead_shadow_leaves_the_primary_unchanged() {
     let plain = p99(timed("/plain"));
     let slow = p99(timed("/slow"));
     let dead = p99(timed("/dead"));
-    // The shadow takes 1 s; a primary that waited for it would take as long.
-    let bound = (plain * 3).max(plain + Duration::from_millis(50));
+    // The shadow takes 1 s; a primary that waited for it would take as long. The margin absorbs a
+    // busy test machine, not the shadow.
+    let bound = plain * 3 + Duration::from_millis(250);
     assert!(
         slow < bound,
         "p99 with a 1 s shadow {slow:?}, without {plain:?}"
