@@ -41,6 +41,9 @@ fn server_conf(config: &Config) -> anyhow::Result<ServerConf> {
         upgrade_sock: s.upgrade_sock.clone(),
         grace_period_seconds: Some(grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(shutdown.as_secs()),
+        // One single-threaded runtime per worker thread: no cross-thread task stealing, whose
+        // bookkeeping costs more than it balances for short proxy requests.
+        work_stealing: false,
         ..ServerConf::default()
     })
 }

@@ -131,19 +131,27 @@ impl ServeHttp for AdminApi {
     }
 }
 
+/// Bytes of an oversized body read and discarded before answering 413, so that a client still sending
+/// it can read the answer instead of having its connection reset.
+const DISCARD_LIMIT: usize = 4 * MAX_BODY;
+
 async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
     let mut body = Vec::new();
+    let mut discarded = 0usize;
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("body larger than {MAX_BODY} bytes"),
-                    ));
+                if discarded > 0 || body.len() + chunk.len() > MAX_BODY {
+                    discarded += body.len() + chunk.len();
+                    body = Vec::new();
+                    if discarded > DISCARD_LIMIT {
+                        return Err(too_large());
+                    }
+                    continue;
                 }
                 body.extend_from_slice(&chunk);
             }
+            Ok(None) if discarded > 0 => return Err(too_large()),
             Ok(None) => return Ok(body),
             Err(e) => {
                 return Err(error(
@@ -162,6 +170,13 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| crate::release::percent_decode(v).into_owned())
+}
+
+fn too_large() -> Response<Vec<u8>> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("body larger than {MAX_BODY} bytes"),
+    )
 }
 
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
