@@ -1,0 +1,489 @@
+#!/usr/bin/env python3
+"""Switchyard against nginx and HAProxy on one machine, with the same release table (perf/peers/).
+
+Started by perf/run, which builds Switchyard and installs the tools; see perf/README.md for the method.
+
+Layout (perf-method-and-peers.md section 2.2, L1): the proxies are pinned to one CPU (--proxy-cpu), each
+with one worker; the load generator and the upstream (one nginx worker) share the other (--load-cpu).
+All three proxies run for the whole benchmark; each measurement loads one of them, and the order of the
+peers rotates between rounds.
+
+Two phases, each over every scenario and peer:
+  1. max: wrk (closed loop) for --duration seconds: requests/s, and the proxy's CPU time per request
+     (utime + stime of its processes, from /proc, divided by the requests wrk completed);
+  2. fixed rate: oha -q RATE --latency-correction (open loop) for --duration seconds: p50, p99, and
+     CPU time per request at that rate. RATE is --rate, or half the slowest peer's median max req/s
+     in the pass-through scenario (keep-alive off gets its own).
+
+Output: a markdown table (perf/RESULTS.md unless --out) and the raw runs as JSON beside it.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS_DIR = os.path.join(ROOT, "perf", "peers")
+WORK = "/tmp/switchyard-perf"
+CONNECTIONS = 64
+
+PEERS = {
+    "switchyard": 18080,
+    "nginx": 18081,
+    "haproxy": 18082,
+}
+DIRECT_PORT = 19001
+
+# id, title, path (USER is replaced by a random user id per request), headers, keep-alive, peers
+SCENARIOS = [
+    ("pass", "pass-through", "/pass/orders/1", [], True, None),
+    ("split", "90/10 sticky split", "/split/orders/1?user=USER", [], True, None),
+    ("rule", "header rule", "/rule/orders/1?user=USER", ["X-Version: beta"], True, None),
+    ("routes", "1,000 routes", "/r/0737/orders/1?user=USER", [], True, None),
+    ("mirror", "mirror 100%, fast shadow", "/mirror/orders/1", [], True, ("switchyard", "nginx")),
+    ("mirror-slow", "mirror 100%, 500 ms shadow", "/mirror-slow/orders/1", [], True, ("switchyard", "nginx")),
+    ("close", "keep-alive off", "/pass/orders/1", [], False, None),
+]
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def tool_version(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        text = (out.stdout + out.stderr).strip().splitlines()
+        return text[0] if text else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+
+
+class Procs:
+    """The processes the benchmark started; all are stopped on exit."""
+
+    def __init__(self):
+        self.started = []
+
+    def start(self, name, cmd, cpu, env=None):
+        logf = open(os.path.join(WORK, f"{name}.out"), "w")
+        full = ["taskset", "-c", str(cpu)] + cmd
+        p = subprocess.Popen(full, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.started.append((name, p))
+        return p
+
+    def stop_all(self):
+        for _, p in reversed(self.started):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + 10
+        for _, p in self.started:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def children(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                kids.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids
+
+
+def cpu_seconds(pids):
+    """utime + stime of the given processes (all their threads, live or ended), in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wait_http(port, path, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+            return
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+            time.sleep(0.1)
+    raise SystemExit(f"port {port} did not answer {path} within {timeout}s; see {WORK}/*.out")
+
+
+def wrk_script(path, headers):
+    """A wrk Lua script that sets the headers and, where the path has USER, a random user per request."""
+    lines = [f'wrk.headers["{h.split(":", 1)[0]}"] = "{h.split(":", 1)[1].strip()}"' for h in headers]
+    if "USER" in path:
+        before, after = path.split("USER", 1)
+        lines.append("math.randomseed(os.time())")
+        lines.append(
+            f'request = function() return wrk.format(nil, "{before}" .. math.random(0, 999999) .. "{after}") end'
+        )
+    name = os.path.join(WORK, f"wrk-{abs(hash((path, tuple(headers))))}.lua")
+    with open(name, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return name
+
+
+def parse_wrk(out):
+    res = {"requests": 0, "rps": 0.0, "errors": 0}
+    m = re.search(r"(\d+) requests in", out)
+    if m:
+        res["requests"] = int(m.group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        res["rps"] = float(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        res["errors"] += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        res["errors"] += sum(int(x) for x in m.groups())
+        res["error_kinds"] = dict(zip(("connect", "read", "write", "timeout"), (int(x) for x in m.groups())))
+    return res
+
+
+def oha_url(port, path):
+    if "USER" not in path:
+        return [f"http://127.0.0.1:{port}{path}"]
+    # oha's --rand-regex-url takes "." literally; only the query's "?" needs escaping here
+    pattern = f"http://127.0.0.1:{port}" + path.replace("?", "\\?").replace("USER", "[0-9]{6}")
+    return ["--rand-regex-url", pattern]
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.procs = Procs()
+        self.pids = {}
+        self.runs = []
+
+    # --- processes
+
+    def start_all(self):
+        a = self.args
+        env = dict(os.environ, PERF_PEERS=PEERS_DIR)
+        up = self.procs.start(
+            "upstream", ["nginx", "-c", os.path.join(PEERS_DIR, "upstream.conf")], a.load_cpu
+        )
+        self.procs.start(
+            "slow-shadow", [sys.executable, os.path.join(ROOT, "perf", "slow_upstream.py"), "19004", "500"], a.load_cpu
+        )
+        sy = self.procs.start(
+            "switchyard", [a.switchyard, "run", "-c", os.path.join(PEERS_DIR, "switchyard.yaml")], a.proxy_cpu,
+            env=dict(env, RUST_LOG="error"),
+        )
+        ng = self.procs.start("nginx", ["nginx", "-c", os.path.join(PEERS_DIR, "nginx.conf")], a.proxy_cpu)
+        self.pids = {"switchyard": sy.pid, "nginx": ng.pid, "upstream": up.pid}
+        if "haproxy" in a.peers:
+            hp = self.procs.start("haproxy", ["haproxy", "-db", "-f", os.path.join(PEERS_DIR, "haproxy.cfg")],
+                                  a.proxy_cpu, env=env)
+            self.pids["haproxy"] = hp.pid
+        wait_http(DIRECT_PORT, "/")
+        for peer in a.peers:
+            wait_http(PEERS[peer], "/pass/ready")
+        # every peer answers every scenario's path before anything is measured
+        for peer in a.peers:
+            for sid, _, path, headers, _, only in SCENARIOS:
+                if only and peer not in only:
+                    continue
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{PEERS[peer]}{path.replace('USER', '42')}",
+                    headers=dict((h.split(":", 1)[0], h.split(":", 1)[1].strip()) for h in headers),
+                )
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    if r.status != 200:
+                        raise SystemExit(f"{peer} answered {r.status} to {path}")
+
+    def peer_pids(self, peer):
+        pid = self.pids[peer]
+        return [pid] + children(pid)
+
+    # --- one measurement
+
+    def measure(self, phase, sid, peer, rate=None):
+        _, _, path, headers, keepalive, _ = next(s for s in SCENARIOS if s[0] == sid)
+        port = DIRECT_PORT if peer == "direct" else PEERS[peer]
+        hdrs = list(headers) + ([] if keepalive else ["Connection: close"])
+        pids = [] if peer == "direct" else self.peer_pids(peer)
+        a = self.args
+        if phase == "max":
+            script = wrk_script(path, hdrs)
+            base = ["taskset", "-c", str(a.load_cpu), "wrk", "-t1", f"-c{CONNECTIONS}", "-s", script]
+            if not keepalive:
+                base += ["-H", "Connection: close"]
+            url = f"http://127.0.0.1:{port}{path.replace('USER', '1')}"
+            subprocess.run(base + ["-d1s", url], capture_output=True, timeout=30)  # warm-up
+            c0 = cpu_seconds(pids)
+            out = subprocess.run(base + [f"-d{a.duration}s", url], capture_output=True, text=True,
+                                 timeout=a.duration + 30).stdout
+            c1 = cpu_seconds(pids)
+            res = parse_wrk(out)
+        else:
+            cmd = ["taskset", "-c", str(a.load_cpu), "oha", "--no-tui", "--output-format", "json",
+                   "-c", str(CONNECTIONS), "-q", str(rate), "--latency-correction", "-z", f"{a.duration}s"]
+            if not keepalive:
+                cmd.append("--disable-keepalive")
+            for h in headers:
+                cmd += ["-H", h]
+            cmd += oha_url(port, path)
+            c0 = cpu_seconds(pids)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
+            c1 = cpu_seconds(pids)
+            res = parse_oha(proc.stdout)
+        res["cpu_us"] = (c1 - c0) * 1e6 / res["requests"] if pids and res["requests"] else None
+        run = dict(phase=phase, scenario=sid, peer=peer, rate=rate, **res)
+        self.runs.append(run)
+        cpu = f"{run['cpu_us']:.1f} us/req" if run["cpu_us"] else "-"
+        lat = f" p50 {res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms" if phase == "fixed" and res["p50_ms"] else ""
+        log(f"  {phase:5} {sid:11} {peer:10} {res['rps']:9.0f} req/s  {cpu:>14}{lat}  errors {res['errors']}")
+        return run
+
+    def peers_for(self, sid):
+        only = next(s for s in SCENARIOS if s[0] == sid)[5]
+        return [p for p in self.args.peers if not only or p in only]
+
+    def rounds(self, phase, rates):
+        for r in range(self.args.rounds):
+            log(f"--- {phase}, round {r + 1}/{self.args.rounds}")
+            for sid in self.args.scenarios:
+                order = self.peers_for(sid)
+                if sid in ("pass", "close"):
+                    order = order + ["direct"]
+                k = r % len(order)
+                for peer in order[k:] + order[:k]:
+                    self.measure(phase, sid, peer, rates.get(sid) if rates else None)
+                    time.sleep(0.5)
+
+    def median(self, phase, sid, peer, key):
+        vals = [r[key] for r in self.runs if r["phase"] == phase and r["scenario"] == sid and r["peer"] == peer
+                and r.get(key) is not None]
+        return statistics.median(vals) if vals else None
+
+    def spread(self, phase, sid, peer, key):
+        vals = [r[key] for r in self.runs if r["phase"] == phase and r["scenario"] == sid and r["peer"] == peer
+                and r.get(key) is not None]
+        return (min(vals), max(vals)) if vals else None
+
+    def fixed_rates(self):
+        rates = {}
+        for group in (("pass",), ("close",)):
+            sid = group[0]
+            maxes = [self.median("max", sid, p, "rps") for p in self.peers_for(sid)]
+            maxes = [m for m in maxes if m]
+            if self.args.rate:
+                rate = self.args.rate if sid == "pass" else max(100, self.args.rate // 2)
+            elif maxes:
+                rate = max(100, int(min(maxes) * 0.5) // 100 * 100)
+            else:
+                rate = 1000
+            if sid == "pass":
+                for s in self.args.scenarios:
+                    if s != "close":
+                        rates[s] = rate
+            else:
+                rates["close"] = rate
+        return rates
+
+    def run(self):
+        os.makedirs(WORK, exist_ok=True)
+        shutil.rmtree(os.path.join(WORK, "switchyard-state"), ignore_errors=True)
+        started = datetime.datetime.now(datetime.timezone.utc)
+        try:
+            self.start_all()
+            self.rounds("max", None)
+            rates = self.fixed_rates()
+            log(f"fixed rates: {rates}")
+            self.rounds("fixed", rates)
+        finally:
+            self.procs.stop_all()
+        self.report(started, rates)
+
+    # --- report
+
+    def report(self, started, rates):
+        a = self.args
+        lines = [
+            "# Switchyard, nginx and HAProxy: load test results",
+            "",
+            f"Run {started:%Y-%m-%d %H:%M} UTC by `perf/run` (rounds {a.rounds}, {a.duration} s per run, "
+            f"{CONNECTIONS} connections). Method: [perf/README.md](README.md).",
+            "",
+            "Machine: " + machine(),
+            "",
+            "Peers: " + "; ".join([
+                f"switchyard {git_rev()}",
+                tool_version(["nginx", "-v"]).replace("nginx version: ", ""),
+                tool_version(["haproxy", "-v"]).split(" - ")[0],
+            ]) + f". Load: {tool_version(['wrk', '-v']).split(' [')[0]}, {tool_version(['oha', '--version'])}.",
+            "",
+            f"Proxies on CPU {a.proxy_cpu} (one worker each); wrk/oha and the upstream (one nginx worker) on "
+            f"CPU {a.load_cpu}. Medians over the rounds; the ranges are in the spread table below.",
+            "",
+            "| scenario | peer | req/s (max) | ×nginx | ×direct | CPU µs/req (max) | ×nginx "
+            "| fixed rate | CPU µs/req (fixed) | ×nginx | p50 ms | p99 ms | p99 ×nginx | p99 − direct ms | errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        spread = [
+            "| scenario | peer | req/s (max) | CPU µs/req (max) | CPU µs/req (fixed) | p99 ms |",
+            "|---|---|---|---|---|---|",
+        ]
+
+        def fmt(v, d=1):
+            return "–" if v is None else f"{v:,.{d}f}"
+
+        def ratio(v, ref):
+            return "–" if v is None or not ref else f"{v / ref:.2f}"
+
+        def rng(t, d=1):
+            return "–" if t is None else f"{t[0]:,.{d}f}–{t[1]:,.{d}f}"
+
+        for sid, title, *_ in SCENARIOS:
+            if sid not in a.scenarios:
+                continue
+            direct_sid = "close" if sid == "close" else "pass"
+            d_rps = self.median("max", direct_sid, "direct", "rps")
+            d_p99 = self.median("fixed", direct_sid, "direct", "p99_ms")
+            n = {
+                "rps": self.median("max", sid, "nginx", "rps"),
+                "cpu_max": self.median("max", sid, "nginx", "cpu_us"),
+                "cpu_fixed": self.median("fixed", sid, "nginx", "cpu_us"),
+                "p99": self.median("fixed", sid, "nginx", "p99_ms"),
+            }
+            peers = list(a.peers) + (["direct"] if sid in ("pass", "close") else [])
+            for peer in peers:
+                if peer != "direct" and peer not in self.peers_for(sid):
+                    lines.append(f"| {title} | {peer} | N/A: no mirroring in HAProxy 2.6 ||||||||||||| |")
+                    continue
+                rps = self.median("max", sid, peer, "rps")
+                cpu_max = self.median("max", sid, peer, "cpu_us")
+                cpu_fixed = self.median("fixed", sid, peer, "cpu_us")
+                p50 = self.median("fixed", sid, peer, "p50_ms")
+                p99 = self.median("fixed", sid, peer, "p99_ms")
+                errors = sum(r["errors"] for r in self.runs if r["scenario"] == sid and r["peer"] == peer)
+                lines.append(
+                    f"| {title} | {peer} | {fmt(rps, 0)} | {ratio(rps, n['rps'])} | {ratio(rps, d_rps)} "
+                    f"| {fmt(cpu_max)} | {ratio(cpu_max, n['cpu_max'])} | {rates.get(sid, '–'):,} "
+                    f"| {fmt(cpu_fixed)} | {ratio(cpu_fixed, n['cpu_fixed'])} | {fmt(p50, 2)} | {fmt(p99, 2)} "
+                    f"| {ratio(p99, n['p99'])} | {fmt(None if p99 is None or d_p99 is None else p99 - d_p99, 2)} "
+                    f"| {errors} |"
+                )
+                spread.append(
+                    f"| {title} | {peer} | {rng(self.spread('max', sid, peer, 'rps'), 0)} "
+                    f"| {rng(self.spread('max', sid, peer, 'cpu_us'))} "
+                    f"| {rng(self.spread('fixed', sid, peer, 'cpu_us'))} "
+                    f"| {rng(self.spread('fixed', sid, peer, 'p99_ms'), 2)} |"
+                )
+        lines += [
+            "",
+            "×nginx: this peer's figure divided by nginx's (below 1.00 is less CPU or latency, above is more "
+            "throughput). ×direct: req/s divided by the load generator straight to the upstream. "
+            "errors: non-2xx answers and socket errors over all runs.",
+            "",
+            "## Spread (min–max over the rounds)",
+            "",
+        ] + spread
+        text = "\n".join(lines) + "\n"
+        with open(a.out, "w") as f:
+            f.write(text)
+        with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
+            json.dump({"started": started.isoformat(), "rates": rates, "runs": self.runs}, f, indent=1)
+        print(text)
+        log(f"wrote {a.out}")
+
+
+def parse_oha(out):
+    res = {"requests": 0, "rps": 0.0, "errors": 0, "p50_ms": None, "p99_ms": None}
+    try:
+        data = json.loads(out)
+    except json.JSONDecodeError:
+        res["errors"] = -1
+        return res
+    codes = data.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in codes.items() if k.startswith("2"))
+    res["requests"] = sum(codes.values())
+    # requests still in flight when the run's time is up are "aborted due to deadline": not failures
+    failures = {k: v for k, v in data.get("errorDistribution", {}).items() if "deadline" not in k}
+    res["errors"] = (res["requests"] - ok) + sum(failures.values())
+    res["error_kinds"] = failures
+    res["rps"] = data.get("summary", {}).get("requestsPerSec", 0.0)
+    pct = data.get("latencyPercentiles", {})
+    if pct.get("p50") is not None:
+        res["p50_ms"] = pct["p50"] * 1000
+        res["p99_ms"] = pct["p99"] * 1000
+    return res
+
+
+def machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} × {model}, Linux {platform.release()}"
+
+
+def git_rev():
+    out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "?"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--switchyard", default=os.path.join(ROOT, "target", "release", "switchyard"))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    p.add_argument("--rate", type=int, help="fixed rate in req/s (default: half the slowest peer's max)")
+    p.add_argument("--peers", default="switchyard,nginx,haproxy")
+    p.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
+    p.add_argument("--proxy-cpu", type=int, default=1)
+    p.add_argument("--load-cpu", type=int, default=0)
+    p.add_argument("--out", default=os.path.join(ROOT, "perf", "RESULTS.md"))
+    args = p.parse_args()
+    args.peers = [x for x in args.peers.split(",") if x]
+    args.scenarios = [x for x in args.scenarios.split(",") if x]
+    for peer in args.peers:
+        if peer not in PEERS:
+            p.error(f"unknown peer {peer!r}; known: {', '.join(PEERS)}")
+    known = [s[0] for s in SCENARIOS]
+    for s in args.scenarios:
+        if s not in known:
+            p.error(f"unknown scenario {s!r}; known: {', '.join(known)}")
+    if "pass" not in args.scenarios:
+        args.scenarios.insert(0, "pass")
+    Bench(args).run()
+
+
+if __name__ == "__main__":
+    random.seed()
+    main()
