@@ -41,7 +41,11 @@ PEERS = {
     "switchyard": 18080,
     "nginx": 18081,
     "haproxy": 18082,
+    "pingora": 18083,
 }
+# the bare Pingora pass-through (examples/bare_pingora.rs) has no release table: it proxies every path
+# to v1, so it takes part only where that is the whole job
+PEER_SCENARIOS = {"pingora": ("pass", "close")}
 DIRECT_PORT = 19001
 
 # id, title, path (USER is replaced by a random user id per request), headers, keep-alive, peers
@@ -205,13 +209,17 @@ class Bench:
             hp = self.procs.start("haproxy", ["haproxy", "-db", "-f", os.path.join(PEERS_DIR, "haproxy.cfg")],
                                   a.proxy_cpu, env=env)
             self.pids["haproxy"] = hp.pid
+        if "pingora" in a.peers:
+            bp = self.procs.start("pingora", [a.bare_pingora, f"127.0.0.1:{PEERS['pingora']}", f"127.0.0.1:{DIRECT_PORT}"],
+                                  a.proxy_cpu, env=dict(env, RUST_LOG="error"))
+            self.pids["pingora"] = bp.pid
         wait_http(DIRECT_PORT, "/")
         for peer in a.peers:
             wait_http(PEERS[peer], "/pass/ready")
         # every peer answers every scenario's path before anything is measured
         for peer in a.peers:
-            for sid, _, path, headers, _, only in SCENARIOS:
-                if only and peer not in only:
+            for sid, _, path, headers, _, _ in SCENARIOS:
+                if peer not in self.peers_for(sid):
                     continue
                 req = urllib.request.Request(
                     f"http://127.0.0.1:{PEERS[peer]}{path.replace('USER', '42')}",
@@ -267,7 +275,8 @@ class Bench:
 
     def peers_for(self, sid):
         only = next(s for s in SCENARIOS if s[0] == sid)[5]
-        return [p for p in self.args.peers if not only or p in only]
+        return [p for p in self.args.peers
+                if (not only or p in only) and sid in PEER_SCENARIOS.get(p, (sid,))]
 
     def rounds(self, phase, rates):
         for r in range(self.args.rounds):
@@ -341,6 +350,8 @@ class Bench:
                 f"switchyard {git_rev()}",
                 tool_version(["nginx", "-v"]).replace("nginx version: ", ""),
                 tool_version(["haproxy", "-v"]).split(" - ")[0],
+                "pingora: a bare Pingora 0.9 pass-through with Switchyard's runtime settings "
+                "(examples/bare_pingora.rs)",
             ]) + f". Load: {tool_version(['wrk', '-v']).split(' [')[0]}, {tool_version(['oha', '--version'])}.",
             "",
             f"Proxies on CPU {a.proxy_cpu} (one worker each); wrk/oha and the upstream (one nginx worker) on "
@@ -378,6 +389,8 @@ class Bench:
             }
             peers = list(a.peers) + (["direct"] if sid in ("pass", "close") else [])
             for peer in peers:
+                if peer in PEER_SCENARIOS and sid not in PEER_SCENARIOS[peer]:
+                    continue
                 if peer != "direct" and peer not in self.peers_for(sid):
                     lines.append(f"| {title} | {peer} | N/A: no mirroring in HAProxy 2.6 ||||||||||||| |")
                     continue
@@ -464,7 +477,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     p.add_argument("--rate", type=int, help="fixed rate in req/s (default: half the slowest peer's max)")
-    p.add_argument("--peers", default="switchyard,nginx,haproxy")
+    p.add_argument("--bare-pingora", default=os.path.join(ROOT, "target", "release", "examples", "bare_pingora"))
+    p.add_argument("--peers", default="switchyard,nginx,haproxy,pingora")
     p.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
     p.add_argument("--proxy-cpu", type=int, default=1)
     p.add_argument("--load-cpu", type=int, default=0)
