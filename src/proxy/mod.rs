@@ -150,6 +150,11 @@ impl ProxyHttp for Proxy {
         Ctx::default()
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // Pingora's default adds a response-compression module, disabled, that still runs on every
+        // request. Switchyard passes bodies through untouched, so no module is installed.
+    }
+
     fn allow_spawning_subrequest(&self, session: &Session, _ctx: &Ctx) -> bool {
         // Only primaries spawn shadows: a shadow never mirrors again.
         session.subrequest_ctx.is_none()
@@ -179,7 +184,8 @@ impl ProxyHttp for Proxy {
         }
         let snapshot = self.state.load();
         strip_internal_headers(session);
-        ctx.request_id = request_id::settle(session.req_header().headers.get(REQUEST_ID_HEADER));
+        let id_name = const { http::HeaderName::from_static(REQUEST_ID_HEADER) };
+        ctx.request_id = request_id::settle(session.req_header().headers.get(&id_name));
 
         let mut mirror_wanted = false;
         let outcome = {

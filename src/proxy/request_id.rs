@@ -1,7 +1,6 @@
 //! `X-Request-Id`: a sane client value is kept, anything else is replaced by a fresh random id.
 
 use http::HeaderValue;
-use std::fmt::Write;
 
 /// Longest client-sent id that is kept.
 const MAX_LEN: usize = 128;
@@ -24,10 +23,13 @@ pub fn settle(client_value: Option<&HeaderValue>) -> String {
 }
 
 fn generate() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
-    let mut s = String::with_capacity(32);
-    let _ = write!(s, "{n:032x}");
-    s
+    let mut out = [0u8; 32];
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out.iter().map(|&c| c as char).collect()
 }
 
 #[cfg(test)]
@@ -45,5 +47,9 @@ mod tests {
             assert_eq!(id.len(), 32);
         }
         assert_ne!(settle(None), settle(None));
+        let fresh = settle(None);
+        assert!(fresh
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 }

@@ -44,6 +44,9 @@ pub struct Pool {
     definition: UpstreamConfig,
     lb: LoadBalancer<RoundRobin>,
     backend_count: usize,
+    /// The only backend of a one-backend pool without a health check: nothing can make it
+    /// unavailable, so selecting it needs no load-balancer round.
+    sole: Option<Backend>,
     timeouts: Timeouts,
     health: Option<HealthSchedule>,
 }
@@ -68,7 +71,8 @@ impl Pool {
             set.insert(backend);
         }
         let backend_count = set.len();
-        let mut lb = LoadBalancer::<RoundRobin>::from_backends(Backends::new(Static::new(set)));
+        let mut lb =
+            LoadBalancer::<RoundRobin>::from_backends(Backends::new(Static::new(set.clone())));
         // Static discovery completes without awaiting anything: one poll publishes the backends.
         let polled = {
             let mut update = std::pin::pin!(lb.update());
@@ -109,11 +113,16 @@ impl Pool {
             }
             None => None,
         };
+        let sole = match (backend_count, &health) {
+            (1, None) => set.into_iter().next(),
+            _ => None,
+        };
         Ok(Pool {
             name: name.to_string(),
             definition: def.clone(),
             lb,
             backend_count,
+            sole,
             timeouts,
             health,
         })
@@ -121,6 +130,10 @@ impl Pool {
 
     /// A healthy backend, skipping those in `exclude` (already failed for this request).
     pub fn select(&self, exclude: &[SocketAddr]) -> Option<Backend> {
+        if let Some(b) = &self.sole {
+            let excluded = b.addr.as_inet().is_some_and(|a| exclude.contains(a));
+            return (!excluded).then(|| b.clone());
+        }
         let n = self.backend_count * 2 + 1;
         if exclude.is_empty() {
             return self.lb.select(b"", n);
