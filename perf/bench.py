@@ -228,6 +228,8 @@ class Bench:
                 with urllib.request.urlopen(req, timeout=5) as r:
                     if r.status != 200:
                         raise SystemExit(f"{peer} answered {r.status} to {path}")
+                    if peer != "pingora" and not r.headers.get("X-Request-Id"):
+                        raise SystemExit(f"{peer} sent no X-Request-Id for {path}")
 
     def peer_pids(self, peer):
         pid = self.pids[peer]

@@ -14,6 +14,9 @@ Upstreams (perf/upstream.conf, one nginx worker): v1 127.0.0.1:19001, v2 :19002,
 The slow shadow (perf/slow_upstream.py) listens on :19004. Proxies listen on :18080 (Switchyard),
 :18081 (nginx) and :18082 (HAProxy). Runtime files go to /tmp/switchyard-perf.
 
+Every peer does what Switchyard always does with X-Request-Id: keeps the client's id or makes a fresh
+random one, sends it upstream and returns it on the response.
+
 Run it again after changing the table; the generated files are committed so that they can be read and
 used on their own.
 """
@@ -97,6 +100,13 @@ http {{
   keepalive_requests 1000000;
   proxy_http_version 1.1;
   proxy_set_header Connection "";
+  # X-Request-Id as Switchyard sets it: the client's id, else a fresh 128-bit hex id, upstream and back
+  map $http_x_request_id $req_id {{
+    default $http_x_request_id;
+    ""      $request_id;
+  }}
+  proxy_set_header X-Request-Id $req_id;
+  add_header X-Request-Id $req_id always;
 
   upstream v1          {{ server 127.0.0.1:{V1}; keepalive {KEEPALIVE}; }}
   upstream v2          {{ server 127.0.0.1:{V2}; keepalive {KEEPALIVE}; }}
@@ -155,6 +165,10 @@ defaults
 frontend fe
   bind 127.0.0.1:{PORTS["haproxy"]}
   http-request return status 404 if !{{ path_beg /pass/ /split/ /rule/ /r/ }}
+  # X-Request-Id as Switchyard sets it: the client's id, else a fresh random one, upstream and back
+  http-request set-header X-Request-Id %[uuid] unless {{ req.hdr(x-request-id) -m found }}
+  http-request set-var(txn.request_id) req.hdr(x-request-id)
+  http-response set-header X-Request-Id %[var(txn.request_id)]
   use_backend be_v2 if {{ path_beg /rule/ }} {{ req.hdr(x-version) -m str beta }}
   use_backend be_split if {{ path_beg /rule/ }}
   use_backend be_v1 if {{ path_beg /pass/ }}
