@@ -63,7 +63,7 @@ fn request<'a>(headers: &'a HeaderMap, host: &'a str, path: &'a str) -> RequestV
         host,
         path,
         query: Some("page=2&sort=desc"),
-        headers,
+        headers: headers.into(),
         client_ip: Some("192.0.2.10".parse().unwrap()),
     }
 }

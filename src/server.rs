@@ -4,7 +4,7 @@
 use crate::admin::AdminApi;
 use crate::config::{parse, Config};
 use crate::proxy::access_log::{AccessLog, Destination};
-use crate::proxy::{Draining, Proxy};
+use crate::proxy::{Draining, Engine, Proxy};
 use crate::state::reloader::Reloader;
 use crate::state::State;
 use crate::upstream::HealthChecker;
@@ -83,13 +83,11 @@ pub fn build(
         Some(dest) => Some(Arc::new(AccessLog::start(&dest, state.metrics().clone())?)),
         None => None,
     };
-    let app = pingora::proxy::http_proxy(
-        &server.configuration,
-        Proxy::new(state.clone(), access_log.clone()),
-    );
+    let proxy_app = Proxy::new(state.clone(), access_log.clone());
+    let full = pingora::proxy::http_proxy(&server.configuration, proxy_app.clone());
     let mut proxy = Service::new(
         "switchyard proxy".to_string(),
-        Draining::new(app, FIRST_REQUEST_WINDOW),
+        Draining::new(Engine::new(proxy_app, full), FIRST_REQUEST_WINDOW),
     );
     for addr in &listen {
         proxy.add_tcp(addr);

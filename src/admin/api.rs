@@ -359,7 +359,7 @@ fn explain(s: &Snapshot, route: &str, query: Option<&str>) -> Response<Vec<u8>> 
         host: "",
         path: "/",
         query: (!query_string.is_empty()).then_some(query_string.as_str()),
-        headers: &headers,
+        headers: (&headers).into(),
         client_ip: ip,
     };
     let mut random = || 0u32;

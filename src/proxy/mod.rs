@@ -9,11 +9,13 @@
 
 pub mod access_log;
 mod drain;
+mod h1;
 pub mod mirror;
 mod request_id;
 
 pub use access_log::AccessLog;
 pub use drain::Draining;
+pub use h1::Engine;
 
 use crate::metrics::{Metrics, Rejection, Series, UpstreamError};
 use crate::release::{self, Decision, Outcome, RequestView, RouteId, UpstreamId};
@@ -34,6 +36,7 @@ pub const CLIENT_HEADER: &str = "x-switchyard-client";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
 
+#[derive(Clone)]
 pub struct Proxy {
     state: Arc<State>,
     metrics: Arc<Metrics>,
@@ -89,6 +92,56 @@ impl Proxy {
         let target = ctx.target.or(ctx.decision.map(|d| d.target));
         if let Some(series) = target.and_then(|t| self.series(ctx, t)) {
             series.record_upstream_error(self.metrics.now(), kind);
+        }
+    }
+
+    /// Counts a finished request against the target that served it and hands it to the access log.
+    /// `request` gives the method and path, asked for only when there is an access log.
+    fn record(
+        &self,
+        ctx: &mut Ctx,
+        status: u16,
+        request: impl FnOnce() -> (http::Method, String),
+    ) {
+        let end = Instant::now();
+        let duration_us = end.saturating_duration_since(ctx.started).as_micros() as u64;
+        if let Some(why) = ctx.rejected {
+            self.metrics.record_rejection(why);
+        } else if let (Some(snapshot), Some(d)) = (&ctx.snapshot, ctx.decision) {
+            let now = self.metrics.second_at(end);
+            let served = ctx.target.unwrap_or(d.target);
+            if served != d.target {
+                self.metrics.record_fallback(
+                    &snapshot.series,
+                    &snapshot.table,
+                    d.route,
+                    d.target,
+                    served,
+                    now,
+                );
+            }
+            if let Some(series) = self.series(ctx, served) {
+                series.record_request(now, status, duration_us);
+            }
+        }
+        if let Some(log) = &self.access_log {
+            let (method, path) = request();
+            log.log(access_log::Entry {
+                at: SystemTime::now(),
+                request_id: std::mem::take(&mut ctx.request_id),
+                snapshot: ctx.snapshot.take(),
+                route: ctx.route,
+                decision: ctx.decision,
+                served: ctx.target,
+                rejected: ctx.rejected,
+                method,
+                path,
+                status,
+                upstream: ctx.backend.as_ref().and_then(|b| b.addr.as_inet().copied()),
+                duration_us,
+                mirrored: ctx.mirror.is_some(),
+                error: ctx.error,
+            });
         }
     }
 }
@@ -185,7 +238,13 @@ impl ProxyHttp for Proxy {
         let snapshot = self.state.load();
         strip_internal_headers(session);
         let id_name = const { http::HeaderName::from_static(REQUEST_ID_HEADER) };
-        ctx.request_id = request_id::settle(session.req_header().headers.get(&id_name));
+        ctx.request_id = request_id::settle(
+            session
+                .req_header()
+                .headers
+                .get(&id_name)
+                .map(|v| v.as_bytes()),
+        );
 
         let mut mirror_wanted = false;
         let outcome = {
@@ -201,7 +260,7 @@ impl ProxyHttp for Proxy {
                 host,
                 path: req.uri.path(),
                 query: req.uri.query(),
-                headers: &req.headers,
+                headers: (&req.headers).into(),
                 client_ip: session
                     .client_addr()
                     .and_then(PeerAddr::as_inet)
@@ -449,50 +508,12 @@ impl ProxyHttp for Proxy {
                 m.finish_capture();
             }
         }
-        let end = Instant::now();
-        let duration_us = end.saturating_duration_since(ctx.started).as_micros() as u64;
         // No response at all: the client went away first (nginx's 499).
         let status = session
             .response_written()
             .map_or(499, |r| r.status.as_u16());
-        if let Some(why) = ctx.rejected {
-            self.metrics.record_rejection(why);
-        } else if let (Some(snapshot), Some(d)) = (&ctx.snapshot, ctx.decision) {
-            let now = self.metrics.second_at(end);
-            let served = ctx.target.unwrap_or(d.target);
-            if served != d.target {
-                self.metrics.record_fallback(
-                    &snapshot.series,
-                    &snapshot.table,
-                    d.route,
-                    d.target,
-                    served,
-                    now,
-                );
-            }
-            if let Some(series) = self.series(ctx, served) {
-                series.record_request(now, status, duration_us);
-            }
-        }
-        if let Some(log) = &self.access_log {
-            let req = session.req_header();
-            log.log(access_log::Entry {
-                at: SystemTime::now(),
-                request_id: std::mem::take(&mut ctx.request_id),
-                snapshot: ctx.snapshot.take(),
-                route: ctx.route,
-                decision: ctx.decision,
-                served: ctx.target,
-                rejected: ctx.rejected,
-                method: req.method.clone(),
-                path: req.uri.path().to_string(),
-                status,
-                upstream: ctx.backend.as_ref().and_then(|b| b.addr.as_inet().copied()),
-                duration_us,
-                mirrored: ctx.mirror.is_some(),
-                error: ctx.error,
-            });
-        }
+        let req = session.req_header();
+        self.record(ctx, status, || (req.method.clone(), req.uri.path().to_string()));
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -20,12 +20,8 @@ pub(crate) enum Cond {
 impl Cond {
     fn holds(&self, req: &RequestView<'_>, client: Option<ClientId>) -> bool {
         match self {
-            Cond::Header(name, value) => req
-                .headers
-                .get_all(name)
-                .iter()
-                .any(|v| v.as_bytes() == &**value),
-            Cond::HeaderPresent(name) => req.headers.contains_key(name),
+            Cond::Header(name, value) => req.headers.values(name).any(|v| v == &**value),
+            Cond::HeaderPresent(name) => req.headers.contains(name),
             Cond::Cookie(name, value) => cookie(req, name).is_some_and(|v| *v == **value),
             Cond::Query(name, value) => query_param(req.query, name).is_some_and(|v| *v == **value),
             Cond::ClientIn(ids) => client.is_some_and(|c| ids.contains(&c)),
@@ -52,10 +48,9 @@ impl When {
 pub(crate) fn cookie<'a>(req: &RequestView<'a>, name: &str) -> Option<&'a str> {
     let name = name.as_bytes();
     req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
+        .values(&http::header::COOKIE)
         .find_map(|h| {
-            h.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            h.split(|b| *b == b';').find_map(|pair| {
                 let pair = pair.trim_ascii_start();
                 let rest = pair.strip_prefix(name)?;
                 let value = rest.trim_ascii_start().strip_prefix(b"=")?.trim_ascii();
@@ -122,7 +117,7 @@ mod tests {
             host: "h",
             path: "/",
             query,
-            headers,
+            headers: headers.into(),
             client_ip: None,
         }
     }

@@ -132,7 +132,7 @@ mod tests {
             host: "",
             path: "/",
             query: None,
-            headers: &headers,
+            headers: (&headers).into(),
             client_ip: None,
         };
         let Outcome::Routed(d) = decide(t, &view, rng) else {

@@ -15,7 +15,7 @@ pub use table::{ReleaseTable, Route};
 
 pub(crate) use matcher::percent_decode;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::net::IpAddr;
@@ -36,8 +36,62 @@ pub struct RequestView<'a> {
     /// The path without the query.
     pub path: &'a str,
     pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
+    pub headers: Headers<'a>,
     pub client_ip: Option<IpAddr>,
+}
+
+/// A request's header fields as the decision reads them: Pingora's parsed map, or the raw fields of
+/// Switchyard's HTTP/1 engine (names as sent, in any case). Either way, client-sent `X-Switchyard-*`
+/// fields are already left out.
+#[derive(Debug, Clone, Copy)]
+pub enum Headers<'a> {
+    Map(&'a HeaderMap),
+    Raw(&'a [httparse::Header<'a>]),
+}
+
+impl<'a> From<&'a HeaderMap> for Headers<'a> {
+    fn from(map: &'a HeaderMap) -> Self {
+        Headers::Map(map)
+    }
+}
+
+impl<'a> Headers<'a> {
+    /// The first value of `name`.
+    pub fn get(self, name: &HeaderName) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+
+    pub fn contains(self, name: &HeaderName) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Every value of `name`, in the order sent.
+    pub fn values<'n>(self, name: &'n HeaderName) -> Values<'a, 'n> {
+        match self {
+            Headers::Map(m) => Values::Map(m.get_all(name).iter()),
+            Headers::Raw(fields) => Values::Raw(fields.iter(), name.as_str()),
+        }
+    }
+}
+
+/// The values of one header name (see [`Headers::values`]).
+pub enum Values<'a, 'n> {
+    Map(http::header::ValueIter<'a, http::HeaderValue>),
+    Raw(std::slice::Iter<'a, httparse::Header<'a>>, &'n str),
+}
+
+impl<'a> Iterator for Values<'a, '_> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Values::Map(it) => it.next().map(|v| v.as_bytes()),
+            // `HeaderName`s are lowercase; the raw names are compared without regard to case.
+            Values::Raw(it, name) => it
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +238,7 @@ fn route_live(route: &Route) -> Colour {
 /// about stored keys.
 fn identify_client(table: &ReleaseTable, req: &RequestView<'_>) -> Option<ClientId> {
     let header = table.clients.header.as_ref()?;
-    let key = req.headers.get(header)?.as_bytes();
+    let key = req.headers.get(header)?;
     if key.is_empty() {
         return None;
     }

@@ -117,7 +117,7 @@ impl Split {
     ) -> Option<u32> {
         let b = match key {
             Sticky::Header(name) => {
-                let v = req.headers.get(name)?.as_bytes();
+                let v = req.headers.get(name)?;
                 (!v.is_empty()).then(|| bucket(&self.salt, v))?
             }
             Sticky::Cookie(name) => {

@@ -77,7 +77,7 @@ impl Req {
             host: self.host,
             path: self.path,
             query: self.query,
-            headers: &self.headers,
+            headers: (&self.headers).into(),
             client_ip: self.ip,
         }
     }

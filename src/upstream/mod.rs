@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// Per-pool timeouts applied to every peer.
+/// Per-pool timeouts applied to every connection to its backends.
 #[derive(Debug, Clone, Copy, Default)]
-struct Timeouts {
-    connect: Option<Duration>,
-    read: Option<Duration>,
-    write: Option<Duration>,
-    idle: Option<Duration>,
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+    pub idle: Option<Duration>,
 }
 
 /// When a pool's health check is due.
@@ -141,6 +141,10 @@ impl Pool {
         self.lb.select_with(b"", n, |b, healthy| {
             healthy && b.addr.as_inet().is_none_or(|a| !exclude.contains(a))
         })
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
     }
 
     pub fn backend_count(&self) -> usize {
