@@ -97,12 +97,7 @@ impl Proxy {
 
     /// Counts a finished request against the target that served it and hands it to the access log.
     /// `request` gives the method and path, asked for only when there is an access log.
-    fn record(
-        &self,
-        ctx: &mut Ctx,
-        status: u16,
-        request: impl FnOnce() -> (http::Method, String),
-    ) {
+    fn record(&self, ctx: &mut Ctx, status: u16, request: impl FnOnce() -> (http::Method, String)) {
         let end = Instant::now();
         let duration_us = end.saturating_duration_since(ctx.started).as_micros() as u64;
         if let Some(why) = ctx.rejected {
@@ -513,7 +508,9 @@ impl ProxyHttp for Proxy {
             .response_written()
             .map_or(499, |r| r.status.as_u16());
         let req = session.req_header();
-        self.record(ctx, status, || (req.method.clone(), req.uri.path().to_string()));
+        self.record(ctx, status, || {
+            (req.method.clone(), req.uri.path().to_string())
+        });
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -47,20 +47,18 @@ impl When {
 /// of a route with a cookie rule or sticky key.
 pub(crate) fn cookie<'a>(req: &RequestView<'a>, name: &str) -> Option<&'a str> {
     let name = name.as_bytes();
-    req.headers
-        .values(&http::header::COOKIE)
-        .find_map(|h| {
-            h.split(|b| *b == b';').find_map(|pair| {
-                let pair = pair.trim_ascii_start();
-                let rest = pair.strip_prefix(name)?;
-                let value = rest.trim_ascii_start().strip_prefix(b"=")?.trim_ascii();
-                let value = value
-                    .strip_prefix(b"\"")
-                    .and_then(|v| v.strip_suffix(b"\""))
-                    .unwrap_or(value);
-                std::str::from_utf8(value).ok()
-            })
+    req.headers.values(&http::header::COOKIE).find_map(|h| {
+        h.split(|b| *b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii_start();
+            let rest = pair.strip_prefix(name)?;
+            let value = rest.trim_ascii_start().strip_prefix(b"=")?.trim_ascii();
+            let value = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            std::str::from_utf8(value).ok()
         })
+    })
 }
 
 /// The (percent-decoded) value of query parameter `name`; the first one wins.

@@ -21,8 +21,9 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter()
-        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,10 +163,15 @@ mod tests {
 
     #[test]
     fn finds_the_end_of_a_chunked_body_in_any_split() {
-        let body = b"5\r\nhello\r\n1A;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body =
+            b"5\r\nhello\r\n1A;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let end = body.len() - 4;
         for piece in 1..body.len() {
-            assert_eq!(scan_in_pieces(body, piece), Ok((end, true)), "pieces of {piece}");
+            assert_eq!(
+                scan_in_pieces(body, piece),
+                Ok((end, true)),
+                "pieces of {piece}"
+            );
         }
         assert_eq!(scan_in_pieces(b"0\r\n\r\n", 100), Ok((5, true)));
         assert_eq!(scan_in_pieces(b"4\r\nab", 100), Ok((5, false)));

@@ -19,7 +19,9 @@
 mod body;
 mod pool;
 
-use super::{pick_backend, random_bucket, request_id, Ctx, Proxy, CLIENT_HEADER, REQUEST_ID_HEADER};
+use super::{
+    pick_backend, random_bucket, request_id, Ctx, Proxy, CLIENT_HEADER, REQUEST_ID_HEADER,
+};
 use crate::metrics::{Rejection, UpstreamError};
 use crate::release::{self, Decision, Headers, Outcome, RequestView};
 use crate::state::Snapshot;
@@ -162,7 +164,8 @@ impl Engine {
                 Ok(httparse::Status::Complete(n)) => n,
                 _ => return Next::HandOff,
             };
-            let (Some(method), Some(target), Some(1)) = (parsed.method, parsed.path, parsed.version)
+            let (Some(method), Some(target), Some(1)) =
+                (parsed.method, parsed.path, parsed.version)
             else {
                 return Next::HandOff;
             };
@@ -208,7 +211,10 @@ impl Engine {
                 body_len: h.length.unwrap_or(0),
                 body_unread: 0,
                 head: method == "HEAD",
-                idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
+                idempotent: matches!(
+                    method,
+                    "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+                ),
                 client_close: h.close,
                 logged: self.proxy.access_log.as_ref().map(|_| {
                     (
@@ -238,7 +244,9 @@ impl Engine {
                 ctx.rejected = Some(Rejection::ClientRequired);
                 ctx.route = Some(route);
                 ctx.snapshot = Some(snapshot);
-                return self.answer(c, ctx, req, shutdown, 401, "client_required").await;
+                return self
+                    .answer(c, ctx, req, shutdown, 401, "client_required")
+                    .await;
             }
         };
         ctx.decision = Some(decision);
@@ -276,13 +284,19 @@ impl Engine {
             ctx.target = Some(target);
             let (Some(pool), Some(addr)) = (snapshot.pools.get(target), backend.addr.as_inet())
             else {
-                return self.answer(c, ctx, req, shutdown, 500, "internal_error").await;
+                return self
+                    .answer(c, ctx, req, shutdown, 500, "internal_error")
+                    .await;
             };
             let addr = *addr;
             ctx.backend = Some(backend);
             let timeouts = pool.timeouts();
             let idle = timeouts.idle.unwrap_or(pool::DEFAULT_IDLE);
-            let pooled = if fresh_only { None } else { pool::take(addr, idle) };
+            let pooled = if fresh_only {
+                None
+            } else {
+                pool::take(addr, idle)
+            };
             let reused = pooled.is_some();
             let mut up = match pooled {
                 Some(up) => up,
@@ -336,7 +350,8 @@ impl Engine {
                 }
                 Err(None) => {
                     // The client went away while its body was being sent.
-                    self.proxy.record(&mut ctx, 499, || req.logged.take().unwrap_or_default());
+                    self.proxy
+                        .record(&mut ctx, 499, || req.logged.take().unwrap_or_default());
                     return Next::Close;
                 }
             }
@@ -345,7 +360,8 @@ impl Engine {
         // `up_buf` holds a complete, final response head.
         let close = req.client_close || *shutdown.borrow();
         let head =
-            match write_response_head(&mut c.resp_out, &c.up_buf, req.head, &ctx.request_id, close) {
+            match write_response_head(&mut c.resp_out, &c.up_buf, req.head, &ctx.request_id, close)
+            {
                 Ok(head) => head,
                 Err(kind) => {
                     self.proxy.record_upstream_error(&mut ctx, kind);
@@ -362,7 +378,8 @@ impl Engine {
         if relay.upstream_reusable {
             pool::put(addr, up);
         }
-        self.proxy.record(&mut ctx, status, || req.logged.take().unwrap_or_default());
+        self.proxy
+            .record(&mut ctx, status, || req.logged.take().unwrap_or_default());
         if relay.client_ok && !relay.client_close {
             Next::KeepAlive
         } else {
@@ -397,7 +414,8 @@ impl Engine {
         out.extend_from_slice(body.as_bytes());
         let sent = write_client(&mut c.stream, &c.resp_out).await;
         let status = if sent { status } else { 499 };
-        self.proxy.record(&mut ctx, status, || req.logged.take().unwrap_or_default());
+        self.proxy
+            .record(&mut ctx, status, || req.logged.take().unwrap_or_default());
         if sent && !close {
             Next::KeepAlive
         } else {
@@ -868,7 +886,13 @@ async fn relay_response(
         _ => 0,
     };
     // What of the body came with the head goes out with it, in one write.
-    let mut done = body_part(&mut c.resp_out, &c.up_buf, head.framing, &mut left, &mut chunked);
+    let mut done = body_part(
+        &mut c.resp_out,
+        &c.up_buf,
+        head.framing,
+        &mut left,
+        &mut chunked,
+    );
     loop {
         let extra = match done {
             Ok(Some(used)) => c.up_buf.len() > used,
@@ -901,7 +925,13 @@ async fn relay_response(
             }
         }
         c.resp_out.clear();
-        done = body_part(&mut c.resp_out, &c.up_buf, head.framing, &mut left, &mut chunked);
+        done = body_part(
+            &mut c.resp_out,
+            &c.up_buf,
+            head.framing,
+            &mut left,
+            &mut chunked,
+        );
     }
     if relayed.upstream_error.is_some() {
         // The client has a head and part of a body: only closing tells it the body is cut short.

@@ -1,0 +1,447 @@
+//! HTTP/1.1 on the wire, through the real proxy: message framing in both directions, interim
+//! responses, pipelining, stale upstream keep-alive connections, and the requests the engine hands
+//! to Pingora's pipeline. The upstream is a scripted raw-TCP server; the client writes raw bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::ProxyProcess;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    head: String,
+    body: Vec<u8>,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+fn find(buf: &[u8], pat: &[u8]) -> Option<usize> {
+    buf.windows(pat.len()).position(|w| w == pat)
+}
+
+/// Reads one request (head, then a Content-Length or chunked body) from `s`, `buf` holding what was
+/// read before. `None` at end of stream.
+fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(p) = find(buf, b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    buf.drain(..head_end);
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if let Some(l) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+    {
+        let n: usize = l.trim().parse().unwrap();
+        while buf.len() < n {
+            let k = s.read(&mut chunk).ok()?;
+            if k == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..k]);
+        }
+        body = buf.drain(..n).collect();
+    } else if lower.contains("transfer-encoding: chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(p) = find(buf, b"\r\n") {
+                    break p;
+                }
+                let k = s.read(&mut chunk).ok()?;
+                buf.extend_from_slice(&chunk[..k]);
+            };
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&buf[..line_end])
+                    .split(';')
+                    .next()?
+                    .trim(),
+                16,
+            )
+            .ok()?;
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                let k = s.read(&mut chunk).ok()?;
+                buf.extend_from_slice(&chunk[..k]);
+            }
+            body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    Some(Seen { head, body })
+}
+
+/// The scripted upstream: what it answers depends on the request path.
+fn upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (seen2, conns2) = (seen.clone(), connections.clone());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            conns2.fetch_add(1, Ordering::SeqCst);
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut on_this_connection = 0;
+                while let Some(req) = read_request(&mut s, &mut buf) {
+                    on_this_connection += 1;
+                    seen.lock().unwrap().push(req.clone());
+                    let path = req.head.split(' ').nth(1).unwrap_or("").to_string();
+                    let reply: Vec<Vec<u8>> = match path.as_str() {
+                        "/chunked" => vec![
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
+                                .to_vec(),
+                            b"lo\r\n6;x=1\r\n world\r\n".to_vec(),
+                            b"0\r\nX-Trailer: t\r\n\r\n".to_vec(),
+                        ],
+                        "/until-close" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nthe body runs ");
+                            std::thread::sleep(Duration::from_millis(20));
+                            let _ = s.write_all(b"until the upstream closes");
+                            return;
+                        }
+                        "/head" => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n".to_vec()],
+                        "/empty" => vec![b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()],
+                        "/early" => vec![
+                            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n".to_vec(),
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+                        ],
+                        "/garbage" => vec![b"NOT HTTP AT ALL\r\n\r\n".to_vec()],
+                        // The first request on a connection is answered and the connection kept;
+                        // a later one finds it closed, as when an upstream's keep-alive ends.
+                        "/drop-later" if on_this_connection > 1 => return,
+                        _ => {
+                            let mut body = format!("{}\n", req.body.len()).into_bytes();
+                            body.extend_from_slice(req.head.as_bytes());
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\nX-Request-Id: upstream-made\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            r.extend_from_slice(&body);
+                            vec![r]
+                        }
+                    };
+                    for part in reply {
+                        if s.write_all(&part).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            });
+        }
+    });
+    Upstream {
+        addr,
+        seen,
+        connections,
+    }
+}
+
+fn proxy_for(up: &Upstream) -> ProxyProcess {
+    ProxyProcess::start(&format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: all\n    match: {{path_prefix: /}}\n    split: {{targets: {{v1: 100}}}}\n",
+        up.addr
+    ))
+}
+
+/// One response read off a client connection.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// A raw client connection that keeps what it read past one response for the next.
+struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client { s, buf: Vec::new() }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 65536];
+        let n = self.s.read(&mut chunk).unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Reads one response; `head_request` when it answers a HEAD (no body whatever the headers say).
+    fn response(&mut self, head_request: bool) -> Response {
+        let head_end = loop {
+            if let Some(p) = find(&self.buf, b"\r\n\r\n") {
+                break p + 4;
+            }
+            assert!(self.fill() > 0, "connection closed before a response head");
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
+        self.buf.drain(..head_end);
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut r = Response {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+            return r;
+        }
+        if let Some(n) = r.header("content-length") {
+            let n: usize = n.parse().unwrap();
+            while self.buf.len() < n {
+                assert!(self.fill() > 0, "connection closed inside a body");
+            }
+            r.body = self.buf.drain(..n).collect();
+        } else if r
+            .header("transfer-encoding")
+            .is_some_and(|t| t.contains("chunked"))
+        {
+            loop {
+                if let Some(p) = find(&self.buf, b"0\r\nX-Trailer: t\r\n\r\n") {
+                    r.body = self.buf.drain(..p + 19).collect();
+                    break;
+                }
+                assert!(self.fill() > 0, "connection closed inside a chunked body");
+            }
+        } else {
+            while self.fill() > 0 {}
+            r.body = std::mem::take(&mut self.buf);
+        }
+        r
+    }
+
+    /// Whether the proxy closed the connection (read returns end of stream).
+    fn closed(&mut self) -> bool {
+        self.buf.is_empty() && self.fill() == 0
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: api.test\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn upstream_request_is_clean_and_bodies_arrive_whole() {
+    let up = upstream();
+    let proxy = proxy_for(&up);
+    let mut c = Client::connect(proxy.addr);
+
+    // Hop-by-hop and internal fields stay behind; the request id and every other field go on.
+    c.send(
+        b"GET /echo?q=1 HTTP/1.1\r\nHost: api.test\r\nConnection: keep-alive, X-Drop\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Switchyard-Client: spoofed\r\nX-Request-Id: abc-123\r\nX-Custom: Mixed Case\r\n\r\n",
+    );
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id").as_deref(), Some("abc-123"));
+    let seen = up.seen.lock().unwrap().last().cloned().unwrap();
+    let head = seen.head.to_ascii_lowercase();
+    assert!(
+        seen.head.starts_with("GET /echo?q=1 HTTP/1.1\r\n"),
+        "{}",
+        seen.head
+    );
+    assert!(
+        seen.head.contains("X-Custom: Mixed Case\r\n"),
+        "{}",
+        seen.head
+    );
+    assert!(head.contains("host: api.test\r\n"));
+    assert!(head.contains("x-request-id: abc-123\r\n"));
+    for gone in ["connection:", "keep-alive:", "te:", "x-switchyard-client"] {
+        assert!(!head.contains(gone), "{gone} forwarded: {}", seen.head);
+    }
+
+    // A 1 MiB body streams through on the same connection, byte for byte.
+    let body: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let mut req = format!(
+        "PUT /upload HTTP/1.1\r\nHost: api.test\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    c.send(&req);
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).starts_with("1048576\n"));
+    assert_eq!(up.seen.lock().unwrap().last().unwrap().body, body);
+
+    // A chunked upload (handed to Pingora's pipeline) arrives with the same content.
+    c.send(b"POST /upload HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n");
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(up.seen.lock().unwrap().last().unwrap().body, b"wikipedia");
+}
+
+#[test]
+fn response_framings_pass_through_and_keep_the_connection() {
+    let up = upstream();
+    let proxy = proxy_for(&up);
+    let mut c = Client::connect(proxy.addr);
+
+    c.send(&get("/chunked"));
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        b"5\r\nhello\r\n6;x=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n".to_vec()
+    );
+    assert!(r.header("x-request-id").is_some());
+
+    c.send(b"HEAD /head HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    let r = c.response(true);
+    assert_eq!(
+        (r.status, r.header("content-length").as_deref()),
+        (200, Some("11"))
+    );
+
+    c.send(&get("/empty"));
+    assert_eq!(c.response(false).status, 204);
+
+    // An interim response reaches the client before the final one.
+    c.send(&get("/early"));
+    let interim = c.response(false);
+    assert_eq!(interim.status, 103);
+    assert_eq!(interim.header("link").as_deref(), Some("</s.css>"));
+    let r = c.response(false);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+
+    // After all of that the same connection still serves, and the upstream's id is replaced.
+    c.send(&get("/echo"));
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    assert_ne!(r.header("x-request-id").as_deref(), Some("upstream-made"));
+
+    // A body that ends when the upstream closes: relayed whole, then the client's connection closes.
+    c.send(&get("/until-close"));
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert_eq!(r.body, b"the body runs until the upstream closes".to_vec());
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let up = upstream();
+    let proxy = proxy_for(&up);
+    let mut c = Client::connect(proxy.addr);
+    let mut all = Vec::new();
+    for i in 0..5 {
+        all.extend_from_slice(&get(&format!("/p{i}")));
+    }
+    c.send(&all);
+    for i in 0..5 {
+        let r = c.response(false);
+        assert_eq!(r.status, 200);
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert!(text.contains(&format!("GET /p{i} HTTP/1.1")), "{i}: {text}");
+    }
+    // Then `Connection: close` from the client is honoured.
+    c.send(b"GET /last HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n");
+    let r = c.response(false);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(c.closed());
+}
+
+#[test]
+fn a_stale_upstream_connection_is_retried_for_safe_requests_only() {
+    let up = upstream();
+    let proxy = proxy_for(&up);
+    let mut c = Client::connect(proxy.addr);
+    // First request keeps an upstream connection in the pool; the upstream then drops the next
+    // request sent on it, without answering.
+    c.send(&get("/drop-later"));
+    assert_eq!(c.response(false).status, 200);
+    let before = up.connections.load(Ordering::SeqCst);
+    c.send(&get("/drop-later"));
+    let r = c.response(false);
+    assert_eq!(r.status, 200, "a GET is retried on a new connection");
+    assert_eq!(up.connections.load(Ordering::SeqCst), before + 1);
+
+    // A POST is not sent twice: the client gets 502.
+    c.send(b"POST /drop-later HTTP/1.1\r\nHost: api.test\r\nContent-Length: 2\r\n\r\nhi");
+    let r = c.response(false);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body, br#"{"error":"upstream_unavailable"}"#.to_vec());
+}
+
+#[test]
+fn what_the_engine_does_not_serve_itself_still_works() {
+    let up = upstream();
+    let proxy = proxy_for(&up);
+
+    // HTTP/1.0, `Expect: 100-continue`, a head with 150 fields: served by Pingora's pipeline.
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"GET /old HTTP/1.0\r\nHost: api.test\r\n\r\n");
+    assert_eq!(c.response(false).status, 200);
+
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"POST /expect HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    c.send(b"hello");
+    let mut r = c.response(false);
+    if r.status == 100 {
+        r = c.response(false);
+    }
+    assert_eq!(r.status, 200);
+    assert_eq!(up.seen.lock().unwrap().last().unwrap().body, b"hello");
+
+    let mut many = String::from("GET /many HTTP/1.1\r\nHost: api.test\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("X-F{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    c.send(many.as_bytes());
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("X-F149: 149"));
+
+    // An upstream that does not speak HTTP: 502, and the proxy says so in JSON.
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/garbage"));
+    let r = c.response(false);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body, br#"{"error":"upstream_unavailable"}"#.to_vec());
+}
