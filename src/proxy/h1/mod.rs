@@ -35,6 +35,7 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::time::fast_timeout::fast_timeout;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,9 +159,10 @@ impl Engine {
         let mut ctx = Ctx::default();
         let snapshot = self.proxy.state.load();
         let (req, outcome) = {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-            let mut parsed = httparse::Request::new(&mut fields);
-            let head_len = match parsed.parse(&c.buf) {
+            // Left uninitialised: httparse writes only the fields it finds.
+            let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+            let mut parsed = httparse::Request::new(&mut []);
+            let head_len = match parsed.parse_with_uninit_headers(&c.buf, &mut fields) {
                 Ok(httparse::Status::Complete(n)) => n,
                 _ => return Next::HandOff,
             };
@@ -736,16 +738,25 @@ async fn read_response_head(
     let mut received = false;
     loop {
         if head_complete(&c.up_buf) {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-            let mut resp = httparse::Response::new(&mut fields);
-            let (n, code) = match resp.parse(&c.up_buf) {
-                Ok(httparse::Status::Complete(n)) => (n, resp.code.unwrap_or(0)),
-                _ => return Err(Some(invalid())),
-            };
-            if !(100..200).contains(&code) {
+            // A final response is parsed once, by `write_response_head`; an interim one is found
+            // by its status line.
+            if !matches!(
+                c.up_buf.get(..10),
+                Some([b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', b'1'])
+            ) {
                 return Ok(());
             }
-            if code == 101 {
+            let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+            let mut resp = httparse::Response::new(&mut []);
+            let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                &c.up_buf,
+                &mut fields,
+            ) {
+                Ok(httparse::Status::Complete(n)) => n,
+                _ => return Err(Some(invalid())),
+            };
+            if resp.code == Some(101) {
                 return Err(Some(invalid()));
             }
             if !write_client(&mut c.stream, &c.up_buf[..n]).await {
@@ -802,9 +813,14 @@ fn write_response_head(
     request_id: &str,
     close: bool,
 ) -> Result<ResponseHead, UpstreamError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let head_len = match resp.parse(up_buf) {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        up_buf,
+        &mut fields,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         _ => return Err(UpstreamError::InvalidResponse),
     };
