@@ -7,7 +7,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
 use switchyard::config::Config;
-use switchyard::release::{decide, Outcome, ReleaseTable, RequestView};
+use switchyard::release::{decide, Headers, Outcome, ReleaseTable, RequestView};
 
 const FIVE_RULES: &str = r#"
 clients:
@@ -84,6 +84,43 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decide: 5 rules miss, sticky split", |b| {
         b.iter(|| decide(black_box(&table), black_box(&req), &mut || 7))
     });
+
+    // The same request as the HTTP/1 engine sees it: raw fields straight from the parsed head.
+    let raw_head: &[u8] = b"GET /api/payments/123?page=2&sort=desc HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: bench/1.0\r\nAccept: application/json\r\nX-User-Id: user-4242\r\nCookie: session=abc; theme=dark\r\n\r\n";
+    let mut fields = [httparse::EMPTY_HEADER; 16];
+    let mut parsed = httparse::Request::new(&mut fields);
+    parsed.parse(raw_head).unwrap();
+    let raw = RequestView {
+        headers: Headers::Raw(parsed.headers),
+        ..request(&headers, "api.example.com", "/api/payments/123")
+    };
+    assert_eq!(
+        decide(&table, &raw, &mut || 0),
+        decide(&table, &req, &mut || 0)
+    );
+    c.bench_function(
+        "decide over raw fields (HTTP/1 engine): 5 rules miss, sticky split",
+        |b| b.iter(|| decide(black_box(&table), black_box(&raw), &mut || 7)),
+    );
+    c.bench_function(
+        "parse request head (httparse) + decide over its fields",
+        |b| {
+            b.iter(|| {
+                let mut fields = [httparse::EMPTY_HEADER; 16];
+                let mut parsed = httparse::Request::new(&mut fields);
+                parsed.parse(black_box(raw_head)).unwrap();
+                let view = RequestView {
+                    method: parsed.method.unwrap(),
+                    host: "api.example.com",
+                    path: "/api/payments/123",
+                    query: Some("page=2&sort=desc"),
+                    headers: Headers::Raw(parsed.headers),
+                    client_ip: None,
+                };
+                decide(black_box(&table), &view, &mut || 7)
+            })
+        },
+    );
 
     let mut with_key = headers.clone();
     with_key.insert("x-api-key", "foo".parse().unwrap());

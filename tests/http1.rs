@@ -445,3 +445,36 @@ fn what_the_engine_does_not_serve_itself_still_works() {
     assert_eq!(r.status, 502);
     assert_eq!(r.body, br#"{"error":"upstream_unavailable"}"#.to_vec());
 }
+
+#[test]
+fn the_proxys_own_answers_keep_the_connection_usable() {
+    let up = upstream();
+    let proxy = ProxyProcess::start(&format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    match: {{path_prefix: /api}}\n    split: {{targets: {{v1: 100}}}}\n",
+        up.addr
+    ));
+    let mut c = Client::connect(proxy.addr);
+    // A HEAD answer has no body, whatever its length says.
+    c.send(b"HEAD /nothing HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    let r = c.response(true);
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-request-id").is_some());
+    c.send(&get("/nothing"));
+    let r = c.response(false);
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (404, &br#"{"error":"no_route"}"#[..])
+    );
+    // A refused request's body is not read, so the connection closes after the answer.
+    c.send(b"POST /nothing HTTP/1.1\r\nHost: api.test\r\nContent-Length: 100000\r\n\r\npartial");
+    let r = c.response(false);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert!(c.closed());
+
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/nothing"));
+    assert_eq!(c.response(false).status, 404);
+    c.send(&get("/api/x"));
+    assert_eq!(c.response(false).status, 200);
+}

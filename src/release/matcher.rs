@@ -41,6 +41,10 @@ impl When {
     pub(crate) fn holds(&self, req: &RequestView<'_>, client: Option<ClientId>) -> bool {
         self.0.iter().all(|c| c.holds(req, client))
     }
+
+    pub(crate) fn reads_client_ip(&self) -> bool {
+        self.0.iter().any(|c| matches!(c, Cond::SourceIp(_)))
+    }
 }
 
 /// The value of cookie `name`, from any `Cookie` header. Scans bytes: this runs on every request

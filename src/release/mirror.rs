@@ -36,6 +36,10 @@ pub struct Mirror {
 }
 
 impl Mirror {
+    pub(crate) fn reads_client_ip(&self) -> bool {
+        self.sampler.reads_client_ip()
+    }
+
     pub(crate) fn compile(
         path: &str,
         route: &str,

@@ -42,6 +42,10 @@ pub(crate) struct Split {
 }
 
 impl Split {
+    pub(crate) fn reads_client_ip(&self) -> bool {
+        self.sticky.iter().any(|k| matches!(k, Sticky::Ip))
+    }
+
     /// `targets` in written order with their weights (validated: finite, >= 0, positive sum).
     pub(crate) fn new(
         targets: &[(UpstreamId, f64)],

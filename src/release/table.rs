@@ -92,6 +92,8 @@ pub struct ReleaseTable {
     pub(crate) router: Router,
     pub(crate) upstreams: Vec<Box<str>>,
     pub(crate) clients: Clients,
+    /// Some rule or sticky key reads the client's IP address.
+    reads_client_ip: bool,
 }
 
 impl ReleaseTable {
@@ -128,12 +130,24 @@ impl ReleaseTable {
             let prefix = config::normalize_prefix(rc.matcher.path_prefix.as_deref().unwrap_or("/"));
             router.insert(&host, &prefix, i as RouteId);
         }
+        let reads_client_ip = routes.iter().any(|r| {
+            r.rules.iter().any(|rule| rule.when.reads_client_ip())
+                || matches!(&r.strategy, Strategy::Split(s) if s.reads_client_ip())
+                || r.mirror.as_ref().is_some_and(|m| m.reads_client_ip())
+        });
         Ok(ReleaseTable {
             routes,
             router,
             upstreams,
             clients,
+            reads_client_ip,
         })
+    }
+
+    /// Whether any decision of this table needs the client's IP address; when none does, the proxy
+    /// need not look it up.
+    pub fn reads_client_ip(&self) -> bool {
+        self.reads_client_ip
     }
 
     pub fn routes(&self) -> &[Route] {

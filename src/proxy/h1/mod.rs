@@ -79,16 +79,13 @@ impl ServerApp for Engine {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.full.process_new(stream, shutdown).await;
         }
-        let client_ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let mut c = Conn {
             stream,
             buf: BytesMut::with_capacity(4096),
             up_buf: BytesMut::new(),
             req_out: Vec::new(),
             resp_out: Vec::new(),
-            client_ip,
+            client_ip: None,
             served: 0,
         };
         let mut shutdown = shutdown.clone();
@@ -117,7 +114,8 @@ struct Conn {
     req_out: Vec<u8>,
     /// The response head (and the part of the body that came with it).
     resp_out: Vec<u8>,
-    client_ip: Option<IpAddr>,
+    /// The client's address, looked up (`getpeername`) the first time a decision needs it.
+    client_ip: Option<Option<IpAddr>>,
     served: u32,
 }
 
@@ -158,6 +156,13 @@ impl Engine {
         }
         let mut ctx = Ctx::default();
         let snapshot = self.proxy.state.load();
+        if c.client_ip.is_none() && snapshot.table.reads_client_ip() {
+            c.client_ip = Some(
+                c.stream
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
+            );
+        }
         let (req, outcome) = {
             // Left uninitialised: httparse writes only the fields it finds.
             let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
@@ -188,7 +193,7 @@ impl Engine {
                 path,
                 query,
                 headers: Headers::Raw(&parsed.headers[..h.kept]),
-                client_ip: c.client_ip,
+                client_ip: c.client_ip.flatten(),
             };
             let outcome = release::decide(&snapshot.table, &view, &mut random_bucket);
             if let Outcome::Routed(d) = &outcome {
@@ -413,11 +418,16 @@ impl Engine {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body.as_bytes());
+        if !req.head {
+            out.extend_from_slice(body.as_bytes());
+        }
         let sent = write_client(&mut c.stream, &c.resp_out).await;
         let status = if sent { status } else { 499 };
         self.proxy
             .record(&mut ctx, status, || req.logged.take().unwrap_or_default());
+        if sent && req.body_unread > 0 {
+            linger(c, req.body_unread).await;
+        }
         if sent && !close {
             Next::KeepAlive
         } else {
@@ -983,6 +993,26 @@ fn body_part(
             None
         }
     })
+}
+
+/// Closes our side of a connection whose request body is still arriving, then reads and discards
+/// the rest of it for a while: closing with unread bytes would reset the connection, and a reset can
+/// destroy the answer before the client has read it. Bounded by the body's length, [`LINGER_IDLE`]
+/// without data and [`LINGER_TOTAL`] in all.
+async fn linger(c: &mut Conn, mut unread: u64) {
+    const LINGER_IDLE: Duration = Duration::from_secs(1);
+    const LINGER_TOTAL: Duration = Duration::from_secs(5);
+    if c.stream.shutdown().await.is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER_TOTAL;
+    let mut sink = [0u8; 8192];
+    while unread > 0 && Instant::now() < until {
+        match fast_timeout(LINGER_IDLE, c.stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => unread = unread.saturating_sub(n as u64),
+            _ => return,
+        }
+    }
 }
 
 /// Writes all of `data` to the client; false when the client is gone.
