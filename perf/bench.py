@@ -13,7 +13,8 @@ Two phases, each over every scenario and peer:
      (utime + stime of its processes, from /proc, divided by the requests wrk completed);
   2. fixed rate: oha -q RATE --latency-correction (open loop) for --duration seconds: p50, p99, and
      CPU time per request at that rate. RATE is --rate, or half the slowest peer's median max req/s
-     in the pass-through scenario (keep-alive off gets its own).
+     in the pass-through scenario (keep-alive off gets its own; both mirror rows use the fast-shadow
+     mirror's).
 
 Output: a markdown table (perf/RESULTS.md unless --out) and the raw runs as JSON beside it.
 """
@@ -302,24 +303,25 @@ class Bench:
                 and r.get(key) is not None]
         return (min(vals), max(vals)) if vals else None
 
+    # Which scenario's maximum sets each scenario's fixed rate: the mirror rows proxy two requests per
+    # request and saturate far below pass-through, and keep-alive off is bounded by connection set-up.
+    RATE_BASIS = {"close": "close", "mirror": "mirror", "mirror-slow": "mirror"}
+
     def fixed_rates(self):
         rates = {}
-        for group in (("pass",), ("close",)):
-            sid = group[0]
-            maxes = [self.median("max", sid, p, "rps") for p in self.peers_for(sid)]
+        for sid in self.args.scenarios:
+            basis = self.RATE_BASIS.get(sid, "pass")
+            if basis not in self.args.scenarios:
+                basis = "pass"
+            maxes = [self.median("max", basis, p, "rps") for p in self.peers_for(basis)]
             maxes = [m for m in maxes if m]
             if self.args.rate:
-                rate = self.args.rate if sid == "pass" else max(100, self.args.rate // 2)
+                rate = self.args.rate if basis == "pass" else max(100, self.args.rate // 2)
             elif maxes:
                 rate = max(100, int(min(maxes) * 0.5) // 100 * 100)
             else:
                 rate = 1000
-            if sid == "pass":
-                for s in self.args.scenarios:
-                    if s != "close":
-                        rates[s] = rate
-            else:
-                rates["close"] = rate
+            rates[sid] = rate
         return rates
 
     def run(self):

@@ -163,74 +163,8 @@ impl Engine {
                     .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
             );
         }
-        let (req, outcome) = {
-            // Left uninitialised: httparse writes only the fields it finds.
-            let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
-            let mut parsed = httparse::Request::new(&mut []);
-            let head_len = match parsed.parse_with_uninit_headers(&c.buf, &mut fields) {
-                Ok(httparse::Status::Complete(n)) => n,
-                _ => return Next::HandOff,
-            };
-            let (Some(method), Some(target), Some(1)) =
-                (parsed.method, parsed.path, parsed.version)
-            else {
-                return Next::HandOff;
-            };
-            if method == "CONNECT" || !target.starts_with('/') {
-                return Next::HandOff;
-            }
-            let Some(h) = RequestFields::sort(parsed.headers) else {
-                return Next::HandOff;
-            };
-            let (path, query) = match target.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (target, None),
-            };
-            ctx.request_id = request_id::settle(h.request_id);
-            let view = RequestView {
-                method,
-                host: h.host,
-                path,
-                query,
-                headers: Headers::Raw(&parsed.headers[..h.kept]),
-                client_ip: c.client_ip.flatten(),
-            };
-            let outcome = release::decide(&snapshot.table, &view, &mut random_bucket);
-            if let Outcome::Routed(d) = &outcome {
-                let mirrored = snapshot
-                    .table
-                    .route(d.route)
-                    .is_some_and(|r| r.mirror.is_some());
-                if mirrored {
-                    return Next::HandOff;
-                }
-                write_request_head(
-                    &mut c.req_out,
-                    method,
-                    target,
-                    &parsed.headers[..h.kept],
-                    &ctx.request_id,
-                    d.client.map(|id| snapshot.table.client_name(id)),
-                );
-            }
-            let req = Request {
-                head_len,
-                body_len: h.length.unwrap_or(0),
-                body_unread: 0,
-                head: method == "HEAD",
-                idempotent: matches!(
-                    method,
-                    "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-                ),
-                client_close: h.close,
-                logged: self.proxy.access_log.as_ref().map(|_| {
-                    (
-                        http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
-                        path.to_string(),
-                    )
-                }),
-            };
-            (req, outcome)
+        let Some((req, outcome)) = self.parse_request(c, &snapshot, &mut ctx) else {
+            return Next::HandOff;
         };
         let mut req = req;
         c.buf.advance(req.head_len);
@@ -261,6 +195,80 @@ impl Engine {
         ctx.snapshot = Some(snapshot.clone());
         self.proxy_request(c, ctx, req, &snapshot, decision, shutdown)
             .await
+    }
+
+    /// Parses the request head in `c.buf` and decides where it goes; `None` when the request is for
+    /// Pingora's pipeline. Not async, so the field array lives on the stack, never in a future.
+    fn parse_request(
+        &self,
+        c: &mut Conn,
+        snapshot: &Snapshot,
+        ctx: &mut Ctx,
+    ) -> Option<(Request, Outcome)> {
+        // Left uninitialised: httparse writes only the fields it finds.
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+        let mut parsed = httparse::Request::new(&mut []);
+        let head_len = match parsed.parse_with_uninit_headers(&c.buf, &mut fields) {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => return None,
+        };
+        let (Some(method), Some(target), Some(1)) = (parsed.method, parsed.path, parsed.version)
+        else {
+            return None;
+        };
+        if method == "CONNECT" || !target.starts_with('/') {
+            return None;
+        }
+        let h = RequestFields::sort(parsed.headers)?;
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        ctx.request_id = request_id::settle(h.request_id);
+        let view = RequestView {
+            method,
+            host: h.host,
+            path,
+            query,
+            headers: Headers::Raw(&parsed.headers[..h.kept]),
+            client_ip: c.client_ip.flatten(),
+        };
+        let outcome = release::decide(&snapshot.table, &view, &mut random_bucket);
+        if let Outcome::Routed(d) = &outcome {
+            let mirrored = snapshot
+                .table
+                .route(d.route)
+                .is_some_and(|r| r.mirror.is_some());
+            if mirrored {
+                return None;
+            }
+            write_request_head(
+                &mut c.req_out,
+                method,
+                target,
+                &parsed.headers[..h.kept],
+                &ctx.request_id,
+                d.client.map(|id| snapshot.table.client_name(id)),
+            );
+        }
+        let req = Request {
+            head_len,
+            body_len: h.length.unwrap_or(0),
+            body_unread: 0,
+            head: method == "HEAD",
+            idempotent: matches!(
+                method,
+                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+            ),
+            client_close: h.close,
+            logged: self.proxy.access_log.as_ref().map(|_| {
+                (
+                    http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
+                    path.to_string(),
+                )
+            }),
+        };
+        Some((req, outcome))
     }
 
     /// Proxies a routed request: connect (retrying other backends), send, relay the response.
@@ -756,19 +764,23 @@ async fn read_response_head(
             ) {
                 return Ok(());
             }
-            let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
-            let mut resp = httparse::Response::new(&mut []);
-            let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                &mut resp,
-                &c.up_buf,
-                &mut fields,
-            ) {
-                Ok(httparse::Status::Complete(n)) => n,
-                _ => return Err(Some(invalid())),
+            // Parsed in a block of its own: the field array must not live across the write below,
+            // or it would be part of every request's future.
+            let interim = {
+                let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+                let mut resp = httparse::Response::new(&mut []);
+                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut resp,
+                    &c.up_buf,
+                    &mut fields,
+                ) {
+                    Ok(httparse::Status::Complete(n)) if resp.code != Some(101) => Some(n),
+                    _ => None,
+                }
             };
-            if resp.code == Some(101) {
+            let Some(n) = interim else {
                 return Err(Some(invalid()));
-            }
+            };
             if !write_client(&mut c.stream, &c.up_buf[..n]).await {
                 return Err(None);
             }
@@ -1006,13 +1018,17 @@ async fn linger(c: &mut Conn, mut unread: u64) {
         return;
     }
     let until = Instant::now() + LINGER_TOTAL;
-    let mut sink = [0u8; 8192];
+    // The connection's own buffer is the sink: an array here would be part of every request's
+    // future.
     while unread > 0 && Instant::now() < until {
-        match fast_timeout(LINGER_IDLE, c.stream.read(&mut sink)).await {
+        c.buf.clear();
+        c.buf.reserve(READ_CHUNK);
+        match fast_timeout(LINGER_IDLE, c.stream.read_buf(&mut c.buf)).await {
             Ok(Ok(n)) if n > 0 => unread = unread.saturating_sub(n as u64),
             _ => return,
         }
     }
+    c.buf.clear();
 }
 
 /// Writes all of `data` to the client; false when the client is gone.
