@@ -17,30 +17,32 @@
 //! (shadow copies are Pingora subrequests).
 
 mod body;
+mod exchange;
+mod head;
 mod pool;
 
-use super::{
-    pick_backend, random_bucket, request_id, Ctx, Proxy, CLIENT_HEADER, REQUEST_ID_HEADER,
-};
+use super::{pick_backend, random_bucket, request_id, Ctx, Proxy, REQUEST_ID_HEADER};
 use crate::metrics::{Rejection, UpstreamError};
 use crate::release::{self, Decision, Headers, Outcome, RequestView};
 use crate::state::Snapshot;
 use async_trait::async_trait;
-use body::{Chunked, Framing};
 use bytes::{Buf, BytesMut};
+use exchange::{connect, read_response_head, relay_response, send_request};
+use head::{
+    field, head_complete, reason, status_line, write_request_head, write_response_head,
+    RequestFields,
+};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::time::fast_timeout::fast_timeout;
-use std::future::Future;
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Header fields a request may have and stay on the engine.
 const MAX_FIELDS: usize = 100;
@@ -137,13 +139,6 @@ struct Request {
     client_close: bool,
     /// Method and path for the access log, when there is one.
     logged: Option<(http::Method, String)>,
-}
-
-/// Why an upstream exchange failed.
-struct Failed {
-    kind: UpstreamError,
-    /// Nothing reached the client yet and retrying on a fresh connection is safe.
-    retry: bool,
 }
 
 impl Engine {
@@ -466,169 +461,10 @@ impl Engine {
     }
 }
 
-/// The request fields the engine looks at, found in one pass. Internal `X-Switchyard-*` fields are
-/// moved out of the kept range (`..kept`), so neither the decision nor the upstream sees them.
-struct RequestFields<'a> {
-    kept: usize,
-    host: &'a str,
-    request_id: Option<&'a [u8]>,
-    length: Option<u64>,
-    close: bool,
-}
-
-impl<'a> RequestFields<'a> {
-    /// `None` when the request has to go to Pingora's pipeline.
-    fn sort(fields: &mut [httparse::Header<'a>]) -> Option<RequestFields<'a>> {
-        let mut f = RequestFields {
-            kept: 0,
-            host: "",
-            request_id: None,
-            length: None,
-            close: false,
-        };
-        for i in 0..fields.len() {
-            let h = fields[i];
-            let name = h.name.as_bytes();
-            match name.len() {
-                4 if name.eq_ignore_ascii_case(b"host") => {
-                    f.host = std::str::from_utf8(h.value).ok()?;
-                }
-                6 if name.eq_ignore_ascii_case(b"expect") => return None,
-                7 if name.eq_ignore_ascii_case(b"upgrade") => return None,
-                10 if name.eq_ignore_ascii_case(b"connection") => {
-                    f.close |= h
-                        .value
-                        .split(|b| *b == b',')
-                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-                }
-                12 if name.eq_ignore_ascii_case(REQUEST_ID_HEADER.as_bytes()) => {
-                    f.request_id = Some(h.value);
-                }
-                14 if name.eq_ignore_ascii_case(b"content-length") => {
-                    let n = body::parse_length(h.value)?;
-                    if f.length.is_some_and(|l| l != n) {
-                        return None;
-                    }
-                    f.length = Some(n);
-                }
-                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return None,
-                n if n > super::HEADER_PREFIX.len()
-                    && name[..super::HEADER_PREFIX.len()]
-                        .eq_ignore_ascii_case(super::HEADER_PREFIX.as_bytes()) =>
-                {
-                    continue;
-                }
-                _ => {}
-            }
-            fields[f.kept] = h;
-            f.kept += 1;
-        }
-        Some(f)
-    }
-}
-
-/// Request fields that are the proxy's own business and never forwarded (Pingora strips the same).
-fn hop_by_hop_request(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 10] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"http2-settings",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-/// Response fields the proxy sets itself or that describe only the upstream connection.
-fn hop_by_hop_response(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 6] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"upgrade",
-        b"trailer",
-        b"x-request-id",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    let mut code = [0u8; 3];
-    code[0] = b'0' + (status / 100 % 10) as u8;
-    code[1] = b'0' + (status / 10 % 10) as u8;
-    code[2] = b'0' + (status % 10) as u8;
-    out.extend_from_slice(&code);
-    out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("")
-}
-
-/// The request head as the upstream gets it: the client's fields without hop-by-hop ones, the
-/// settled request id, and the identified client.
-fn write_request_head(
-    out: &mut Vec<u8>,
-    method: &str,
-    target: &str,
-    fields: &[httparse::Header<'_>],
-    request_id: &str,
-    client: Option<&str>,
-) {
-    out.clear();
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in fields {
-        let name = h.name.as_bytes();
-        if hop_by_hop_request(name) || name.eq_ignore_ascii_case(REQUEST_ID_HEADER.as_bytes()) {
-            continue;
-        }
-        field(out, name, h.value);
-    }
-    field(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
-    if let Some(client) = client {
-        field(out, CLIENT_HEADER.as_bytes(), client.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
 enum HeadRead {
     Complete,
     Closed,
     HandOff,
-}
-
-/// Whether `buf` holds a whole head (up to its empty line; a bare LF ends lines too).
-fn head_complete(buf: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(p) = buf[i..].iter().position(|b| *b == b'\n') {
-        let at = i + p + 1;
-        match buf.get(at..) {
-            Some([b'\n', ..]) | Some([b'\r', b'\n', ..]) => return true,
-            _ => i = at,
-        }
-    }
-    false
 }
 
 /// Reads until `c.buf` holds a whole request head. An idle connection waits up to [`KEEPALIVE`]
@@ -674,337 +510,6 @@ async fn read_head(c: &mut Conn, shutdown: &mut ShutdownWatch) -> HeadRead {
             _ => return HeadRead::Closed,
         }
     }
-}
-
-/// Opens a new upstream connection.
-async fn connect(addr: SocketAddr, timeout: Option<Duration>) -> Result<TcpStream, UpstreamError> {
-    let conn = match timeout {
-        Some(t) => match fast_timeout(t, TcpStream::connect(addr)).await {
-            Ok(r) => r,
-            Err(_) => return Err(UpstreamError::ConnectTimeout),
-        },
-        None => TcpStream::connect(addr).await,
-    };
-    let conn = conn.map_err(|_| UpstreamError::ConnectFailure)?;
-    // Heads go out in one write each; small ones must not wait for an ACK.
-    let _ = conn.set_nodelay(true);
-    Ok(conn)
-}
-
-/// Runs `io` under an optional timeout; a timeout reads as `TimedOut`.
-async fn within<T>(
-    timeout: Option<Duration>,
-    io: impl Future<Output = std::io::Result<T>>,
-) -> std::io::Result<T> {
-    match timeout {
-        Some(t) => fast_timeout(t, io)
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-        None => io.await,
-    }
-}
-
-fn upstream_failure(e: &std::io::Error, nothing_received: bool) -> Failed {
-    use std::io::ErrorKind::*;
-    let kind = match e.kind() {
-        TimedOut => UpstreamError::Timeout,
-        _ => UpstreamError::Closed,
-    };
-    Failed {
-        kind,
-        retry: nothing_received && kind == UpstreamError::Closed,
-    }
-}
-
-/// Sends the upstream head (with the body part read so far), then the rest of the body from the
-/// client. `Err(None)`: the client went away.
-async fn send_request(
-    c: &mut Conn,
-    up: &mut TcpStream,
-    body_left: &mut u64,
-    timeout: Option<Duration>,
-) -> Result<(), Option<Failed>> {
-    within(timeout, up.write_all(&c.req_out))
-        .await
-        .map_err(|e| Some(upstream_failure(&e, true)))?;
-    while *body_left > 0 {
-        if c.buf.is_empty() {
-            c.buf.reserve(READ_CHUNK);
-            match c.stream.read_buf(&mut c.buf).await {
-                Ok(n) if n > 0 => {}
-                _ => return Err(None),
-            }
-        }
-        let n = (c.buf.len() as u64).min(*body_left) as usize;
-        within(timeout, up.write_all(&c.buf[..n]))
-            .await
-            .map_err(|e| Some(upstream_failure(&e, false)))?;
-        c.buf.advance(n);
-        *body_left -= n as u64;
-    }
-    Ok(())
-}
-
-/// Reads until `c.up_buf` holds a whole response head, relaying 1xx interim responses (other than
-/// 101) to the client as they come.
-async fn read_response_head(
-    c: &mut Conn,
-    up: &mut TcpStream,
-    timeout: Option<Duration>,
-) -> Result<(), Option<Failed>> {
-    c.up_buf.clear();
-    let mut received = false;
-    loop {
-        if head_complete(&c.up_buf) {
-            // A final response is parsed once, by `write_response_head`; an interim one is found
-            // by its status line.
-            if !matches!(
-                c.up_buf.get(..10),
-                Some([b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', b'1'])
-            ) {
-                return Ok(());
-            }
-            // Parsed in a block of its own: the field array must not live across the write below,
-            // or it would be part of every request's future.
-            let interim = {
-                let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
-                let mut resp = httparse::Response::new(&mut []);
-                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                    &mut resp,
-                    &c.up_buf,
-                    &mut fields,
-                ) {
-                    Ok(httparse::Status::Complete(n)) if resp.code != Some(101) => Some(n),
-                    _ => None,
-                }
-            };
-            let Some(n) = interim else {
-                return Err(Some(invalid()));
-            };
-            if !write_client(&mut c.stream, &c.up_buf[..n]).await {
-                return Err(None);
-            }
-            c.up_buf.advance(n);
-            continue;
-        }
-        if c.up_buf.len() > MAX_HEAD {
-            return Err(Some(invalid()));
-        }
-        c.up_buf.reserve(READ_CHUNK);
-        match within(timeout, up.read_buf(&mut c.up_buf)).await {
-            Ok(0) => {
-                return Err(Some(Failed {
-                    kind: UpstreamError::Closed,
-                    retry: !received,
-                }))
-            }
-            Ok(_) => received = true,
-            Err(e) => return Err(Some(upstream_failure(&e, !received))),
-        }
-    }
-}
-
-fn invalid() -> Failed {
-    Failed {
-        kind: UpstreamError::InvalidResponse,
-        retry: false,
-    }
-}
-
-/// How relaying a response went.
-struct Relayed {
-    status: u16,
-    upstream_error: Option<UpstreamError>,
-    upstream_reusable: bool,
-    client_ok: bool,
-    client_close: bool,
-}
-
-/// The final response head as the client gets it, and how its body is framed.
-struct ResponseHead {
-    status: u16,
-    head_len: usize,
-    framing: Framing,
-    upstream_keepalive: bool,
-}
-
-fn write_response_head(
-    out: &mut Vec<u8>,
-    up_buf: &[u8],
-    head_request: bool,
-    request_id: &str,
-    close: bool,
-) -> Result<ResponseHead, UpstreamError> {
-    let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
-    let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        up_buf,
-        &mut fields,
-    );
-    let head_len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return Err(UpstreamError::InvalidResponse),
-    };
-    let status = resp.code.unwrap_or(0);
-    let mut upstream_keepalive = resp.version == Some(1);
-    let mut length = None;
-    let mut chunked = None;
-    out.clear();
-    status_line(out, status, resp.reason.unwrap_or(""));
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"connection") {
-            upstream_keepalive &= !h
-                .value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            let n = body::parse_length(h.value).ok_or(UpstreamError::InvalidResponse)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(UpstreamError::InvalidResponse);
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        }
-        if !hop_by_hop_response(name) {
-            field(out, name, h.value);
-        }
-    }
-    let framing = if head_request || status == 204 || status == 304 {
-        Framing::Empty
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::UntilClose,
-            (None, Some(0)) => Framing::Empty,
-            (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::UntilClose,
-        }
-    };
-    if chunked.is_some() && length.is_some() {
-        // Both framings: the connection cannot be trusted with another request.
-        upstream_keepalive = false;
-    }
-    field(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
-    if close || framing == Framing::UntilClose {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(ResponseHead {
-        status,
-        head_len,
-        framing,
-        upstream_keepalive: upstream_keepalive && framing != Framing::UntilClose,
-    })
-}
-
-/// Relays the response whose head is in `c.resp_out` (and whose bytes are in `c.up_buf`), and its
-/// body, to the client.
-async fn relay_response(
-    c: &mut Conn,
-    up: &mut TcpStream,
-    head: ResponseHead,
-    close: bool,
-    timeout: Option<Duration>,
-) -> Relayed {
-    let mut relayed = Relayed {
-        status: head.status,
-        upstream_error: None,
-        upstream_reusable: false,
-        client_ok: true,
-        client_close: close || head.framing == Framing::UntilClose,
-    };
-    c.up_buf.advance(head.head_len);
-    let mut chunked = Chunked::default();
-    let mut left = match head.framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    // What of the body came with the head goes out with it, in one write.
-    let mut done = body_part(
-        &mut c.resp_out,
-        &c.up_buf,
-        head.framing,
-        &mut left,
-        &mut chunked,
-    );
-    loop {
-        let extra = match done {
-            Ok(Some(used)) => c.up_buf.len() > used,
-            Ok(None) => false,
-            Err(_) => {
-                relayed.upstream_error = Some(UpstreamError::InvalidResponse);
-                false
-            }
-        };
-        if !write_client(&mut c.stream, &c.resp_out).await {
-            relayed.client_ok = false;
-            return relayed;
-        }
-        if !matches!(done, Ok(None)) {
-            relayed.upstream_reusable = done.is_ok() && !extra && head.upstream_keepalive;
-            break;
-        }
-        c.up_buf.clear();
-        c.up_buf.reserve(READ_CHUNK);
-        match within(timeout, up.read_buf(&mut c.up_buf)).await {
-            Ok(0) if head.framing == Framing::UntilClose => break,
-            Ok(0) => {
-                relayed.upstream_error = Some(UpstreamError::Closed);
-                break;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                relayed.upstream_error = Some(upstream_failure(&e, false).kind);
-                break;
-            }
-        }
-        c.resp_out.clear();
-        done = body_part(
-            &mut c.resp_out,
-            &c.up_buf,
-            head.framing,
-            &mut left,
-            &mut chunked,
-        );
-    }
-    if relayed.upstream_error.is_some() {
-        // The client has a head and part of a body: only closing tells it the body is cut short.
-        relayed.client_close = true;
-    }
-    relayed
-}
-
-/// Appends to `out` the part of `data` that belongs to the body. `Ok(Some(used))` once the body is
-/// complete, with how many bytes of `data` it took.
-fn body_part(
-    out: &mut Vec<u8>,
-    data: &[u8],
-    framing: Framing,
-    left: &mut u64,
-    chunked: &mut Chunked,
-) -> Result<Option<usize>, body::BadChunk> {
-    Ok(match framing {
-        Framing::Empty => Some(0),
-        Framing::Length(_) => {
-            let n = (data.len() as u64).min(*left) as usize;
-            out.extend_from_slice(&data[..n]);
-            *left -= n as u64;
-            (*left == 0).then_some(n)
-        }
-        Framing::Chunked => {
-            let n = chunked.advance(data)?;
-            out.extend_from_slice(&data[..n]);
-            chunked.done().then_some(n)
-        }
-        Framing::UntilClose => {
-            out.extend_from_slice(data);
-            None
-        }
-    })
 }
 
 /// Closes our side of a connection whose request body is still arriving, then reads and discards

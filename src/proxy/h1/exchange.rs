@@ -1,0 +1,275 @@
+//! The engine's exchange with an upstream: connecting, sending the request and its body, reading
+//! the response head, and relaying the response body to the client.
+
+use super::body::{self, Chunked, Framing};
+use super::head::{head_complete, ResponseHead};
+use super::{write_client, Conn, MAX_HEAD, MAX_RESPONSE_FIELDS, READ_CHUNK};
+use crate::metrics::UpstreamError;
+use bytes::Buf;
+use pingora::time::fast_timeout::fast_timeout;
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Why an upstream exchange failed.
+pub(super) struct Failed {
+    pub(super) kind: UpstreamError,
+    /// Nothing reached the client yet and retrying on a fresh connection is safe.
+    pub(super) retry: bool,
+}
+
+/// Opens a new upstream connection.
+pub(super) async fn connect(
+    addr: SocketAddr,
+    timeout: Option<Duration>,
+) -> Result<TcpStream, UpstreamError> {
+    let conn = match timeout {
+        Some(t) => match fast_timeout(t, TcpStream::connect(addr)).await {
+            Ok(r) => r,
+            Err(_) => return Err(UpstreamError::ConnectTimeout),
+        },
+        None => TcpStream::connect(addr).await,
+    };
+    let conn = conn.map_err(|_| UpstreamError::ConnectFailure)?;
+    // Heads go out in one write each; small ones must not wait for an ACK.
+    let _ = conn.set_nodelay(true);
+    Ok(conn)
+}
+
+/// Runs `io` under an optional timeout; a timeout reads as `TimedOut`.
+pub(super) async fn within<T>(
+    timeout: Option<Duration>,
+    io: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match timeout {
+        Some(t) => fast_timeout(t, io)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => io.await,
+    }
+}
+
+pub(super) fn upstream_failure(e: &std::io::Error, nothing_received: bool) -> Failed {
+    use std::io::ErrorKind::*;
+    let kind = match e.kind() {
+        TimedOut => UpstreamError::Timeout,
+        _ => UpstreamError::Closed,
+    };
+    Failed {
+        kind,
+        retry: nothing_received && kind == UpstreamError::Closed,
+    }
+}
+
+/// Sends the upstream head (with the body part read so far), then the rest of the body from the
+/// client. `Err(None)`: the client went away.
+pub(super) async fn send_request(
+    c: &mut Conn,
+    up: &mut TcpStream,
+    body_left: &mut u64,
+    timeout: Option<Duration>,
+) -> Result<(), Option<Failed>> {
+    within(timeout, up.write_all(&c.req_out))
+        .await
+        .map_err(|e| Some(upstream_failure(&e, true)))?;
+    while *body_left > 0 {
+        if c.buf.is_empty() {
+            c.buf.reserve(READ_CHUNK);
+            match c.stream.read_buf(&mut c.buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(None),
+            }
+        }
+        let n = (c.buf.len() as u64).min(*body_left) as usize;
+        within(timeout, up.write_all(&c.buf[..n]))
+            .await
+            .map_err(|e| Some(upstream_failure(&e, false)))?;
+        c.buf.advance(n);
+        *body_left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Reads until `c.up_buf` holds a whole response head, relaying 1xx interim responses (other than
+/// 101) to the client as they come.
+pub(super) async fn read_response_head(
+    c: &mut Conn,
+    up: &mut TcpStream,
+    timeout: Option<Duration>,
+) -> Result<(), Option<Failed>> {
+    c.up_buf.clear();
+    let mut received = false;
+    loop {
+        if head_complete(&c.up_buf) {
+            // A final response is parsed once, by `write_response_head`; an interim one is found
+            // by its status line.
+            if !matches!(
+                c.up_buf.get(..10),
+                Some([b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', b'1'])
+            ) {
+                return Ok(());
+            }
+            // Parsed in a block of its own: the field array must not live across the write below,
+            // or it would be part of every request's future.
+            let interim = {
+                let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+                let mut resp = httparse::Response::new(&mut []);
+                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut resp,
+                    &c.up_buf,
+                    &mut fields,
+                ) {
+                    Ok(httparse::Status::Complete(n)) if resp.code != Some(101) => Some(n),
+                    _ => None,
+                }
+            };
+            let Some(n) = interim else {
+                return Err(Some(invalid()));
+            };
+            if !write_client(&mut c.stream, &c.up_buf[..n]).await {
+                return Err(None);
+            }
+            c.up_buf.advance(n);
+            continue;
+        }
+        if c.up_buf.len() > MAX_HEAD {
+            return Err(Some(invalid()));
+        }
+        c.up_buf.reserve(READ_CHUNK);
+        match within(timeout, up.read_buf(&mut c.up_buf)).await {
+            Ok(0) => {
+                return Err(Some(Failed {
+                    kind: UpstreamError::Closed,
+                    retry: !received,
+                }))
+            }
+            Ok(_) => received = true,
+            Err(e) => return Err(Some(upstream_failure(&e, !received))),
+        }
+    }
+}
+
+pub(super) fn invalid() -> Failed {
+    Failed {
+        kind: UpstreamError::InvalidResponse,
+        retry: false,
+    }
+}
+
+/// How relaying a response went.
+pub(super) struct Relayed {
+    pub(super) status: u16,
+    pub(super) upstream_error: Option<UpstreamError>,
+    pub(super) upstream_reusable: bool,
+    pub(super) client_ok: bool,
+    pub(super) client_close: bool,
+}
+
+/// Relays the response whose head is in `c.resp_out` (and whose bytes are in `c.up_buf`), and its
+/// body, to the client.
+pub(super) async fn relay_response(
+    c: &mut Conn,
+    up: &mut TcpStream,
+    head: ResponseHead,
+    close: bool,
+    timeout: Option<Duration>,
+) -> Relayed {
+    let mut relayed = Relayed {
+        status: head.status,
+        upstream_error: None,
+        upstream_reusable: false,
+        client_ok: true,
+        client_close: close || head.framing == Framing::UntilClose,
+    };
+    c.up_buf.advance(head.head_len);
+    let mut chunked = Chunked::default();
+    let mut left = match head.framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    // What of the body came with the head goes out with it, in one write.
+    let mut done = body_part(
+        &mut c.resp_out,
+        &c.up_buf,
+        head.framing,
+        &mut left,
+        &mut chunked,
+    );
+    loop {
+        let extra = match done {
+            Ok(Some(used)) => c.up_buf.len() > used,
+            Ok(None) => false,
+            Err(_) => {
+                relayed.upstream_error = Some(UpstreamError::InvalidResponse);
+                false
+            }
+        };
+        if !write_client(&mut c.stream, &c.resp_out).await {
+            relayed.client_ok = false;
+            return relayed;
+        }
+        if !matches!(done, Ok(None)) {
+            relayed.upstream_reusable = done.is_ok() && !extra && head.upstream_keepalive;
+            break;
+        }
+        c.up_buf.clear();
+        c.up_buf.reserve(READ_CHUNK);
+        match within(timeout, up.read_buf(&mut c.up_buf)).await {
+            Ok(0) if head.framing == Framing::UntilClose => break,
+            Ok(0) => {
+                relayed.upstream_error = Some(UpstreamError::Closed);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                relayed.upstream_error = Some(upstream_failure(&e, false).kind);
+                break;
+            }
+        }
+        c.resp_out.clear();
+        done = body_part(
+            &mut c.resp_out,
+            &c.up_buf,
+            head.framing,
+            &mut left,
+            &mut chunked,
+        );
+    }
+    if relayed.upstream_error.is_some() {
+        // The client has a head and part of a body: only closing tells it the body is cut short.
+        relayed.client_close = true;
+    }
+    relayed
+}
+
+/// Appends to `out` the part of `data` that belongs to the body. `Ok(Some(used))` once the body is
+/// complete, with how many bytes of `data` it took.
+pub(super) fn body_part(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    framing: Framing,
+    left: &mut u64,
+    chunked: &mut Chunked,
+) -> Result<Option<usize>, body::BadChunk> {
+    Ok(match framing {
+        Framing::Empty => Some(0),
+        Framing::Length(_) => {
+            let n = (data.len() as u64).min(*left) as usize;
+            out.extend_from_slice(&data[..n]);
+            *left -= n as u64;
+            (*left == 0).then_some(n)
+        }
+        Framing::Chunked => {
+            let n = chunked.advance(data)?;
+            out.extend_from_slice(&data[..n]);
+            chunked.done().then_some(n)
+        }
+        Framing::UntilClose => {
+            out.extend_from_slice(data);
+            None
+        }
+    })
+}

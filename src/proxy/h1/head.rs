@@ -1,0 +1,248 @@
+//! Request and response heads on the HTTP/1 engine: which request fields matter, which are
+//! hop-by-hop, and the heads as the upstream and the client get them.
+
+use super::body::{self, Framing};
+use super::MAX_RESPONSE_FIELDS;
+use crate::metrics::UpstreamError;
+use crate::proxy::{CLIENT_HEADER, HEADER_PREFIX, REQUEST_ID_HEADER};
+use std::mem::MaybeUninit;
+
+/// The request fields the engine looks at, found in one pass. Internal `X-Switchyard-*` fields are
+/// moved out of the kept range (`..kept`), so neither the decision nor the upstream sees them.
+pub(super) struct RequestFields<'a> {
+    pub(super) kept: usize,
+    pub(super) host: &'a str,
+    pub(super) request_id: Option<&'a [u8]>,
+    pub(super) length: Option<u64>,
+    pub(super) close: bool,
+}
+
+impl<'a> RequestFields<'a> {
+    /// `None` when the request has to go to Pingora's pipeline.
+    pub(super) fn sort(fields: &mut [httparse::Header<'a>]) -> Option<RequestFields<'a>> {
+        let mut f = RequestFields {
+            kept: 0,
+            host: "",
+            request_id: None,
+            length: None,
+            close: false,
+        };
+        for i in 0..fields.len() {
+            let h = fields[i];
+            let name = h.name.as_bytes();
+            match name.len() {
+                4 if name.eq_ignore_ascii_case(b"host") => {
+                    f.host = std::str::from_utf8(h.value).ok()?;
+                }
+                6 if name.eq_ignore_ascii_case(b"expect") => return None,
+                7 if name.eq_ignore_ascii_case(b"upgrade") => return None,
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    f.close |= h
+                        .value
+                        .split(|b| *b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+                }
+                12 if name.eq_ignore_ascii_case(REQUEST_ID_HEADER.as_bytes()) => {
+                    f.request_id = Some(h.value);
+                }
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    let n = body::parse_length(h.value)?;
+                    if f.length.is_some_and(|l| l != n) {
+                        return None;
+                    }
+                    f.length = Some(n);
+                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return None,
+                n if n > HEADER_PREFIX.len()
+                    && name[..HEADER_PREFIX.len()]
+                        .eq_ignore_ascii_case(HEADER_PREFIX.as_bytes()) =>
+                {
+                    continue;
+                }
+                _ => {}
+            }
+            fields[f.kept] = h;
+            f.kept += 1;
+        }
+        Some(f)
+    }
+}
+
+/// Request fields that are the proxy's own business and never forwarded (Pingora strips the same).
+pub(super) fn hop_by_hop_request(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 10] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"http2-settings",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Response fields the proxy sets itself or that describe only the upstream connection.
+pub(super) fn hop_by_hop_response(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"upgrade",
+        b"trailer",
+        b"x-request-id",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+pub(super) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub(super) fn status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = [0u8; 3];
+    code[0] = b'0' + (status / 100 % 10) as u8;
+    code[1] = b'0' + (status / 10 % 10) as u8;
+    code[2] = b'0' + (status % 10) as u8;
+    out.extend_from_slice(&code);
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+pub(super) fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
+/// The request head as the upstream gets it: the client's fields without hop-by-hop ones, the
+/// settled request id, and the identified client.
+pub(super) fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    fields: &[httparse::Header<'_>],
+    request_id: &str,
+    client: Option<&str>,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in fields {
+        let name = h.name.as_bytes();
+        if hop_by_hop_request(name) || name.eq_ignore_ascii_case(REQUEST_ID_HEADER.as_bytes()) {
+            continue;
+        }
+        field(out, name, h.value);
+    }
+    field(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
+    if let Some(client) = client {
+        field(out, CLIENT_HEADER.as_bytes(), client.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether `buf` holds a whole head (up to its empty line; a bare LF ends lines too).
+pub(super) fn head_complete(buf: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(p) = buf[i..].iter().position(|b| *b == b'\n') {
+        let at = i + p + 1;
+        match buf.get(at..) {
+            Some([b'\n', ..]) | Some([b'\r', b'\n', ..]) => return true,
+            _ => i = at,
+        }
+    }
+    false
+}
+
+/// The final response head as the client gets it, and how its body is framed.
+pub(super) struct ResponseHead {
+    pub(super) status: u16,
+    pub(super) head_len: usize,
+    pub(super) framing: Framing,
+    pub(super) upstream_keepalive: bool,
+}
+
+pub(super) fn write_response_head(
+    out: &mut Vec<u8>,
+    up_buf: &[u8],
+    head_request: bool,
+    request_id: &str,
+    close: bool,
+) -> Result<ResponseHead, UpstreamError> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        up_buf,
+        &mut fields,
+    );
+    let head_len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err(UpstreamError::InvalidResponse),
+    };
+    let status = resp.code.unwrap_or(0);
+    let mut upstream_keepalive = resp.version == Some(1);
+    let mut length = None;
+    let mut chunked = None;
+    out.clear();
+    status_line(out, status, resp.reason.unwrap_or(""));
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
+            upstream_keepalive &= !h
+                .value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let n = body::parse_length(h.value).ok_or(UpstreamError::InvalidResponse)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(UpstreamError::InvalidResponse);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        }
+        if !hop_by_hop_response(name) {
+            field(out, name, h.value);
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    if chunked.is_some() && length.is_some() {
+        // Both framings: the connection cannot be trusted with another request.
+        upstream_keepalive = false;
+    }
+    field(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
+    if close || framing == Framing::UntilClose {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ResponseHead {
+        status,
+        head_len,
+        framing,
+        upstream_keepalive: upstream_keepalive && framing != Framing::UntilClose,
+    })
+}
