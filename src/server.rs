@@ -4,7 +4,7 @@
 use crate::admin::AdminApi;
 use crate::config::{parse, Config};
 use crate::proxy::access_log::{AccessLog, Destination};
-use crate::proxy::{Draining, Engine, Proxy};
+use crate::proxy::{Engine, Proxy};
 use crate::state::reloader::Reloader;
 use crate::state::State;
 use crate::upstream::HealthChecker;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long connections accepted just before shutdown have to send their first request (see
-/// [`Draining`]). The runtime's own shutdown timeout still bounds it.
+/// [`Engine`]). The runtime's own shutdown timeout still bounds it.
 const FIRST_REQUEST_WINDOW: Duration = Duration::from_secs(1);
 
 /// How the process starts, from the command line.
@@ -89,7 +89,7 @@ pub fn build(
     let full = pingora::proxy::http_proxy(&server.configuration, proxy_app.clone());
     let mut proxy = Service::new(
         "switchyard proxy".to_string(),
-        Draining::new(Engine::new(proxy_app, full), FIRST_REQUEST_WINDOW),
+        Engine::new(proxy_app, full, FIRST_REQUEST_WINDOW),
     );
     for addr in &listen {
         // No read buffer under the engine: it reads request heads into its own buffer, and the 64 KiB

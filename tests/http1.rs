@@ -163,11 +163,16 @@ fn upstream() -> Upstream {
     }
 }
 
-fn proxy_for(up: &Upstream) -> ProxyProcess {
+/// The proxy with one route, `prefix` → `up`.
+fn proxy_on(up: &Upstream, prefix: &str) -> ProxyProcess {
     ProxyProcess::start(&format!(
-        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: all\n    match: {{path_prefix: /}}\n    split: {{targets: {{v1: 100}}}}\n",
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: r\n    match: {{path_prefix: {prefix}}}\n    split: {{targets: {{v1: 100}}}}\n",
         up.addr
     ))
+}
+
+fn proxy_for(up: &Upstream) -> ProxyProcess {
+    proxy_on(up, "/")
 }
 
 /// One response read off a client connection.
@@ -449,10 +454,7 @@ fn what_the_engine_does_not_serve_itself_still_works() {
 #[test]
 fn the_proxys_own_answers_keep_the_connection_usable() {
     let up = upstream();
-    let proxy = ProxyProcess::start(&format!(
-        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    match: {{path_prefix: /api}}\n    split: {{targets: {{v1: 100}}}}\n",
-        up.addr
-    ));
+    let proxy = proxy_on(&up, "/api");
     let mut c = Client::connect(proxy.addr);
     // A HEAD answer has no body, whatever its length says.
     c.send(b"HEAD /nothing HTTP/1.1\r\nHost: api.test\r\n\r\n");

@@ -8,13 +8,11 @@
 //! that served it, and handed to the access log.
 
 pub mod access_log;
-mod drain;
 mod h1;
 pub mod mirror;
 mod request_id;
 
 pub use access_log::AccessLog;
-pub use drain::Draining;
 pub use h1::Engine;
 
 use crate::metrics::{Metrics, Rejection, Series, UpstreamError};
@@ -35,6 +33,62 @@ pub const HEADER_PREFIX: &str = "x-switchyard-";
 pub const CLIENT_HEADER: &str = "x-switchyard-client";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
+
+/// The responses Switchyard makes itself, the same on the HTTP/1 engine and on Pingora's pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    NoRoute,
+    ClientRequired,
+    NoHealthyUpstream,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    BadRequest,
+    InternalError,
+}
+
+impl Answer {
+    /// What a request whose upstream exchange failed with `kind` is told.
+    pub(crate) fn for_upstream(kind: UpstreamError) -> Answer {
+        match kind {
+            UpstreamError::ConnectTimeout | UpstreamError::Timeout => Answer::UpstreamTimeout,
+            _ => Answer::UpstreamUnavailable,
+        }
+    }
+
+    /// The answer whose body goes with an error status some other part decided.
+    fn for_status(status: u16) -> Answer {
+        match status {
+            502 => Answer::UpstreamUnavailable,
+            504 => Answer::UpstreamTimeout,
+            400 => Answer::BadRequest,
+            _ => Answer::InternalError,
+        }
+    }
+
+    pub(crate) fn status(self) -> u16 {
+        match self {
+            Answer::NoRoute => 404,
+            Answer::ClientRequired => 401,
+            Answer::NoHealthyUpstream | Answer::UpstreamUnavailable => 502,
+            Answer::UpstreamTimeout => 504,
+            Answer::BadRequest => 400,
+            Answer::InternalError => 500,
+        }
+    }
+
+    /// The JSON body.
+    pub(crate) fn body(self) -> &'static str {
+        match self {
+            Answer::NoRoute => r#"{"error":"no_route"}"#,
+            Answer::ClientRequired => r#"{"error":"client_required"}"#,
+            Answer::NoHealthyUpstream => r#"{"error":"no_healthy_upstream"}"#,
+            Answer::UpstreamUnavailable => r#"{"error":"upstream_unavailable"}"#,
+            Answer::UpstreamTimeout => r#"{"error":"upstream_timeout"}"#,
+            Answer::BadRequest => r#"{"error":"bad_request"}"#,
+            Answer::InternalError => r#"{"error":"internal_error"}"#,
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Proxy {
@@ -272,20 +326,14 @@ impl ProxyHttp for Proxy {
             Outcome::Routed(d) => d,
             Outcome::NoRoute => {
                 ctx.rejected = Some(Rejection::NoRoute);
-                respond_json(session, 404, r#"{"error":"no_route"}"#, &ctx.request_id).await?;
+                respond_json(session, Answer::NoRoute, &ctx.request_id).await?;
                 return Ok(true);
             }
             Outcome::ClientRequired { route } => {
                 ctx.rejected = Some(Rejection::ClientRequired);
                 ctx.route = Some(route);
                 ctx.snapshot = Some(snapshot);
-                respond_json(
-                    session,
-                    401,
-                    r#"{"error":"client_required"}"#,
-                    &ctx.request_id,
-                )
-                .await?;
+                respond_json(session, Answer::ClientRequired, &ctx.request_id).await?;
                 return Ok(true);
             }
         };
@@ -304,13 +352,7 @@ impl ProxyHttp for Proxy {
             }
             None => {
                 self.record_upstream_error(ctx, UpstreamError::NoHealthyUpstream);
-                respond_json(
-                    session,
-                    502,
-                    r#"{"error":"no_healthy_upstream"}"#,
-                    &ctx.request_id,
-                )
-                .await?;
+                respond_json(session, Answer::NoHealthyUpstream, &ctx.request_id).await?;
                 Ok(true)
             }
         }
@@ -538,13 +580,8 @@ impl ProxyHttp for Proxy {
             },
         };
         if code > 0 {
-            let body = match code {
-                502 => r#"{"error":"upstream_unavailable"}"#,
-                504 => r#"{"error":"upstream_timeout"}"#,
-                400 => r#"{"error":"bad_request"}"#,
-                _ => r#"{"error":"internal_error"}"#,
-            };
-            if let Err(err) = respond_json(session, code, body, &ctx.request_id).await {
+            let body = Answer::for_status(code).body();
+            if let Err(err) = respond_json_as(session, code, body, &ctx.request_id).await {
                 log::debug!("could not send error response: {err}");
             }
         }
@@ -616,8 +653,13 @@ fn strip_internal_headers(session: &mut Session) {
     }
 }
 
+/// Writes one of the proxy's own answers.
+async fn respond_json(session: &mut Session, answer: Answer, request_id: &str) -> Result<()> {
+    respond_json_as(session, answer.status(), answer.body(), request_id).await
+}
+
 /// Writes a complete JSON response made by the proxy itself.
-pub(crate) async fn respond_json(
+async fn respond_json_as(
     session: &mut Session,
     status: u16,
     body: &'static str,

@@ -15,13 +15,21 @@
 //! absolute-form or `*` targets, requests with `Transfer-Encoding`, `Upgrade` or `Expect`, heads over
 //! 64 KiB or with more than 100 fields, anything httparse refuses, and requests to a route that mirrors
 //! (shadow copies are Pingora subrequests).
+//!
+//! Graceful shutdown without dropping fresh connections: when a Pingora service stops accepting
+//! (SIGQUIT after handing the sockets to a new process, or SIGTERM), it calls the app's `cleanup()` at
+//! once, and `HttpProxy`'s cleanup aborts every session still waiting in `read_request()`. That is
+//! meant for idle keep-alive connections, but it also catches a connection accepted a moment before the
+//! accept loop stopped whose request bytes have not been read yet. So the engine closes only
+//! connections that have served a request when shutdown begins, gives a fresh one `first_request`
+//! to send its first request, and lets Pingora's cleanup run only after that window.
 
 mod body;
 mod exchange;
 mod head;
 mod pool;
 
-use super::{pick_backend, random_bucket, request_id, Ctx, Proxy, REQUEST_ID_HEADER};
+use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy, REQUEST_ID_HEADER};
 use crate::metrics::{Rejection, UpstreamError};
 use crate::release::{self, Decision, Headers, Outcome, RequestView};
 use crate::state::Snapshot;
@@ -52,21 +60,22 @@ const MAX_RESPONSE_FIELDS: usize = 200;
 const MAX_HEAD: usize = 64 * 1024;
 /// How long an idle client connection is kept open for its next request (Pingora's default too).
 const KEEPALIVE: Duration = Duration::from_secs(60);
-/// How long a connection accepted just before shutdown has to send its first request.
-const FIRST_REQUEST_WINDOW: Duration = Duration::from_secs(1);
 const READ_CHUNK: usize = 16 * 1024;
 
 /// The engine: serves what it can, hands the rest to `full`.
 pub struct Engine {
     proxy: Proxy,
     full: Arc<HttpProxy<Proxy>>,
+    /// How long a connection accepted just before shutdown has to send its first request.
+    first_request: Duration,
 }
 
 impl Engine {
-    pub fn new(proxy: Proxy, full: HttpProxy<Proxy>) -> Self {
+    pub fn new(proxy: Proxy, full: HttpProxy<Proxy>, first_request: Duration) -> Self {
         Engine {
             proxy,
             full: Arc::new(full),
+            first_request,
         }
     }
 }
@@ -101,6 +110,7 @@ impl ServerApp for Engine {
     }
 
     async fn cleanup(&self) {
+        tokio::time::sleep(self.first_request).await;
         ServerApp::cleanup(&*self.full).await
     }
 }
@@ -144,7 +154,7 @@ struct Request {
 impl Engine {
     /// Reads, decides and proxies one request.
     async fn serve_one(&self, c: &mut Conn, shutdown: &mut ShutdownWatch) -> Next {
-        match read_head(c, shutdown).await {
+        match read_head(c, shutdown, self.first_request).await {
             HeadRead::Complete => {}
             HeadRead::Closed => return Next::Close,
             HeadRead::HandOff => return Next::HandOff,
@@ -174,14 +184,14 @@ impl Engine {
             Outcome::Routed(d) => d,
             Outcome::NoRoute => {
                 ctx.rejected = Some(Rejection::NoRoute);
-                return self.answer(c, ctx, req, shutdown, 404, "no_route").await;
+                return self.answer(c, ctx, req, shutdown, Answer::NoRoute).await;
             }
             Outcome::ClientRequired { route } => {
                 ctx.rejected = Some(Rejection::ClientRequired);
                 ctx.route = Some(route);
                 ctx.snapshot = Some(snapshot);
                 return self
-                    .answer(c, ctx, req, shutdown, 401, "client_required")
+                    .answer(c, ctx, req, shutdown, Answer::ClientRequired)
                     .await;
             }
         };
@@ -285,17 +295,17 @@ impl Engine {
                 self.proxy
                     .record_upstream_error(&mut ctx, UpstreamError::NoHealthyUpstream);
                 let answer = if ctx.failed.is_empty() {
-                    "no_healthy_upstream"
+                    Answer::NoHealthyUpstream
                 } else {
-                    "upstream_unavailable"
+                    Answer::UpstreamUnavailable
                 };
-                return self.answer(c, ctx, req, shutdown, 502, answer).await;
+                return self.answer(c, ctx, req, shutdown, answer).await;
             };
             ctx.target = Some(target);
             let (Some(pool), Some(addr)) = (snapshot.pools.get(target), backend.addr.as_inet())
             else {
                 return self
-                    .answer(c, ctx, req, shutdown, 500, "internal_error")
+                    .answer(c, ctx, req, shutdown, Answer::InternalError)
                     .await;
             };
             let addr = *addr;
@@ -320,11 +330,8 @@ impl Engine {
                             picked = pick_backend(snapshot, &decision, &ctx.failed);
                             continue;
                         }
-                        let (code, answer) = match kind {
-                            UpstreamError::ConnectTimeout => (504, "upstream_timeout"),
-                            _ => (502, "upstream_unavailable"),
-                        };
-                        return self.answer(c, ctx, req, shutdown, code, answer).await;
+                        let answer = Answer::for_upstream(kind);
+                        return self.answer(c, ctx, req, shutdown, answer).await;
                     }
                 },
             };
@@ -352,11 +359,8 @@ impl Engine {
                         picked = ctx.backend.take().map(|b| (target, b));
                         continue;
                     }
-                    let (code, answer) = match f.kind {
-                        UpstreamError::Timeout => (504, "upstream_timeout"),
-                        _ => (502, "upstream_unavailable"),
-                    };
-                    return self.answer(c, ctx, req, shutdown, code, answer).await;
+                    let answer = Answer::for_upstream(f.kind);
+                    return self.answer(c, ctx, req, shutdown, answer).await;
                 }
                 Err(None) => {
                     // The client went away while its body was being sent.
@@ -375,9 +379,8 @@ impl Engine {
                 Ok(head) => head,
                 Err(kind) => {
                     self.proxy.record_upstream_error(&mut ctx, kind);
-                    return self
-                        .answer(c, ctx, req, shutdown, 502, "upstream_unavailable")
-                        .await;
+                    let answer = Answer::for_upstream(kind);
+                    return self.answer(c, ctx, req, shutdown, answer).await;
                 }
             };
         let relay = relay_response(c, &mut up, head, close, timeouts.read).await;
@@ -404,12 +407,11 @@ impl Engine {
         mut ctx: Ctx,
         mut req: Request,
         shutdown: &ShutdownWatch,
-        status: u16,
-        error: &str,
+        answer: Answer,
     ) -> Next {
         // A body still in flight is not read: the connection closes after the answer.
         let close = req.client_close || req.body_unread > 0 || *shutdown.borrow();
-        let body = format!(r#"{{"error":"{error}"}}"#);
+        let (status, body) = (answer.status(), answer.body());
         let out = &mut c.resp_out;
         out.clear();
         status_line(out, status, reason(status));
@@ -469,8 +471,12 @@ enum HeadRead {
 
 /// Reads until `c.buf` holds a whole request head. An idle connection waits up to [`KEEPALIVE`]
 /// for its next request and closes at shutdown; one accepted just before shutdown still gets
-/// [`FIRST_REQUEST_WINDOW`] for its first.
-async fn read_head(c: &mut Conn, shutdown: &mut ShutdownWatch) -> HeadRead {
+/// `first_request` for its first.
+async fn read_head(
+    c: &mut Conn,
+    shutdown: &mut ShutdownWatch,
+    first_request: Duration,
+) -> HeadRead {
     loop {
         if !c.buf.is_empty() && head_complete(&c.buf) {
             return HeadRead::Complete;
@@ -488,7 +494,7 @@ async fn read_head(c: &mut Conn, shutdown: &mut ShutdownWatch) -> HeadRead {
             if c.served > 0 {
                 return HeadRead::Closed;
             }
-            fast_timeout(FIRST_REQUEST_WINDOW, c.stream.read_buf(&mut c.buf)).await
+            fast_timeout(first_request, c.stream.read_buf(&mut c.buf)).await
         } else {
             let served = c.served;
             let stream = &mut c.stream;
@@ -501,7 +507,7 @@ async fn read_head(c: &mut Conn, shutdown: &mut ShutdownWatch) -> HeadRead {
                     if changed.is_ok() && served > 0 {
                         return HeadRead::Closed;
                     }
-                    fast_timeout(FIRST_REQUEST_WINDOW, wait).await.unwrap_or_else(Err)
+                    fast_timeout(first_request, wait).await.unwrap_or_else(Err)
                 }
             }
         };
