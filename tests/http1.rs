@@ -94,6 +94,11 @@ fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
 
 /// The scripted upstream: what it answers depends on the request path.
 fn upstream() -> Upstream {
+    upstream_answering(false)
+}
+
+/// With `plain`, `/chunked` is answered with the same content under a `Content-Length`.
+fn upstream_answering(plain: bool) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -112,6 +117,10 @@ fn upstream() -> Upstream {
                     seen.lock().unwrap().push(req.clone());
                     let path = req.head.split(' ').nth(1).unwrap_or("").to_string();
                     let reply: Vec<Vec<u8>> = match path.as_str() {
+                        "/chunked" if plain => {
+                            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world"
+                                .to_vec()]
+                        }
                         "/chunked" => vec![
                             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
                                 .to_vec(),
@@ -479,4 +488,86 @@ fn the_proxys_own_answers_keep_the_connection_usable() {
     assert_eq!(c.response(false).status, 404);
     c.send(&get("/api/x"));
     assert_eq!(c.response(false).status, 200);
+}
+
+#[test]
+fn mirrored_requests_are_copied_and_compared_on_the_wire() {
+    let (v1, v2) = (upstream(), upstream_answering(true));
+    let admin = common::free_addr();
+    let proxy = ProxyProcess::start(&format!(
+        "admin: {{listen: \"{admin}\"}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{backends: [\"{}\"]}}\nroutes:\n  - name: r\n    match: {{path_prefix: /}}\n    split: {{targets: {{v1: 100}}}}\n    mirror: {{to: v2, percent: 100, methods: [GET, POST], compare: {{}}}}\n",
+        v1.addr, v2.addr
+    ));
+    let metric = |outcome: &str| -> f64 {
+        let m = common::get(&common::client(), &format!("http://{admin}/metrics"), &[]).body;
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{outcome} "))?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let compared = |result: &str| {
+        metric(&format!(
+            "switchyard_mirror_compare_total{{route=\"r\",target=\"v2\",result=\"{result}\"}}"
+        ))
+    };
+    assert!(common::eventually(Duration::from_secs(10), || {
+        TcpStream::connect(admin).is_ok()
+    }));
+
+    // The same content, chunked from the primary and with a length from the shadow: a match.
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/chunked"));
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    assert!(r
+        .head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked"));
+    assert!(common::eventually(Duration::from_secs(5), || compared(
+        "match"
+    ) == 1.0));
+
+    // A body that comes after the head, in pieces: the shadow gets it whole, marked as a shadow,
+    // with the primary's request id; the client's own marker is not passed on.
+    c.send(b"POST /echo HTTP/1.1\r\nHost: api.test\r\nX-Request-Id: mirrored-1\r\nX-Switchyard-Shadow: 0\r\nContent-Length: 10\r\n\r\nhello");
+    std::thread::sleep(Duration::from_millis(30));
+    c.send(b" body");
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    assert!(common::eventually(Duration::from_secs(5), || {
+        v2.seen.lock().unwrap().len() == 2
+    }));
+    let primary = v1.seen.lock().unwrap().last().unwrap().clone();
+    let copy = v2.seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(primary.body, b"hello body");
+    assert_eq!(copy.body, b"hello body");
+    let marker = |head: &str| {
+        head.lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-switchyard-shadow:"))
+            .count()
+    };
+    assert_eq!(marker(&primary.head), 0);
+    assert_eq!(marker(&copy.head), 1);
+    assert!(copy.head.contains("x-switchyard-shadow: 1\r\n"));
+    assert!(
+        copy.head.contains("X-Request-Id: mirrored-1\r\n")
+            || copy.head.contains("x-request-id: mirrored-1\r\n")
+    );
+    // The echoed heads differ (the marker), so the answers' bodies differ.
+    assert!(common::eventually(Duration::from_secs(5), || compared(
+        "body"
+    ) == 1.0));
+
+    // A client that leaves before sending its whole body: nothing reaches the shadow, and the copy
+    // is counted as dropped.
+    let mut gone = Client::connect(proxy.addr);
+    gone.send(b"POST /echo HTTP/1.1\r\nHost: api.test\r\nContent-Length: 100\r\n\r\npart");
+    std::thread::sleep(Duration::from_millis(50));
+    drop(gone);
+    let dropped = "switchyard_mirror_total{route=\"r\",target=\"v2\",outcome=\"dropped\"}";
+    assert!(common::eventually(Duration::from_secs(5), || metric(
+        dropped
+    ) == 1.0));
+    assert_eq!(v2.seen.lock().unwrap().len(), 2);
+    let sent = "switchyard_mirror_total{route=\"r\",target=\"v2\",outcome=\"sent\"}";
+    assert_eq!(metric(sent), 3.0);
 }

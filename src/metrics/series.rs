@@ -67,7 +67,7 @@ impl UpstreamError {
 pub enum MirrorOutcome {
     Sent,
     /// Not started: `max_in_flight` copies were already running (or the copy was abandoned because the
-    /// primary's body had to be replayed).
+    /// primary's body had to be replayed, or never arrived whole).
     Dropped,
     /// Not started, or abandoned: the request body is larger than `max_body_bytes`.
     SkippedBody,

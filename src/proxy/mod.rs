@@ -139,6 +139,7 @@ impl Proxy {
                 client: decision.client.map(|c| snapshot.table.client_name(c)),
             },
         );
+        ctx.mirrored = ctx.mirror.is_some();
     }
 
     fn record_upstream_error(&self, ctx: &mut Ctx, kind: UpstreamError) {
@@ -188,7 +189,7 @@ impl Proxy {
                 status,
                 upstream: ctx.backend.as_ref().and_then(|b| b.addr.as_inet().copied()),
                 duration_us,
-                mirrored: ctx.mirror.is_some(),
+                mirrored: ctx.mirrored,
                 error: ctx.error,
             });
         }
@@ -217,6 +218,8 @@ pub struct Ctx {
     pub error: Option<&'static str>,
     /// This request's shadow copy, while it runs.
     pub mirror: Option<mirror::MirrorCtx>,
+    /// A shadow copy of this request was started (for the access log).
+    pub mirrored: bool,
     /// This is a shadow copy (a mirror subrequest), not a client's request.
     pub shadow: bool,
     /// The primary's client id, sent upstream with the shadow copy too.
@@ -238,6 +241,7 @@ impl Default for Ctx {
             upstream_ready: None,
             error: None,
             mirror: None,
+            mirrored: false,
             shadow: false,
             shadow_client: None,
         }

@@ -70,7 +70,17 @@ impl Chunked {
 
     /// Reads `data`, the next bytes of the body; returns how many of them belong to it (all of them
     /// until the last byte of the message is seen).
+    #[cfg(test)]
     pub fn advance(&mut self, data: &[u8]) -> Result<usize, BadChunk> {
+        self.advance_with(data, |_| {})
+    }
+
+    /// [`Chunked::advance`], handing the chunks' data (the decoded body) to `payload` as it goes.
+    pub fn advance_with(
+        &mut self,
+        data: &[u8],
+        mut payload: impl FnMut(&[u8]),
+    ) -> Result<usize, BadChunk> {
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
@@ -113,6 +123,7 @@ impl Chunked {
                 }
                 State::Data(left) => {
                     let n = left.min((data.len() - i) as u64);
+                    payload(&data[i..i + n as usize]);
                     i += n as usize;
                     self.state = if n == left {
                         State::DataCr
@@ -175,6 +186,24 @@ mod tests {
         }
         assert_eq!(scan_in_pieces(b"0\r\n\r\n", 100), Ok((5, true)));
         assert_eq!(scan_in_pieces(b"4\r\nab", 100), Ok((5, false)));
+    }
+
+    #[test]
+    fn hands_over_the_decoded_body_in_any_split() {
+        let body = b"5\r\nhello\r\n1A;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
+        for piece in 1..body.len() {
+            let mut c = Chunked::default();
+            let mut decoded = Vec::new();
+            for part in body.chunks(piece) {
+                c.advance_with(part, |d| decoded.extend_from_slice(d))
+                    .unwrap();
+            }
+            assert!(c.done());
+            assert_eq!(
+                decoded, b"helloabcdefghijklmnopqrstuvwxyz",
+                "pieces of {piece}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::body::{self, Chunked, Framing};
 use super::head::{head_complete, ResponseHead};
+use super::shadow::{ShadowCopy, Tap};
 use super::{write_client, Conn, MAX_HEAD, MAX_RESPONSE_FIELDS, READ_CHUNK};
 use crate::metrics::UpstreamError;
 use bytes::Buf;
@@ -65,11 +66,13 @@ pub(super) fn upstream_failure(e: &std::io::Error, nothing_received: bool) -> Fa
 }
 
 /// Sends the upstream head (with the body part read so far), then the rest of the body from the
-/// client. `Err(None)`: the client went away.
+/// client, copied to the shadow copy if there is one; the copy is sent once the body is complete.
+/// `Err(None)`: the client went away.
 pub(super) async fn send_request(
     c: &mut Conn,
     up: &mut TcpStream,
     body_left: &mut u64,
+    shadow: &mut Option<ShadowCopy>,
     timeout: Option<Duration>,
 ) -> Result<(), Option<Failed>> {
     within(timeout, up.write_all(&c.req_out))
@@ -87,8 +90,16 @@ pub(super) async fn send_request(
         within(timeout, up.write_all(&c.buf[..n]))
             .await
             .map_err(|e| Some(upstream_failure(&e, false)))?;
+        if let Some(s) = shadow.as_mut() {
+            s.push_body(&c.buf[..n]);
+        }
         c.buf.advance(n);
         *body_left -= n as u64;
+        if *body_left == 0 {
+            if let Some(s) = shadow.take() {
+                s.send();
+            }
+        }
     }
     Ok(())
 }
@@ -104,30 +115,10 @@ pub(super) async fn read_response_head(
     let mut received = false;
     loop {
         if head_complete(&c.up_buf) {
-            // A final response is parsed once, by `write_response_head`; an interim one is found
-            // by its status line.
-            if !matches!(
-                c.up_buf.get(..10),
-                Some([b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', b'1'])
-            ) {
-                return Ok(());
-            }
-            // Parsed in a block of its own: the field array must not live across the write below,
-            // or it would be part of every request's future.
-            let interim = {
-                let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
-                let mut resp = httparse::Response::new(&mut []);
-                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                    &mut resp,
-                    &c.up_buf,
-                    &mut fields,
-                ) {
-                    Ok(httparse::Status::Complete(n)) if resp.code != Some(101) => Some(n),
-                    _ => None,
-                }
-            };
-            let Some(n) = interim else {
-                return Err(Some(invalid()));
+            let n = match interim_len(&c.up_buf) {
+                None => return Ok(()),
+                Some(Ok(n)) => n,
+                Some(Err(())) => return Err(Some(invalid())),
             };
             if !write_client(&mut c.stream, &c.up_buf[..n]).await {
                 return Err(None);
@@ -152,6 +143,30 @@ pub(super) async fn read_response_head(
     }
 }
 
+/// For a buffer holding a whole response head: `None` when it is a final response (parsed once,
+/// later, by `write_response_head`), else the length of the interim 1xx response at its start.
+pub(super) fn interim_len(buf: &[u8]) -> Option<Result<usize, ()>> {
+    // An interim response is found by its status line.
+    if !matches!(
+        buf.get(..10),
+        Some([b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', b'1'])
+    ) {
+        return None;
+    }
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    Some(
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(n)) if resp.code != Some(101) => Ok(n),
+            _ => Err(()),
+        },
+    )
+}
+
 pub(super) fn invalid() -> Failed {
     Failed {
         kind: UpstreamError::InvalidResponse,
@@ -169,14 +184,20 @@ pub(super) struct Relayed {
 }
 
 /// Relays the response whose head is in `c.resp_out` (and whose bytes are in `c.up_buf`), and its
-/// body, to the client.
+/// body, to the client; `tap` keeps the start of the body for a mirror's comparison.
 pub(super) async fn relay_response(
     c: &mut Conn,
     up: &mut TcpStream,
     head: ResponseHead,
     close: bool,
     timeout: Option<Duration>,
+    mut tap: Option<&mut Tap>,
 ) -> Relayed {
+    let mut payload = |d: &[u8]| {
+        if let Some(t) = tap.as_mut() {
+            t.push(d);
+        }
+    };
     let mut relayed = Relayed {
         status: head.status,
         upstream_error: None,
@@ -197,6 +218,7 @@ pub(super) async fn relay_response(
         head.framing,
         &mut left,
         &mut chunked,
+        &mut payload,
     );
     loop {
         let extra = match done {
@@ -236,6 +258,7 @@ pub(super) async fn relay_response(
             head.framing,
             &mut left,
             &mut chunked,
+            &mut payload,
         );
     }
     if relayed.upstream_error.is_some() {
@@ -247,28 +270,32 @@ pub(super) async fn relay_response(
 
 /// Appends to `out` the part of `data` that belongs to the body. `Ok(Some(used))` once the body is
 /// complete, with how many bytes of `data` it took.
+/// `payload` gets the body's content as it passes (chunked framing removed).
 pub(super) fn body_part(
     out: &mut Vec<u8>,
     data: &[u8],
     framing: Framing,
     left: &mut u64,
     chunked: &mut Chunked,
+    payload: &mut impl FnMut(&[u8]),
 ) -> Result<Option<usize>, body::BadChunk> {
     Ok(match framing {
         Framing::Empty => Some(0),
         Framing::Length(_) => {
             let n = (data.len() as u64).min(*left) as usize;
             out.extend_from_slice(&data[..n]);
+            payload(&data[..n]);
             *left -= n as u64;
             (*left == 0).then_some(n)
         }
         Framing::Chunked => {
-            let n = chunked.advance(data)?;
+            let n = chunked.advance_with(data, &mut *payload)?;
             out.extend_from_slice(&data[..n]);
             chunked.done().then_some(n)
         }
         Framing::UntilClose => {
             out.extend_from_slice(data);
+            payload(data);
             None
         }
     })

@@ -4,6 +4,7 @@
 use super::body::{self, Framing};
 use super::MAX_RESPONSE_FIELDS;
 use crate::metrics::UpstreamError;
+use crate::proxy::mirror::Captured;
 use crate::proxy::{CLIENT_HEADER, HEADER_PREFIX, REQUEST_ID_HEADER};
 use std::mem::MaybeUninit;
 
@@ -174,12 +175,15 @@ pub(super) struct ResponseHead {
     pub(super) upstream_keepalive: bool,
 }
 
+/// `captured`, when given, gets the status and the fields as the client sees them (names in lowercase),
+/// for a mirror's comparison.
 pub(super) fn write_response_head(
     out: &mut Vec<u8>,
     up_buf: &[u8],
     head_request: bool,
     request_id: &str,
     close: bool,
+    mut captured: Option<&mut Captured>,
 ) -> Result<ResponseHead, UpstreamError> {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
     let mut resp = httparse::Response::new(&mut []);
@@ -217,6 +221,10 @@ pub(super) fn write_response_head(
         }
         if !hop_by_hop_response(name) {
             field(out, name, h.value);
+            if let Some(c) = captured.as_mut() {
+                c.headers
+                    .push((h.name.to_ascii_lowercase(), h.value.to_vec()));
+            }
         }
     }
     let framing = if head_request || status == 204 || status == 304 {
@@ -235,6 +243,13 @@ pub(super) fn write_response_head(
         upstream_keepalive = false;
     }
     field(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
+    if let Some(c) = captured {
+        c.status = status;
+        c.headers.push((
+            REQUEST_ID_HEADER.to_string(),
+            request_id.as_bytes().to_vec(),
+        ));
+    }
     if close || framing == Framing::UntilClose {
         out.extend_from_slice(b"connection: close\r\n");
     }

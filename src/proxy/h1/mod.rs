@@ -8,13 +8,14 @@
 //! request head in place (httparse), makes the same release decision over the raw header fields,
 //! writes the upstream request in one write, and passes the response and both bodies through byte for
 //! byte, with an upstream connection pool per worker thread (see [`pool`]). Counting, the access log,
-//! request ids, fallback, retries and error answers are the ones the Pingora path uses.
+//! request ids, fallback, retries and error answers are the ones the Pingora path uses; so are the
+//! admission, counting and comparison of dark-release shadow copies, which the engine sends itself
+//! (see [`shadow`]).
 //!
 //! Whatever it does not handle itself it hands to Pingora's `HttpProxy` with the bytes already read,
 //! and the connection stays there: TLS connections that negotiated h2, HTTP/1.0, `CONNECT`,
 //! absolute-form or `*` targets, requests with `Transfer-Encoding`, `Upgrade` or `Expect`, heads over
-//! 64 KiB or with more than 100 fields, anything httparse refuses, and requests to a route that mirrors
-//! (shadow copies are Pingora subrequests).
+//! 64 KiB or with more than 100 fields, and anything httparse refuses.
 //!
 //! Graceful shutdown without dropping fresh connections: when a Pingora service stops accepting
 //! (SIGQUIT after handing the sockets to a new process, or SIGTERM), it calls the app's `cleanup()` at
@@ -28,6 +29,7 @@ mod body;
 mod exchange;
 mod head;
 mod pool;
+mod shadow;
 
 use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy, REQUEST_ID_HEADER};
 use crate::metrics::{Rejection, UpstreamError};
@@ -46,6 +48,7 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::time::fast_timeout::fast_timeout;
+use shadow::{PrimaryTap, ShadowCopy};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -149,6 +152,10 @@ struct Request {
     client_close: bool,
     /// Method and path for the access log, when there is one.
     logged: Option<(http::Method, String)>,
+    /// The shadow copy of a mirrored request, until its body is complete and it is sent.
+    shadow: Option<ShadowCopy>,
+    /// The primary's answer, captured for the shadow's comparison.
+    tap: Option<Box<PrimaryTap>>,
 }
 
 impl Engine {
@@ -178,8 +185,16 @@ impl Engine {
         if matches!(outcome, Outcome::Routed(_)) {
             c.req_out.extend_from_slice(&c.buf[..in_buf]);
         }
+        if let Some(s) = req.shadow.as_mut() {
+            s.push_body(&c.buf[..in_buf]);
+        }
         c.buf.advance(in_buf);
         req.body_unread = req.body_len - in_buf as u64;
+        if req.body_unread == 0 {
+            if let Some(s) = req.shadow.take() {
+                s.send();
+            }
+        }
         let decision = match outcome {
             Outcome::Routed(d) => d,
             Outcome::NoRoute => {
@@ -239,14 +254,13 @@ impl Engine {
             client_ip: c.client_ip.flatten(),
         };
         let outcome = release::decide(&snapshot.table, &view, &mut random_bucket);
+        let idempotent = matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        );
+        let mut shadow = None;
+        let mut tap = None;
         if let Outcome::Routed(d) = &outcome {
-            let mirrored = snapshot
-                .table
-                .route(d.route)
-                .is_some_and(|r| r.mirror.is_some());
-            if mirrored {
-                return None;
-            }
             write_request_head(
                 &mut c.req_out,
                 method,
@@ -255,16 +269,30 @@ impl Engine {
                 &ctx.request_id,
                 d.client.map(|id| snapshot.table.client_name(id)),
             );
+            if let Some(m) = release::mirror_for(&snapshot.table, d, &view, &mut random_bucket) {
+                let primary = shadow::Primary {
+                    head: &c.req_out,
+                    method,
+                    target,
+                    body_len: h.length,
+                    idempotent,
+                    request_id: &ctx.request_id,
+                };
+                if let Some((s, t)) =
+                    ShadowCopy::start(&self.proxy.metrics, snapshot, m, d.route, primary)
+                {
+                    ctx.mirrored = true;
+                    shadow = Some(s);
+                    tap = t;
+                }
+            }
         }
         let req = Request {
             head_len,
             body_len: h.length.unwrap_or(0),
             body_unread: 0,
             head: method == "HEAD",
-            idempotent: matches!(
-                method,
-                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-            ),
+            idempotent,
             client_close: h.close,
             logged: self.proxy.access_log.as_ref().map(|_| {
                 (
@@ -272,6 +300,8 @@ impl Engine {
                     path.to_string(),
                 )
             }),
+            shadow,
+            tap,
         };
         Some((req, outcome))
     }
@@ -339,7 +369,14 @@ impl Engine {
             if let Some(series) = self.proxy.series(&ctx, target) {
                 series.record_connection(reused);
             }
-            let sent = send_request(c, &mut up, &mut req.body_unread, timeouts.write).await;
+            let sent = send_request(
+                c,
+                &mut up,
+                &mut req.body_unread,
+                &mut req.shadow,
+                timeouts.write,
+            )
+            .await;
             let head = match sent {
                 Ok(()) => read_response_head(c, &mut up, timeouts.read).await,
                 Err(e) => Err(e),
@@ -373,17 +410,29 @@ impl Engine {
 
         // `up_buf` holds a complete, final response head.
         let close = req.client_close || *shutdown.borrow();
-        let head =
-            match write_response_head(&mut c.resp_out, &c.up_buf, req.head, &ctx.request_id, close)
-            {
-                Ok(head) => head,
-                Err(kind) => {
-                    self.proxy.record_upstream_error(&mut ctx, kind);
-                    let answer = Answer::for_upstream(kind);
-                    return self.answer(c, ctx, req, shutdown, answer).await;
-                }
-            };
-        let relay = relay_response(c, &mut up, head, close, timeouts.read).await;
+        let head = write_response_head(
+            &mut c.resp_out,
+            &c.up_buf,
+            req.head,
+            &ctx.request_id,
+            close,
+            req.tap.as_mut().map(|t| &mut t.tap.captured),
+        );
+        let head = match head {
+            Ok(head) => head,
+            Err(kind) => {
+                self.proxy.record_upstream_error(&mut ctx, kind);
+                let answer = Answer::for_upstream(kind);
+                return self.answer(c, ctx, req, shutdown, answer).await;
+            }
+        };
+        let tap = req.tap.as_mut().map(|t| &mut t.tap);
+        let relay = relay_response(c, &mut up, head, close, timeouts.read, tap).await;
+        if relay.client_ok && relay.upstream_error.is_none() {
+            if let Some(t) = req.tap.take() {
+                t.finish();
+            }
+        }
         let status = relay.status;
         if let Some(kind) = relay.upstream_error {
             self.proxy.record_upstream_error(&mut ctx, kind);

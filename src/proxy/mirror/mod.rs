@@ -1,7 +1,10 @@
-//! Dark releases (SPEC §5): a sampled copy of a routed request goes to the route's `mirror.to` through
-//! a Pingora subrequest, marked `X-Switchyard-Shadow: 1`. The subrequest re-runs our `ProxyHttp` with a
-//! [`ShadowTag`] in its user context: that sends it to the mirror target's pool, keeps it out of the
-//! metrics and the access log, and forbids it to spawn mirrors of its own.
+//! Dark releases (SPEC §5): a sampled copy of a routed request goes to the route's `mirror.to`,
+//! marked `X-Switchyard-Shadow: 1`. [`admit`] and [`judge`] are shared by both paths; the HTTP/1
+//! engine sends its copies itself (`proxy::h1::shadow`), and this module runs them on Pingora's path
+//! (HTTP/2, chunked uploads and the other requests the engine hands over) as a Pingora subrequest.
+//! The subrequest re-runs our `ProxyHttp` with a [`ShadowTag`] in its user context: that sends it to
+//! the mirror target's pool, keeps it out of the metrics and the access log, and forbids it to spawn
+//! mirrors of its own.
 //!
 //! The client never waits for the shadow. The subrequest runs in its own task; the request body is
 //! teed chunk by chunk into an unbounded queue (bounded in bytes by `max_body_bytes`) that a forwarder
@@ -134,6 +137,31 @@ pub struct Start<'a> {
     pub client: Option<&'a str>,
 }
 
+/// Admits a shadow copy of a request whose body declares `declared` bytes: the copy is counted as
+/// sent and holds one of `max_in_flight` until it ends. `None` (counted as skipped or dropped) when
+/// the body is over `max_body_bytes` or `max_in_flight` copies already run. Shared by both paths.
+pub fn admit(
+    metrics: &Metrics,
+    snapshot: &Snapshot,
+    mirror: &Mirror,
+    route: RouteId,
+    declared: Option<u64>,
+) -> Option<InFlight> {
+    let series = metrics.series_in(&snapshot.series, &snapshot.table, route, mirror.to)?;
+    let now = metrics.now();
+    if declared.is_some_and(|n| n > mirror.max_body_bytes) {
+        series.record_mirror(now, MirrorOutcome::SkippedBody);
+        return None;
+    }
+    if series.mirror_in_flight.fetch_add(1, Relaxed) >= mirror.max_in_flight {
+        series.mirror_in_flight.fetch_sub(1, Relaxed);
+        series.record_mirror(now, MirrorOutcome::Dropped);
+        return None;
+    }
+    series.record_mirror(now, MirrorOutcome::Sent);
+    Some(InFlight(series.clone()))
+}
+
 /// Starts the shadow copy of this request, or counts why it was not started.
 pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
     let Start {
@@ -144,27 +172,15 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
         request_id,
         client,
     } = s;
-    let series = metrics
-        .series_in(&snapshot.series, &snapshot.table, route, mirror.to)?
-        .clone();
-    let now = metrics.now();
     let headers = &session.req_header().headers;
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
     let has_body = chunked || declared.is_some_and(|n| n > 0);
-    if declared.is_some_and(|n| n > mirror.max_body_bytes) {
-        series.record_mirror(now, MirrorOutcome::SkippedBody);
-        return None;
-    }
-    if series.mirror_in_flight.fetch_add(1, Relaxed) >= mirror.max_in_flight {
-        series.mirror_in_flight.fetch_sub(1, Relaxed);
-        series.record_mirror(now, MirrorOutcome::Dropped);
-        return None;
-    }
-    let in_flight = InFlight(series.clone());
     let spawner = session.subrequest_spawner.as_ref()?;
+    let in_flight = admit(metrics, snapshot, mirror, route, declared)?;
+    let series = in_flight.0.clone();
     let tag = ShadowTag {
         snapshot: snapshot.clone(),
         route,
@@ -181,7 +197,6 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
         })
         .build();
     let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub);
-    series.record_mirror(now, MirrorOutcome::Sent);
 
     let pingora::protocols::http::subrequest::server::SubrequestHandle {
         tx: shadow_tx,
@@ -216,21 +231,16 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
         None => (None, None),
     };
     let req = session.req_header();
-    let meta = Meta {
-        timeout: mirror.timeout,
-        route: snapshot
-            .table
-            .route(route)
-            .map(|r| r.name.to_string())
-            .unwrap_or_default(),
-        target: snapshot.table.upstream_name(mirror.to).to_string(),
-        request_id: request_id.to_string(),
-        method: req.method.to_string(),
-        path: req
-            .uri
+    let meta = Meta::new(
+        snapshot,
+        mirror,
+        route,
+        request_id,
+        req.method.as_str(),
+        req.uri
             .path_and_query()
-            .map_or_else(|| req.uri.path().to_string(), |p| p.to_string()),
-    };
+            .map_or_else(|| req.uri.path(), |p| p.as_str()),
+    );
     let task = tokio::spawn(run_shadow(
         prepared,
         Channels {
@@ -255,7 +265,14 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
 }
 
 /// Holds one of `max_in_flight` until the shadow task ends, however it ends.
-struct InFlight(Arc<Series>);
+pub struct InFlight(Arc<Series>);
+
+impl InFlight {
+    /// Counts how the copy ended, when it ended without a comparison.
+    pub fn record(&self, metrics: &Metrics, outcome: MirrorOutcome) {
+        self.0.record_mirror(metrics.now(), outcome);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -273,13 +290,38 @@ struct Channels {
     proxy_error: oneshot::Receiver<Box<pingora::Error>>,
 }
 
-struct Meta {
-    timeout: Duration,
+/// What a shadow's task keeps of its request, for the diff sample.
+pub struct Meta {
+    pub timeout: Duration,
     route: String,
     target: String,
     request_id: String,
     method: String,
     path: String,
+}
+
+impl Meta {
+    pub fn new(
+        snapshot: &Snapshot,
+        mirror: &Mirror,
+        route: RouteId,
+        request_id: &str,
+        method: &str,
+        path: &str,
+    ) -> Meta {
+        Meta {
+            timeout: mirror.timeout,
+            route: snapshot
+                .table
+                .route(route)
+                .map(|r| r.name.to_string())
+                .unwrap_or_default(),
+            target: snapshot.table.upstream_name(mirror.to).to_string(),
+            request_id: request_id.to_string(),
+            method: method.to_string(),
+            path: path.to_string(),
+        }
+    }
 }
 
 /// Runs the subrequest, reads the shadow's answer, and compares it with the primary's.
@@ -362,7 +404,21 @@ async fn run_shadow(
     let Ok(Ok(primary)) = tokio::time::timeout(Duration::from_secs(300), primary_rx).await else {
         return;
     };
-    let verdict = compare::compare(&primary, &shadow, &cfg);
+    judge(&primary, &shadow, &cfg, meta, &metrics, &in_flight);
+    drop(in_flight);
+}
+
+/// Compares a shadow's answer with the primary's, counts the result and keeps a differing pair.
+pub fn judge(
+    primary: &Captured,
+    shadow: &Captured,
+    cfg: &Compare,
+    meta: Meta,
+    metrics: &Metrics,
+    in_flight: &InFlight,
+) {
+    let series = &in_flight.0;
+    let verdict = compare::compare(primary, shadow, cfg);
     series.record_compare(metrics.now(), verdict.result);
     if verdict.result != crate::metrics::CompareResult::Match {
         metrics.mirror_diffs.push(DiffSample {
@@ -388,5 +444,4 @@ async fn run_shadow(
             ),
         });
     }
-    drop(in_flight);
 }
