@@ -4,13 +4,11 @@
 use crate::admin::AdminApi;
 use crate::config::{parse, Config};
 use crate::proxy::access_log::{AccessLog, Destination};
-use crate::proxy::{Engine, Proxy};
+use crate::proxy::{Engine, Proxy, TcpListeners};
 use crate::state::reloader::Reloader;
 use crate::state::State;
 use crate::upstream::HealthChecker;
 use anyhow::Context;
-use pingora::listeners::ListenerConfig;
-use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -87,23 +85,21 @@ pub fn build(
     };
     let proxy_app = Proxy::new(state.clone(), access_log.clone());
     let full = pingora::proxy::http_proxy(&server.configuration, proxy_app.clone());
-    let mut proxy = Service::new(
-        "switchyard proxy".to_string(),
-        Engine::new(proxy_app, full, FIRST_REQUEST_WINDOW),
-    );
-    for addr in &listen {
-        // No read buffer under the engine: it reads request heads into its own buffer, and the 64 KiB
-        // buffer Pingora would otherwise allocate and zero on every accepted connection costs more
-        // than anything else a short connection does in user space.
-        proxy
-            .add_listener(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)));
+    let engine = Engine::new(proxy_app, full, FIRST_REQUEST_WINDOW);
+    if !tls.is_empty() {
+        // TLS connections are accepted by Pingora's listening service, which runs the handshake and
+        // then gives the connection to the same engine.
+        let mut secure = Service::new("switchyard tls".to_string(), engine.clone());
+        for t in &tls {
+            secure
+                .add_tls(&t.listen, &t.cert, &t.key)
+                .with_context(|| {
+                    format!("TLS listener {} (cert {}, key {})", t.listen, t.cert, t.key)
+                })?;
+        }
+        server.add_service(secure);
     }
-    for t in &tls {
-        proxy.add_tls(&t.listen, &t.cert, &t.key).with_context(|| {
-            format!("TLS listener {} (cert {}, key {})", t.listen, t.cert, t.key)
-        })?;
-    }
-    server.add_service(proxy);
+    server.add_service(TcpListeners::new(Arc::new(engine), listen));
     server.add_service(background_service(
         "health checks",
         HealthChecker::new(state.clone()),

@@ -9,11 +9,13 @@
 
 pub mod access_log;
 mod h1;
+mod listener;
 pub mod mirror;
 mod request_id;
 
 pub use access_log::AccessLog;
 pub use h1::Engine;
+pub use listener::TcpListeners;
 
 use crate::metrics::{Metrics, Rejection, Series, UpstreamError};
 use crate::release::{self, Decision, Outcome, RequestView, RouteId, UpstreamId};

@@ -66,6 +66,7 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 const READ_CHUNK: usize = 16 * 1024;
 
 /// The engine: serves what it can, hands the rest to `full`.
+#[derive(Clone)]
 pub struct Engine {
     proxy: Proxy,
     full: Arc<HttpProxy<Proxy>>,
