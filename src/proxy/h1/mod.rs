@@ -4,7 +4,8 @@
 //! Pingora's `HttpProxy` runs every request through a general pipeline (header maps built twice,
 //! downstream and upstream halves joined by channels, a shared connection pool behind locks, a task
 //! per idle connection); on a small request that is most of the CPU a request costs. This engine is a
-//! Pingora `ServerApp` on the same listeners that serves the common case directly: it parses the
+//! Pingora `ServerApp` (the plain-TCP listeners of `proxy::listener` give it every accepted
+//! connection, Pingora's listening service the TLS ones) that serves the common case directly: it parses the
 //! request head in place (httparse), makes the same release decision over the raw header fields,
 //! writes the upstream request in one write, and passes the response and both bodies through byte for
 //! byte, with an upstream connection pool per worker thread (see [`pool`]). Counting, the access log,
