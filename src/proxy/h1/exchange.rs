@@ -206,20 +206,9 @@ pub(super) async fn relay_response(
         client_close: close || head.framing == Framing::UntilClose,
     };
     c.up_buf.advance(head.head_len);
-    let mut chunked = Chunked::default();
-    let mut left = match head.framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
+    let mut body = BodyReader::new(head.framing);
     // What of the body came with the head goes out with it, in one write.
-    let mut done = body_part(
-        &mut c.resp_out,
-        &c.up_buf,
-        head.framing,
-        &mut left,
-        &mut chunked,
-        &mut payload,
-    );
+    let mut done = body.part(&c.up_buf, Some(&mut c.resp_out), &mut payload);
     loop {
         let extra = match done {
             Ok(Some(used)) => c.up_buf.len() > used,
@@ -252,14 +241,7 @@ pub(super) async fn relay_response(
             }
         }
         c.resp_out.clear();
-        done = body_part(
-            &mut c.resp_out,
-            &c.up_buf,
-            head.framing,
-            &mut left,
-            &mut chunked,
-            &mut payload,
-        );
+        done = body.part(&c.up_buf, Some(&mut c.resp_out), &mut payload);
     }
     if relayed.upstream_error.is_some() {
         // The client has a head and part of a body: only closing tells it the body is cut short.
@@ -268,35 +250,59 @@ pub(super) async fn relay_response(
     relayed
 }
 
-/// Appends to `out` the part of `data` that belongs to the body. `Ok(Some(used))` once the body is
-/// complete, with how many bytes of `data` it took.
-/// `payload` gets the body's content as it passes (chunked framing removed).
-pub(super) fn body_part(
-    out: &mut Vec<u8>,
-    data: &[u8],
+/// Where a message body stands as it is read piece by piece.
+pub(super) struct BodyReader {
     framing: Framing,
-    left: &mut u64,
-    chunked: &mut Chunked,
-    payload: &mut impl FnMut(&[u8]),
-) -> Result<Option<usize>, body::BadChunk> {
-    Ok(match framing {
-        Framing::Empty => Some(0),
-        Framing::Length(_) => {
-            let n = (data.len() as u64).min(*left) as usize;
-            out.extend_from_slice(&data[..n]);
-            payload(&data[..n]);
-            *left -= n as u64;
-            (*left == 0).then_some(n)
+    /// Bytes still to come under `Framing::Length`.
+    left: u64,
+    chunked: Chunked,
+}
+
+impl BodyReader {
+    pub(super) fn new(framing: Framing) -> Self {
+        BodyReader {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunked: Chunked::default(),
         }
-        Framing::Chunked => {
-            let n = chunked.advance_with(data, &mut *payload)?;
-            out.extend_from_slice(&data[..n]);
-            chunked.done().then_some(n)
-        }
-        Framing::UntilClose => {
-            out.extend_from_slice(data);
-            payload(data);
-            None
-        }
-    })
+    }
+
+    /// Takes the part of `data` that belongs to the body, appending it to `out` when given, and
+    /// handing its content (chunked framing removed) to `payload`. `Ok(Some(used))` once the body is
+    /// complete, with how many bytes of `data` it took.
+    pub(super) fn part(
+        &mut self,
+        data: &[u8],
+        mut out: Option<&mut Vec<u8>>,
+        payload: &mut impl FnMut(&[u8]),
+    ) -> Result<Option<usize>, body::BadChunk> {
+        let mut keep = |d: &[u8]| {
+            if let Some(out) = out.as_mut() {
+                out.extend_from_slice(d);
+            }
+        };
+        Ok(match self.framing {
+            Framing::Empty => Some(0),
+            Framing::Length(_) => {
+                let n = (data.len() as u64).min(self.left) as usize;
+                keep(&data[..n]);
+                payload(&data[..n]);
+                self.left -= n as u64;
+                (self.left == 0).then_some(n)
+            }
+            Framing::Chunked => {
+                let n = self.chunked.advance_with(data, &mut *payload)?;
+                keep(&data[..n]);
+                self.chunked.done().then_some(n)
+            }
+            Framing::UntilClose => {
+                keep(data);
+                payload(data);
+                None
+            }
+        })
+    }
 }

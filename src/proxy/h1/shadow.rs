@@ -9,8 +9,8 @@
 //! connection pool as the primary, then compares it with the primary's answer when `compare` is set.
 //! Admission, counting and the comparison are the ones the Pingora path uses (`proxy::mirror`).
 
-use super::body::{Chunked, Framing};
-use super::exchange::{body_part, connect, interim_len, within};
+use super::body::Framing;
+use super::exchange::{connect, interim_len, within, BodyReader};
 use super::head::{head_complete, write_response_head};
 use super::{pool, MAX_HEAD, READ_CHUNK};
 use crate::metrics::{Metrics, MirrorOutcome};
@@ -295,6 +295,7 @@ async fn once(call: &Call<'_>, up: &mut TcpStream, shadow: &mut Captured) -> Res
             _ => return Err(Stale),
         }
     }
+    // Only the head's parse is wanted: the client of a shadow is nobody.
     let mut out = Vec::new();
     let head = write_response_head(
         &mut out,
@@ -306,24 +307,11 @@ async fn once(call: &Call<'_>, up: &mut TcpStream, shadow: &mut Captured) -> Res
     )
     .map_err(|_| Other)?;
     buf.advance(head.head_len);
-    let mut chunked = Chunked::default();
-    let mut left = match head.framing {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
+    let mut body = BodyReader::new(head.framing);
     let limit = call.limit;
     let mut payload = |d: &[u8]| shadow.push_body(d, limit);
     loop {
-        out.clear();
-        let part = body_part(
-            &mut out,
-            &buf,
-            head.framing,
-            &mut left,
-            &mut chunked,
-            &mut payload,
-        );
-        match part {
+        match body.part(&buf, None, &mut payload) {
             Ok(Some(used)) => return Ok(head.upstream_keepalive && buf.len() == used),
             Ok(None) => {}
             Err(_) => return Err(Other),
