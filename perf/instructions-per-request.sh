@@ -6,9 +6,12 @@
 #
 #   perf/instructions-per-request.sh LABEL BINARY ACCESS_LOG [N1] [N2]
 #
-# ACCESS_LOG is `off`, `stdout` or `file`. Needs valgrind, nginx (the upstream) and python3.
+# ACCESS_LOG is `off`, `stdout` or `file`. With KEEPALIVE=off in the environment every request comes on
+# a connection of its own (`Connection: close`), so the figure is what a whole connection costs. With
+# PROFILE=DIR the larger run's callgrind output is kept in DIR for callgrind_annotate. Needs valgrind,
+# nginx (the upstream) and python3.
 set -euo pipefail
-label=$1 bin=$2 log=$3 n1=${4:-500} n2=${5:-2500}
+label=$1 bin=$2 log=$3 n1=${4:-500} n2=${5:-2500} keepalive=${KEEPALIVE:-on}
 work=$(mktemp -d /tmp/switchyard-ir.XXXXXX)
 up_port=18091 px_port=18090
 cleanup() { [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"; }
@@ -49,9 +52,9 @@ count() { # $1 requests -> total instructions of the proxy process
   valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$bin" run -c "$work/sy.yaml" \
     >/dev/null 2>"$work/vg.err" &
   local pid=$!
-  python3 - "$px_port" "$1" <<'PY'
+  python3 - "$px_port" "$1" "$keepalive" <<'PY'
 import http.client, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, keepalive = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] != "off"
 deadline = time.time() + 60
 while True:
     try:
@@ -60,12 +63,18 @@ while True:
         if time.time() > deadline: raise
         time.sleep(0.2)
 for i in range(n):
-    c.request("GET", "/api/orders/%d" % i, headers={"X-User-Id": "u%d" % (i % 100)})
+    headers = {"X-User-Id": "u%d" % (i % 100)}
+    if not keepalive:
+        c.close()
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers["Connection"] = "close"
+    c.request("GET", "/api/orders/%d" % i, headers=headers)
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
   kill -INT $pid; wait $pid 2>/dev/null || true
   awk '/^summary:|^totals:/ {print $2; exit}' "$work"/cg.*
+  if [ -n "${PROFILE:-}" ]; then mkdir -p "$PROFILE" && cp "$work"/cg.* "$PROFILE/callgrind.$1"; fi
   rm -f "$work"/cg.*
 }
 ir1=$(count "$n1"); ir2=$(count "$n2")

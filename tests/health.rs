@@ -151,3 +151,42 @@ routes:
         assert_eq!((r.status, r.version()), (200, "v1".to_string()));
     }
 }
+
+#[test]
+fn a_health_check_added_by_a_reload_starts_checking() {
+    let (v1, v2) = (backend("v1"), backend("v2"));
+    let no_checks = format!(
+        r#"
+upstreams:
+  v1: {{backends: [{}]}}
+  v2: {{backends: [{}]}}
+routes:
+  - name: payments
+    match: {{path_prefix: /api}}
+    rules: [{{when: {{header: {{X-Version: beta}}}}, to: v2}}]
+    split: {{targets: {{v1: 100}}}}
+"#,
+        quoted(&v1),
+        quoted(&v2)
+    );
+    let proxy = ProxyProcess::start(&no_checks);
+    let agent = client();
+    // Without a health check nothing notices that v2 reports itself unhealthy.
+    v2.control.set_healthy(false);
+    std::thread::sleep(Duration::from_millis(1500));
+    let beta = [("X-Version", "beta")];
+    assert_eq!(get(&agent, &proxy.url("/api"), &beta).version(), "v2");
+
+    proxy.rewrite_config(&no_checks.replace(
+        &format!("v2: {{backends: [{}]}}", quoted(&v2)),
+        &format!(
+            "v2: {{backends: [{}], health_check: {{path: /healthz, interval: 100ms, timeout: 500ms}}}}",
+            quoted(&v2)
+        ),
+    ));
+    signal(proxy.child.id(), "HUP");
+    let fell_back = eventually(Duration::from_secs(5), || {
+        get(&agent, &proxy.url("/api"), &beta).version() == "v1"
+    });
+    assert!(fell_back, "the health check added by the reload never ran");
+}

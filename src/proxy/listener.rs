@@ -11,20 +11,35 @@
 //! What Pingora's listeners do that these must do too: a listening socket is taken from Pingora's
 //! table of inherited sockets when the process was started with `--upgrade` (and put there when it is
 //! bound here), so a graceful upgrade hands it to the next process without refusing a connection;
-//! the listener is bound with `SO_REUSEADDR` and a backlog of 65,535; an accepted connection gets
-//! `TCP_NODELAY` and a socket digest holding the client's address (Pingora's `Listener::accept`); the
-//! loop stops accepting when shutdown begins, and the engine's `cleanup` runs once every loop ended.
+//! the listener is bound with `SO_REUSEADDR` and a backlog of 65,535; an accepted connection carries
+//! a socket digest holding the client's address (Pingora's `Listener::accept`); the loop stops
+//! accepting when shutdown begins, and the engine's `cleanup` runs once every loop ended.
+//!
+//! An accepted connection is a [`PlainTcp`], not Pingora's `l4::Stream`: the engine needs none of
+//! that type's layers (buffers, rewind, pending-time clocks), and its `Drop` asks the kernel for
+//! `TCP_NODELAY` (a `getsockopt`) only to log a double close. `TCP_NODELAY` itself is set by the
+//! engine when a connection is going to see more than one write (see `h1::Conn::nodelay`), as nginx
+//! does: a connection answered in one write and then closed never needs it. With one connection per
+//! request, both system calls were about 2 of the 11 a request makes.
 
 use super::h1::Engine;
 use async_trait::async_trait;
+use once_cell::sync::OnceCell;
 use pingora::apps::ServerApp;
-use pingora::protocols::l4::listener::Listener;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType,
+};
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Connections waiting to be accepted, per listening socket (Pingora's listeners use the same).
 const BACKLOG: u32 = 65_535;
@@ -51,7 +66,7 @@ impl Service for TcpListeners {
         let mut loops = Vec::new();
         for addr in &self.addrs {
             let listener = match listen(addr, fds.as_ref()) {
-                Ok(l) => Arc::new(Listener::from(l)),
+                Ok(l) => Arc::new(l),
                 Err(e) => {
                     // Nothing can be served without it; Pingora's own listeners stop the same way.
                     log::error!("cannot listen on {addr}: {e}");
@@ -93,7 +108,7 @@ fn listen(addr: &str, fds: Option<&ListenFds>) -> std::io::Result<TcpListener> {
         return inherited(fd);
     }
     let listener = bind(addr)?;
-    table.add(addr.to_string(), std::os::fd::AsRawFd::as_raw_fd(&listener));
+    table.add(addr.to_string(), listener.as_raw_fd());
     Ok(listener)
 }
 
@@ -123,7 +138,7 @@ fn inherited(fd: std::os::fd::RawFd) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std_listener)
 }
 
-async fn accept_loop(listener: Arc<Listener>, engine: Arc<Engine>, mut shutdown: ShutdownWatch) {
+async fn accept_loop(listener: Arc<TcpListener>, engine: Arc<Engine>, mut shutdown: ShutdownWatch) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -135,10 +150,8 @@ async fn accept_loop(listener: Arc<Listener>, engine: Arc<Engine>, mut shutdown:
             }
         };
         match accepted {
-            Ok(mut stream) => {
-                if let Err(e) = stream.set_nodelay() {
-                    log::debug!("TCP_NODELAY on an accepted connection: {e}");
-                }
+            Ok((tcp, peer)) => {
+                let stream = PlainTcp::new(tcp, peer);
                 let engine = engine.clone();
                 let shutdown = shutdown.clone();
                 pingora_runtime::current_handle().spawn(async move {
@@ -153,5 +166,155 @@ async fn accept_loop(listener: Arc<Listener>, engine: Arc<Engine>, mut shutdown:
                 }
             }
         }
+    }
+}
+
+/// A plain-TCP client connection as Pingora's pipeline sees it (a `Stream` is a boxed `IO`), for the
+/// connections the engine hands over: the client's address from `accept`, the time it was accepted,
+/// and nothing layered over the socket.
+#[derive(Debug)]
+pub struct PlainTcp {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    accepted: SystemTime,
+    /// Built the first time it is asked for: most requests never read the client's address.
+    digest: OnceCell<Arc<SocketDigest>>,
+}
+
+impl PlainTcp {
+    pub fn new(tcp: TcpStream, peer: SocketAddr) -> Self {
+        PlainTcp {
+            tcp,
+            peer,
+            accepted: SystemTime::now(),
+            digest: OnceCell::new(),
+        }
+    }
+
+    /// Turns Nagle's algorithm off for this connection.
+    pub fn set_nodelay(&self) -> std::io::Result<()> {
+        self.tcp.set_nodelay(true)
+    }
+
+    #[cfg(test)]
+    pub fn nodelay_is_on(&self) -> bool {
+        self.tcp.nodelay().unwrap_or(false)
+    }
+}
+
+impl AsyncRead for PlainTcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PlainTcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for PlainTcp {
+    async fn shutdown(&mut self) {
+        if let Err(e) = tokio::io::AsyncWriteExt::shutdown(&mut self.tcp).await {
+            log::debug!("shutting down a client connection: {e}");
+        }
+    }
+}
+
+impl UniqueID for PlainTcp {
+    fn id(&self) -> UniqueIDType {
+        self.tcp.as_raw_fd()
+    }
+}
+
+impl Ssl for PlainTcp {}
+
+#[async_trait]
+impl Peek for PlainTcp {}
+
+impl GetTimingDigest for PlainTcp {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        vec![Some(TimingDigest {
+            established_ts: self.accepted,
+            establishment_duration: None,
+            offload_wait_duration: None,
+        })]
+    }
+}
+
+impl GetProxyDigest for PlainTcp {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for PlainTcp {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        Some(
+            self.digest
+                .get_or_init(|| {
+                    let digest = SocketDigest::from_raw_fd(self.tcp.as_raw_fd());
+                    let _ = digest.peer_addr.set(Some(self.peer.into()));
+                    Arc::new(digest)
+                })
+                .clone(),
+        )
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.digest = OnceCell::with_value(Arc::new(digest));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn plain_tcp_reports_the_client_and_sets_nodelay_only_when_asked() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let stream = PlainTcp::new(tcp, peer);
+        assert!(!stream.nodelay_is_on());
+        let digest = stream.get_socket_digest().unwrap();
+        let seen = digest.peer_addr().and_then(|a| a.as_inet()).copied();
+        assert_eq!(seen, Some(client.local_addr().unwrap()));
+        // Built once, then shared.
+        assert!(Arc::ptr_eq(&digest, &stream.get_socket_digest().unwrap()));
+        stream.set_nodelay().unwrap();
+        assert!(stream.nodelay_is_on());
     }
 }

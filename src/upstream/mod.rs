@@ -162,6 +162,14 @@ impl Pool {
         Box::new(peer)
     }
 
+    /// Milliseconds until this pool's next health check is due (0: due now, or running); `None`
+    /// when the pool has no health check.
+    fn health_check_due_in(&self, now_ms: u64) -> Option<u64> {
+        self.health
+            .as_ref()
+            .map(|h| h.next_due_ms.load(Ordering::Relaxed).saturating_sub(now_ms))
+    }
+
     /// Claims this pool's health check if it is due and not already running.
     fn claim_health_check(&self, now_ms: u64) -> bool {
         self.health.as_ref().is_some_and(|h| {

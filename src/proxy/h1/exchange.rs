@@ -120,6 +120,7 @@ pub(super) async fn read_response_head(
                 Some(Ok(n)) => n,
                 Some(Err(())) => return Err(Some(invalid())),
             };
+            c.nodelay();
             if !write_client(&mut c.stream, &c.up_buf[..n]).await {
                 return Err(None);
             }
@@ -218,6 +219,10 @@ pub(super) async fn relay_response(
                 false
             }
         };
+        if matches!(done, Ok(None)) || !relayed.client_close {
+            // Not the connection's last write.
+            c.nodelay();
+        }
         if !write_client(&mut c.stream, &c.resp_out).await {
             relayed.client_ok = false;
             return relayed;

@@ -32,6 +32,7 @@ mod head;
 mod pool;
 mod shadow;
 
+use super::listener::PlainTcp;
 use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy, REQUEST_ID_HEADER};
 use crate::metrics::{Rejection, UpstreamError};
 use crate::release::{self, Decision, Headers, Outcome, RequestView};
@@ -65,6 +66,9 @@ const MAX_HEAD: usize = 64 * 1024;
 /// How long an idle client connection is kept open for its next request (Pingora's default too).
 const KEEPALIVE: Duration = Duration::from_secs(60);
 const READ_CHUNK: usize = 16 * 1024;
+/// Room for an upstream request head or a response head with the part of its body that came with
+/// it, so that a typical head is written without growing its buffer.
+const OUT_CAPACITY: usize = 1024;
 
 /// The engine: serves what it can, hands the rest to `full`.
 #[derive(Clone)]
@@ -95,15 +99,7 @@ impl ServerApp for Engine {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.full.process_new(stream, shutdown).await;
         }
-        let mut c = Conn {
-            stream,
-            buf: BytesMut::with_capacity(4096),
-            up_buf: BytesMut::new(),
-            req_out: Vec::new(),
-            resp_out: Vec::new(),
-            client_ip: None,
-            served: 0,
-        };
+        let mut c = Conn::new(stream);
         let mut shutdown = shutdown.clone();
         loop {
             match self.serve_one(&mut c, &mut shutdown).await {
@@ -123,6 +119,8 @@ impl ServerApp for Engine {
 /// One client connection on the engine.
 struct Conn {
     stream: Stream,
+    /// Whether TCP_NODELAY is on (see [`Conn::nodelay`]).
+    nodelay: bool,
     /// Bytes read from the client and not yet used.
     buf: BytesMut,
     /// Bytes read from the upstream.
@@ -134,6 +132,39 @@ struct Conn {
     /// The client's address, looked up (`getpeername`) the first time a decision needs it.
     client_ip: Option<Option<IpAddr>>,
     served: u32,
+}
+
+impl Conn {
+    fn new(stream: Stream) -> Self {
+        // Pingora's listeners set TCP_NODELAY on what they accept; the engine's own, when needed.
+        let nodelay = stream.as_any().downcast_ref::<PlainTcp>().is_none();
+        Conn {
+            stream,
+            nodelay,
+            buf: BytesMut::with_capacity(4096),
+            up_buf: BytesMut::new(),
+            req_out: Vec::with_capacity(OUT_CAPACITY),
+            resp_out: Vec::with_capacity(OUT_CAPACITY),
+            client_ip: None,
+            served: 0,
+        }
+    }
+
+    /// Turns Nagle's algorithm off before a write that is not the connection's last: a small write
+    /// must not wait for the ACK of the one before it. A response written in one write on a
+    /// connection that then closes never needs it (closing sends what is queued at once), so a
+    /// connection that serves a single request saves the system call, as with nginx.
+    fn nodelay(&mut self) {
+        if self.nodelay {
+            return;
+        }
+        self.nodelay = true;
+        if let Some(tcp) = self.stream.as_any().downcast_ref::<PlainTcp>() {
+            if let Err(e) = tcp.set_nodelay() {
+                log::debug!("TCP_NODELAY on a client connection: {e}");
+            }
+        }
+    }
 }
 
 enum Next {
@@ -477,6 +508,9 @@ impl Engine {
         if !req.head {
             out.extend_from_slice(body.as_bytes());
         }
+        if !close {
+            c.nodelay();
+        }
         let sent = write_client(&mut c.stream, &c.resp_out).await;
         let status = if sent { status } else { 499 };
         self.proxy
@@ -492,7 +526,9 @@ impl Engine {
     }
 
     /// Hands the connection, with the bytes already read, to Pingora's pipeline for good.
-    async fn hand_off(&self, c: Conn, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn hand_off(&self, mut c: Conn, shutdown: &ShutdownWatch) -> Option<Stream> {
+        // Pingora writes a response head and its body separately.
+        c.nodelay();
         let mut session = ServerSession::new_http1(c.stream);
         if !c.buf.is_empty() {
             session.set_pipelined_prefix(c.buf);
@@ -599,4 +635,29 @@ async fn write_client(stream: &mut Stream, data: &[u8]) -> bool {
         return true;
     }
     stream.write_all(data).await.is_ok() && stream.flush().await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn nodelay_goes_on_once_and_only_when_asked_for() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let mut c = Conn::new(Box::new(PlainTcp::new(tcp, peer)));
+        let on = |c: &Conn| {
+            let tcp = c.stream.as_any().downcast_ref::<PlainTcp>().unwrap();
+            tcp.nodelay_is_on()
+        };
+        assert!(!c.nodelay);
+        assert!(!on(&c));
+        c.nodelay();
+        assert!(c.nodelay);
+        assert!(on(&c));
+    }
 }

@@ -27,8 +27,12 @@ struct Idle {
     since: Instant,
 }
 
+/// Hashing a backend's address is on every request's path; SipHash's resistance to chosen keys is
+/// not needed for addresses from the operator's own config.
+type IdleMap = HashMap<SocketAddr, Vec<Idle>, ahash::RandomState>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<IdleMap> = RefCell::new(IdleMap::default());
 }
 
 /// A live idle connection to `addr`, idle for at most `max_idle`.
