@@ -21,12 +21,18 @@ pub fn settle(client_value: Option<&[u8]>) -> String {
 
 fn generate() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n: u128 = rand::random();
     let mut out = [0u8; 32];
-    for (i, c) in out.iter_mut().enumerate() {
-        *c = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    for (pair, byte) in out
+        .chunks_exact_mut(2)
+        .zip(rand::random::<u128>().to_be_bytes())
+    {
+        pair[0] = HEX[(byte >> 4) as usize];
+        pair[1] = HEX[(byte & 0xf) as usize];
     }
-    out.iter().map(|&c| c as char).collect()
+    // Hex digits only, so this never fails.
+    std::str::from_utf8(&out)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
