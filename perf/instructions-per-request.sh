@@ -6,6 +6,9 @@
 #
 #   perf/instructions-per-request.sh LABEL BINARY ACCESS_LOG [N1] [N2]
 #
+# BINARY is a Switchyard binary, or `nginx` to count nginx (one worker) proxying the same route: a
+# sticky split on X-User-Id (split_clients, 100% to v1), upstream keep-alive, and X-Request-Id as
+# Switchyard sets it (perf/peers/nginx.conf does the same).
 # ACCESS_LOG is `off`, `stdout` or `file`. With KEEPALIVE=off in the environment every request comes on
 # a connection of its own (`Connection: close`), so the figure is what a whole connection costs. With
 # PROFILE=DIR the larger run's callgrind output is kept in DIR for callgrind_annotate. Needs valgrind,
@@ -46,10 +49,36 @@ routes:
     match: {path_prefix: /}
     split: {targets: {v1: 100}, sticky: ["header:X-User-Id"]}
 YAML
+if [ "$(basename "$bin")" = nginx ]; then
+  case $log in off) nginx_log=off ;; stdout) nginx_log=/dev/stdout ;; *) nginx_log=$access_log ;; esac
+  cat > "$work/px.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/px.pid;
+error_log $work/px.err warn;
+events { worker_connections 256; }
+http {
+  access_log $nginx_log;
+  keepalive_requests 1000000;
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  map \$http_x_request_id \$req_id { default \$http_x_request_id; "" \$request_id; }
+  proxy_set_header X-Request-Id \$req_id;
+  add_header X-Request-Id \$req_id always;
+  upstream v1 { server 127.0.0.1:$up_port; keepalive 64; }
+  split_clients "\${http_x_user_id}" \$pool { 100% v1; }
+  server { listen 127.0.0.1:$px_port; location / { proxy_pass http://\$pool; } }
+}
+NGINX
+  run=("$bin" -c "$work/px.conf") stop=QUIT
+else
+  run=("$bin" run -c "$work/sy.yaml") stop=INT
+fi
 
 count() { # $1 requests -> total instructions of the proxy process
   rm -rf "$work/state"
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$bin" run -c "$work/sy.yaml" \
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "${run[@]}" \
     >/dev/null 2>"$work/vg.err" &
   local pid=$!
   python3 - "$px_port" "$1" "$keepalive" <<'PY'
@@ -72,7 +101,7 @@ for i in range(n):
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
-  kill -INT $pid; wait $pid 2>/dev/null || true
+  kill -$stop $pid; wait $pid 2>/dev/null || true
   awk '/^summary:|^totals:/ {print $2; exit}' "$work"/cg.*
   if [ -n "${PROFILE:-}" ]; then mkdir -p "$PROFILE" && cp "$work"/cg.* "$PROFILE/callgrind.$1"; fi
   rm -f "$work"/cg.*
