@@ -200,6 +200,17 @@ impl PlainTcp {
     pub fn nodelay_is_on(&self) -> bool {
         self.tcp.nodelay().unwrap_or(false)
     }
+
+    /// A connection accepted on a loopback listener, and the client's end of it.
+    #[cfg(test)]
+    pub async fn accepted() -> (PlainTcp, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        (PlainTcp::new(tcp, peer), client)
+    }
 }
 
 impl AsyncRead for PlainTcp {
@@ -302,12 +313,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn plain_tcp_reports_the_client_and_sets_nodelay_only_when_asked() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (tcp, peer) = listener.accept().await.unwrap();
-        let stream = PlainTcp::new(tcp, peer);
+        let (stream, client) = PlainTcp::accepted().await;
         assert!(!stream.nodelay_is_on());
         let digest = stream.get_socket_digest().unwrap();
         let seen = digest.peer_addr().and_then(|a| a.as_inet()).copied();

@@ -640,16 +640,11 @@ async fn write_client(stream: &mut Stream, data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::{TcpListener, TcpStream};
 
     #[tokio::test(flavor = "current_thread")]
     async fn nodelay_goes_on_once_and_only_when_asked_for() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (tcp, peer) = listener.accept().await.unwrap();
-        let mut c = Conn::new(Box::new(PlainTcp::new(tcp, peer)));
+        let (stream, _client) = PlainTcp::accepted().await;
+        let mut c = Conn::new(Box::new(stream));
         let on = |c: &Conn| {
             let tcp = c.stream.as_any().downcast_ref::<PlainTcp>().unwrap();
             tcp.nodelay_is_on()
