@@ -18,7 +18,7 @@
 //! An accepted connection is a [`PlainTcp`], not Pingora's `l4::Stream`: the engine needs none of
 //! that type's layers (buffers, rewind, pending-time clocks), and its `Drop` asks the kernel for
 //! `TCP_NODELAY` (a `getsockopt`) only to log a double close. `TCP_NODELAY` itself is set by the
-//! engine when a connection is going to see more than one write (see `h1::Conn::nodelay`), as nginx
+//! engine before a write that is not the connection's last (see `h1::write_client`), as nginx
 //! does: a connection answered in one write and then closed never needs it. With one connection per
 //! request, both system calls were about 2 of the 11 a request makes.
 
@@ -35,6 +35,7 @@ use pingora::services::Service;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -179,6 +180,8 @@ pub struct PlainTcp {
     accepted: SystemTime,
     /// Built the first time it is asked for: most requests never read the client's address.
     digest: OnceCell<Arc<SocketDigest>>,
+    /// Whether TCP_NODELAY has been set (see [`PlainTcp::nodelay`]).
+    nodelay: AtomicBool,
 }
 
 impl PlainTcp {
@@ -188,12 +191,18 @@ impl PlainTcp {
             peer,
             accepted: SystemTime::now(),
             digest: OnceCell::new(),
+            nodelay: AtomicBool::new(false),
         }
     }
 
-    /// Turns Nagle's algorithm off for this connection.
-    pub fn set_nodelay(&self) -> std::io::Result<()> {
-        self.tcp.set_nodelay(true)
+    /// Turns Nagle's algorithm off for this connection; only the first call asks the kernel.
+    pub fn nodelay(&self) {
+        if self.nodelay.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.tcp.set_nodelay(true) {
+            log::debug!("TCP_NODELAY on a client connection: {e}");
+        }
     }
 
     #[cfg(test)]
@@ -320,7 +329,7 @@ mod tests {
         assert_eq!(seen, Some(client.local_addr().unwrap()));
         // Built once, then shared.
         assert!(Arc::ptr_eq(&digest, &stream.get_socket_digest().unwrap()));
-        stream.set_nodelay().unwrap();
+        stream.nodelay();
         assert!(stream.nodelay_is_on());
     }
 }

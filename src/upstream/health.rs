@@ -37,7 +37,7 @@ impl HealthChecker {
             let Some(due_in) = pool.health_check_due_in(now) else {
                 continue;
             };
-            if due_in == 0 && pool.claim_health_check(now) {
+            if due_in == 0 && pool.claim_health_check() {
                 let pool = pool.clone();
                 tokio::spawn(async move { pool.run_health_check().await });
             }

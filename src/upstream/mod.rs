@@ -170,12 +170,11 @@ impl Pool {
             .map(|h| h.next_due_ms.load(Ordering::Relaxed).saturating_sub(now_ms))
     }
 
-    /// Claims this pool's health check if it is due and not already running.
-    fn claim_health_check(&self, now_ms: u64) -> bool {
-        self.health.as_ref().is_some_and(|h| {
-            now_ms >= h.next_due_ms.load(Ordering::Relaxed)
-                && !h.running.swap(true, Ordering::AcqRel)
-        })
+    /// Claims this pool's health check, due by `health_check_due_in`, unless it is already running.
+    fn claim_health_check(&self) -> bool {
+        self.health
+            .as_ref()
+            .is_some_and(|h| !h.running.swap(true, Ordering::AcqRel))
     }
 
     /// Runs a claimed health check and schedules the next one.

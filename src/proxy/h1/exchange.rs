@@ -120,8 +120,7 @@ pub(super) async fn read_response_head(
                 Some(Ok(n)) => n,
                 Some(Err(())) => return Err(Some(invalid())),
             };
-            c.nodelay();
-            if !write_client(&mut c.stream, &c.up_buf[..n]).await {
+            if !write_client(&mut c.stream, &c.up_buf[..n], false).await {
                 return Err(None);
             }
             c.up_buf.advance(n);
@@ -219,11 +218,8 @@ pub(super) async fn relay_response(
                 false
             }
         };
-        if matches!(done, Ok(None)) || !relayed.client_close {
-            // Not the connection's last write.
-            c.nodelay();
-        }
-        if !write_client(&mut c.stream, &c.resp_out).await {
+        let last = !matches!(done, Ok(None)) && relayed.client_close;
+        if !write_client(&mut c.stream, &c.resp_out, last).await {
             relayed.client_ok = false;
             return relayed;
         }

@@ -119,8 +119,6 @@ impl ServerApp for Engine {
 /// One client connection on the engine.
 struct Conn {
     stream: Stream,
-    /// Whether TCP_NODELAY is on (see [`Conn::nodelay`]).
-    nodelay: bool,
     /// Bytes read from the client and not yet used.
     buf: BytesMut,
     /// Bytes read from the upstream.
@@ -136,33 +134,14 @@ struct Conn {
 
 impl Conn {
     fn new(stream: Stream) -> Self {
-        // Pingora's listeners set TCP_NODELAY on what they accept; the engine's own, when needed.
-        let nodelay = stream.as_any().downcast_ref::<PlainTcp>().is_none();
         Conn {
             stream,
-            nodelay,
             buf: BytesMut::with_capacity(4096),
             up_buf: BytesMut::new(),
             req_out: Vec::with_capacity(OUT_CAPACITY),
             resp_out: Vec::with_capacity(OUT_CAPACITY),
             client_ip: None,
             served: 0,
-        }
-    }
-
-    /// Turns Nagle's algorithm off before a write that is not the connection's last: a small write
-    /// must not wait for the ACK of the one before it. A response written in one write on a
-    /// connection that then closes never needs it (closing sends what is queued at once), so a
-    /// connection that serves a single request saves the system call, as with nginx.
-    fn nodelay(&mut self) {
-        if self.nodelay {
-            return;
-        }
-        self.nodelay = true;
-        if let Some(tcp) = self.stream.as_any().downcast_ref::<PlainTcp>() {
-            if let Err(e) = tcp.set_nodelay() {
-                log::debug!("TCP_NODELAY on a client connection: {e}");
-            }
         }
     }
 }
@@ -508,10 +487,7 @@ impl Engine {
         if !req.head {
             out.extend_from_slice(body.as_bytes());
         }
-        if !close {
-            c.nodelay();
-        }
-        let sent = write_client(&mut c.stream, &c.resp_out).await;
+        let sent = write_client(&mut c.stream, &c.resp_out, close).await;
         let status = if sent { status } else { 499 };
         self.proxy
             .record(&mut ctx, status, || req.logged.take().unwrap_or_default());
@@ -526,9 +502,9 @@ impl Engine {
     }
 
     /// Hands the connection, with the bytes already read, to Pingora's pipeline for good.
-    async fn hand_off(&self, mut c: Conn, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn hand_off(&self, c: Conn, shutdown: &ShutdownWatch) -> Option<Stream> {
         // Pingora writes a response head and its body separately.
-        c.nodelay();
+        nodelay(&c.stream);
         let mut session = ServerSession::new_http1(c.stream);
         if !c.buf.is_empty() {
             session.set_pipelined_prefix(c.buf);
@@ -629,12 +605,28 @@ async fn linger(c: &mut Conn, mut unread: u64) {
     c.buf.clear();
 }
 
-/// Writes all of `data` to the client; false when the client is gone.
-async fn write_client(stream: &mut Stream, data: &[u8]) -> bool {
+/// Writes all of `data` to the client; false when the client is gone. `last`: nothing more is
+/// written on this connection, which closes after it.
+///
+/// Any other write goes out with Nagle's algorithm off, so that a small write never waits for the
+/// ACK of the one before it. The last write does not need it (closing sends what is queued at
+/// once), so a connection answered in one write and closed saves the system call, as with nginx.
+async fn write_client(stream: &mut Stream, data: &[u8], last: bool) -> bool {
     if data.is_empty() {
         return true;
     }
+    if !last {
+        nodelay(stream);
+    }
     stream.write_all(data).await.is_ok() && stream.flush().await.is_ok()
+}
+
+/// TCP_NODELAY on a client connection. Pingora's listeners set it on what they accept (TLS); the
+/// engine's own plain-TCP connections get it here, once.
+fn nodelay(stream: &Stream) {
+    if let Some(tcp) = stream.as_any().downcast_ref::<PlainTcp>() {
+        tcp.nodelay();
+    }
 }
 
 #[cfg(test)]
@@ -642,17 +634,26 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "current_thread")]
-    async fn nodelay_goes_on_once_and_only_when_asked_for() {
-        let (stream, _client) = PlainTcp::accepted().await;
-        let mut c = Conn::new(Box::new(stream));
-        let on = |c: &Conn| {
-            let tcp = c.stream.as_any().downcast_ref::<PlainTcp>().unwrap();
-            tcp.nodelay_is_on()
+    async fn nodelay_goes_on_before_a_write_that_is_not_the_last() {
+        let (stream, mut client) = PlainTcp::accepted().await;
+        let mut stream: Stream = Box::new(stream);
+        let on = |s: &Stream| {
+            s.as_any()
+                .downcast_ref::<PlainTcp>()
+                .unwrap()
+                .nodelay_is_on()
         };
-        assert!(!c.nodelay);
-        assert!(!on(&c));
-        c.nodelay();
-        assert!(c.nodelay);
-        assert!(on(&c));
+        assert!(!on(&stream));
+        // A connection's last write goes out as it is.
+        assert!(write_client(&mut stream, b"a", true).await);
+        assert!(!on(&stream));
+        // Any other turns Nagle's algorithm off first, and it stays off.
+        assert!(write_client(&mut stream, b"b", false).await);
+        assert!(on(&stream));
+        assert!(write_client(&mut stream, b"c", true).await);
+        assert!(on(&stream));
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abc");
     }
 }
