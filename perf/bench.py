@@ -8,19 +8,27 @@ with one worker; the load generator and the upstream (one nginx worker) share th
 All three proxies run for the whole benchmark; each measurement loads one of them, and the order of the
 peers rotates between rounds.
 
-Two phases, each over every scenario and peer:
+Three phases, each over every scenario and peer:
   1. max: wrk (closed loop) for --duration seconds: requests/s, and the proxy's CPU time per request
      (utime + stime of its processes, from /proc, divided by the requests wrk completed);
   2. fixed rate: oha -q RATE --latency-correction (open loop) for --duration seconds: p50, p99, and
      CPU time per request at that rate. RATE is --rate, or half the slowest peer's median max req/s
      in the pass-through scenario (keep-alive off gets its own; both mirror rows use the fast-shadow
      mirror's).
+  3. wire: the same open-loop load at a third of that rate while tcpdump captures lo, and from the
+     capture (perf/wire_latency.py) the latency the proxy itself adds to each request: the time between
+     the client's request reaching it and its answer, less the upstream's time. This leaves out the load
+     generator's and the upstream's scheduling, which share a CPU. (Not for the 500 ms shadow, where
+     nginx's share is the shadow's 500 ms.)
+
+Every run also records the CPU time the hypervisor took from both CPUs (steal, from /proc/stat).
 
 Output: a markdown table (perf/RESULTS.md unless --out) and the raw runs as JSON beside it.
 """
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import random
@@ -32,6 +40,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+
+import wire_latency
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS_DIR = os.path.join(ROOT, "perf", "peers")
@@ -48,6 +58,11 @@ PEERS = {
 # to v1, so it takes part only where that is the whole job
 PEER_SCENARIOS = {"pingora": ("pass", "close")}
 DIRECT_PORT = 19001
+# the ports of a request's own upstream leg (v1 and v2; the shadows are 19003 and 19004)
+PRIMARY_UPSTREAM_PORTS = (19001, 19002)
+WIRE_SKIP = ("mirror-slow",)
+# the bare Pingora pass-through sets no X-Request-Id, which joins a request's two legs in the capture
+WIRE_PEERS = ("switchyard", "nginx", "haproxy")
 
 # id, title, path (USER is replaced by a random user id per request), headers, keep-alive, peers
 SCENARIOS = [
@@ -130,6 +145,17 @@ def cpu_seconds(pids):
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def steal_ticks(cpus):
+    """Ticks the hypervisor ran something else while these CPUs had work (/proc/stat's steal column)."""
+    total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] in (f"cpu{c}" for c in cpus) and len(fields) > 8:
+                total += int(fields[8])
+    return total
+
+
 def wait_http(port, path, timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -188,6 +214,8 @@ class Bench:
         self.procs = Procs()
         self.pids = {}
         self.runs = []
+        self.samples = {}  # (scenario, peer, round) -> the proxy's share of each request, µs, sorted
+        self.round = 0
 
     # --- processes
 
@@ -244,6 +272,8 @@ class Bench:
         hdrs = list(headers) + ([] if keepalive else ["Connection: close"])
         pids = [] if peer == "direct" else self.peer_pids(peer)
         a = self.args
+        s0 = steal_ticks((a.proxy_cpu, a.load_cpu))
+        t0 = time.time()
         if phase == "max":
             script = wrk_script(path, hdrs)
             base = ["taskset", "-c", str(a.load_cpu), "wrk", "-t1", f"-c{CONNECTIONS}", "-s", script]
@@ -256,25 +286,83 @@ class Bench:
                                  timeout=a.duration + 30).stdout
             c1 = cpu_seconds(pids)
             res = parse_wrk(out)
+        elif phase == "wire":
+            res = self.wire_run(port, path, headers, keepalive, rate)
+            c0 = c1 = 0.0
         else:
-            cmd = ["taskset", "-c", str(a.load_cpu), "oha", "--no-tui", "--output-format", "json",
-                   "-c", str(CONNECTIONS), "-q", str(rate), "--latency-correction", "-z", f"{a.duration}s"]
-            if not keepalive:
-                cmd.append("--disable-keepalive")
-            for h in headers:
-                cmd += ["-H", h]
-            cmd += oha_url(port, path)
+            cmd = self.oha_cmd(port, path, headers, keepalive, rate)
             c0 = cpu_seconds(pids)
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
             c1 = cpu_seconds(pids)
             res = parse_oha(proc.stdout)
-        res["cpu_us"] = (c1 - c0) * 1e6 / res["requests"] if pids and res["requests"] else None
-        run = dict(phase=phase, scenario=sid, peer=peer, rate=rate, **res)
+        res["cpu_us"] = (c1 - c0) * 1e6 / res["requests"] if pids and res["requests"] and phase != "wire" else None
+        res["steal_ms_per_s"] = (steal_ticks((a.proxy_cpu, a.load_cpu)) - s0) * 1000 / os.sysconf("SC_CLK_TCK") \
+            / max(0.001, time.time() - t0)
+        samples = res.pop("samples", None)
+        run = dict(phase=phase, scenario=sid, peer=peer, rate=rate, round=self.round, **res)
+        if samples is not None:
+            self.samples[(sid, peer, self.round)] = samples
         self.runs.append(run)
         cpu = f"{run['cpu_us']:.1f} us/req" if run["cpu_us"] else "-"
         lat = f" p50 {res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms" if phase == "fixed" and res["p50_ms"] else ""
+        if phase == "wire" and res.get("added_p99_us") is not None:
+            lat = (f" proxy's share p50 {res['added_p50_us']:.0f} us p99 {res['added_p99_us']:.0f} us"
+                   f" ({res['joined']} joined, {res['dropped']} dropped)")
+        lat += f"  steal {res['steal_ms_per_s']:.1f} ms/s"
         log(f"  {phase:5} {sid:11} {peer:10} {res['rps']:9.0f} req/s  {cpu:>14}{lat}  errors {res['errors']}")
         return run
+
+    def oha_cmd(self, port, path, headers, keepalive, rate):
+        a = self.args
+        cmd = ["taskset", "-c", str(a.load_cpu), "oha", "--no-tui", "--output-format", "json",
+               "-c", str(CONNECTIONS), "-q", str(rate), "--latency-correction", "-z", f"{a.duration}s"]
+        if not keepalive:
+            cmd.append("--disable-keepalive")
+        for h in headers:
+            cmd += ["-H", h]
+        return cmd + oha_url(port, path)
+
+    def wire_run(self, port, path, headers, keepalive, rate):
+        """oha at `rate` while tcpdump captures the proxy's two legs; the proxy's share of each request."""
+        a = self.args
+        pcap = os.path.join(WORK, "wire.pcap")
+        ups = " or ".join(f"port {p}" for p in PRIMARY_UPSTREAM_PORTS)
+        # data segments only: the IP length less the IP and TCP headers is not zero
+        bpf = (f"tcp and (port {port} or {ups}) and "
+               "(((ip[2:2] - ((ip[0]&0xf)<<2)) - ((tcp[12]&0xf0)>>2)) != 0)")
+        errf = open(os.path.join(WORK, "tcpdump.err"), "w+")
+        tcpdump = subprocess.Popen(
+            ["taskset", "-c", str(a.load_cpu), "tcpdump", "-i", "lo", "-nn", "-q", "-s", "1024", "-B", "262144",
+             "--time-stamp-precision=nano", "-w", pcap, bpf], stdout=subprocess.DEVNULL, stderr=errf)
+        try:
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                errf.seek(0)
+                if "listening on" in errf.read() or tcpdump.poll() is not None:
+                    break
+                time.sleep(0.05)
+            if tcpdump.poll() is not None:
+                errf.seek(0)
+                raise SystemExit(f"tcpdump did not start: {errf.read().strip()}")
+            proc = subprocess.run(self.oha_cmd(port, path, headers, keepalive, rate), capture_output=True,
+                                  text=True, timeout=a.duration + 60)
+            time.sleep(0.3)
+        finally:
+            tcpdump.send_signal(signal.SIGINT)
+            try:
+                tcpdump.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                tcpdump.kill()
+                tcpdump.wait()
+        errf.seek(0)
+        m = re.search(r"(\d+) packets dropped by kernel", errf.read())
+        res = parse_oha(proc.stdout)
+        counts, added, _, _ = wire_latency.analyse(pcap, port, PRIMARY_UPSTREAM_PORTS)
+        os.remove(pcap)
+        added = sorted(v * 1e6 for v in added)
+        res.update(joined=counts["joined"], dropped=int(m.group(1)) if m else None, samples=added,
+                   added_p50_us=wire_latency.quantile(added, 0.50), added_p99_us=wire_latency.quantile(added, 0.99))
+        return res
 
     def peers_for(self, sid):
         only = next(s for s in SCENARIOS if s[0] == sid)[5]
@@ -283,10 +371,15 @@ class Bench:
 
     def rounds(self, phase, rates):
         for r in range(self.args.rounds):
+            self.round = r
             log(f"--- {phase}, round {r + 1}/{self.args.rounds}")
             for sid in self.args.scenarios:
+                if phase == "wire" and sid in WIRE_SKIP:
+                    continue
                 order = self.peers_for(sid)
-                if sid in ("pass", "close"):
+                if phase == "wire":
+                    order = [p for p in order if p in WIRE_PEERS]
+                if sid in ("pass", "close") and phase != "wire":
                     order = order + ["direct"]
                 k = r % len(order)
                 for peer in order[k:] + order[:k]:
@@ -334,6 +427,11 @@ class Bench:
             rates = self.fixed_rates()
             log(f"fixed rates: {rates}")
             self.rounds("fixed", rates)
+            if "wire" in self.args.phases:
+                wire = {sid: max(100, r // 3 // 100 * 100) for sid, r in rates.items()}
+                log(f"wire rates: {wire}")
+                self.rounds("wire", wire)
+                rates = dict(rates, **{f"wire:{k}": v for k, v in wire.items()})
         finally:
             self.procs.stop_all()
         self.report(started, rates)
@@ -417,6 +515,7 @@ class Bench:
                     f"| {rng(self.spread('fixed', sid, peer, 'cpu_us'))} "
                     f"| {rng(self.spread('fixed', sid, peer, 'p99_ms'), 2)} |"
                 )
+        lines += self.latency_section(rates)
         lines += [
             "",
             "×nginx: this peer's figure divided by nginx's (below 1.00 is less CPU or latency, above is more "
@@ -433,6 +532,76 @@ class Bench:
             json.dump({"started": started.isoformat(), "rates": rates, "runs": self.runs}, f, indent=1)
         print(text)
         log(f"wrote {a.out}")
+
+
+    def by_round(self, phase, sid, peer, key):
+        return {r["round"]: r[key] for r in self.runs if r["phase"] == phase and r["scenario"] == sid
+                and r["peer"] == peer and r.get(key)}
+
+    def paired(self, phase, sid, peer, key):
+        """Geometric mean over the rounds of this peer's figure / nginx's in the same round, with a 95%
+        interval from resampling the rounds: runs next to each other in time share the machine's state."""
+        mine, ref = self.by_round(phase, sid, peer, key), self.by_round(phase, sid, "nginx", key)
+        logs = [math.log(mine[r] / ref[r]) for r in mine if r in ref]
+        if not logs:
+            return None
+        rng = random.Random(6)
+        boots = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(2000))
+        return math.exp(statistics.fmean(logs)), math.exp(boots[49]), math.exp(boots[1950])
+
+    def pooled(self, sid, peer, q):
+        vals = sorted(v for (s, p, _), vs in self.samples.items() if s == sid and p == peer for v in vs)
+        return wire_latency.quantile(vals, q)
+
+    def latency_section(self, rates):
+        a = self.args
+        out = [
+            "",
+            "## Latency: the load generator's view, and the proxy's own share",
+            "",
+            "p99 (oha) is the fixed-rate phase's, as in the table above. The proxy's share is the wire phase's: "
+            "a packet capture at a third of that rate, from which each request's time inside the proxy "
+            "(client request in to answer out, less the upstream's time) is taken; p99 over every request of "
+            "every round. Paired: the geometric mean over the rounds of this peer's p99 divided by nginx's in "
+            "the same round, and a 95% interval from resampling the rounds. Steal: ms per second the "
+            "hypervisor ran something else on the two CPUs (fixed phase, wire phase).",
+            "",
+            "| scenario | peer | p99 ms (oha) | ×nginx paired (95% interval) | wire rate | share p50 µs "
+            "| share p99 µs | ×nginx | ×nginx paired (95% interval) | share p99.9 µs | capture drops "
+            "| steal ms/s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+
+        def fmt(v, d=1):
+            return "–" if v is None else f"{v:,.{d}f}"
+
+        def ci(t):
+            return "–" if t is None else f"{t[0]:.2f} ({t[1]:.2f}–{t[2]:.2f})"
+
+        for sid, title, *_ in SCENARIOS:
+            if sid not in a.scenarios:
+                continue
+            n_p99 = self.pooled(sid, "nginx", 0.99)
+            for peer in self.peers_for(sid):
+                if peer not in WIRE_PEERS:
+                    continue
+                p99 = self.median("fixed", sid, peer, "p99_ms")
+                share = [self.pooled(sid, peer, q) for q in (0.5, 0.99, 0.999)]
+                drops = [r.get("dropped") for r in self.runs if r["phase"] == "wire" and r["scenario"] == sid
+                         and r["peer"] == peer]
+                steal = [self.median(ph, sid, peer, "steal_ms_per_s") for ph in ("fixed", "wire")]
+                wire_rate = rates.get(f"wire:{sid}") if sid not in WIRE_SKIP else None
+                out.append(
+                    f"| {title} | {peer} | {fmt(p99, 2)} "
+                    f"| {ci(self.paired('fixed', sid, peer, 'p99_ms')) if peer != 'nginx' else '1.00'} "
+                    f"| {fmt(wire_rate, 0)} | {fmt(share[0], 0)} | {fmt(share[1], 0)} "
+                    f"| {'–' if share[1] is None or not n_p99 else f'{share[1] / n_p99:.2f}'} "
+                    f"| {ci(self.paired('wire', sid, peer, 'added_p99_us')) if peer != 'nginx' and share[1] else ('1.00' if share[1] else '–')} "
+                    f"| {fmt(share[2], 0)} "
+                    f"| {'–' if not drops or None in drops else sum(drops)} "
+                    f"| {fmt(steal[0])}, {fmt(steal[1])} |"
+                )
+        return out
 
 
 def parse_oha(out):
@@ -486,8 +655,16 @@ def main():
     p.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
     p.add_argument("--proxy-cpu", type=int, default=1)
     p.add_argument("--load-cpu", type=int, default=0)
+    p.add_argument("--phases", default="max,fixed,wire",
+                   help="which of max,fixed,wire to run (max and fixed always run: they set the rates)")
     p.add_argument("--out", default=os.path.join(ROOT, "perf", "RESULTS.md"))
     args = p.parse_args()
+    args.phases = [x for x in args.phases.split(",") if x]
+    for ph in args.phases:
+        if ph not in ("max", "fixed", "wire"):
+            p.error(f"unknown phase {ph!r}; known: max, fixed, wire")
+    if "wire" in args.phases and not shutil.which("tcpdump"):
+        p.error("the wire phase needs tcpdump (apt-get install tcpdump), or leave it out: --phases max,fixed")
     args.peers = [x for x in args.peers.split(",") if x]
     args.scenarios = [x for x in args.scenarios.split(",") if x]
     for peer in args.peers:
