@@ -357,8 +357,14 @@ class Bench:
         errf.seek(0)
         m = re.search(r"(\d+) packets dropped by kernel", errf.read())
         res = parse_oha(proc.stdout)
-        counts, added, _, _ = wire_latency.analyse(pcap, port, PRIMARY_UPSTREAM_PORTS)
-        os.remove(pcap)
+        try:
+            counts, added, _, _ = wire_latency.analyse(pcap, port, PRIMARY_UPSTREAM_PORTS)
+        except (OSError, SystemExit) as e:
+            log(f"  the capture could not be read: {e}")
+            counts, added = {"joined": 0}, []
+        finally:
+            if os.path.exists(pcap):
+                os.remove(pcap)
         added = sorted(v * 1e6 for v in added)
         res.update(joined=counts["joined"], dropped=int(m.group(1)) if m else None, samples=added,
                    added_p50_us=wire_latency.quantile(added, 0.50), added_p99_us=wire_latency.quantile(added, 0.99))
