@@ -33,7 +33,9 @@ LINK_HEADER = {0: 4, 1: 14, 12: 0, 101: 0, 113: 16, 276: 20}
 
 
 def packets(path):
-    """(timestamp in seconds, source port, destination port, TCP payload) of every IPv4/TCP packet."""
+    """(timestamp in ns, source port, destination port, TCP payload) of every IPv4/TCP packet.
+
+    Integer nanoseconds: a float of seconds since 1970 has a resolution of about 0.2 µs."""
     with open(path, "rb") as f:
         head = f.read(24)
         if len(head) < 24:
@@ -51,7 +53,7 @@ def packets(path):
             raise SystemExit(f"{path}: link type {link} is not one a capture on lo has")
         skip = LINK_HEADER[link]
         rec = struct.Struct(endian + "IIII")
-        scale = 1e-9 if nano else 1e-6
+        scale = 1 if nano else 1000
         while True:
             hdr = f.read(16)
             if len(hdr) < 16:
@@ -71,7 +73,7 @@ def packets(path):
             off = (tcp[12] >> 4) * 4
             payload = tcp[off:]
             if payload:
-                yield sec + frac * scale, sport, dport, payload
+                yield sec * 1_000_000_000 + frac * scale, sport, dport, payload
 
 
 class Leg:
@@ -166,9 +168,9 @@ def analyse(path, proxy_port, upstream_ports):
         if up is None:
             continue
         t2, t3 = up
-        added.append((t4 - t1) - (t3 - t2))
-        total.append(t4 - t1)
-        upstream.append(t3 - t2)
+        added.append(((t4 - t1) - (t3 - t2)) / 1e9)
+        total.append((t4 - t1) / 1e9)
+        upstream.append((t3 - t2) / 1e9)
     counts["joined"] = len(added)
     counts["client_answered"] = len(client_done)
     return counts, added, total, upstream
