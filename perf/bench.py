@@ -449,8 +449,8 @@ class Bench:
         lines = [
             "# Switchyard, nginx and HAProxy: load test results",
             "",
-            f"Run {started:%Y-%m-%d %H:%M} UTC by `perf/run` (rounds {a.rounds}, {a.duration} s per run, "
-            f"{CONNECTIONS} connections). Method: [perf/README.md](README.md).",
+            f"Run {started:%Y-%m-%d %H:%M} UTC by `{' '.join(['perf/run'] + sys.argv[1:])}` (rounds {a.rounds}, "
+            f"{a.duration} s per run, {CONNECTIONS} connections). Method: [perf/README.md](README.md).",
             "",
             "Machine: " + machine(),
             "",
