@@ -581,8 +581,12 @@ class Bench:
         def fmt(v, d=1):
             return "–" if v is None else f"{v:,.{d}f}"
 
+        def r2(v):
+            # two decimals, or two significant digits for a ratio as small as the slow mirror's
+            return f"{v:.2f}" if v >= 0.01 else f"{v:.2g}"
+
         def ci(t):
-            return "–" if t is None else f"{t[0]:.2f} ({t[1]:.2f}–{t[2]:.2f})"
+            return "–" if t is None else f"{r2(t[0])} ({r2(t[1])}–{r2(t[2])})"
 
         for sid, title, *_ in SCENARIOS:
             if sid not in a.scenarios:
