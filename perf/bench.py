@@ -216,6 +216,7 @@ class Bench:
         self.runs = []
         self.samples = {}  # (scenario, peer, round) -> the proxy's share of each request, µs, sorted
         self.round = 0
+        self.wire_rates = {}
 
     # --- processes
 
@@ -284,18 +285,19 @@ class Bench:
             c0 = cpu_seconds(pids)
             out = subprocess.run(base + [f"-d{a.duration}s", url], capture_output=True, text=True,
                                  timeout=a.duration + 30).stdout
-            c1 = cpu_seconds(pids)
+            cpu = cpu_seconds(pids) - c0
             res = parse_wrk(out)
         elif phase == "wire":
+            # tcpdump shares the machine, so the proxy's CPU time is not taken here
             res = self.wire_run(port, path, headers, keepalive, rate)
-            c0 = c1 = 0.0
+            cpu = None
         else:
             cmd = self.oha_cmd(port, path, headers, keepalive, rate)
             c0 = cpu_seconds(pids)
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
-            c1 = cpu_seconds(pids)
+            cpu = cpu_seconds(pids) - c0
             res = parse_oha(proc.stdout)
-        res["cpu_us"] = (c1 - c0) * 1e6 / res["requests"] if pids and res["requests"] and phase != "wire" else None
+        res["cpu_us"] = cpu * 1e6 / res["requests"] if pids and res["requests"] and cpu is not None else None
         res["steal_ms_per_s"] = (steal_ticks((a.proxy_cpu, a.load_cpu)) - s0) * 1000 / os.sysconf("SC_CLK_TCK") \
             / max(0.001, time.time() - t0)
         samples = res.pop("samples", None)
@@ -334,16 +336,16 @@ class Bench:
         tcpdump = subprocess.Popen(
             ["taskset", "-c", str(a.load_cpu), "tcpdump", "-i", "lo", "-nn", "-q", "-s", "1024", "-B", "262144",
              "--time-stamp-precision=nano", "-w", pcap, bpf], stdout=subprocess.DEVNULL, stderr=errf)
+        def said():
+            errf.seek(0)
+            return errf.read()
+
         try:
             deadline = time.time() + 10
-            while time.time() < deadline:
-                errf.seek(0)
-                if "listening on" in errf.read() or tcpdump.poll() is not None:
-                    break
+            while time.time() < deadline and "listening on" not in said() and tcpdump.poll() is None:
                 time.sleep(0.05)
             if tcpdump.poll() is not None:
-                errf.seek(0)
-                raise SystemExit(f"tcpdump did not start: {errf.read().strip()}")
+                raise SystemExit(f"tcpdump did not start: {said().strip()}")
             proc = subprocess.run(self.oha_cmd(port, path, headers, keepalive, rate), capture_output=True,
                                   text=True, timeout=a.duration + 60)
             time.sleep(0.3)
@@ -354,8 +356,8 @@ class Bench:
             except subprocess.TimeoutExpired:
                 tcpdump.kill()
                 tcpdump.wait()
-        errf.seek(0)
-        m = re.search(r"(\d+) packets dropped by kernel", errf.read())
+        m = re.search(r"(\d+) packets dropped by kernel", said())
+        errf.close()
         res = parse_oha(proc.stdout)
         try:
             counts, added, _, _ = wire_latency.analyse(pcap, port, PRIMARY_UPSTREAM_PORTS)
@@ -434,10 +436,9 @@ class Bench:
             log(f"fixed rates: {rates}")
             self.rounds("fixed", rates)
             if "wire" in self.args.phases:
-                wire = {sid: max(100, r // 3 // 100 * 100) for sid, r in rates.items()}
-                log(f"wire rates: {wire}")
-                self.rounds("wire", wire)
-                rates = dict(rates, **{f"wire:{k}": v for k, v in wire.items()})
+                self.wire_rates = {sid: wire_rate(r) for sid, r in rates.items() if sid not in WIRE_SKIP}
+                log(f"wire rates: {self.wire_rates}")
+                self.rounds("wire", self.wire_rates)
         finally:
             self.procs.stop_all()
         self.report(started, rates)
@@ -473,15 +474,6 @@ class Bench:
             "| scenario | peer | req/s (max) | CPU µs/req (max) | CPU µs/req (fixed) | p99 ms |",
             "|---|---|---|---|---|---|",
         ]
-
-        def fmt(v, d=1):
-            return "–" if v is None else f"{v:,.{d}f}"
-
-        def ratio(v, ref):
-            return "–" if v is None or not ref else f"{v / ref:.2f}"
-
-        def rng(t, d=1):
-            return "–" if t is None else f"{t[0]:,.{d}f}–{t[1]:,.{d}f}"
 
         for sid, title, *_ in SCENARIOS:
             if sid not in a.scenarios:
@@ -521,7 +513,7 @@ class Bench:
                     f"| {rng(self.spread('fixed', sid, peer, 'cpu_us'))} "
                     f"| {rng(self.spread('fixed', sid, peer, 'p99_ms'), 2)} |"
                 )
-        lines += self.latency_section(rates)
+        lines += self.latency_section()
         lines += [
             "",
             "×nginx: this peer's figure divided by nginx's (below 1.00 is less CPU or latency, above is more "
@@ -535,7 +527,8 @@ class Bench:
         with open(a.out, "w") as f:
             f.write(text)
         with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
-            json.dump({"started": started.isoformat(), "rates": rates, "runs": self.runs}, f, indent=1)
+            json.dump({"started": started.isoformat(), "rates": rates, "wire_rates": self.wire_rates,
+                       "runs": self.runs}, f, indent=1)
         print(text)
         log(f"wrote {a.out}")
 
@@ -555,11 +548,11 @@ class Bench:
         boots = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(2000))
         return math.exp(statistics.fmean(logs)), math.exp(boots[49]), math.exp(boots[1950])
 
-    def pooled(self, sid, peer, q):
-        vals = sorted(v for (s, p, _), vs in self.samples.items() if s == sid and p == peer for v in vs)
-        return wire_latency.quantile(vals, q)
+    def pooled(self, sid, peer):
+        """The proxy's share of every request of every wire round, sorted."""
+        return sorted(v for (s, p, _), vs in self.samples.items() if s == sid and p == peer for v in vs)
 
-    def latency_section(self, rates):
+    def latency_section(self):
         a = self.args
         out = [
             "",
@@ -578,40 +571,55 @@ class Bench:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
 
-        def fmt(v, d=1):
-            return "–" if v is None else f"{v:,.{d}f}"
-
-        def r2(v):
-            # two decimals, or two significant digits for a ratio as small as the slow mirror's
-            return f"{v:.2f}" if v >= 0.01 else f"{v:.2g}"
-
-        def ci(t):
-            return "–" if t is None else f"{r2(t[0])} ({r2(t[1])}–{r2(t[2])})"
-
         for sid, title, *_ in SCENARIOS:
             if sid not in a.scenarios:
                 continue
-            n_p99 = self.pooled(sid, "nginx", 0.99)
+            n_p99 = wire_latency.quantile(self.pooled(sid, "nginx"), 0.99)
             for peer in self.peers_for(sid):
                 if peer not in WIRE_PEERS:
                     continue
-                p99 = self.median("fixed", sid, peer, "p99_ms")
-                share = [self.pooled(sid, peer, q) for q in (0.5, 0.99, 0.999)]
+                shares = self.pooled(sid, peer)
+                p50, p99, p999 = (wire_latency.quantile(shares, q) for q in (0.5, 0.99, 0.999))
+                if peer == "nginx":
+                    oha_paired, share_paired = "1.00", "1.00" if p99 else "–"
+                else:
+                    oha_paired = ci(self.paired("fixed", sid, peer, "p99_ms"))
+                    share_paired = ci(self.paired("wire", sid, peer, "added_p99_us"))
                 drops = [r.get("dropped") for r in self.runs if r["phase"] == "wire" and r["scenario"] == sid
                          and r["peer"] == peer]
                 steal = [self.median(ph, sid, peer, "steal_ms_per_s") for ph in ("fixed", "wire")]
-                wire_rate = rates.get(f"wire:{sid}") if sid not in WIRE_SKIP else None
                 out.append(
-                    f"| {title} | {peer} | {fmt(p99, 2)} "
-                    f"| {ci(self.paired('fixed', sid, peer, 'p99_ms')) if peer != 'nginx' else '1.00'} "
-                    f"| {fmt(wire_rate, 0)} | {fmt(share[0], 0)} | {fmt(share[1], 0)} "
-                    f"| {'–' if share[1] is None or not n_p99 else f'{share[1] / n_p99:.2f}'} "
-                    f"| {ci(self.paired('wire', sid, peer, 'added_p99_us')) if peer != 'nginx' and share[1] else ('1.00' if share[1] else '–')} "
-                    f"| {fmt(share[2], 0)} "
-                    f"| {'–' if not drops or None in drops else sum(drops)} "
+                    f"| {title} | {peer} | {fmt(self.median('fixed', sid, peer, 'p99_ms'), 2)} | {oha_paired} "
+                    f"| {fmt(self.wire_rates.get(sid), 0)} | {fmt(p50, 0)} | {fmt(p99, 0)} | {ratio(p99, n_p99)} "
+                    f"| {share_paired} | {fmt(p999, 0)} | {'–' if not drops or None in drops else sum(drops)} "
                     f"| {fmt(steal[0])}, {fmt(steal[1])} |"
                 )
         return out
+
+
+def wire_rate(fixed_rate):
+    """The wire phase's rate: a third of the fixed rate, as tcpdump shares the load generator's CPU."""
+    return max(100, fixed_rate // 3 // 100 * 100)
+
+
+def fmt(v, d=1):
+    return "–" if v is None else f"{v:,.{d}f}"
+
+
+def ratio(v, ref):
+    return "–" if v is None or not ref else f"{v / ref:.2f}"
+
+
+def rng(t, d=1):
+    return "–" if t is None else f"{t[0]:,.{d}f}–{t[1]:,.{d}f}"
+
+
+def ci(t):
+    """A ratio and its interval; two decimals, or two significant digits for one as small as the slow
+    mirror's."""
+    def r2(v):
+        return f"{v:.2f}" if v >= 0.01 else f"{v:.2g}"
+    return "–" if t is None else f"{r2(t[0])} ({r2(t[1])}–{r2(t[2])})"
 
 
 def parse_oha(out):

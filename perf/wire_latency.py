@@ -28,6 +28,11 @@ import sys
 
 METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ")
 REQUEST_ID = re.compile(rb"\r\nx-request-id:[ \t]*([^\r\n]+)", re.IGNORECASE)
+def final_answer(payload):
+    """The first segment of a response that is not an interim 1xx."""
+    return payload.startswith(b"HTTP/1.") and payload[9:10] != b"1"
+
+
 # link-layer header lengths of the link types a capture on lo can have
 LINK_HEADER = {0: 4, 1: 14, 12: 0, 101: 0, 113: 16, 276: 20}
 
@@ -127,9 +132,7 @@ def analyse(path, proxy_port, upstream_ports):
             leg = client_conns.get(dport)
             if leg is None:
                 continue
-            if payload.startswith(b"HTTP/1."):
-                if payload[9:10] == b"1":  # an interim 1xx is not the answer
-                    continue
+            if final_answer(payload):
                 leg.answered = True
                 leg.head = payload
                 leg.find_id()
@@ -153,7 +156,7 @@ def analyse(path, proxy_port, upstream_ports):
             leg = upstream_conns.get((dport, sport))
             if leg is None:
                 continue
-            if payload.startswith(b"HTTP/1.") and payload[9:10] != b"1":
+            if final_answer(payload):
                 leg.answered = True
             if leg.answered:
                 leg.end = t
