@@ -8,20 +8,25 @@ with one worker; the load generator and the upstream (one nginx worker) share th
 All three proxies run for the whole benchmark; each measurement loads one of them, and the order of the
 peers rotates between rounds.
 
-Three phases, each over every scenario and peer:
+Four phases, each over every scenario and peer:
   1. max: wrk (closed loop) for --duration seconds: requests/s, and the proxy's CPU time per request
      (utime + stime of its processes, from /proc, divided by the requests wrk completed);
   2. fixed rate: oha -q RATE --latency-correction (open loop) for --duration seconds: p50, p99, and
      CPU time per request at that rate. RATE is --rate, or half the slowest peer's median max req/s
      in the pass-through scenario (keep-alive off gets its own; both mirror rows use the fast-shadow
      mirror's).
-  3. wire: the same open-loop load at a third of that rate while tcpdump captures lo, and from the
+  3. paired: half that rate, in all, to all the scenario's peers (and the direct upstream) at once, from
+     examples/interleaved_load.rs, which sends each request to one of them in turn (a random order per
+     turn). Every peer meets the same moments of the machine, so their percentiles compare within a
+     run, and p99 per 1 s window gives a paired ratio. The proxies share their CPU in this phase.
+  4. wire: the same open-loop load at a third of that rate while tcpdump captures lo, and from the
      capture (perf/wire_latency.py) the latency the proxy itself adds to each request: the time between
      the client's request reaching it and its answer, less the upstream's time. This leaves out the load
      generator's and the upstream's scheduling, which share a CPU. (Not for the 500 ms shadow, where
      nginx's share is the shadow's 500 ms.)
 
-Every run also records the CPU time the hypervisor took from both CPUs (steal, from /proc/stat).
+Every run also records the CPU time the hypervisor took from both CPUs (steal, from /proc/stat), and
+before and after the load perf/hiccups.py measures how often each CPU stalls for over 1 ms when idle.
 
 Output: a markdown table (perf/RESULTS.md unless --out) and the raw runs as JSON beside it.
 """
@@ -60,7 +65,8 @@ PEER_SCENARIOS = {"pingora": ("pass", "close")}
 DIRECT_PORT = 19001
 # the ports of a request's own upstream leg (v1 and v2; the shadows are 19003 and 19004)
 PRIMARY_UPSTREAM_PORTS = (19001, 19002)
-WIRE_SKIP = ("mirror-slow",)
+# nginx answers the 500 ms shadow's row only after the shadow has: its latency is the shadow's
+LATENCY_SKIP = ("mirror-slow",)
 # the bare Pingora pass-through sets no X-Request-Id, which joins a request's two legs in the capture
 WIRE_PEERS = ("switchyard", "nginx", "haproxy")
 
@@ -156,6 +162,22 @@ def steal_ticks(cpus):
     return total
 
 
+def hiccups(cpus, seconds=5):
+    """perf/hiccups.py on each of these CPUs at once: how often each stalls for over 1 ms."""
+    script = os.path.join(ROOT, "perf", "hiccups.py")
+    procs = {c: subprocess.Popen(["taskset", "-c", str(c), sys.executable, script, "--seconds", str(seconds)],
+                                 stdout=subprocess.PIPE, text=True) for c in cpus}
+    out = {}
+    for c, p in procs.items():
+        text, _ = p.communicate(timeout=seconds + 30)
+        out[c] = json.loads(text) if p.returncode == 0 and text.strip() else None
+    for c, h in out.items():
+        if h:
+            log(f"CPU {c} idle: {h['stalls_per_s']:.1f} stalls/s over 1 ms, {h['stalled_ms_per_s']:.1f} ms/s in "
+                f"them, longest {h['longest_ms']:.1f} ms")
+    return out
+
+
 def wait_http(port, path, timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -217,6 +239,8 @@ class Bench:
         self.samples = {}  # (scenario, peer, round) -> the proxy's share of each request, µs, sorted
         self.round = 0
         self.wire_rates = {}
+        self.hiccups = {}
+        self.paired_rates = {}
 
     # --- processes
 
@@ -372,6 +396,48 @@ class Bench:
                    added_p50_us=wire_latency.quantile(added, 0.50), added_p99_us=wire_latency.quantile(added, 0.99))
         return res
 
+    def paired_rounds(self, rates):
+        for r in range(self.args.rounds):
+            self.round = r
+            log(f"--- paired, round {r + 1}/{self.args.rounds}")
+            for sid in self.args.scenarios:
+                if sid in rates:
+                    self.paired_run(sid, rates[sid])
+                    time.sleep(0.5)
+
+    def paired_run(self, sid, rate):
+        """All of the scenario's peers at once at `rate` in all, each request to one of them in turn."""
+        a = self.args
+        _, _, path, headers, keepalive, _ = next(s for s in SCENARIOS if s[0] == sid)
+        peers = self.peers_for(sid) + (["direct"] if sid in ("pass", "close") else [])
+        cmd = ["taskset", "-c", str(a.load_cpu), a.interleaved_load, "--rate", str(rate), "--duration",
+               str(a.duration), "--warmup", "1", "--connections", str(CONNECTIONS)]
+        for h in headers:
+            cmd += ["-H", h]
+        if not keepalive:
+            cmd.append("--close")
+        cmd += [f"{p}=http://127.0.0.1:{DIRECT_PORT if p == 'direct' else PEERS[p]}{path}" for p in peers]
+        s0, t0 = steal_ticks((a.proxy_cpu, a.load_cpu)), time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
+        if proc.returncode != 0:
+            raise SystemExit(f"interleaved_load failed ({proc.returncode}): {proc.stderr.strip()}")
+        steal = (steal_ticks((a.proxy_cpu, a.load_cpu)) - s0) * 1000 / os.sysconf("SC_CLK_TCK") \
+            / max(0.001, time.time() - t0)
+
+        def ms(us):
+            return None if us is None else us / 1000
+
+        for t in json.loads(proc.stdout)["targets"]:
+            run = dict(phase="paired", scenario=sid, peer=t["name"], rate=rate, peers=len(peers), round=self.round,
+                       requests=t["requests"], rps=t["requests"] / a.duration, errors=t["errors"],
+                       error_kinds=t["error_kinds"], p50_ms=ms(t["p50_us"]), p90_ms=ms(t["p90_us"]),
+                       p99_ms=ms(t["p99_us"]), p999_ms=ms(t["p999_us"]),
+                       window_p99_ms=[ms(v) for v in t["window_p99_us"]], steal_ms_per_s=steal)
+            self.runs.append(run)
+            log(f"  paired {sid:11} {t['name']:10} {run['rps']:9.0f} req/s  p50 {fmt(run['p50_ms'], 2)} ms "
+                f"p99 {fmt(run['p99_ms'], 2)} ms p99.9 {fmt(run['p999_ms'], 2)} ms  steal {steal:.1f} ms/s  "
+                f"errors {t['errors']}")
+
     def peers_for(self, sid):
         only = next(s for s in SCENARIOS if s[0] == sid)[5]
         return [p for p in self.args.peers
@@ -382,7 +448,7 @@ class Bench:
             self.round = r
             log(f"--- {phase}, round {r + 1}/{self.args.rounds}")
             for sid in self.args.scenarios:
-                if phase == "wire" and sid in WIRE_SKIP:
+                if phase == "wire" and sid in LATENCY_SKIP:
                     continue
                 order = self.peers_for(sid)
                 if phase == "wire":
@@ -431,14 +497,20 @@ class Bench:
         started = datetime.datetime.now(datetime.timezone.utc)
         try:
             self.start_all()
+            self.hiccups["before"] = hiccups((self.args.load_cpu, self.args.proxy_cpu))
             self.rounds("max", None)
             rates = self.fixed_rates()
             log(f"fixed rates: {rates}")
             self.rounds("fixed", rates)
+            if "paired" in self.args.phases:
+                self.paired_rates = {sid: paired_rate(r) for sid, r in rates.items() if sid not in LATENCY_SKIP}
+                log(f"paired rates: {self.paired_rates}")
+                self.paired_rounds(self.paired_rates)
             if "wire" in self.args.phases:
-                self.wire_rates = {sid: wire_rate(r) for sid, r in rates.items() if sid not in WIRE_SKIP}
+                self.wire_rates = {sid: wire_rate(r) for sid, r in rates.items() if sid not in LATENCY_SKIP}
                 log(f"wire rates: {self.wire_rates}")
                 self.rounds("wire", self.wire_rates)
+            self.hiccups["after"] = hiccups((self.args.load_cpu, self.args.proxy_cpu))
         finally:
             self.procs.stop_all()
         self.report(started, rates)
@@ -465,6 +537,8 @@ class Bench:
             "",
             f"Proxies on CPU {a.proxy_cpu} (one worker each); wrk/oha and the upstream (one nginx worker) on "
             f"CPU {a.load_cpu}. Medians over the rounds; the ranges are in the spread table below.",
+            "",
+            self.hiccup_line(),
             "",
             "| scenario | peer | req/s (max) | ×nginx | ×direct | CPU µs/req (max) | ×nginx "
             "| fixed rate | CPU µs/req (fixed) | ×nginx | p50 ms | p99 ms | p99 ×nginx | p99 − direct ms | errors |",
@@ -513,6 +587,7 @@ class Bench:
                     f"| {rng(self.spread('fixed', sid, peer, 'cpu_us'))} "
                     f"| {rng(self.spread('fixed', sid, peer, 'p99_ms'), 2)} |"
                 )
+        lines += self.paired_section()
         lines += self.latency_section()
         lines += [
             "",
@@ -528,7 +603,7 @@ class Bench:
             f.write(text)
         with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
             json.dump({"started": started.isoformat(), "rates": rates, "wire_rates": self.wire_rates,
-                       "runs": self.runs}, f, indent=1)
+                       "paired_rates": self.paired_rates, "hiccups": self.hiccups, "runs": self.runs}, f, indent=1)
         print(text)
         log(f"wrote {a.out}")
 
@@ -547,6 +622,72 @@ class Bench:
         rng = random.Random(6)
         boots = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(2000))
         return math.exp(statistics.fmean(logs)), math.exp(boots[49]), math.exp(boots[1950])
+
+    def window_paired(self, sid, peer):
+        """Geometric mean over the paired phase's 1 s windows of this peer's p99 / nginx's in the same
+        window, with a 95% interval from resampling the windows."""
+        def windows(p):
+            return {r["round"]: r["window_p99_ms"] for r in self.runs
+                    if r["phase"] == "paired" and r["scenario"] == sid and r["peer"] == p}
+        mine, ref = windows(peer), windows("nginx")
+        logs = [math.log(x / y) for rd in mine if rd in ref for x, y in zip(mine[rd], ref[rd]) if x and y]
+        if not logs:
+            return None
+        rand = random.Random(6)
+        boots = sorted(statistics.fmean(rand.choices(logs, k=len(logs))) for _ in range(2000))
+        return math.exp(statistics.fmean(logs)), math.exp(boots[49]), math.exp(boots[1950])
+
+    def hiccup_line(self):
+        def one(when):
+            parts = []
+            for cpu, h in sorted((self.hiccups.get(when) or {}).items()):
+                if h:
+                    parts.append(f"CPU {cpu} {h['stalls_per_s']:.1f}/s, {h['stalled_ms_per_s']:.1f} ms/s, "
+                                 f"longest {h['longest_ms']:.1f} ms")
+            return "; ".join(parts) or "not measured"
+        return ("The machine's own stalls over 1 ms with the peers idle (perf/hiccups.py, 5 s on both CPUs at "
+                f"once): before the load {one('before')}; after it {one('after')}.")
+
+    def paired_section(self):
+        a = self.args
+        if "paired" not in a.phases:
+            return []
+        out = [
+            "",
+            "## Latency with every peer loaded at once (paired phase)",
+            "",
+            "examples/interleaved_load.rs at half the fixed rate in all (the rate column is each peer's share), "
+            "each request sent to one of the row's peers in turn (the direct upstream too), so every peer meets "
+            "the same stalls of the machine. The proxies "
+            "share their CPU in this phase, so a stall of one proxy also delays the others: a proxy's own stalls "
+            "show in the latency section below, not here. Percentiles are medians over the rounds of each run's "
+            "figure, from when each request was due (no coordinated omission). By window: the geometric mean "
+            "of this peer's p99 / nginx's over every 1 s window of every round, and a 95% interval from "
+            "resampling the windows.",
+            "",
+            "| scenario | peer | req/s each | p50 ms | p90 ms | p99 ms | p99.9 ms | p99 ×nginx "
+            "| p99 ×nginx by window (95% interval) | p99 − direct ms | errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for sid, title, *_ in SCENARIOS:
+            if sid not in a.scenarios or sid in LATENCY_SKIP:
+                continue
+            n_p99 = self.median("paired", sid, "nginx", "p99_ms")
+            d_p99 = self.median("paired", sid, "direct", "p99_ms")
+            for peer in self.peers_for(sid) + (["direct"] if sid in ("pass", "close") else []):
+                q = {k: self.median("paired", sid, peer, k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms")}
+                if q["rps"] is None:
+                    continue
+                by_window = "1.00" if peer == "nginx" else "–" if peer == "direct" else ci(self.window_paired(sid, peer))
+                errors = sum(r["errors"] for r in self.runs if r["phase"] == "paired" and r["scenario"] == sid
+                             and r["peer"] == peer)
+                minus = None if peer == "direct" or q["p99_ms"] is None or d_p99 is None else q["p99_ms"] - d_p99
+                out.append(
+                    f"| {title} | {peer} | {fmt(q['rps'], 0)} | {fmt(q['p50_ms'], 2)} | {fmt(q['p90_ms'], 2)} "
+                    f"| {fmt(q['p99_ms'], 2)} | {fmt(q['p999_ms'], 2)} | {ratio(q['p99_ms'], n_p99)} | {by_window} "
+                    f"| {fmt(minus, 2)} | {errors} |"
+                )
+        return out
 
     def pooled(self, sid, peer):
         """The proxy's share of every request of every wire round, sorted."""
@@ -595,6 +736,13 @@ class Bench:
                     f"| {fmt(steal[0])}, {fmt(steal[1])} |"
                 )
         return out
+
+
+def paired_rate(fixed_rate):
+    """The paired phase's rate, over all its peers together: half the fixed rate. At the fixed rate the
+    load generator and the upstream keep their CPU about 70% busy, and there a stall of that CPU leaves
+    a queue that takes twice as long again to drain, or grows for seconds while the host runs slow."""
+    return max(100, fixed_rate // 2 // 100 * 100)
 
 
 def wire_rate(fixed_rate):
@@ -669,20 +817,25 @@ def main():
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     p.add_argument("--rate", type=int, help="fixed rate in req/s (default: half the slowest peer's max)")
     p.add_argument("--bare-pingora", default=os.path.join(ROOT, "target", "release", "examples", "bare_pingora"))
+    p.add_argument("--interleaved-load",
+                   default=os.path.join(ROOT, "target", "release", "examples", "interleaved_load"))
     p.add_argument("--peers", default="switchyard,nginx,haproxy,pingora")
     p.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
     p.add_argument("--proxy-cpu", type=int, default=1)
     p.add_argument("--load-cpu", type=int, default=0)
-    p.add_argument("--phases", default="max,fixed,wire",
-                   help="which of max,fixed,wire to run (max and fixed always run: they set the rates)")
+    p.add_argument("--phases", default="max,fixed,paired,wire",
+                   help="which of max,fixed,paired,wire to run (max and fixed always run: they set the rates)")
     p.add_argument("--out", default=os.path.join(ROOT, "perf", "RESULTS.md"))
     args = p.parse_args()
     args.phases = [x for x in args.phases.split(",") if x]
     for ph in args.phases:
-        if ph not in ("max", "fixed", "wire"):
-            p.error(f"unknown phase {ph!r}; known: max, fixed, wire")
+        if ph not in ("max", "fixed", "paired", "wire"):
+            p.error(f"unknown phase {ph!r}; known: max, fixed, paired, wire")
     if "wire" in args.phases and not shutil.which("tcpdump"):
-        p.error("the wire phase needs tcpdump (apt-get install tcpdump), or leave it out: --phases max,fixed")
+        p.error("the wire phase needs tcpdump (apt-get install tcpdump), or leave it out: --phases max,fixed,paired")
+    if "paired" in args.phases and not os.access(args.interleaved_load, os.X_OK):
+        p.error(f"the paired phase needs {args.interleaved_load} (cargo build --release --example interleaved_load), "
+                "or leave it out: --phases max,fixed,wire")
     args.peers = [x for x in args.peers.split(",") if x]
     args.scenarios = [x for x in args.scenarios.split(",") if x]
     for peer in args.peers:
