@@ -616,12 +616,7 @@ class Bench:
         """Geometric mean over the rounds of this peer's figure / nginx's in the same round, with a 95%
         interval from resampling the rounds: runs next to each other in time share the machine's state."""
         mine, ref = self.by_round(phase, sid, peer, key), self.by_round(phase, sid, "nginx", key)
-        logs = [math.log(mine[r] / ref[r]) for r in mine if r in ref]
-        if not logs:
-            return None
-        rng = random.Random(6)
-        boots = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(2000))
-        return math.exp(statistics.fmean(logs)), math.exp(boots[49]), math.exp(boots[1950])
+        return geomean_ci([mine[r] / ref[r] for r in mine if r in ref])
 
     def window_paired(self, sid, peer):
         """Geometric mean over the paired phase's 1 s windows of this peer's p99 / nginx's in the same
@@ -630,12 +625,7 @@ class Bench:
             return {r["round"]: r["window_p99_ms"] for r in self.runs
                     if r["phase"] == "paired" and r["scenario"] == sid and r["peer"] == p}
         mine, ref = windows(peer), windows("nginx")
-        logs = [math.log(x / y) for rd in mine if rd in ref for x, y in zip(mine[rd], ref[rd]) if x and y]
-        if not logs:
-            return None
-        rand = random.Random(6)
-        boots = sorted(statistics.fmean(rand.choices(logs, k=len(logs))) for _ in range(2000))
-        return math.exp(statistics.fmean(logs)), math.exp(boots[49]), math.exp(boots[1950])
+        return geomean_ci([x / y for rd in mine if rd in ref for x, y in zip(mine[rd], ref[rd]) if x and y])
 
     def hiccup_line(self):
         def one(when):
@@ -736,6 +726,16 @@ class Bench:
                     f"| {fmt(steal[0])}, {fmt(steal[1])} |"
                 )
         return out
+
+
+def geomean_ci(ratios):
+    """The geometric mean of these ratios, and a 95% interval from 2,000 resamples of them (fixed seed)."""
+    logs = [math.log(r) for r in ratios]
+    if not logs:
+        return None
+    rand = random.Random(6)
+    boots = sorted(statistics.fmean(rand.choices(logs, k=len(logs))) for _ in range(2000))
+    return math.exp(statistics.fmean(logs)), math.exp(boots[49]), math.exp(boots[1950])
 
 
 def paired_rate(fixed_rate):
