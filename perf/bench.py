@@ -18,7 +18,8 @@ Four phases, each over every scenario and peer:
   3. paired: half that rate, in all, to all the scenario's peers (and the direct upstream) at once, from
      examples/interleaved_load.rs, which sends each request to one of them in turn (a random order per
      turn). Every peer meets the same moments of the machine, so their percentiles compare within a
-     run, and p99 per 1 s window gives a paired ratio. The proxies share their CPU in this phase.
+     run, and p99 per 1 s window gives a paired ratio; each proxy's CPU time per request is taken in the
+     same seconds as nginx's. The proxies share their CPU in this phase.
   4. wire: the same open-loop load at a third of that rate while tcpdump captures lo, and from the
      capture (perf/wire_latency.py) the latency the proxy itself adds to each request: the time between
      the client's request reaching it and its answer, less the upstream's time. This leaves out the load
@@ -417,24 +418,33 @@ class Bench:
         if not keepalive:
             cmd.append("--close")
         cmd += [f"{p}=http://127.0.0.1:{DIRECT_PORT if p == 'direct' else PEERS[p]}{path}" for p in peers]
+        pids = {p: self.peer_pids(p) for p in peers if p != "direct"}
+        c0 = {p: cpu_seconds(v) for p, v in pids.items()}
         s0, t0 = steal_ticks((a.proxy_cpu, a.load_cpu)), time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
         if proc.returncode != 0:
             raise SystemExit(f"interleaved_load failed ({proc.returncode}): {proc.stderr.strip()}")
+        cpu = {p: cpu_seconds(v) - c0[p] for p, v in pids.items()}
         steal = (steal_ticks((a.proxy_cpu, a.load_cpu)) - s0) * 1000 / os.sysconf("SC_CLK_TCK") \
             / max(0.001, time.time() - t0)
 
         def ms(us):
             return None if us is None else us / 1000
 
-        for t in json.loads(proc.stdout)["targets"]:
+        data = json.loads(proc.stdout)
+        for t in data["targets"]:
+            # the CPU time spans the warm-up too, so it is divided by every request sent to this peer
+            sent = data["sent"] / len(peers)
+            cpu_us = cpu[t["name"]] * 1e6 / sent if t["name"] in cpu and sent else None
             run = dict(phase="paired", scenario=sid, peer=t["name"], rate=rate, peers=len(peers), round=self.round,
+                       cpu_us=cpu_us,
                        requests=t["requests"], rps=t["requests"] / a.duration, errors=t["errors"],
                        error_kinds=t["error_kinds"], p50_ms=ms(t["p50_us"]), p90_ms=ms(t["p90_us"]),
                        p99_ms=ms(t["p99_us"]), p999_ms=ms(t["p999_us"]),
                        window_p99_ms=[ms(v) for v in t["window_p99_us"]], steal_ms_per_s=steal)
             self.runs.append(run)
-            log(f"  paired {sid:11} {t['name']:10} {run['rps']:9.0f} req/s  p50 {fmt(run['p50_ms'], 2)} ms "
+            log(f"  paired {sid:11} {t['name']:10} {run['rps']:9.0f} req/s  {fmt(cpu_us)} us/req  "
+                f"p50 {fmt(run['p50_ms'], 2)} ms "
                 f"p99 {fmt(run['p99_ms'], 2)} ms p99.9 {fmt(run['p999_ms'], 2)} ms  steal {steal:.1f} ms/s  "
                 f"errors {t['errors']}")
 
@@ -651,13 +661,15 @@ class Bench:
             "the same stalls of the machine. The proxies "
             "share their CPU in this phase, so a stall of one proxy also delays the others: a proxy's own stalls "
             "show in the latency section below, not here. Percentiles are medians over the rounds of each run's "
-            "figure, from when each request was due (no coordinated omission). By window: the geometric mean "
+            "figure, from when each request was due (no coordinated omission). CPU µs/req: the proxy's CPU time "
+            "over the run (warm-up included) divided by the requests sent to it; paired: the geometric mean over "
+            "the rounds of this peer's figure / nginx's in the same run. By window: the geometric mean "
             "of this peer's p99 / nginx's over every 1 s window of every round, and a 95% interval from "
             "resampling the windows.",
             "",
-            "| scenario | peer | req/s each | p50 ms | p90 ms | p99 ms | p99.9 ms | p99 ×nginx "
-            "| p99 ×nginx by window (95% interval) | p99 − direct ms | errors |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| scenario | peer | req/s each | CPU µs/req | ×nginx paired (95% interval) | p50 ms | p90 ms "
+            "| p99 ms | p99.9 ms | p99 ×nginx | p99 ×nginx by window (95% interval) | p99 − direct ms | errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for sid, title, *_ in SCENARIOS:
             if sid not in a.scenarios or sid in LATENCY_SKIP:
@@ -665,7 +677,10 @@ class Bench:
             n_p99 = self.median("paired", sid, "nginx", "p99_ms")
             d_p99 = self.median("paired", sid, "direct", "p99_ms")
             for peer in self.peers_for(sid) + (["direct"] if sid in ("pass", "close") else []):
-                q = {k: self.median("paired", sid, peer, k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms")}
+                q = {k: self.median("paired", sid, peer, k)
+                     for k in ("rps", "cpu_us", "p50_ms", "p90_ms", "p99_ms", "p999_ms")}
+                cpu_paired = "1.00" if peer == "nginx" else "–" if peer == "direct" else \
+                    ci(self.paired("paired", sid, peer, "cpu_us"))
                 if q["rps"] is None:
                     continue
                 by_window = "1.00" if peer == "nginx" else "–" if peer == "direct" else ci(self.window_paired(sid, peer))
@@ -673,7 +688,8 @@ class Bench:
                              and r["peer"] == peer)
                 minus = None if peer == "direct" or q["p99_ms"] is None or d_p99 is None else q["p99_ms"] - d_p99
                 out.append(
-                    f"| {title} | {peer} | {fmt(q['rps'], 0)} | {fmt(q['p50_ms'], 2)} | {fmt(q['p90_ms'], 2)} "
+                    f"| {title} | {peer} | {fmt(q['rps'], 0)} | {fmt(q['cpu_us'])} | {cpu_paired} "
+                    f"| {fmt(q['p50_ms'], 2)} | {fmt(q['p90_ms'], 2)} "
                     f"| {fmt(q['p99_ms'], 2)} | {fmt(q['p999_ms'], 2)} | {ratio(q['p99_ms'], n_p99)} | {by_window} "
                     f"| {fmt(minus, 2)} | {errors} |"
                 )
