@@ -14,11 +14,31 @@ pub fn backend(version: &str) -> RunningBackend {
 }
 
 /// A loopback port nobody listens on (bound then released).
+///
+/// It is taken from below the kernel's ephemeral range, never from it: a proxy restarted on the same
+/// port must find it still free, and a port from the ephemeral range can be handed in between to any
+/// other test's outgoing connection or `bind(0)`. No port is handed out twice by one test process.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let span = u32::from(high - low);
+    let start = rand::random::<u32>() % span;
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for i in 0..span {
+        let port = low + ((start + i) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            given.push(port);
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
 }
 
 pub struct ProxyProcess {
