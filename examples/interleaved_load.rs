@@ -22,11 +22,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use clap::Parser;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use std::io::Write;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,7 +60,7 @@ struct Args {
     /// seconds a request may take before it counts as a timeout
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    /// NAME=http://127.0.0.1:PORT/PATH, two or more
+    /// NAME=http://127.0.0.1:PORT/PATH, one or more
     #[arg(required = true)]
     targets: Vec<String>,
 }
@@ -116,6 +117,15 @@ enum Body {
     Chunked,
 }
 
+/// Reads more of the response into `buf`; an error if the connection ends first.
+async fn read_more(conn: &mut TcpStream, buf: &mut BytesMut) -> Result<(), &'static str> {
+    match conn.read_buf(buf).await {
+        Ok(0) => Err("closed"),
+        Ok(_) => Ok(()),
+        Err(_) => Err("read"),
+    }
+}
+
 /// Reads one response from `conn`; its status and whether the connection may carry another request.
 async fn read_response(
     conn: &mut TcpStream,
@@ -144,7 +154,7 @@ async fn read_response(
                         }
                     }
                     if (100..200).contains(&status) {
-                        let _ = buf.split_to(n);
+                        buf.advance(n);
                         continue;
                     }
                     break (status, body, n, keep);
@@ -153,19 +163,15 @@ async fn read_response(
                 Err(_) => return Err("bad response"),
             }
         }
-        if conn.read_buf(buf).await.map_err(|_| "read")? == 0 {
-            return Err("closed");
-        }
+        read_more(conn, buf).await?;
     };
-    let _ = buf.split_to(head_len);
+    buf.advance(head_len);
     match body {
         Body::Length(n) => {
             while buf.len() < n {
-                if conn.read_buf(buf).await.map_err(|_| "read")? == 0 {
-                    return Err("closed");
-                }
+                read_more(conn, buf).await?;
             }
-            let _ = buf.split_to(n);
+            buf.advance(n);
         }
         Body::Chunked => loop {
             match httparse::parse_chunk_size(buf) {
@@ -173,20 +179,14 @@ async fn read_response(
                     let size = usize::try_from(size).map_err(|_| "bad chunk")?;
                     let need = i + size + 2;
                     while buf.len() < need {
-                        if conn.read_buf(buf).await.map_err(|_| "read")? == 0 {
-                            return Err("closed");
-                        }
+                        read_more(conn, buf).await?;
                     }
-                    let _ = buf.split_to(need);
+                    buf.advance(need);
                     if size == 0 {
                         break;
                     }
                 }
-                Ok(httparse::Status::Partial) => {
-                    if conn.read_buf(buf).await.map_err(|_| "read")? == 0 {
-                        return Err("closed");
-                    }
-                }
+                Ok(httparse::Status::Partial) => read_more(conn, buf).await?,
                 Err(_) => return Err("bad chunk"),
             }
         },
@@ -196,7 +196,9 @@ async fn read_response(
 
 struct Shared {
     target: Target,
-    extra_headers: String,
+    /// The request up to where the path has USER, and the rest after it (None: no USER, the
+    /// request is all in the first part). Built once; only the user id changes per request.
+    request: (Vec<u8>, Option<Vec<u8>>),
     close: bool,
     timeout: Duration,
     measure_from: Instant,
@@ -217,24 +219,12 @@ async fn connection(shared: Rc<Shared>, jobs: Rc<Mutex<mpsc::UnboundedReceiver<J
             }
         };
         req.clear();
-        let path = &shared.target.path;
-        match path.find("USER") {
-            Some(i) => {
-                let user: u32 = rng.gen_range(100_000..1_000_000);
-                req.extend_from_slice(
-                    format!("GET {}{user}{}", &path[..i], &path[i + 4..]).as_bytes(),
-                );
-            }
-            None => req.extend_from_slice(format!("GET {path}").as_bytes()),
+        req.extend_from_slice(&shared.request.0);
+        if let Some(rest) = &shared.request.1 {
+            let user: u32 = rng.gen_range(100_000..1_000_000);
+            let _ = write!(req, "{user}");
+            req.extend_from_slice(rest);
         }
-        req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-        req.extend_from_slice(shared.target.host.as_bytes());
-        req.extend_from_slice(b"\r\n");
-        req.extend_from_slice(shared.extra_headers.as_bytes());
-        if shared.close {
-            req.extend_from_slice(b"Connection: close\r\n");
-        }
-        req.extend_from_slice(b"\r\n");
         let exchange = async {
             if conn.is_none() {
                 let c = TcpStream::connect(shared.target.addr)
@@ -313,12 +303,27 @@ fn summary(shared: &Shared, window_ns: u64, windows: usize) -> serde_json::Value
     })
 }
 
+/// The request `connection` sends to `target`, split where the path has USER.
+fn request_parts(target: &Target, headers: &[String], close: bool) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut rest = format!(" HTTP/1.1\r\nHost: {}\r\n", target.host);
+    for h in headers {
+        rest += h.trim();
+        rest += "\r\n";
+    }
+    if close {
+        rest += "Connection: close\r\n";
+    }
+    rest += "\r\n";
+    match target.path.split_once("USER") {
+        Some((before, after)) => (
+            format!("GET {before}").into_bytes(),
+            Some(format!("{after}{rest}").into_bytes()),
+        ),
+        None => (format!("GET {}{rest}", target.path).into_bytes(), None),
+    }
+}
+
 async fn run(args: Args, targets: Vec<Target>) -> serde_json::Value {
-    let extra_headers: String = args
-        .headers
-        .iter()
-        .map(|h| format!("{}\r\n", h.trim()))
-        .collect();
     let start = Instant::now() + Duration::from_millis(100);
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let total = ((args.warmup + args.duration) * args.rate as f64).round() as u64;
@@ -329,8 +334,8 @@ async fn run(args: Args, targets: Vec<Target>) -> serde_json::Value {
         let (tx, rx) = mpsc::unbounded_channel();
         let rx = Rc::new(Mutex::new(rx));
         let s = Rc::new(Shared {
+            request: request_parts(&target, &args.headers, args.close),
             target,
-            extra_headers: extra_headers.clone(),
             close: args.close,
             timeout: Duration::from_secs_f64(args.timeout),
             measure_from,
@@ -390,20 +395,16 @@ async fn run(args: Args, targets: Vec<Target>) -> serde_json::Value {
     })
 }
 
+fn fail(code: i32, msg: &str) -> ! {
+    eprintln!("interleaved_load: {msg}");
+    std::process::exit(code);
+}
+
 fn main() {
     let args = Args::parse();
-    let targets: Result<Vec<Target>, String> =
-        args.targets.iter().map(|t| parse_target(t)).collect();
-    let targets = match targets {
-        Ok(t) if !t.is_empty() => t,
-        Ok(_) => {
-            eprintln!("interleaved_load: no targets");
-            std::process::exit(2);
-        }
-        Err(e) => {
-            eprintln!("interleaved_load: {e}");
-            std::process::exit(2);
-        }
+    let targets = match args.targets.iter().map(|t| parse_target(t)).collect() {
+        Ok(t) => t,
+        Err(e) => fail(2, &e),
     };
     let positive = |v: f64| v.is_finite() && v > 0.0;
     if args.rate == 0
@@ -411,28 +412,26 @@ fn main() {
         || !positive(args.duration)
         || !positive(args.timeout)
     {
-        eprintln!(
-            "interleaved_load: --rate, --connections, --duration and --timeout must be above 0"
+        fail(
+            2,
+            "--rate, --connections, --duration and --timeout must be above 0",
         );
-        std::process::exit(2);
     }
     if !(args.warmup.is_finite() && args.warmup >= 0.0) {
-        eprintln!("interleaved_load: --warmup must be 0 or more seconds");
-        std::process::exit(2);
+        fail(2, "--warmup must be 0 or more seconds");
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    match on_one_thread(run(args, targets)) {
+        Ok(out) => println!("{out}"),
+        Err(e) => fail(1, &format!("runtime: {e}")),
+    }
+}
+
+/// Runs `f` on a single-threaded runtime, where `run` spawns its connections as local tasks.
+fn on_one_thread<F: std::future::Future>(f: F) -> std::io::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("interleaved_load: runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    let out = local.block_on(&rt, run(args, targets));
-    println!("{out}");
+        .build()?;
+    Ok(tokio::task::LocalSet::new().block_on(&rt, f))
 }
 
 #[cfg(test)]
@@ -552,6 +551,25 @@ mod tests {
     }
 
     #[test]
+    fn the_request_is_built_once_around_the_user_id() {
+        let t = parse_target("sy=http://127.0.0.1:18080/split/1?user=USER&x=1").unwrap();
+        let (before, after) = request_parts(&t, &[" X-Version: beta ".into()], true);
+        assert_eq!(before, b"GET /split/1?user=");
+        assert_eq!(
+            after.unwrap(),
+            b"&x=1 HTTP/1.1\r\nHost: 127.0.0.1:18080\r\nX-Version: beta\r\nConnection: close\r\n\r\n"
+        );
+        let t = parse_target("d=http://127.0.0.1:19001/pass").unwrap();
+        assert_eq!(
+            request_parts(&t, &[], false),
+            (
+                b"GET /pass HTTP/1.1\r\nHost: 127.0.0.1:19001\r\n\r\n".to_vec(),
+                None
+            )
+        );
+    }
+
+    #[test]
     fn quantiles_take_the_sample_at_or_above_the_rank() {
         let v: Vec<u64> = (1..=100).map(|x| x * 1000).collect();
         assert_eq!(quantile(&v, 0.5), Some(50.0));
@@ -577,12 +595,7 @@ mod tests {
 
     #[test]
     fn load_is_shared_out_evenly_and_answers_are_told_apart() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        let out = local.block_on(&rt, async {
+        let out = on_one_thread(async {
             let ok = server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
             let bad = server(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n").await;
             // nothing listens on a port that was just bound and dropped
@@ -597,7 +610,8 @@ mod tests {
             ];
             let targets = specs.iter().map(|s| parse_target(s).unwrap()).collect();
             run(args(2000, 0.5, 0.1, specs), targets).await
-        });
+        })
+        .unwrap();
         assert_eq!(out["sent"], 1200);
         let t = out["targets"].as_array().unwrap();
         let count = |i: usize, k: &str| t[i][k].as_u64().unwrap();
@@ -624,12 +638,7 @@ mod tests {
     fn a_request_waiting_for_a_connection_counts_its_wait() {
         // one connection to a server that takes 20 ms per answer, asked 200 times a second: the
         // requests queue, and the latency of the last ones includes the queue
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        let out = local.block_on(&rt, async {
+        let out = on_one_thread(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move {
@@ -654,7 +663,8 @@ mod tests {
             a.connections = 1;
             a.window_ms = 1000;
             run(a, targets).await
-        });
+        })
+        .unwrap();
         let t = &out["targets"][0];
         assert_eq!(t["requests"], 40, "{out}");
         // 40 requests due over 200 ms, answered one per 20 ms: the last waits about 600 ms

@@ -68,6 +68,8 @@ DIRECT_PORT = 19001
 PRIMARY_UPSTREAM_PORTS = (19001, 19002)
 # nginx answers the 500 ms shadow's row only after the shadow has: its latency is the shadow's
 LATENCY_SKIP = ("mirror-slow",)
+# the rows also measured straight to the upstream, with no proxy: the floor under the proxies
+DIRECT_ROWS = ("pass", "close")
 # the bare Pingora pass-through sets no X-Request-Id, which joins a request's two legs in the capture
 WIRE_PEERS = ("switchyard", "nginx", "haproxy")
 
@@ -81,6 +83,16 @@ SCENARIOS = [
     ("mirror-slow", "mirror 100%, 500 ms shadow", "/mirror-slow/orders/1", [], True, ("switchyard", "nginx")),
     ("close", "keep-alive off", "/pass/orders/1", [], False, None),
 ]
+
+
+def scenario(sid):
+    """The SCENARIOS entry of this id: (id, title, path, headers, keep-alive, peers)."""
+    return next(s for s in SCENARIOS if s[0] == sid)
+
+
+def direct(sid):
+    """["direct"] for a row that is also measured with no proxy, else []."""
+    return ["direct"] if sid in DIRECT_ROWS else []
 
 
 def log(msg):
@@ -161,6 +173,16 @@ def steal_ticks(cpus):
             if fields and fields[0] in (f"cpu{c}" for c in cpus) and len(fields) > 8:
                 total += int(fields[8])
     return total
+
+
+def steal_mark(cpus):
+    return steal_ticks(cpus), time.time()
+
+
+def steal_ms_per_s(cpus, mark):
+    """ms per second the hypervisor took from these CPUs since `mark` (from steal_mark)."""
+    ticks, t0 = mark
+    return (steal_ticks(cpus) - ticks) * 1000 / os.sysconf("SC_CLK_TCK") / max(0.001, time.time() - t0)
 
 
 def hiccups(cpus, seconds=5):
@@ -293,13 +315,13 @@ class Bench:
     # --- one measurement
 
     def measure(self, phase, sid, peer, rate=None):
-        _, _, path, headers, keepalive, _ = next(s for s in SCENARIOS if s[0] == sid)
+        _, _, path, headers, keepalive, _ = scenario(sid)
         port = DIRECT_PORT if peer == "direct" else PEERS[peer]
         hdrs = list(headers) + ([] if keepalive else ["Connection: close"])
         pids = [] if peer == "direct" else self.peer_pids(peer)
         a = self.args
-        s0 = steal_ticks((a.proxy_cpu, a.load_cpu))
-        t0 = time.time()
+        cpus = (a.proxy_cpu, a.load_cpu)
+        mark = steal_mark(cpus)
         if phase == "max":
             script = wrk_script(path, hdrs)
             base = ["taskset", "-c", str(a.load_cpu), "wrk", "-t1", f"-c{CONNECTIONS}", "-s", script]
@@ -323,8 +345,7 @@ class Bench:
             cpu = cpu_seconds(pids) - c0
             res = parse_oha(proc.stdout)
         res["cpu_us"] = cpu * 1e6 / res["requests"] if pids and res["requests"] and cpu is not None else None
-        res["steal_ms_per_s"] = (steal_ticks((a.proxy_cpu, a.load_cpu)) - s0) * 1000 / os.sysconf("SC_CLK_TCK") \
-            / max(0.001, time.time() - t0)
+        res["steal_ms_per_s"] = steal_ms_per_s(cpus, mark)
         samples = res.pop("samples", None)
         run = dict(phase=phase, scenario=sid, peer=peer, rate=rate, round=self.round, **res)
         if samples is not None:
@@ -409,8 +430,8 @@ class Bench:
     def paired_run(self, sid, rate):
         """All of the scenario's peers at once at `rate` in all, each request to one of them in turn."""
         a = self.args
-        _, _, path, headers, keepalive, _ = next(s for s in SCENARIOS if s[0] == sid)
-        peers = self.peers_for(sid) + (["direct"] if sid in ("pass", "close") else [])
+        _, _, path, headers, keepalive, _ = scenario(sid)
+        peers = self.peers_for(sid) + direct(sid)
         cmd = ["taskset", "-c", str(a.load_cpu), a.interleaved_load, "--rate", str(rate), "--duration",
                str(a.duration), "--warmup", "1", "--connections", str(CONNECTIONS)]
         for h in headers:
@@ -420,21 +441,21 @@ class Bench:
         cmd += [f"{p}=http://127.0.0.1:{DIRECT_PORT if p == 'direct' else PEERS[p]}{path}" for p in peers]
         pids = {p: self.peer_pids(p) for p in peers if p != "direct"}
         c0 = {p: cpu_seconds(v) for p, v in pids.items()}
-        s0, t0 = steal_ticks((a.proxy_cpu, a.load_cpu)), time.time()
+        cpus = (a.proxy_cpu, a.load_cpu)
+        mark = steal_mark(cpus)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
         if proc.returncode != 0:
             raise SystemExit(f"interleaved_load failed ({proc.returncode}): {proc.stderr.strip()}")
         cpu = {p: cpu_seconds(v) - c0[p] for p, v in pids.items()}
-        steal = (steal_ticks((a.proxy_cpu, a.load_cpu)) - s0) * 1000 / os.sysconf("SC_CLK_TCK") \
-            / max(0.001, time.time() - t0)
+        steal = steal_ms_per_s(cpus, mark)
 
         def ms(us):
             return None if us is None else us / 1000
 
         data = json.loads(proc.stdout)
+        # the CPU time spans the warm-up too, so it is divided by every request sent to each peer
+        sent = data["sent"] / len(peers)
         for t in data["targets"]:
-            # the CPU time spans the warm-up too, so it is divided by every request sent to this peer
-            sent = data["sent"] / len(peers)
             cpu_us = cpu[t["name"]] * 1e6 / sent if t["name"] in cpu and sent else None
             run = dict(phase="paired", scenario=sid, peer=t["name"], rate=rate, peers=len(peers), round=self.round,
                        cpu_us=cpu_us,
@@ -449,7 +470,7 @@ class Bench:
                 f"errors {t['errors']}")
 
     def peers_for(self, sid):
-        only = next(s for s in SCENARIOS if s[0] == sid)[5]
+        only = scenario(sid)[5]
         return [p for p in self.args.peers
                 if (not only or p in only) and sid in PEER_SCENARIOS.get(p, (sid,))]
 
@@ -463,8 +484,8 @@ class Bench:
                 order = self.peers_for(sid)
                 if phase == "wire":
                     order = [p for p in order if p in WIRE_PEERS]
-                if sid in ("pass", "close") and phase != "wire":
-                    order = order + ["direct"]
+                if phase != "wire":
+                    order = order + direct(sid)
                 k = r % len(order)
                 for peer in order[k:] + order[:k]:
                     self.measure(phase, sid, peer, rates.get(sid) if rates else None)
@@ -571,7 +592,7 @@ class Bench:
                 "cpu_fixed": self.median("fixed", sid, "nginx", "cpu_us"),
                 "p99": self.median("fixed", sid, "nginx", "p99_ms"),
             }
-            peers = list(a.peers) + (["direct"] if sid in ("pass", "close") else [])
+            peers = list(a.peers) + direct(sid)
             for peer in peers:
                 if peer in PEER_SCENARIOS and sid not in PEER_SCENARIOS[peer]:
                     continue
@@ -676,14 +697,17 @@ class Bench:
                 continue
             n_p99 = self.median("paired", sid, "nginx", "p99_ms")
             d_p99 = self.median("paired", sid, "direct", "p99_ms")
-            for peer in self.peers_for(sid) + (["direct"] if sid in ("pass", "close") else []):
+            for peer in self.peers_for(sid) + direct(sid):
                 q = {k: self.median("paired", sid, peer, k)
                      for k in ("rps", "cpu_us", "p50_ms", "p90_ms", "p99_ms", "p999_ms")}
-                cpu_paired = "1.00" if peer == "nginx" else "–" if peer == "direct" else \
-                    ci(self.paired("paired", sid, peer, "cpu_us"))
                 if q["rps"] is None:
                     continue
-                by_window = "1.00" if peer == "nginx" else "–" if peer == "direct" else ci(self.window_paired(sid, peer))
+
+                def vs_nginx(paired_ratio):
+                    return "1.00" if peer == "nginx" else "–" if peer == "direct" else ci(paired_ratio())
+
+                cpu_paired = vs_nginx(lambda: self.paired("paired", sid, peer, "cpu_us"))
+                by_window = vs_nginx(lambda: self.window_paired(sid, peer))
                 errors = sum(r["errors"] for r in self.runs if r["phase"] == "paired" and r["scenario"] == sid
                              and r["peer"] == peer)
                 minus = None if peer == "direct" or q["p99_ms"] is None or d_p99 is None else q["p99_ms"] - d_p99

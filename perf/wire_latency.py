@@ -28,13 +28,13 @@ import sys
 
 METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ")
 REQUEST_ID = re.compile(rb"\r\nx-request-id:[ \t]*([^\r\n]+)", re.IGNORECASE)
+# link-layer header lengths of the link types a capture on lo can have
+LINK_HEADER = {0: 4, 1: 14, 12: 0, 101: 0, 113: 16, 276: 20}
+
+
 def final_answer(payload):
     """The first segment of a response that is not an interim 1xx."""
     return payload.startswith(b"HTTP/1.") and payload[9:10] != b"1"
-
-
-# link-layer header lengths of the link types a capture on lo can have
-LINK_HEADER = {0: 4, 1: 14, 12: 0, 101: 0, 113: 16, 276: 20}
 
 
 def packets(path):

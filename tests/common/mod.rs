@@ -24,7 +24,14 @@ pub fn free_addr() -> SocketAddr {
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    let (low, high) = ((ephemeral_low / 2).clamp(1024, 10_000), ephemeral_low);
+    if high <= low {
+        // no room below the ephemeral range: take what the kernel gives
+        return TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+    }
     let span = u32::from(high - low);
     let start = rand::random::<u32>() % span;
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
