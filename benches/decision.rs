@@ -33,6 +33,7 @@ routes:
         to: v2
     split:
       targets: {v1: 90, v2: 10}
+      baseline: v1
       sticky: [header:X-User-Id, cookie:uid]
   - name: web
     match: {path_prefix: /}
@@ -50,7 +51,7 @@ fn ten_thousand_routes() -> String {
                 format!("/svc{p}/v{}", p % 3)
             };
             y.push_str(&format!(
-                "  - name: r{h}-{p}\n    match: {{host: host{h}.example.com, path_prefix: \"{prefix}\"}}\n    split: {{targets: {{v1: 95, v2: 5}}, sticky: [header:X-User-Id]}}\n"
+                "  - name: r{h}-{p}\n    match: {{host: host{h}.example.com, path_prefix: \"{prefix}\"}}\n    split: {{targets: {{v1: 95, v2: 5}}, baseline: v1, sticky: [header:X-User-Id]}}\n"
             ));
         }
     }

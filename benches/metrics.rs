@@ -20,7 +20,7 @@ upstreams:
 routes:
   - name: payments
     match: {path_prefix: /api/payments}
-    split: {targets: {v1: 90, v2: 10}, sticky: [header:X-User-Id]}
+    split: {targets: {v1: 90, v2: 10}, baseline: v1, sticky: [header:X-User-Id]}
 "#;
 
 fn entry(snapshot: &Arc<switchyard::state::Snapshot>, decision: Decision) -> Entry {

@@ -137,7 +137,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("switchyard-swap-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let config = format!(
-        "server:\n  listen: [\"{proxy}\"]\n  threads: 1\n  pid_file: {d}/pid\n  upgrade_sock: {d}/up.sock\n  state_dir: {d}/state\n  access_log: off\nadmin:\n  listen: \"{admin}\"\n  tokens: {{bench: {}}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 90, v2: 10}}, sticky: [header:X-User-Id]}}\n",
+        "server:\n  listen: [\"{proxy}\"]\n  threads: 1\n  pid_file: {d}/pid\n  upgrade_sock: {d}/up.sock\n  state_dir: {d}/state\n  access_log: off\nadmin:\n  listen: \"{admin}\"\n  tokens: {{bench: {}}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 90, v2: 10}}, baseline: v1, sticky: [header:X-User-Id]}}\n",
         sha(TOKEN),
         v1.addr,
         v2.addr,

@@ -18,6 +18,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the demo: two versions, a canary, a blue/green route, on 127.0.0.1:8080. Needs no file.
@@ -40,13 +42,13 @@ pub enum Command {
     },
     /// Control a running instance through its admin API (SWITCHYARD_ADMIN, SWITCHYARD_TOKEN).
     Ctl {
-        /// Print the API's JSON instead of a table.
-        #[arg(long, global = true)]
-        json: bool,
+        #[command(flatten)]
+        options: crate::ctl::CtlOptions,
         #[command(subcommand)]
         command: crate::ctl::CtlCommand,
     },
-    /// Ask the running instance to re-read its config file (sends SIGHUP to the pid in its pid file).
+    /// Ask the running instance to re-read its config file (SIGHUP to the pid in its pid file), wait for
+    /// the outcome and print the revision now served, or the errors.
     Reload {
         /// The config file of the running instance (its server.pid_file names the pid file).
         #[arg(short, long, value_name = "FILE")]
@@ -69,7 +71,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { conf } => check(&conf),
         Command::Reload { conf, pid_file } => reload(conf, pid_file),
-        Command::Ctl { json, command } => crate::ctl::run(command, json),
+        Command::Ctl { options, command } => crate::ctl::run(options, command),
         Command::Run {
             conf,
             upgrade,
@@ -136,26 +138,83 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// How long `switchyard reload` waits for the instance to record the outcome.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 fn reload(conf: Option<PathBuf>, pid_file: Option<PathBuf>) -> ExitCode {
-    let pid_file = match (pid_file, conf) {
-        (Some(p), _) => p,
+    let (pid_file, state_dir) = match (pid_file, conf) {
+        (Some(p), _) => (p, None),
         // Validate first: a file the instance would refuse is reported here and nothing is signalled.
         (None, Some(conf)) => match load(&conf) {
-            Ok((c, _)) => PathBuf::from(c.server.pid_file),
+            Ok((c, _)) => (
+                PathBuf::from(c.server.pid_file),
+                Some(PathBuf::from(c.server.state_dir)),
+            ),
             Err(code) => return code,
         },
-        (None, None) => PathBuf::from(config::ServerConfig::default().pid_file),
+        (None, None) => (
+            PathBuf::from(config::ServerConfig::default().pid_file),
+            None,
+        ),
     };
-    match crate::server::signal_pid_file(&pid_file, nix::sys::signal::Signal::SIGHUP) {
-        Ok(pid) => {
+    let last_seq = |dir: &std::path::Path| {
+        crate::state::store::read_reload_outcome(dir).and_then(|v| v["seq"].as_u64())
+    };
+    let before = state_dir.as_deref().and_then(last_seq);
+    let pid = match crate::server::signal_pid_file(&pid_file, nix::sys::signal::Signal::SIGHUP) {
+        Ok(pid) => pid,
+        Err(e) => {
+            eprintln!("switchyard reload: {e:#}");
+            return ExitCode::from(3);
+        }
+    };
+    let Some(dir) = state_dir else {
+        println!(
+            "asked switchyard (pid {pid}) to reload its config file; the outcome is in its log"
+        );
+        return ExitCode::SUCCESS;
+    };
+    let deadline = std::time::Instant::now() + RELOAD_WAIT;
+    let outcome = loop {
+        if let Some(v) = crate::state::store::read_reload_outcome(&dir)
+            .filter(|v| v["seq"].as_u64() > before && v["pid"].as_i64() == Some(i64::from(pid)))
+        {
+            break v;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "switchyard reload: sent SIGHUP to pid {pid}, but it recorded no outcome in {} within {} s; see its log",
+                dir.join("reload.json").display(),
+                RELOAD_WAIT.as_secs()
+            );
+            return ExitCode::from(3);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let revision = &outcome["revision"];
+    match outcome["result"].as_str() {
+        Some("applied") => {
+            println!("reloaded (pid {pid}): now serving revision {revision}");
+            for change in outcome["replaced"].as_array().into_iter().flatten() {
+                println!(
+                    "  replaces API change: {}",
+                    change.as_str().unwrap_or_default()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Some("unchanged") => {
             println!(
-                "asked switchyard (pid {pid}) to reload its config file; the outcome is in its log"
+                "unchanged (pid {pid}): the file equals the one last applied; still serving revision {revision}, nothing changed"
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("switchyard reload: {e:#}");
-            ExitCode::from(3)
+        _ => {
+            eprintln!("reload refused (pid {pid}), still serving revision {revision}:");
+            for e in outcome["errors"].as_array().into_iter().flatten() {
+                eprintln!("  {}", e.as_str().unwrap_or_default());
+            }
+            ExitCode::from(1)
         }
     }
 }

@@ -1,21 +1,47 @@
 //! `switchyard ctl`: a client of the admin API for operators and scripts. Readable tables by default,
-//! the API's JSON with `--json`. Reads `SWITCHYARD_ADMIN` (URL, default http://127.0.0.1:9901) and
-//! `SWITCHYARD_TOKEN`. Exit codes: 0 done, 1 refused as invalid (4xx), 3 could not reach or act on the
-//! instance (connection, auth, 5xx).
+//! the API's JSON with `--json`. `--admin URL` and `--token T` (or `SWITCHYARD_ADMIN`, default
+//! http://127.0.0.1:9901, and `SWITCHYARD_TOKEN`); http or https (`--cacert FILE` trusts a private CA).
+//! Every change reads the route first and sends `If-Match` with the revision it read, so two operators
+//! never overwrite each other silently; it prints the change as before → after.
+//! Exit codes: 0 done, 1 refused (4xx: invalid, or changed by someone else meanwhile), 2 usage error,
+//! 3 could not reach or act on the instance (connection, auth, 5xx).
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Options of every `ctl` command.
+#[derive(Debug, Args)]
+pub struct CtlOptions {
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The admin API's URL (http or https); default $SWITCHYARD_ADMIN, else http://127.0.0.1:9901.
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+    /// The admin token; default $SWITCHYARD_TOKEN.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Why: recorded in the audit log with the change.
+    #[arg(long, global = true, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Trust this CA (PEM) for an https admin URL, instead of the system's roots.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
     /// Routes with their split / live colour / mirror, and the live revision.
     Status,
-    /// Set split weights: `set-split payments payments-v1=95 payments-v2=5`.
+    /// Set split weights: `set-split payments payments-v1=95 payments-v2=5` (weights, shares are weight
+    /// / total), or `set-split payments payments-v2=5%` (exactly 5%; the baseline takes the difference).
     SetSplit {
         route: String,
-        #[arg(required = true, value_name = "TARGET=WEIGHT")]
+        #[arg(required = true, value_name = "TARGET=WEIGHT|TARGET=N%")]
         weights: Vec<String>,
     },
     /// Make the idle colour of a blue/green route live.
@@ -64,92 +90,197 @@ pub enum CtlCommand {
 struct Client {
     base: String,
     token: String,
+    reason: Option<String>,
     agent: ureq::Agent,
 }
 
 enum Failure {
-    /// The instance refused the request as invalid (exit 1).
+    /// The command line itself is wrong (exit 2).
+    Usage(String),
+    /// The instance refused the request (exit 1).
     Refused(String),
     /// Could not reach or act on the instance (exit 3).
     Unreachable(String),
 }
 
+/// How often a change refused with 503 (an instance handing over to its successor) is tried again.
+const RETRIES_ON_503: u32 = 10;
+
 impl Client {
-    fn from_env() -> Client {
-        let base =
-            std::env::var("SWITCHYARD_ADMIN").unwrap_or_else(|_| "http://127.0.0.1:9901".into());
-        Client {
-            base: base.trim_end_matches('/').to_string(),
-            token: std::env::var("SWITCHYARD_TOKEN").unwrap_or_default(),
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(10))
-                .build(),
+    fn new(opts: &CtlOptions) -> Result<Client, Failure> {
+        let base = opts
+            .admin
+            .clone()
+            .or_else(|| std::env::var("SWITCHYARD_ADMIN").ok())
+            .unwrap_or_else(|| "http://127.0.0.1:9901".into());
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            return Err(Failure::Usage(format!(
+                "admin URL {base:?} must start with http:// or https://"
+            )));
         }
+        let mut agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10));
+        if let Some(ca) = &opts.cacert {
+            agent = agent.tls_config(tls_trusting(ca)?);
+        }
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: opts
+                .token
+                .clone()
+                .or_else(|| std::env::var("SWITCHYARD_TOKEN").ok())
+                .unwrap_or_default(),
+            reason: opts.reason.clone(),
+            agent: agent.build(),
+        })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.call("GET", path, None, None).map(|(v, _)| v)
+    }
+
+    /// A change: sends the reason, and `If-Match` with the revision the change was based on.
+    fn change(
+        &self,
+        method: &str,
+        path: &str,
+        body: Value,
+        if_match: Option<&str>,
+    ) -> Result<Value, Failure> {
+        let mut body = body;
+        if let (Some(reason), Some(o)) = (&self.reason, body.as_object_mut()) {
+            o.insert("reason".into(), json!(reason));
+        }
+        self.call(method, path, Some(body), if_match)
+            .map(|(v, _)| v)
+    }
+
+    /// One call; returns the JSON answer and its ETag.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> Result<(Value, Option<String>), Failure> {
         let url = format!("{}{path}", self.base);
-        let req = self
-            .agent
-            .request(method, &url)
-            .set("Authorization", &format!("Bearer {}", self.token));
-        let result = match body {
-            Some(b) => req
-                .set("Content-Type", "application/json")
-                .send_string(&b.to_string()),
-            None => req.call(),
-        };
-        match result {
-            Ok(r) => r
-                .into_string()
-                .map_err(|e| e.to_string())
-                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-                .map_err(|e| Failure::Unreachable(format!("{url}: unreadable answer: {e}"))),
-            Err(ureq::Error::Status(code, r)) => {
-                let body: Value = r
-                    .into_string()
-                    .ok()
-                    .and_then(|t| serde_json::from_str(&t).ok())
-                    .unwrap_or(Value::Null);
-                let message = match (&body["error"], &body["errors"]) {
-                    (Value::String(m), _) => m.clone(),
-                    (_, Value::Array(errors)) => errors
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    _ => body.to_string(),
-                };
-                if code == 401 {
-                    Err(Failure::Unreachable(format!(
-                        "{url}: {message} (set SWITCHYARD_TOKEN)"
-                    )))
-                } else if (400..500).contains(&code) {
-                    Err(Failure::Refused(message))
-                } else {
-                    Err(Failure::Unreachable(format!(
-                        "{url}: HTTP {code}: {message}"
+        let mut tries = 0;
+        loop {
+            let mut req = self
+                .agent
+                .request(method, &url)
+                .set("Authorization", &format!("Bearer {}", self.token));
+            if let Some(tag) = if_match {
+                req = req.set("If-Match", tag);
+            }
+            let result = match &body {
+                Some(b) => req
+                    .set("Content-Type", "application/json")
+                    .send_string(&b.to_string()),
+                None => req.call(),
+            };
+            match result {
+                Ok(r) => {
+                    let etag = r.header("etag").map(str::to_string);
+                    return r
+                        .into_string()
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+                        .map(|v| (v, etag))
+                        .map_err(|e| {
+                            Failure::Unreachable(format!("{url}: unreadable answer: {e}"))
+                        });
+                }
+                Err(ureq::Error::Status(503, r)) if tries < RETRIES_ON_503 => {
+                    tries += 1;
+                    let wait = r
+                        .header("retry-after")
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .unwrap_or(1)
+                        .clamp(1, 5);
+                    std::thread::sleep(Duration::from_secs(wait));
+                }
+                Err(ureq::Error::Status(code, r)) => return Err(status_failure(&url, code, r)),
+                Err(e) => {
+                    return Err(Failure::Unreachable(format!(
+                        "{e} (set --admin or SWITCHYARD_ADMIN)"
                     )))
                 }
             }
-            Err(e) => Err(Failure::Unreachable(format!("{e} (set SWITCHYARD_ADMIN)"))),
         }
     }
 }
 
-pub fn run(command: CtlCommand, as_json: bool) -> ExitCode {
-    let client = Client::from_env();
-    match execute(&client, command) {
+/// A TLS setup that trusts only the CA certificates in `path` (PEM).
+fn tls_trusting(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, Failure> {
+    let bad = |e: String| Failure::Usage(format!("--cacert {}: {e}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A non-2xx answer: 401 and 5xx mean the instance could not be acted on; other 4xx are refusals.
+fn status_failure(url: &str, code: u16, r: ureq::Response) -> Failure {
+    let body: Value = r
+        .into_string()
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let message = match (&body["error"], &body["errors"]) {
+        (Value::String(m), _) => m.clone(),
+        (_, Value::Array(errors)) => errors
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => body.to_string(),
+    };
+    if code == 401 {
+        Failure::Unreachable(format!(
+            "{url}: {message} (set --token or SWITCHYARD_TOKEN)"
+        ))
+    } else if (400..500).contains(&code) {
+        Failure::Refused(message)
+    } else {
+        Failure::Unreachable(format!("{url}: HTTP {code}: {message}"))
+    }
+}
+
+pub fn run(opts: CtlOptions, command: CtlCommand) -> ExitCode {
+    let result = Client::new(&opts).and_then(|client| execute(&client, command));
+    match result {
         Ok((value, table)) => {
-            if as_json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&value).unwrap_or_default()
-                );
+            let text = if opts.json {
+                serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
             } else {
-                print!("{table}");
+                table
+            };
+            // A reader that went away (`ctl ... | head`) is not an error of ours.
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("switchyard ctl: cannot write the answer: {e}");
+                    ExitCode::from(3)
+                }
+                _ => ExitCode::SUCCESS,
             }
-            ExitCode::SUCCESS
+        }
+        Err(Failure::Usage(m)) => {
+            eprintln!("switchyard ctl: {m}");
+            ExitCode::from(2)
         }
         Err(Failure::Refused(m)) => {
             eprintln!("refused: {m}");
@@ -162,45 +293,63 @@ pub fn run(command: CtlCommand, as_json: bool) -> ExitCode {
     }
 }
 
+/// A route as the API shows it, with the ETag of the revision it was read at.
+fn read_route(c: &Client, route: &str) -> Result<(Value, Option<String>), Failure> {
+    c.call("GET", &format!("/v1/routes/{}", encode(route)), None, None)
+}
+
+/// `TARGET=WEIGHT` or `TARGET=N%`, as the PATCH body's split object.
+fn split_patch(weights: &[String]) -> Result<serde_json::Map<String, Value>, Failure> {
+    let mut split = serde_json::Map::new();
+    for w in weights {
+        let usage = || {
+            Failure::Usage(format!(
+                "{w:?}: expected TARGET=WEIGHT or TARGET=N%, e.g. payments-v2=5 or payments-v2=5%"
+            ))
+        };
+        let (target, value) = w.split_once('=').ok_or_else(usage)?;
+        let value = value.trim();
+        let parsed = match value.strip_suffix('%') {
+            Some(p) => {
+                p.trim().parse::<f64>().map_err(|_| usage())?;
+                json!(value)
+            }
+            None => json!(value.parse::<f64>().map_err(|_| usage())?),
+        };
+        if target.is_empty() {
+            return Err(usage());
+        }
+        split.insert(target.to_string(), parsed);
+    }
+    Ok(split)
+}
+
 /// Runs one command; returns the API's JSON and its table rendering.
 fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> {
-    let changed = |v: Value| {
-        let table = format!("ok: now serving revision {}\n", v["revision"]);
-        (v, table)
+    let route_change = |route: &str, body: Value| -> Result<(Value, String), Failure> {
+        let (_, etag) = read_route(c, route)?;
+        let v = c.change(
+            "PATCH",
+            &format!("/v1/routes/{}", encode(route)),
+            body,
+            etag.as_deref(),
+        )?;
+        let table = change_table(&v);
+        Ok((v, table))
     };
     match command {
         CtlCommand::Status => {
-            let v = c.call("GET", "/v1/status", None)?;
+            let v = c.get("/v1/status")?;
             let table = status_table(&v);
             Ok((v, table))
         }
         CtlCommand::SetSplit { route, weights } => {
-            let mut split = serde_json::Map::new();
-            for w in &weights {
-                let parsed = w
-                    .split_once('=')
-                    .and_then(|(t, n)| Some((t, n.trim().parse::<f64>().ok()?)));
-                let Some((target, weight)) = parsed else {
-                    return Err(Failure::Refused(format!(
-                        "{w:?}: expected TARGET=WEIGHT, e.g. payments-v2=5"
-                    )));
-                };
-                split.insert(target.to_string(), json!(weight));
-            }
-            c.call(
-                "PATCH",
-                &format!("/v1/routes/{route}"),
-                Some(json!({ "split": split })),
-            )
-            .map(changed)
+            let split = split_patch(&weights)?;
+            route_change(&route, json!({ "split": split }))
         }
         CtlCommand::Flip { route } => {
-            let status = c.call("GET", "/v1/status", None)?;
-            let live = status["routes"]
-                .as_array()
-                .and_then(|rs| rs.iter().find(|r| r["name"] == route.as_str()))
-                .map(|r| r["blue_green"]["live"].clone());
-            let next = match live.as_ref().and_then(Value::as_str) {
+            let (current, etag) = read_route(c, &route)?;
+            let next = match current["blue_green"]["live"].as_str() {
                 Some("blue") => "green",
                 Some("green") => "blue",
                 _ => {
@@ -209,25 +358,31 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
                     )))
                 }
             };
-            c.call(
+            let v = c.change(
                 "PATCH",
-                &format!("/v1/routes/{route}"),
-                Some(json!({ "live": next })),
-            )
-            .map(changed)
+                &format!("/v1/routes/{}", encode(&route)),
+                json!({ "live": next }),
+                etag.as_deref(),
+            )?;
+            let table = change_table(&v);
+            Ok((v, table))
         }
-        CtlCommand::Rollback { route } => c
-            .call("POST", &format!("/v1/routes/{route}/rollback"), None)
-            .map(changed),
-        CtlCommand::Mirror { route, percent } => c
-            .call(
-                "PATCH",
-                &format!("/v1/routes/{route}"),
-                Some(json!({ "mirror": { "percent": percent } })),
-            )
-            .map(changed),
+        CtlCommand::Rollback { route } => {
+            let (_, etag) = read_route(c, &route)?;
+            let v = c.change(
+                "POST",
+                &format!("/v1/routes/{}/rollback", encode(&route)),
+                json!({}),
+                etag.as_deref(),
+            )?;
+            let table = change_table(&v);
+            Ok((v, table))
+        }
+        CtlCommand::Mirror { route, percent } => {
+            route_change(&route, json!({ "mirror": { "percent": percent } }))
+        }
         CtlCommand::Revisions => {
-            let v = c.call("GET", "/v1/revisions", None)?;
+            let v = c.get("/v1/revisions")?;
             let mut t = format!(
                 "{:>8}  {:<24}  {:<10}  {:<18}  {}\n",
                 "REVISION", "AT", "ACTOR", "ACTION", "ROUTE"
@@ -245,9 +400,20 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             }
             Ok((v, t))
         }
-        CtlCommand::Restore { revision } => c
-            .call("POST", &format!("/v1/revisions/{revision}/restore"), None)
-            .map(changed),
+        CtlCommand::Restore { revision } => {
+            let (_, etag) = c.call("GET", "/v1/status", None, None)?;
+            let v = c.change(
+                "POST",
+                &format!("/v1/revisions/{revision}/restore"),
+                json!({}),
+                etag.as_deref(),
+            )?;
+            let table = format!(
+                "revision {revision} restored: now serving revision {}\n",
+                v["revision"]
+            );
+            Ok((v, table))
+        }
         CtlCommand::Explain {
             route,
             headers,
@@ -265,7 +431,7 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             ] {
                 for kv in list {
                     let Some((k, v)) = kv.split_once('=') else {
-                        return Err(Failure::Refused(format!("{kv:?}: expected NAME=VALUE")));
+                        return Err(Failure::Usage(format!("{kv:?}: expected NAME=VALUE")));
                     };
                     params.push(format!("{}={}", encode(&format!("{prefix}{k}")), encode(v)));
                 }
@@ -275,13 +441,18 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
                     params.push(format!("{key}={}", encode(&v)));
                 }
             }
-            let v = c.call(
-                "GET",
-                &format!("/v1/routes/{route}/explain?{}", params.join("&")),
-                None,
-            )?;
+            let v = c.get(&format!(
+                "/v1/routes/{}/explain?{}",
+                encode(&route),
+                params.join("&")
+            ))?;
+            let baseline = if v["target"] == v["baseline"] {
+                " (baseline)"
+            } else {
+                ""
+            };
             let table = format!(
-                "{} -> {} ({})\n",
+                "{} -> {}{baseline} ({})\n",
                 text(&v["route"]),
                 text(&v["target"]),
                 text(&v["explanation"])
@@ -293,12 +464,12 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
                 Some(r) => format!("/v1/stats?route={}", encode(r)),
                 None => "/v1/stats".to_string(),
             };
-            let v = c.call("GET", &path, None)?;
+            let v = c.get(&path)?;
             let table = stats_table(&v, since_start);
             Ok((v, table))
         }
         CtlCommand::Audit => {
-            let v = c.call("GET", "/v1/audit", None)?;
+            let v = c.get("/v1/audit")?;
             let mut t = format!(
                 "{:>8}  {:<24}  {:<10}  {:<18}  {:<12}  {}\n",
                 "REVISION", "AT", "ACTOR", "ACTION", "ROUTE", "REASON"
@@ -316,6 +487,39 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             }
             Ok((v, t))
         }
+    }
+}
+
+/// A change as before → after, e.g. `payments: split payments-v1 99.0% (baseline), payments-v2 1.0%
+/// → payments-v1 95.0% (baseline), payments-v2 5.0%`.
+fn change_table(v: &Value) -> String {
+    let (before, after) = (&v["before"], &v["after"]);
+    let mut lines = Vec::new();
+    let (b, a) = (traffic(before), traffic(after));
+    if b != a {
+        lines.push(format!("{}: {} → {}", text(&v["route"]), b, a));
+    }
+    let (bm, am) = (mirror_text(before), mirror_text(after));
+    if bm != am {
+        lines.push(format!(
+            "{}: {} → {}",
+            text(&v["route"]),
+            or_none(&bm),
+            or_none(&am)
+        ));
+    }
+    if lines.is_empty() {
+        lines.push(format!("{}: no change to its traffic", text(&v["route"])));
+    }
+    lines.push(format!("now serving revision {}", v["revision"]));
+    lines.join("\n") + "\n"
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() {
+        "no mirror"
+    } else {
+        s
     }
 }
 
@@ -390,43 +594,52 @@ fn stats_table(v: &Value, since_start: bool) -> String {
     t
 }
 
+/// Where a route's traffic goes, as status shows it: `split v1 95.0% (baseline), v2 5.0%` or
+/// `blue/green live blue: web-blue`.
+fn traffic(r: &Value) -> String {
+    if let Some(targets) = r["split"]["targets"].as_array() {
+        let parts: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                let mark = if t["baseline"] == true {
+                    " (baseline)"
+                } else {
+                    ""
+                };
+                let share = t["share"].as_f64().unwrap_or(0.0);
+                format!("{} {share:.1}%{mark}", text(&t["target"]))
+            })
+            .collect();
+        format!("split {}", parts.join(", "))
+    } else if r["blue_green"].is_object() {
+        let bg = &r["blue_green"];
+        let live = text(&bg["live"]);
+        format!("blue/green live {live}: {}", text(&bg[live.as_str()]))
+    } else {
+        "-".into()
+    }
+}
+
+fn mirror_text(r: &Value) -> String {
+    match &r["mirror"] {
+        Value::Null => String::new(),
+        m => format!("mirror {}% to {}", text(&m["percent"]), text(&m["to"])),
+    }
+}
+
 fn status_table(v: &Value) -> String {
     let mut t = format!(
-        "revision {}\n{:<20}  {:<11}  {}\n",
-        v["revision"], "ROUTE", "STRATEGY", "TRAFFIC"
+        "revision {}\n{:<20}  {}\n",
+        v["revision"], "ROUTE", "TRAFFIC"
     );
     for r in v["routes"].as_array().into_iter().flatten() {
-        let (strategy, traffic) = if let Some(targets) = r["split"].as_object() {
-            let total: f64 = targets.values().filter_map(Value::as_f64).sum();
-            let parts: Vec<String> = targets
-                .iter()
-                .map(|(k, w)| {
-                    let share = if total > 0.0 {
-                        w.as_f64().unwrap_or(0.0) / total * 100.0
-                    } else {
-                        0.0
-                    };
-                    format!("{k} {share:.1}%")
-                })
-                .collect();
-            ("split", parts.join(", "))
+        let mirror = mirror_text(r);
+        let mirror = if mirror.is_empty() {
+            mirror
         } else {
-            let bg = &r["blue_green"];
-            let live = text(&bg["live"]);
-            (
-                "blue/green",
-                format!("live {live}: {}", text(&bg[live.as_str()])),
-            )
+            format!("; {mirror}")
         };
-        let mirror = match &r["mirror"] {
-            Value::Null => String::new(),
-            m => format!("; mirror {}% to {}", text(&m["percent"]), text(&m["to"])),
-        };
-        t += &format!(
-            "{:<20}  {:<11}  {traffic}{mirror}\n",
-            text(&r["name"]),
-            strategy
-        );
+        t += &format!("{:<20}  {}{mirror}\n", text(&r["name"]), traffic(r));
     }
     t
 }

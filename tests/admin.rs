@@ -39,7 +39,7 @@ upstreams:
 routes:
   - name: api
     match: {{path_prefix: /api}}
-    split: {{targets: {{v1: 100, v2: 0}}, sticky: [header:X-User-Id]}}
+    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1, sticky: [header:X-User-Id]}}
   - name: web
     match: {{path_prefix: /}}
     blue_green: {{blue: blue, green: green, live: blue}}
@@ -128,15 +128,23 @@ fn patch_split_live_and_refusals() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["revision"].as_u64(), Some(started + 1));
     assert_eq!(get(&agent, &a.proxy.url("/api"), &[]).version(), "v2");
-    // Targets keep their written order: v1 is still the first (baseline) target.
+    // Status lists the baseline first, marked, whatever the weights.
     let status = a.ops("GET", "/v1/status", None).json();
-    let targets: Vec<String> = status["routes"][0]["split"]
-        .as_object()
+    let split = &status["routes"][0]["split"];
+    assert_eq!(split["baseline"], "v1");
+    let targets: Vec<(String, bool, f64)> = split["targets"]
+        .as_array()
         .unwrap()
-        .keys()
-        .cloned()
+        .iter()
+        .map(|t| {
+            let name = t["target"].as_str().unwrap().to_string();
+            (name, t["baseline"] == true, t["share"].as_f64().unwrap())
+        })
         .collect();
-    assert_eq!(targets, ["v1", "v2"]);
+    assert_eq!(
+        targets,
+        [("v1".into(), true, 0.0), ("v2".into(), false, 100.0)]
+    );
 
     assert_eq!(
         a.ops("PATCH", "/v1/routes/web", Some(r#"{"live":"green"}"#))
@@ -367,7 +375,7 @@ fn ctl_drives_a_running_instance() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("now serving revision"), "{out}");
     let (_, out) = ctl(&a, OPS, &["status"]);
-    assert!(out.contains("v1 90.0%, v2 10.0%"), "{out}");
+    assert!(out.contains("v1 90.0% (baseline), v2 10.0%"), "{out}");
 
     assert_eq!(ctl(&a, OPS, &["flip", "web"]).0, 0);
     assert_eq!(get(&agent, &a.proxy.url("/"), &[]).version(), "green");
@@ -375,7 +383,7 @@ fn ctl_drives_a_running_instance() {
     let (code, out) = ctl(&a, OPS, &["--json", "status"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["routes"][0]["split"]["v2"], 0.0);
+    assert_eq!(v["routes"][0]["split"]["targets"][1]["weight"], 0.0);
 
     let (code, out) = ctl(&a, OPS, &["revisions"]);
     assert_eq!(code, 0);
@@ -395,7 +403,8 @@ fn ctl_drives_a_running_instance() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no such upstream"), "{out}");
     assert_eq!(ctl(&a, OPS, &["flip", "api"]).0, 1);
-    assert_eq!(ctl(&a, OPS, &["set-split", "api", "v2"]).0, 1);
+    assert_eq!(ctl(&a, OPS, &["set-split", "api", "v2"]).0, 2);
+    assert_eq!(ctl(&a, OPS, &["set-split", "api", "v2=five%"]).0, 2);
     assert_eq!(ctl(&a, "wrong", &["status"]).0, 3);
     assert_eq!(ctl(&a, OPS, &["frobnicate"]).0, 2);
 }
@@ -531,7 +540,290 @@ fn explain_agrees_with_what_the_proxy_serves() {
     let served = get(&agent, &a.proxy.url("/api"), &[("X-User-Id", "user-7")]).version();
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.starts_with(&format!("api -> {served} (bucket ")),
+        out.starts_with(&format!("api -> {served} "))
+            && out.contains("(bucket ")
+            && out.contains(if served == "v1" { "(baseline)" } else { "" }),
         "{out}"
     );
+}
+
+/// A file rendered by a tool that sorts keys lists the canary first; rollback still lands on the
+/// declared baseline, and re-rendering the file in another order moves no user.
+#[test]
+fn a_sorted_key_file_rolls_back_to_its_declared_baseline() {
+    let (stable, canary) = (backend("stable"), backend("canary"));
+    let admin = free_addr();
+    let body = |targets: &str| {
+        format!(
+            "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nupstreams:\n  canary: {{backends: [\"{}\"]}}\n  stable: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {targets}, baseline: stable, sticky: [header:X-User-Id]}}\n",
+            sha256_hex(OPS),
+            canary.addr,
+            stable.addr
+        )
+    };
+    let proxy = ProxyProcess::start(&body("{canary: 30, stable: 70}"));
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
+    let agent = client();
+    let versions = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|u| {
+                let user = format!("user-{u}");
+                get(&agent, &proxy.url("/"), &[("X-User-Id", &user)]).version()
+            })
+            .collect()
+    };
+    let before = versions(300);
+    let on_canary = before.iter().filter(|v| *v == "canary").count();
+    assert!(
+        (50..130).contains(&on_canary),
+        "{on_canary} of 300 on the canary"
+    );
+
+    // The same split rendered in the other order: every user keeps its version.
+    let ops = |method: &str, path: &str, body: Option<&str>| {
+        let url = format!("http://{admin}{path}");
+        let auth = format!("Bearer {OPS}");
+        send_body(&client(), method, &url, &[("Authorization", &auth)], body)
+    };
+    let config = ops("GET", "/v1/config", None).body;
+    let reordered = config.replace(
+        "    targets:\n      canary: 30.0\n      stable: 70.0\n",
+        "    targets:\n      stable: 70.0\n      canary: 30.0\n",
+    );
+    assert_ne!(reordered, config, "{config}");
+    assert_eq!(ops("PUT", "/v1/config", Some(&reordered)).status, 200);
+    assert_eq!(versions(300), before);
+
+    // Rollback sends every user to the baseline, not to the target listed first.
+    let r = ops("POST", "/v1/routes/api/rollback", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(versions(200).iter().all(|v| v == "stable"));
+    let status = ops("GET", "/v1/status", None).json();
+    let split = &status["routes"][0]["split"];
+    assert_eq!(
+        (
+            split["targets"][0]["target"].as_str(),
+            split["targets"][0]["share"].as_f64()
+        ),
+        (Some("stable"), Some(100.0))
+    );
+}
+
+/// `TARGET=5%` sets exactly 5% (the baseline takes the difference), the change is printed before →
+/// after with its reason in the audit, and flags win over the environment.
+#[test]
+fn ctl_sets_an_exact_percentage_and_records_why() {
+    let a = start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "ctl",
+            "set-split",
+            "api",
+            "v2=5%",
+            "--reason",
+            "ramp to 5% (CHG-1234)",
+        ])
+        .args(["--admin", &format!("http://{}", a.admin), "--token", OPS])
+        .env("SWITCHYARD_ADMIN", "http://127.0.0.1:1")
+        .env("SWITCHYARD_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(
+            "api: split v1 100.0% (baseline), v2 0.0% → split v1 95.0% (baseline), v2 5.0%"
+        ),
+        "{text}"
+    );
+    let status = a.ops("GET", "/v1/status", None).json();
+    let targets = &status["routes"][0]["split"]["targets"];
+    assert_eq!(
+        (targets[0]["share"].as_f64(), targets[1]["share"].as_f64()),
+        (Some(95.0), Some(5.0))
+    );
+    let audit = a.ops("GET", "/v1/audit", None).json();
+    let last = audit["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["reason"], "ramp to 5% (CHG-1234)");
+    assert_eq!(last["actor"], "ops");
+
+    // 5.00% of 20,000 sticky users, by the documented bucket formula over the live ranges...
+    let on_v2 = (0..20_000)
+        .filter(|u| {
+            switchyard::release::split::bucket("api", format!("user-{u}").as_bytes()) >= 950_000
+        })
+        .count();
+    assert!((900..1100).contains(&on_v2), "{on_v2} of 20,000");
+    // ...and through the proxy for a sample of them: each gets the version its bucket says.
+    let agent = client();
+    for u in 0..400 {
+        let user = format!("user-{u}");
+        let want = if switchyard::release::split::bucket("api", user.as_bytes()) >= 950_000 {
+            "v2"
+        } else {
+            "v1"
+        };
+        assert_eq!(
+            get(&agent, &a.proxy.url("/api"), &[("X-User-Id", &user)]).version(),
+            want,
+            "{user}"
+        );
+    }
+
+    // Refusals change nothing: the baseline takes the difference and cannot be set; over 100% in all.
+    let (code, out) = ctl(&a, OPS, &["set-split", "api", "v1=50%"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("baseline"), "{out}");
+    let r = a.ops(
+        "PATCH",
+        "/v1/routes/api",
+        Some(r#"{"split":{"v2":"101%"}}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        a.ops("GET", "/v1/status", None).json()["revision"],
+        status["revision"]
+    );
+}
+
+/// Two operators flip the same route at once from the same read: one wins, the other gets 409 and
+/// nothing of it applies.
+#[test]
+fn concurrent_flips_with_if_match_never_both_apply() {
+    let a = start();
+    let read = a.ops("GET", "/v1/routes/web", None);
+    let tag = read.header("etag").unwrap().to_string();
+    assert_eq!(read.json()["blue_green"]["live"], "blue");
+    let admin = a.admin;
+    let flips: Vec<_> = (0..2)
+        .map(|_| {
+            let tag = tag.clone();
+            std::thread::spawn(move || {
+                let auth = format!("Bearer {OPS}");
+                send_body(
+                    &client(),
+                    "PATCH",
+                    &format!("http://{admin}/v1/routes/web"),
+                    &[("Authorization", &auth), ("If-Match", &tag)],
+                    Some(r#"{"live":"green","reason":"flip"}"#),
+                )
+            })
+        })
+        .collect();
+    let mut codes: Vec<u16> = flips
+        .into_iter()
+        .map(|t| t.join().unwrap().status)
+        .collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [200, 409]);
+    // Every action endpoint honours If-Match too, and answers the new ETag.
+    let stale = [
+        ("Authorization", format!("Bearer {OPS}")),
+        ("If-Match", tag.clone()),
+    ];
+    let stale: Vec<(&str, &str)> = stale.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = format!("http://{}/v1/routes/web/rollback", a.admin);
+    assert_eq!(send_body(&client(), "POST", &url, &stale, None).status, 409);
+    let live = a.revision();
+    let fresh = format!("\"{live}\"");
+    let r = send_body(
+        &client(),
+        "POST",
+        &url,
+        &[
+            ("Authorization", &format!("Bearer {OPS}")),
+            ("If-Match", &fresh),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("etag"), Some(format!("\"{}\"", live + 1).as_str()));
+}
+
+/// `ctl … | head`: a reader that goes away is not a crash.
+#[test]
+fn ctl_output_to_a_closed_pipe_is_not_a_crash() {
+    let a = start();
+    for i in 0..30 {
+        a.ops(
+            "PATCH",
+            "/v1/routes/api",
+            Some(&format!(r#"{{"split":{{"v2":{i}}}}}"#)),
+        );
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "ctl",
+            "audit",
+            "--admin",
+            &format!("http://{}", a.admin),
+            "--token",
+            OPS,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// `ctl` over HTTPS, trusting a private CA: here the admin API is published on a TLS listener of the
+/// proxy itself.
+#[test]
+fn ctl_speaks_https() {
+    let a_dir = std::env::temp_dir().join(format!("switchyard-ctl-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(a_dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(a_dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(a_dir.join("key.pem"), key.serialize_pem()).unwrap();
+
+    let admin = free_addr();
+    let tls = free_addr();
+    let body = format!(
+        "admin: {{listen: \"{admin}\", tokens: {{ops: {}}}}}\nupstreams:\n  admin: {{backends: [\"{admin}\"]}}\nroutes:\n  - name: admin\n    split: {{targets: {{admin: 1}}}}\n",
+        sha256_hex(OPS)
+    );
+    let extra = format!(
+        "  tls: [{{listen: \"{tls}\", cert: {d}/cert.pem, key: {d}/key.pem}}]\n",
+        d = a_dir.display()
+    );
+    let _proxy = ProxyProcess::start_full(&body, "off", &extra, std::process::Stdio::null());
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(tls).is_ok()
+    }));
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["ctl", "status", "--token", OPS])
+            .args(["--admin", &format!("https://localhost:{}", tls.port())])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    };
+    let ca_path = a_dir.join("ca.pem");
+    let (code, out) = run(&["--cacert", ca_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("admin") && out.contains("revision 1"), "{out}");
+    // Without the CA the certificate is not trusted: could not reach (3), never a silent downgrade.
+    let (code, out) = run(&[]);
+    assert_eq!(code, 3, "{out}");
+    let _ = std::fs::remove_dir_all(&a_dir);
 }

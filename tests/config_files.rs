@@ -75,7 +75,7 @@ upstreams:
   v1: {backends: ["10.0.0.1"]}
 routes:
   - name: api
-    split: {targets: {v1: 0, v9: 0}, sticky: [nope]}
+    split: {targets: {v1: 0, v9: 0}, baseline: v1, sticky: [nope]}
   - name: api
     blue_green: {blue: v1, green: v1, live: red}
 "#,

@@ -23,6 +23,7 @@ routes:
         to: v2
     split:
       targets: {{v1: 50, v2: 50}}
+      baseline: v1
       sticky: [header:X-User-Id]
 "#
     )

@@ -34,7 +34,7 @@ upstreams:
 routes:
   - name: api
     match: {{path_prefix: /api}}
-    split: {{targets: {{v1: 100, v2: 0}}}}
+    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}
     mirror:
       to: v2
       percent: 100

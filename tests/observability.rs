@@ -115,7 +115,7 @@ routes:
     rules:
       - when: {{header: {{X-Version: beta}}}}
         to: v2
-    split: {{targets: {{v1: 50, v2: 50}}, sticky: [header:X-User-Id]}}
+    split: {{targets: {{v1: 50, v2: 50}}, baseline: v1, sticky: [header:X-User-Id]}}
   - name: slow
     match: {{path_prefix: /slow}}
     split: {{targets: {{slow: 100}}}}
@@ -130,7 +130,7 @@ routes:
     split: {{targets: {{half-dead: 100}}}}
   - name: fallback
     match: {{path_prefix: /fallback}}
-    split: {{targets: {{v1: 0, down: 100}}}}
+    split: {{targets: {{v1: 0, down: 100}}, baseline: v1}}
 "#,
             token = sha256_hex(TOKEN),
             v1 = v1.addr,
@@ -632,10 +632,10 @@ fn one_access_log_line_per_request_with_the_spec_fields() {
     }));
     drop(m);
 
-    // logrotate: move the file away, SIGHUP, and new lines go to a new file.
+    // logrotate: move the file away, SIGUSR1 (as for nginx), and new lines go to a new file.
     let rotated = rig.proxy.dir.join("access.log.1");
     std::fs::rename(&path, &rotated).unwrap();
-    signal(rig.proxy.child.id(), "HUP");
+    signal(rig.proxy.child.id(), "USR1");
     std::thread::sleep(Duration::from_millis(300));
     get(&agent, &rig.proxy.url("/api/after"), &[]);
     assert!(eventually(Duration::from_secs(5), || log_lines(&path)

@@ -16,6 +16,7 @@ routes:
     match: {{path_prefix: /api}}
     split:
       targets: {{v1: {w1}, v2: {canary}}}
+      baseline: v1
       sticky: [header:X-User-Id]
 "#,
         a = v1.addr,
@@ -135,7 +136,7 @@ routes:
         to: v2
       - when: {{source_ip: ["127.0.0.0/8"], header: {{X-Net: loop}}}}
         to: v2
-    split: {{targets: {{v1: 100, v2: 0}}}}
+    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}
   - name: partners
     match: {{path_prefix: /partners}}
     require_client: true

@@ -67,7 +67,7 @@ upstreams:
 routes:
   - name: payments
     match: {{path_prefix: /api/payments}}
-    split: {{targets: {{payments-v1: 100, payments-v2: 0}}, sticky: [header:X-User-Id]}}
+    split: {{targets: {{payments-v1: 100, payments-v2: 0}}, baseline: payments-v1, sticky: [header:X-User-Id]}}
 "#,
         sha256_hex(TOKEN),
         v1.addr,

@@ -61,11 +61,11 @@ def switchyard():
         "    split: {targets: {v1: 100}}",
         "  - name: split",
         "    match: {path_prefix: /split}",
-        "    split: {targets: {v1: 90, v2: 10}, sticky: [query:user]}",
+        "    split: {targets: {v1: 90, v2: 10}, baseline: v1, sticky: [query:user]}",
         "  - name: rule",
         "    match: {path_prefix: /rule}",
         "    rules: [{when: {header: {X-Version: beta}}, to: v2}]",
-        "    split: {targets: {v1: 90, v2: 10}, sticky: [query:user]}",
+        "    split: {targets: {v1: 90, v2: 10}, baseline: v1, sticky: [query:user]}",
     ]
     for mirror, target in (("mirror", "shadow-fast"), ("mirror-slow", "shadow-slow")):
         out += [
@@ -78,7 +78,7 @@ def switchyard():
         out += [
             f"  - name: r{n}",
             f"    match: {{path_prefix: /r/{n}}}",
-            "    split: {targets: {v1: 90, v2: 10}, sticky: [query:user]}",
+            "    split: {targets: {v1: 90, v2: 10}, baseline: v1, sticky: [query:user]}",
         ]
     return "\n".join(out) + "\n"
 

@@ -2,23 +2,56 @@
 //! change through [`State::change`]; every refusal is a 4xx with a JSON body naming the problem.
 
 use super::{error, json, respond, Request};
-use crate::config::{Config, PercentValue, RouteConfig};
+use crate::config::{Config, PercentValue, RouteConfig, SplitConfig};
 use crate::release::{self, percent_decode, Outcome, Reason, RequestView};
 use crate::state::{Change, ChangeError, Snapshot, State};
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<u8>> {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    let reason = match req.method {
+        Method::GET => None,
+        _ => match reason(req) {
+            Ok(r) => r,
+            Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+        },
+    };
+    let w = Writer {
+        state,
+        actor,
+        reason,
+        if_match: req.if_match.as_deref(),
+    };
     match (&req.method, segments.as_slice()) {
-        (&Method::GET, ["v1", "status"]) => json(StatusCode::OK, &status(&state.load())),
+        (&Method::GET, ["v1", "status"]) => {
+            let live = state.load();
+            with_etag(json(StatusCode::OK, &status(&live)), live.revision)
+        }
+        (&Method::GET, ["v1", "routes"]) => {
+            let live = state.load();
+            let routes = status(&live)["routes"].take();
+            with_etag(
+                json(
+                    StatusCode::OK,
+                    &json!({ "routes": routes, "revision": live.revision }),
+                ),
+                live.revision,
+            )
+        }
+        (&Method::GET, ["v1", "routes", route]) => {
+            let live = state.load();
+            match route_status(&live, route) {
+                Some(r) => with_etag(json(StatusCode::OK, &r), live.revision),
+                None => error(StatusCode::NOT_FOUND, &format!("no such route {route:?}")),
+            }
+        }
         (&Method::GET, ["v1", "config"]) => get_config(&state.load()),
-        (&Method::PUT, ["v1", "config"]) => put_config(state, actor, req),
-        (&Method::PATCH, ["v1", "routes", route]) => patch_route(state, actor, route, &req.body),
-        (&Method::POST, ["v1", "routes", route, "rollback"]) => rollback(state, actor, route),
+        (&Method::PUT, ["v1", "config"]) => put_config(&w, req),
+        (&Method::PATCH, ["v1", "routes", route]) => patch_route(&w, route, &req.body),
+        (&Method::POST, ["v1", "routes", route, "rollback"]) => rollback(&w, route),
         (&Method::GET, ["v1", "revisions"]) => revisions(state),
-        (&Method::POST, ["v1", "revisions", n, "restore"]) => restore(state, actor, n),
+        (&Method::POST, ["v1", "revisions", n, "restore"]) => restore(&w, n),
         (&Method::GET, ["v1", "routes", route, "explain"]) => {
             explain(&state.load(), route, req.query.as_deref())
         }
@@ -36,7 +69,7 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         (&Method::GET, ["v1", "audit"]) => {
             json(StatusCode::OK, &json!({ "entries": state.audit() }))
         }
-        (_, ["v1", "status" | "config" | "revisions" | "audit" | "stats"])
+        (_, ["v1", "status" | "config" | "revisions" | "audit" | "stats" | "routes"])
         | (_, ["v1", "mirror", "diffs"])
         | (_, ["v1", "routes", _])
         | (_, ["v1", "routes", _, "rollback" | "explain"])
@@ -53,42 +86,150 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
 
 /// Routes with their current split / live colour / mirror / rollout, and the revision.
 fn status(s: &Snapshot) -> Value {
-    let routes: Vec<Value> = s
-        .config
+    let routes: Vec<Value> = s.config.routes.iter().map(route_json).collect();
+    json!({ "revision": s.revision, "routes": routes })
+}
+
+/// One route as status shows it.
+fn route_json(r: &RouteConfig) -> Value {
+    json!({
+        "name": r.name,
+        "match": r.matcher,
+        "rules": r.rules.len(),
+        "split": r.split.as_ref().map(split_json),
+        "blue_green": r.blue_green,
+        "mirror": r.mirror,
+        "rollout": r.rollout,
+    })
+}
+
+fn route_status(s: &Snapshot, name: &str) -> Option<Value> {
+    s.config
         .routes
         .iter()
-        .map(|r| {
+        .find(|r| r.name == name)
+        .map(route_json)
+}
+
+/// A split as status shows it: targets in bucket order (baseline first, marked), weights and shares.
+pub(crate) fn split_json(sp: &SplitConfig) -> Value {
+    let total: f64 = sp.targets.iter().map(|(_, w)| *w).sum();
+    let baseline = sp.baseline_name();
+    let targets: Vec<Value> = sp
+        .ordered_targets()
+        .into_iter()
+        .map(|(name, w)| {
+            let share = if total > 0.0 { w / total * 100.0 } else { 0.0 };
             json!({
-                "name": r.name,
-                "match": r.matcher,
-                "rules": r.rules.len(),
-                "split": r.split.as_ref().map(|sp| &sp.targets),
-                "blue_green": r.blue_green,
-                "mirror": r.mirror,
-                "rollout": r.rollout,
+                "target": name,
+                "weight": w,
+                "share": (share * 100.0).round() / 100.0,
+                "baseline": Some(name) == baseline,
             })
         })
         .collect();
-    json!({ "revision": s.revision, "routes": routes })
+    json!({ "baseline": baseline, "targets": targets, "sticky": sp.sticky, "salt": sp.salt })
 }
 
 fn etag(revision: u64) -> String {
     format!("\"{revision}\"")
 }
 
-fn get_config(s: &Snapshot) -> Response<Vec<u8>> {
-    let mut r = respond(
-        StatusCode::OK,
-        "application/yaml",
-        s.config.to_yaml().into_bytes(),
-    );
-    if let Ok(v) = http::HeaderValue::from_str(&etag(s.revision)) {
+fn with_etag(mut r: Response<Vec<u8>>, revision: u64) -> Response<Vec<u8>> {
+    if let Ok(v) = http::HeaderValue::from_str(&etag(revision)) {
         r.headers_mut().insert(http::header::ETAG, v);
     }
     r
 }
 
-fn put_config(state: &State, actor: &str, req: &Request) -> Response<Vec<u8>> {
+/// Longest `reason` kept in the audit log.
+const MAX_REASON: usize = 1024;
+
+/// The `reason` of a change: the `reason` field of a JSON body, or the `reason` query parameter (for a
+/// YAML body). A reason that is not text, or too long, refuses the call.
+fn reason(req: &Request) -> Result<Option<String>, String> {
+    let from_body = serde_json::from_slice::<Value>(&req.body)
+        .ok()
+        .and_then(|v| v.get("reason").cloned());
+    let reason = match from_body {
+        Some(Value::String(r)) => Some(r),
+        Some(Value::Null) | None => super::query_param(req.query.as_deref(), "reason"),
+        Some(other) => return Err(format!("reason must be text, got {other}")),
+    };
+    match reason {
+        Some(r) if r.chars().count() > MAX_REASON => {
+            Err(format!("reason is longer than {MAX_REASON} characters"))
+        }
+        Some(r) if r.trim().is_empty() => Ok(None),
+        r => Ok(r),
+    }
+}
+
+/// Who makes an API change, why, and the revision the caller based it on (`If-Match`).
+struct Writer<'a> {
+    state: &'a State,
+    actor: &'a str,
+    reason: Option<String>,
+    if_match: Option<&'a str>,
+}
+
+impl Writer<'_> {
+    /// Makes one change. `If-Match` is checked under the writer lock, so no other change can slip in
+    /// between the check and the swap. The answer carries the new revision, its `ETag`, and the route
+    /// as status showed it before and shows it after.
+    fn apply(
+        &self,
+        action: &str,
+        route: Option<&str>,
+        edit: impl FnOnce(&Snapshot) -> Result<Config, ChangeError>,
+    ) -> Response<Vec<u8>> {
+        let change = Change {
+            actor: self.actor,
+            action,
+            route,
+            reason: self.reason.as_deref(),
+        };
+        let mut before = Value::Null;
+        let result = self.state.change(change, |live| {
+            if let Some(tag) = self.if_match.map(str::trim) {
+                let tag = tag.strip_prefix("W/").unwrap_or(tag);
+                if tag != "*" && tag.trim_matches('"') != live.revision.to_string() {
+                    return Err(ChangeError::Conflict(format!(
+                        "If-Match {tag} does not match the live revision {}: someone else changed the config since; read it again and retry",
+                        etag(live.revision)
+                    )));
+                }
+            }
+            if let Some(name) = route {
+                before = route_status(live, name).unwrap_or(Value::Null);
+            }
+            edit(live)
+        });
+        match result {
+            Ok(s) => {
+                let after = route.and_then(|name| route_status(&s, name));
+                let mut body = json!({ "revision": s.revision });
+                if let Some(name) = route {
+                    body["route"] = json!(name);
+                    body["before"] = before;
+                    body["after"] = after.unwrap_or(Value::Null);
+                }
+                with_etag(json(StatusCode::OK, &body), s.revision)
+            }
+            Err(e) => change_refused(e),
+        }
+    }
+}
+
+fn get_config(s: &Snapshot) -> Response<Vec<u8>> {
+    let yaml = s.config.to_yaml().into_bytes();
+    with_etag(
+        respond(StatusCode::OK, "application/yaml", yaml),
+        s.revision,
+    )
+}
+
+fn put_config(w: &Writer<'_>, req: &Request) -> Response<Vec<u8>> {
     let Ok(text) = std::str::from_utf8(&req.body) else {
         return error(StatusCode::BAD_REQUEST, "body is not UTF-8 text");
     };
@@ -99,29 +240,11 @@ fn put_config(state: &State, actor: &str, req: &Request) -> Response<Vec<u8>> {
             return invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
         }
     };
-    let if_match = req.if_match.as_deref().map(str::trim);
-    let change = Change {
-        actor,
-        action: "config.put",
-        route: None,
-        reason: None,
-    };
-    changed(state.change(change, |live| {
-        // Checked under the writer lock, so no change can slip in between the check and the swap.
-        match if_match {
-            Some(tag) if tag != "*" && tag != etag(live.revision) => {
-                Err(ChangeError::Conflict(format!(
-                    "If-Match {tag} does not match the live revision {}",
-                    etag(live.revision)
-                )))
-            }
-            _ => Ok(config),
-        }
-    }))
+    w.apply("config.put", None, |_| Ok(config))
 }
 
 /// `{"split":{..}}`, `{"live":"green"}` or `{"mirror":{"percent":N}}`.
-fn patch_route(state: &State, actor: &str, route: &str, body: &[u8]) -> Response<Vec<u8>> {
+fn patch_route(w: &Writer<'_>, route: &str, body: &[u8]) -> Response<Vec<u8>> {
     let patch: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
@@ -131,37 +254,38 @@ fn patch_route(state: &State, actor: &str, route: &str, body: &[u8]) -> Response
             )
         }
     };
-    let Some(fields) = patch.as_object().filter(|o| !o.is_empty()) else {
+    let Some(fields) = patch
+        .as_object()
+        .filter(|o| o.keys().any(|k| k != "reason"))
+    else {
         return error(
             StatusCode::BAD_REQUEST,
-            "body must be a JSON object with split, live or mirror",
+            "body must be a JSON object with split, live or mirror (and an optional reason)",
         );
     };
-    let change = Change {
-        actor,
-        action: "route.patch",
-        route: Some(route),
-        reason: None,
-    };
-    changed(state.change(change, |live| {
+    w.apply("route.patch", Some(route), |live| {
         let mut config = live.config.clone();
         let r = route_mut(&mut config, route)?;
         for (key, value) in fields {
             match key.as_str() {
+                "reason" => {}
                 "split" => patch_split(r, value)?,
                 "live" => patch_live(r, value)?,
                 "mirror" => patch_mirror(r, value)?,
                 other => {
                     return Err(refused(format!(
-                        "unknown field {other:?} (expected split, live or mirror)"
+                        "unknown field {other:?} (expected split, live, mirror or reason)"
                     )))
                 }
             }
         }
         Ok(config)
-    }))
+    })
 }
 
+/// Weights (`{"v2": 5}`: shares are weight / total) and exact percentages (`{"v2": "5%"}`: that target
+/// gets exactly 5%, the other non-baseline targets keep their shares and the baseline takes the
+/// difference). Plain weights are applied first.
 fn patch_split(r: &mut RouteConfig, value: &Value) -> Result<(), ChangeError> {
     let split = r
         .split
@@ -169,13 +293,71 @@ fn patch_split(r: &mut RouteConfig, value: &Value) -> Result<(), ChangeError> {
         .ok_or_else(|| refused(format!("route {:?} has no split", r.name)))?;
     let weights = value
         .as_object()
-        .ok_or_else(|| refused("split must be an object of target: weight".into()))?;
+        .ok_or_else(|| refused("split must be an object of target: weight or \"N%\"".into()))?;
+    let mut percents = Vec::new();
     for (target, w) in weights {
-        let w = w
-            .as_f64()
-            .ok_or_else(|| refused(format!("split.{target}: weight must be a number, got {w}")))?;
-        // Known targets keep their place (so bucket ranges do not reshuffle users); new ones go last.
-        split.targets.insert(target.as_str(), w);
+        match w {
+            Value::Number(n) => {
+                let w = n.as_f64().unwrap_or(f64::NAN);
+                split.targets.insert(target.as_str(), w);
+            }
+            Value::String(t) if t.trim().ends_with('%') => {
+                let p = crate::config::parse::percent(&PercentValue::Text(t.clone()))
+                    .map_err(|m| refused(format!("split.{target}: {m}")))?;
+                percents.push((target.as_str(), p));
+            }
+            other => {
+                return Err(refused(format!(
+                    "split.{target}: expected a weight (a number) or a percentage like \"5%\", got {other}"
+                )))
+            }
+        }
+    }
+    if percents.is_empty() {
+        return Ok(());
+    }
+    let baseline = split
+        .baseline_name()
+        .map(str::to_string)
+        .ok_or_else(|| refused("the split has no baseline to take the difference".into()))?;
+    if let Some((t, _)) = percents.iter().find(|(t, _)| *t == baseline) {
+        return Err(refused(format!(
+            "split.{t}: {t:?} is the baseline, which takes the difference; give the other targets' percentages"
+        )));
+    }
+    let total: f64 = split.targets.iter().map(|(_, w)| *w).sum();
+    let mut shares: Vec<(String, f64)> = split
+        .targets
+        .iter()
+        .map(|(k, w)| {
+            (
+                k.to_string(),
+                if total > 0.0 { w / total * 100.0 } else { 0.0 },
+            )
+        })
+        .collect();
+    for (target, p) in &percents {
+        match shares.iter_mut().find(|(k, _)| k == target) {
+            Some(slot) => slot.1 = *p,
+            None => shares.push((target.to_string(), *p)),
+        }
+    }
+    let others: f64 = shares
+        .iter()
+        .filter(|(k, _)| *k != baseline)
+        .map(|(_, s)| s)
+        .sum();
+    if others > 100.0 + 1e-9 {
+        return Err(refused(format!(
+            "split: the targets other than the baseline would get {others:.4}% together, more than 100%"
+        )));
+    }
+    for (k, share) in shares {
+        let share = if k == baseline { 100.0 - others } else { share };
+        // Whole millionths of a percent: 5% stays exactly 5, not 4.999999999999.
+        split
+            .targets
+            .insert(k, (share.max(0.0) * 1e6).round() / 1e6);
     }
     Ok(())
 }
@@ -220,22 +402,16 @@ fn patch_mirror(r: &mut RouteConfig, value: &Value) -> Result<(), ChangeError> {
     Ok(())
 }
 
-/// All non-rule traffic back to the baseline: split → first target 100%; blue/green → the other colour.
-fn rollback(state: &State, actor: &str, route: &str) -> Response<Vec<u8>> {
-    let change = Change {
-        actor,
-        action: "route.rollback",
-        route: Some(route),
-        reason: None,
-    };
-    changed(state.change(change, |live| {
+/// All non-rule traffic back to the baseline: split → `baseline` 100%; blue/green → the other colour.
+fn rollback(w: &Writer<'_>, route: &str) -> Response<Vec<u8>> {
+    w.apply("route.rollback", Some(route), |live| {
         let mut config = live.config.clone();
         let r = route_mut(&mut config, route)?;
         if let Some(split) = r.split.as_mut() {
-            let first = split.targets.keys().next().map(str::to_string);
+            let baseline = split.baseline_name().map(str::to_string);
             let names: Vec<String> = split.targets.keys().map(str::to_string).collect();
             for name in names {
-                let w = if Some(&name) == first.as_ref() {
+                let w = if Some(&name) == baseline.as_ref() {
                     100.0
                 } else {
                     0.0
@@ -250,7 +426,7 @@ fn rollback(state: &State, actor: &str, route: &str) -> Response<Vec<u8>> {
             };
         }
         Ok(config)
-    }))
+    })
 }
 
 fn revisions(state: &State) -> Response<Vec<u8>> {
@@ -274,14 +450,14 @@ fn revisions(state: &State) -> Response<Vec<u8>> {
     json(StatusCode::OK, &json!({ "live": live, "revisions": list }))
 }
 
-fn restore(state: &State, actor: &str, n: &str) -> Response<Vec<u8>> {
+fn restore(w: &Writer<'_>, n: &str) -> Response<Vec<u8>> {
     let Ok(n) = n.parse::<u64>() else {
         return error(
             StatusCode::BAD_REQUEST,
             &format!("revision must be a number, got {n:?}"),
         );
     };
-    let Some(text) = state.revision_config(n) else {
+    let Some(text) = w.state.revision_config(n) else {
         return error(StatusCode::NOT_FOUND, &format!("no revision {n} is kept"));
     };
     let config = match Config::parse_str(&text) {
@@ -290,14 +466,15 @@ fn restore(state: &State, actor: &str, n: &str) -> Response<Vec<u8>> {
             return invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
         }
     };
-    let reason = format!("restore of revision {n}");
-    let change = Change {
-        actor,
-        action: "revision.restore",
-        route: None,
-        reason: Some(&reason),
+    let reason = match &w.reason {
+        Some(r) => format!("restore of revision {n}: {r}"),
+        None => format!("restore of revision {n}"),
     };
-    changed(state.change(change, |_| Ok(config)))
+    let w = Writer {
+        reason: Some(reason),
+        ..*w
+    };
+    w.apply("revision.restore", None, |_| Ok(config))
 }
 
 /// Which target a request with the given attributes gets on `route`, and why. Query parameters:
@@ -384,6 +561,7 @@ fn explain(s: &Snapshot, route: &str, query: Option<&str>) -> Response<Vec<u8>> 
                     "target": if random { Value::Null } else { json!(table.upstream_name(d.target)) },
                     "reason": if random { "split:random".to_string() } else { d.reason.to_string() },
                     "explanation": why,
+                    "baseline": table.route(route_id).map(|r| table.upstream_name(r.baseline())),
                     "revision": s.revision,
                 }),
             )
@@ -412,16 +590,15 @@ fn invalid(errors: &[String]) -> Response<Vec<u8>> {
     json(StatusCode::BAD_REQUEST, &json!({ "errors": errors }))
 }
 
-/// The answer to a change: the new revision, or why nothing changed.
-fn changed(result: Result<Arc<Snapshot>, ChangeError>) -> Response<Vec<u8>> {
-    match result {
-        Ok(s) => json(StatusCode::OK, &json!({ "revision": s.revision })),
-        Err(ChangeError::Invalid(errors)) => {
+/// Why a change made nothing.
+fn change_refused(e: ChangeError) -> Response<Vec<u8>> {
+    match e {
+        ChangeError::Invalid(errors) => {
             invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
         }
-        Err(ChangeError::NotFound(m)) => error(StatusCode::NOT_FOUND, &m),
-        Err(ChangeError::Conflict(m)) => error(StatusCode::CONFLICT, &m),
-        Err(ChangeError::Refused(m)) => error(StatusCode::BAD_REQUEST, &m),
-        Err(ChangeError::Storage(m)) => error(StatusCode::INTERNAL_SERVER_ERROR, &m),
+        ChangeError::NotFound(m) => error(StatusCode::NOT_FOUND, &m),
+        ChangeError::Conflict(m) => error(StatusCode::CONFLICT, &m),
+        ChangeError::Refused(m) => error(StatusCode::BAD_REQUEST, &m),
+        ChangeError::Storage(m) => error(StatusCode::INTERNAL_SERVER_ERROR, &m),
     }
 }

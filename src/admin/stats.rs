@@ -26,12 +26,14 @@ pub(crate) fn stats(metrics: &Metrics, s: &Snapshot, query: Option<&str>) -> Opt
                 names.push(t);
             }
         }
+        let baseline = s.table.upstream_name(route.baseline());
         let targets: Vec<Value> = names
             .iter()
             .map(|t| {
                 let (last, total) = metrics.stats(&route.name, t);
                 json!({
                     "target": t,
+                    "baseline": *t == baseline,
                     "last_60s": window_json(&last, window),
                     "since_start": window_json(&total, uptime),
                 })

@@ -300,10 +300,37 @@ pub struct WhenConfig {
 #[serde(deny_unknown_fields)]
 pub struct SplitConfig {
     pub targets: OrderedMap<f64>,
+    /// Where rollback and fallback send traffic; required with two or more targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sticky: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
+}
+
+impl SplitConfig {
+    /// The baseline: the declared one, or the only target of a one-target split.
+    pub fn baseline_name(&self) -> Option<&str> {
+        match &self.baseline {
+            Some(b) => Some(b.as_str()),
+            None if self.targets.len() == 1 => self.targets.keys().next(),
+            None => None,
+        }
+    }
+
+    /// Targets in bucket order (SPEC §3): the baseline first, then the others in byte order of their
+    /// names. The order a file lists them in never matters.
+    pub fn ordered_targets(&self) -> Vec<(&str, f64)> {
+        let baseline = self.baseline_name();
+        let mut out: Vec<(&str, f64)> = self.targets.iter().map(|(k, w)| (k, *w)).collect();
+        out.sort_by(|a, b| {
+            (Some(a.0) != baseline)
+                .cmp(&(Some(b.0) != baseline))
+                .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+        });
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

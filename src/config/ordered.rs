@@ -1,7 +1,8 @@
 //! `OrderedMap`: a YAML mapping that keeps the order it was written in.
 //!
-//! Split targets own consecutive bucket ranges *in the order written in the file*, so the order of a
-//! mapping is part of its meaning. Duplicate keys are refused rather than silently collapsed.
+//! The written order is kept so that a config written back (`GET /v1/config`, revisions) reads like the
+//! file it came from; no meaning hangs on it (split ranges follow `baseline` and names, see
+//! `SplitConfig::ordered_targets`). Duplicate keys are refused rather than silently collapsed.
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;

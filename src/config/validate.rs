@@ -294,6 +294,29 @@ fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
         if !split.targets.is_empty() && sum <= 0.0 {
             e.push(format!("{path}.split.targets"), "weights sum to 0");
         }
+        match &split.baseline {
+            None if split.targets.len() >= 2 => {
+                let names: Vec<&str> = split.targets.keys().collect();
+                e.push(
+                    format!("{path}.split.baseline"),
+                    format!(
+                        "missing: a split with two or more targets needs `baseline: NAME`, the target that rollback and fallback send traffic to (one of {})",
+                        names.join(", ")
+                    ),
+                );
+            }
+            Some(b) if !split.targets.contains_key(b) => {
+                let names: Vec<&str> = split.targets.keys().collect();
+                e.push(
+                    format!("{path}.split.baseline"),
+                    format!(
+                        "{b:?} is not one of the split's targets ({})",
+                        names.join(", ")
+                    ),
+                );
+            }
+            _ => {}
+        }
         sticky_keys(&format!("{path}.split.sticky"), &split.sticky, e);
     }
     if let Some(bg) = &r.blue_green {
@@ -398,10 +421,13 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
     match &r.split {
         None => e.push(path, "a rollout needs the route to have a split"),
         Some(split) => {
-            if split.targets.keys().next() == Some(ro.canary.as_str()) {
+            if split.baseline_name() == Some(ro.canary.as_str()) {
                 e.push(
                     format!("{path}.canary"),
-                    format!("{:?} is the baseline (first split target); the canary must be another target", ro.canary),
+                    format!(
+                        "{:?} is the split's baseline; the canary must be another target",
+                        ro.canary
+                    ),
                 );
             }
         }

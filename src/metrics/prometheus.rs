@@ -208,8 +208,8 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
     );
     for route in &config.routes {
         if let Some(split) = &route.split {
-            for (target, w) in split.targets.iter() {
-                weights.gauge(&[("route", &route.name), ("target", target)], *w);
+            for (target, w) in split.ordered_targets() {
+                weights.gauge(&[("route", &route.name), ("target", target)], w);
             }
         } else if let Some(bg) = &route.blue_green {
             let live = if bg.live == "green" {

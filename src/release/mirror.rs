@@ -116,7 +116,7 @@ mod tests {
 
     fn table(mirror: &str) -> ReleaseTable {
         let yaml = format!(
-            "upstreams:\n  v1: {{backends: [\"127.0.0.1:1\"]}}\n  v2: {{backends: [\"127.0.0.1:2\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 90, v2: 10}}, sticky: [header:X-User-Id]}}\n    mirror: {mirror}\n"
+            "upstreams:\n  v1: {{backends: [\"127.0.0.1:1\"]}}\n  v2: {{backends: [\"127.0.0.1:2\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 90, v2: 10}}, baseline: v1, sticky: [header:X-User-Id]}}\n    mirror: {mirror}\n"
         );
         ReleaseTable::compile(&Config::load_str(&yaml).unwrap()).unwrap()
     }

@@ -1,9 +1,11 @@
 //! Weighted, sticky splits (SPEC §3 step 4).
 //!
-//! bucket = xxh3_64(`salt` + ":" + key) mod 1,000,000. Targets own consecutive bucket ranges in the order
-//! written, each sized weight / total. The formula is stable across processes, machines and versions,
-//! so every instance sends a user to the same version, and raising the last target's weight only adds
-//! users to it (the monotone ramp).
+//! bucket = xxh3_64(`salt` + ":" + key) mod 1,000,000. Targets own consecutive bucket ranges, each sized
+//! weight / total: the baseline's range first, then the other targets in byte order of their names (the
+//! caller lays them out so; see `SplitConfig::ordered_targets`), so the order a file lists them in never
+//! matters. The formula is stable across processes, machines and versions, so every instance sends a
+//! user to the same version, and raising a canary at the baseline's expense only adds users to it (the
+//! monotone ramp).
 
 use super::matcher::{cookie, query_param};
 use super::{RequestView, UpstreamId};
@@ -35,7 +37,7 @@ pub fn bucket(salt: &str, key: &[u8]) -> u32 {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Split {
-    /// (exclusive end of range, target), in written order; the last end is `BUCKETS`.
+    /// (exclusive end of range, target), baseline first; the last end is `BUCKETS`.
     ranges: Box<[(u32, UpstreamId)]>,
     sticky: Box<[Sticky]>,
     pub(crate) salt: Box<str>,
@@ -46,7 +48,8 @@ impl Split {
         self.sticky.iter().any(|k| matches!(k, Sticky::Ip))
     }
 
-    /// `targets` in written order with their weights (validated: finite, >= 0, positive sum).
+    /// `targets` in bucket order, baseline first, with their weights (validated: finite, >= 0, positive
+    /// sum).
     pub(crate) fn new(
         targets: &[(UpstreamId, f64)],
         sticky: Vec<StickyKey>,
@@ -88,13 +91,13 @@ impl Split {
             .unwrap_or_default()
     }
 
-    /// Every target, in written order.
+    /// Every target, baseline first.
     pub(crate) fn targets(&self) -> impl Iterator<Item = UpstreamId> + '_ {
         self.ranges.iter().map(|(_, t)| *t)
     }
 
-    /// The first target, the route's baseline.
-    pub(crate) fn first(&self) -> UpstreamId {
+    /// The route's baseline (laid out first).
+    pub(crate) fn baseline(&self) -> UpstreamId {
         self.ranges.first().map(|(_, t)| *t).unwrap_or_default()
     }
 
@@ -200,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn ranges_follow_written_order_and_weights() {
+    fn ranges_follow_the_given_order_and_weights() {
         let s = Split::new(&[(0, 99.0), (1, 1.0)], vec![], "r".into());
         assert_eq!(s.target(0), 0);
         assert_eq!(s.target(989_999), 0);

@@ -39,10 +39,10 @@ pub struct Route {
 }
 
 impl Route {
-    /// Where traffic goes when the chosen pool is down: the first split target, or the live colour.
+    /// Where traffic goes when the chosen pool is down: the split's baseline, or the live colour.
     pub fn baseline(&self) -> UpstreamId {
         match &self.strategy {
-            Strategy::Split(s) => s.first(),
+            Strategy::Split(s) => s.baseline(),
             Strategy::BlueGreen { blue, green, live } => match live {
                 Colour::Blue => *blue,
                 Colour::Green => *green,
@@ -245,9 +245,10 @@ fn compile_route(
         });
     }
     let strategy = if let Some(split) = &rc.split {
+        // Bucket order: the baseline first, then the others by name (never the order written).
         let mut targets = Vec::with_capacity(split.targets.len());
-        for (name, w) in split.targets.iter() {
-            targets.push((up(format!("{path}.split.targets.{name}"), name)?, *w));
+        for (name, w) in split.ordered_targets() {
+            targets.push((up(format!("{path}.split.targets.{name}"), name)?, w));
         }
         let sticky = split
             .sticky

@@ -33,6 +33,7 @@ routes:
         to: v2
     split:
       targets: {v1: 90, v2: 10}
+      baseline: v1
       sticky: [header:X-User-Id, cookie:uid, query:user, client, ip]
   - name: locked
     match: {path_prefix: /locked}
@@ -312,5 +313,62 @@ fn no_route_when_nothing_matches() {
     assert_eq!(
         decide(&t, &Req::new("/b").view(), &mut || 0),
         Outcome::NoRoute
+    );
+}
+
+/// The same split written with its targets in another order (as a tool that sorts keys renders it).
+fn canary_table(targets: &str) -> ReleaseTable {
+    let yaml = format!(
+        "upstreams:\n  stable: {{backends: [\"127.0.0.1:1\"]}}\n  canary: {{backends: [\"127.0.0.1:2\"]}}\n  extra: {{backends: [\"127.0.0.1:3\"]}}\nroutes:\n  - name: r\n    split: {{targets: {targets}, baseline: stable, sticky: [header:X-User-Id]}}\n"
+    );
+    ReleaseTable::compile(&Config::load_str(&yaml).unwrap()).unwrap()
+}
+
+#[test]
+fn the_declared_baseline_wins_over_the_order_written() {
+    let written = canary_table("{stable: 90, canary: 5, extra: 5}");
+    let sorted = canary_table("{canary: 5, extra: 5, stable: 90}");
+    let shuffled = canary_table("{extra: 5, stable: 90, canary: 5}");
+    for t in [&written, &sorted, &shuffled] {
+        let route = t.route(t.route_id("r").unwrap()).unwrap();
+        assert_eq!(t.upstream_name(route.baseline()), "stable");
+    }
+    // Every user gets the same version from every rendering of the file.
+    for u in 0..20_000 {
+        let req = Req::new("/").header("X-User-Id", &format!("user-{u}"));
+        let want = routed(&written, &req).1;
+        assert_eq!(routed(&sorted, &req).1, want, "user-{u}");
+        assert_eq!(routed(&shuffled, &req).1, want, "user-{u}");
+    }
+    // The baseline's range comes first, then the others by name: bucket 0 is stable's, the last
+    // bucket belongs to "extra" (after "canary").
+    let s = match &written.route(0).unwrap().strategy {
+        table::Strategy::Split(s) => s.clone(),
+        _ => unreachable!(),
+    };
+    let names: Vec<&str> = s.targets().map(|t| written.upstream_name(t)).collect();
+    assert_eq!(names, ["stable", "canary", "extra"]);
+    assert_eq!(written.upstream_name(s.target(0)), "stable");
+    assert_eq!(written.upstream_name(s.target(split::BUCKETS - 1)), "extra");
+}
+
+#[test]
+fn a_split_of_two_or_more_targets_must_declare_its_baseline() {
+    let yaml = "upstreams:\n  a: {backends: [\"127.0.0.1:1\"]}\n  b: {backends: [\"127.0.0.1:2\"]}\nroutes:\n  - name: r\n    split: {targets: {a: 1, b: 1}}\n  - name: s\n    match: {path_prefix: /s}\n    split: {targets: {a: 1, b: 1}, baseline: c}\n  - name: one\n    match: {path_prefix: /one}\n    split: {targets: {b: 1}}\n";
+    let errors: Vec<String> = Config::load_str(yaml)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with("routes[0].split.baseline: missing")
+            && errors[0].contains("one of a, b"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        errors[1],
+        "routes[1].split.baseline: \"c\" is not one of the split's targets (a, b)"
     );
 }

@@ -217,24 +217,55 @@ impl State {
         Ok(next)
     }
 
-    /// Re-reads the config file (SIGHUP / `switchyard reload`): a new revision by actor `file`, and the
-    /// file's digest is remembered for the start-up rule. An invalid file changes nothing.
-    pub fn reload_file(&self, text: &str) -> Result<Arc<Snapshot>, ChangeError> {
+    /// Re-reads the config file (SIGHUP / `switchyard reload`). A file whose content equals the one last
+    /// applied changes nothing (so a signal never undoes what an operator changed through the API since).
+    /// A changed file becomes a new revision by actor `file`, whose audit entry names the API changes it
+    /// replaced; its digest is remembered for the start-up rule. An invalid file changes nothing.
+    pub fn reload_file(&self, text: &str) -> Result<Reload, ChangeError> {
+        let digest = sha256_hex(text.as_bytes());
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if digest == writer.file_sha256 {
+            return Ok(Reload::Unchanged(self.current.load_full()));
+        }
         // Parsed only: the change compiles it, and compiling validates.
         let config = Config::parse_str(text).map_err(ChangeError::Invalid)?;
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let previous_sha = std::mem::replace(&mut writer.file_sha256, sha256_hex(text.as_bytes()));
+        let replaced = api_changes_since_file(&writer);
+        let reason = if replaced.is_empty() {
+            "config file changed".to_string()
+        } else {
+            format!(
+                "config file changed; replaces {} API change(s) made since the file was last applied: {}",
+                replaced.len(),
+                replaced.join("; ")
+            )
+        };
+        let previous_sha = std::mem::replace(&mut writer.file_sha256, digest);
         let change = Change {
             actor: "file",
             action: "config.reload",
             route: None,
-            reason: Some("config file reloaded"),
+            reason: Some(&reason),
         };
-        let result = self.change_locked(&writer, change, |_| Ok(config));
-        if result.is_err() {
-            writer.file_sha256 = previous_sha;
+        match self.change_locked(&writer, change, |_| Ok(config)) {
+            Ok(snapshot) => Ok(Reload::Applied { snapshot, replaced }),
+            Err(e) => {
+                writer.file_sha256 = previous_sha;
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// Records the outcome of a reload by signal in `state_dir/reload.json` (nothing without one).
+    pub fn record_reload_outcome(&self, outcome: serde_json::Value) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(store) = &writer.store {
+            if let Err(e) = store.write_reload_outcome(outcome) {
+                log::warn!(
+                    "cannot record the reload outcome in {}: {e}",
+                    store.dir().display()
+                );
+            }
+        }
     }
 
     /// Revisions kept in `state_dir`, ascending (empty without one).
@@ -262,6 +293,58 @@ impl State {
             .and_then(|s| s.audit().ok())
             .unwrap_or_default()
     }
+}
+
+/// The outcome of re-reading the config file.
+#[derive(Debug)]
+pub enum Reload {
+    /// The file equals the one last applied: nothing changed, no revision was made.
+    Unchanged(Arc<Snapshot>),
+    /// The file became this new revision, replacing these API changes (described one a line).
+    Applied {
+        snapshot: Arc<Snapshot>,
+        replaced: Vec<String>,
+    },
+}
+
+impl Reload {
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        match self {
+            Reload::Unchanged(s) | Reload::Applied { snapshot: s, .. } => s,
+        }
+    }
+}
+
+/// The changes made by anyone but the file since the file was last applied, from the audit log, e.g.
+/// `revision 7 route.patch payments by ops ("raise to 5%")`.
+fn api_changes_since_file(writer: &Writer) -> Vec<String> {
+    let Some(entries) = writer.store.as_ref().and_then(|s| s.audit().ok()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .iter()
+        .rev()
+        .take_while(|e| e.actor != "file")
+        .map(|e| {
+            let route = e
+                .route
+                .as_deref()
+                .map(|r| format!(" {r}"))
+                .unwrap_or_default();
+            let reason = e
+                .reason
+                .as_deref()
+                .filter(|r| !r.is_empty())
+                .map(|r| format!(" ({r:?})"))
+                .unwrap_or_default();
+            format!(
+                "revision {} {}{route} by {}{reason}",
+                e.revision, e.action, e.actor
+            )
+        })
+        .collect();
+    out.reverse();
+    out
 }
 
 /// Writes the new revision and its audit line. Nothing is written for an in-memory state.

@@ -1,13 +1,15 @@
-//! Reload on SIGHUP: re-read the config file and apply it as a new revision by actor `file`. An invalid
-//! file is refused with every error logged, and the running config stays. Handling SIGHUP here also
-//! keeps its default action (ending the process) from applying. SIGHUP also reopens the access log
-//! file, as logrotate expects.
+//! Reload on SIGHUP: re-read the config file. A file equal to the one last applied changes nothing; a
+//! changed one becomes a new revision by actor `file`; an invalid one is refused with every error logged,
+//! and the running config stays. Each outcome is also written to `state_dir/reload.json`, which
+//! `switchyard reload` waits for. Handling SIGHUP here also keeps its default action (ending the
+//! process) from applying. SIGUSR1 reopens the access log file, as logrotate expects (as nginx does).
 
-use super::State;
+use super::{ChangeError, Reload, State};
 use crate::proxy::AccessLog;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -16,7 +18,7 @@ pub struct Reloader {
     /// The config file; `None` for an embedded config (the demo), which has nothing to re-read.
     path: Option<PathBuf>,
     state: Arc<State>,
-    /// Reopened on SIGHUP, so that a rotated log file is let go.
+    /// Reopened on SIGUSR1, so that a rotated log file is let go.
     access_log: Option<Arc<AccessLog>>,
 }
 
@@ -29,13 +31,13 @@ impl Reloader {
         }
     }
 
-    /// Also reopen this access log on every SIGHUP.
+    /// Reopen this access log on every SIGUSR1.
     pub fn reopening(mut self, access_log: Option<Arc<AccessLog>>) -> Self {
         self.access_log = access_log;
         self
     }
 
-    /// One reload attempt; logs its outcome.
+    /// One reload attempt; logs its outcome and records it for `switchyard reload`.
     pub fn reload(&self) {
         let Some(file) = &self.path else {
             log::warn!("SIGHUP ignored: this instance runs an embedded config, there is no file to re-read");
@@ -43,43 +45,75 @@ impl Reloader {
         };
         let path = file.display();
         let live = self.state.load();
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
+        let refused = |errors: Vec<String>| {
+            self.state.metrics().record_reload(false);
+            json!({"result": "refused", "revision": live.revision, "errors": errors})
+        };
+        let outcome = match std::fs::read_to_string(file) {
             Err(e) => {
-                self.state.metrics().record_reload(false);
                 log::error!(
                     "reload refused: cannot read {path}: {e}; still serving revision {}",
                     live.revision
                 );
-                return;
+                refused(vec![format!("cannot read {path}: {e}")])
             }
-        };
-        match self.state.reload_file(&text) {
-            Ok(next) => {
-                self.state.metrics().record_reload(true);
-                if next.config.server != live.config.server {
-                    log::warn!("reload of {path}: changes under server: take effect at the next restart or upgrade");
+            Ok(text) => match self.state.reload_file(&text) {
+                Ok(Reload::Unchanged(s)) => {
+                    self.state.metrics().record_reload(true);
+                    log::info!(
+                        "reload of {path}: unchanged since it was last applied; still serving revision {}",
+                        s.revision
+                    );
+                    json!({"result": "unchanged", "revision": s.revision})
                 }
-                log::info!("reloaded {path}: now serving revision {}", next.revision);
-            }
-            Err(e) => {
-                self.state.metrics().record_reload(false);
-                log::error!(
-                    "reload of {path} refused, still serving revision {}: {e}",
-                    live.revision
-                );
-            }
-        }
+                Ok(Reload::Applied { snapshot, replaced }) => {
+                    self.state.metrics().record_reload(true);
+                    if snapshot.config.server != live.config.server {
+                        log::warn!("reload of {path}: changes under server: take effect at the next restart or upgrade");
+                    }
+                    for change in &replaced {
+                        log::warn!("reload of {path} replaces an API change: {change}");
+                    }
+                    log::info!(
+                        "reloaded {path}: now serving revision {}",
+                        snapshot.revision
+                    );
+                    json!({"result": "applied", "revision": snapshot.revision, "replaced": replaced})
+                }
+                Err(e) => {
+                    log::error!(
+                        "reload of {path} refused, still serving revision {}: {e}",
+                        live.revision
+                    );
+                    let errors = match e {
+                        ChangeError::Invalid(errors) => {
+                            errors.0.iter().map(ToString::to_string).collect()
+                        }
+                        other => vec![other.to_string()],
+                    };
+                    refused(errors)
+                }
+            },
+        };
+        let mut outcome = outcome;
+        outcome["pid"] = std::process::id().into();
+        outcome["at"] = super::store::now_rfc3339().into();
+        self.state.record_reload_outcome(outcome);
     }
 }
 
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot watch SIGHUP, reload by signal is unavailable: {e}");
+        let (mut hangup, mut usr1) = match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
+        ) {
+            (Ok(h), Ok(u)) => (h, u),
+            (Err(e), _) | (_, Err(e)) => {
+                log::error!(
+                    "cannot watch SIGHUP and SIGUSR1, reload by signal is unavailable: {e}"
+                );
                 return;
             }
         };
@@ -94,10 +128,16 @@ impl BackgroundService for Reloader {
                     if received.is_none() {
                         return;
                     }
+                    self.reload();
+                }
+                received = usr1.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
                     if let Some(log) = &self.access_log {
                         log.reopen();
+                        log::info!("SIGUSR1: access log reopened");
                     }
-                    self.reload();
                 }
             }
         }

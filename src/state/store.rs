@@ -4,7 +4,9 @@
 //! - `state.json`: `{"revision", "file_sha256"}`: the live revision and the digest of the config file
 //!   it was last loaded from;
 //! - `revisions/<n>.yaml`: the configuration of every revision, for history and restore;
-//! - `audit.jsonl`: one JSON object a line per change, newest last.
+//! - `audit.jsonl`: one JSON object a line per change, newest last;
+//! - `reload.json`: the outcome of the last reload by signal (`seq` counts them), which `switchyard
+//!   reload` waits for.
 //!
 //! Files are replaced atomically (write a temporary file, fsync, rename, fsync the directory); audit
 //! lines are appended and fsynced.
@@ -123,9 +125,26 @@ impl Store {
         }
     }
 
+    /// Records the outcome of a reload by signal, numbering it one past the last recorded.
+    pub fn write_reload_outcome(&self, mut outcome: serde_json::Value) -> io::Result<u64> {
+        let seq = read_reload_outcome(&self.dir)
+            .and_then(|v| v["seq"].as_u64())
+            .unwrap_or(0)
+            + 1;
+        outcome["seq"] = seq.into();
+        let bytes = serde_json::to_vec_pretty(&outcome).map_err(io::Error::other)?;
+        write_atomic(&self.dir.join("reload.json"), &bytes)?;
+        Ok(seq)
+    }
+
     fn revision_path(&self, n: u64) -> PathBuf {
         self.dir.join("revisions").join(format!("{n:010}.yaml"))
     }
+}
+
+/// The outcome of the last reload by signal recorded in state directory `dir`, if any.
+pub fn read_reload_outcome(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&fs::read(dir.join("reload.json")).ok()?).ok()
 }
 
 /// Replaces `path` with `data` atomically: temporary file, fsync, rename, fsync of the directory.

@@ -12,7 +12,7 @@ fn dir(name: &str) -> PathBuf {
 
 fn file_text(state_dir: &Path, canary: u32) -> String {
     format!(
-        "server: {{state_dir: {}, access_log: off}}\nupstreams:\n  v1: {{backends: [\"127.0.0.1:1\"]}}\n  v2: {{backends: [\"127.0.0.1:2\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: {}, v2: {canary}}}}}\n",
+        "server: {{state_dir: {}, access_log: off}}\nupstreams:\n  v1: {{backends: [\"127.0.0.1:1\"]}}\n  v2: {{backends: [\"127.0.0.1:2\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: {}, v2: {canary}}}, baseline: v1}}\n",
         state_dir.display(),
         100 - canary
     )

@@ -54,6 +54,8 @@ pub struct ProxyProcess {
     pub child: Child,
     /// `server.access_log` of the generated config.
     pub access_log: String,
+    /// More lines of the generated `server:` section (e.g. `tls:`), indented by two spaces.
+    pub server_extra: String,
 }
 
 impl ProxyProcess {
@@ -65,6 +67,16 @@ impl ProxyProcess {
     /// Like `start`, with `server.access_log: ACCESS_LOG` (`{dir}` is replaced by the instance's
     /// directory) and the process's stdout going to `stdout`.
     pub fn start_with(body: &str, access_log: &str, stdout: Stdio) -> ProxyProcess {
+        ProxyProcess::start_full(body, access_log, "", stdout)
+    }
+
+    /// Like `start_with`, with more lines in `server:` (`{dir}` is replaced as in ACCESS_LOG).
+    pub fn start_full(
+        body: &str,
+        access_log: &str,
+        server_extra: &str,
+        stdout: Stdio,
+    ) -> ProxyProcess {
         let addr = free_addr();
         let dir = std::env::temp_dir().join(format!(
             "switchyard-test-{}-{}",
@@ -73,9 +85,10 @@ impl ProxyProcess {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let access_log = access_log.replace("{dir}", &dir.display().to_string());
+        let server_extra = server_extra.replace("{dir}", &dir.display().to_string());
         std::fs::write(
             dir.join("switchyard.yaml"),
-            config_text(addr, &dir, &access_log, body),
+            config_text(addr, &dir, &access_log, &server_extra, body),
         )
         .unwrap();
         let child = spawn_run(&dir, &[], stdout);
@@ -84,6 +97,7 @@ impl ProxyProcess {
             dir,
             child,
             access_log,
+            server_extra,
         };
         proxy.wait_ready();
         proxy
@@ -97,7 +111,13 @@ impl ProxyProcess {
     pub fn rewrite_config(&self, body: &str) {
         std::fs::write(
             self.config_path(),
-            config_text(self.addr, &self.dir, &self.access_log, body),
+            config_text(
+                self.addr,
+                &self.dir,
+                &self.access_log,
+                &self.server_extra,
+                body,
+            ),
         )
         .unwrap();
     }
@@ -139,9 +159,15 @@ impl Drop for ProxyProcess {
     }
 }
 
-fn config_text(addr: SocketAddr, dir: &std::path::Path, access_log: &str, body: &str) -> String {
+fn config_text(
+    addr: SocketAddr,
+    dir: &std::path::Path,
+    access_log: &str,
+    server_extra: &str,
+    body: &str,
+) -> String {
     format!(
-        "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 2s\n  shutdown_timeout: 2s\n  state_dir: {d}/state\n  access_log: {access_log}\n{body}",
+        "server:\n  listen: [\"{addr}\"]\n  threads: 1\n  pid_file: {d}/switchyard.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 2s\n  shutdown_timeout: 2s\n  state_dir: {d}/state\n  access_log: {access_log}\n{server_extra}{body}",
         d = dir.display()
     )
 }
