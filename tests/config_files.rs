@@ -95,6 +95,45 @@ routes:
     }
 }
 
+/// A typo and three semantic errors: `check` prints all four, not just the typo, and durations take what
+/// Kubernetes and Prometheus users type.
+#[test]
+fn a_typo_does_not_hide_the_semantic_errors() {
+    let dir = std::env::temp_dir().join(format!("switchyard-typo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("typo.yaml");
+    std::fs::write(
+        &file,
+        r#"
+server: {grace_period: 1m30s, shutdown_timeout: 1.5s}
+upstreams:
+  v1: {backends: ["127.0.0.1:9001"], timeouts: {connect: 500ms, read: 100us}}
+  v2: {backends: ["127.0.0.1:9002"]}
+routes:
+  - name: api
+    match: {hots: api.example.com, path_prefix: /api}
+    split: {targets: {v1: 99, v2: 1}}
+  - name: web
+    blue_green: {blue: v1, green: v3, live: red}
+"#,
+    )
+    .unwrap();
+    let (code, output) = check(&file);
+    assert_eq!(code, 1, "{output}");
+    let problems: Vec<&str> = output.lines().skip(1).map(str::trim).collect();
+    assert_eq!(
+        problems,
+        [
+            "routes[0].match.hots: unknown key \"hots\"; did you mean \"host\"?",
+            "routes[0].split.baseline: missing: a split with two or more targets needs `baseline: NAME`, the target that rollback and fallback send traffic to (one of v1, v2)",
+            "routes[1].blue_green.green: no such upstream \"v3\"",
+            "routes[1].blue_green.live: must be blue or green, got \"red\"",
+        ],
+        "{output}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_missing_file_is_an_error_naming_it() {
     let (code, output) = check(Path::new("/nonexistent/switchyard.yaml"));

@@ -233,8 +233,7 @@ fn put_config(w: &Writer<'_>, req: &Request) -> Response<Vec<u8>> {
     let Ok(text) = std::str::from_utf8(&req.body) else {
         return error(StatusCode::BAD_REQUEST, "body is not UTF-8 text");
     };
-    // Parsed only: the change compiles it, and compiling validates.
-    let config = match Config::parse_str(text) {
+    let config = match Config::load_str(text) {
         Ok(c) => c,
         Err(errors) => {
             return invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())

@@ -6,6 +6,7 @@
 
 mod ordered;
 pub mod parse;
+mod structure;
 mod validate;
 
 pub use ordered::OrderedMap;
@@ -118,8 +119,11 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListener {
+    #[serde(default)]
     pub listen: String,
+    #[serde(default)]
     pub cert: String,
+    #[serde(default)]
     pub key: String,
 }
 
@@ -152,6 +156,7 @@ fn default_api_key_header() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    #[serde(default)]
     pub backends: Vec<BackendConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
@@ -170,6 +175,7 @@ pub enum BackendConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedBackend {
+    #[serde(default)]
     pub addr: String,
     #[serde(default = "default_backend_weight")]
     pub weight: i64,
@@ -241,6 +247,7 @@ pub struct TimeoutsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    #[serde(default)]
     pub name: String,
     #[serde(default, rename = "match")]
     pub matcher: MatchConfig,
@@ -272,7 +279,9 @@ pub struct MatchConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
+    #[serde(default)]
     pub when: WhenConfig,
+    #[serde(default)]
     pub to: String,
 }
 
@@ -299,6 +308,7 @@ pub struct WhenConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitConfig {
+    #[serde(default)]
     pub targets: OrderedMap<f64>,
     /// Where rollback and fallback send traffic; required with two or more targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -336,8 +346,11 @@ impl SplitConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlueGreenConfig {
+    #[serde(default)]
     pub blue: String,
+    #[serde(default)]
     pub green: String,
+    #[serde(default)]
     pub live: String,
 }
 
@@ -352,6 +365,7 @@ pub enum PercentValue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
+    #[serde(default)]
     pub to: String,
     #[serde(default = "default_mirror_percent")]
     pub percent: PercentValue,
@@ -400,8 +414,11 @@ fn default_compare_body() -> u64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutConfig {
+    #[serde(default)]
     pub canary: String,
+    #[serde(default)]
     pub steps: Vec<PercentValue>,
+    #[serde(default)]
     pub hold: String,
     #[serde(default = "default_rollout_interval")]
     pub interval: String,
@@ -434,31 +451,36 @@ pub struct GatesConfig {
 }
 
 impl Config {
-    /// Parses YAML text. Structural errors (unknown keys, wrong types, bad YAML) come back with the
-    /// path of the offending value; semantics are checked by [`validate`] (which [`Config::load_str`] and table compilation run).
+    /// Parses YAML text, reporting every structural problem (YAML syntax with line and column, unknown
+    /// keys with a "did you mean", wrong types), each with its path. Semantics are checked by
+    /// [`validate`] (which [`Config::load_str`] and table compilation run).
     pub fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            // serde_yaml names the path itself for most errors; add it only where it does not.
-            let named = message
-                .split_once(": ")
-                .map(|(p, _)| p)
-                .filter(|p| !p.contains(' '));
-            let path = if path == "." || named.is_some_and(|n| path.starts_with(n)) {
-                String::new()
-            } else {
-                path
-            };
-            ConfigError::new(path, message).into()
-        })
+        let read = structure::read(text);
+        match read.config {
+            Some(config) if read.errors.is_empty() => Ok(config),
+            _ => Err(ConfigErrors(read.errors)),
+        }
     }
 
-    /// Parses and validates YAML text: every problem is reported.
+    /// Parses and validates YAML text: every problem is reported in one pass, structural and semantic
+    /// together. A semantic error inside a malformed part, or about a place that holds one (`targets: no
+    /// targets` once its only target was malformed), is left out: it would only repeat it.
     pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
-        let config = Config::parse_str(text)?;
-        let errors = validate(&config);
+        let read = structure::read(text);
+        let mut errors = read.errors;
+        let Some(config) = read.config else {
+            return Err(ConfigErrors(errors));
+        };
+        let under = |path: &str, place: &str| {
+            path.strip_prefix(place)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        };
+        errors.extend(validate(&config).into_iter().filter(|e| {
+            !read
+                .removed
+                .iter()
+                .any(|r| under(&e.path, r) || (!e.path.is_empty() && under(r, &e.path)))
+        }));
         if errors.is_empty() {
             Ok(config)
         } else {

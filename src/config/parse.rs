@@ -8,23 +8,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
-/// `250ms`, `5s`, `10m`, `24h` (a whole number and a unit).
+/// A duration as Kubernetes and Prometheus users write it: `100us`, `250ms`, `1.5s`, `1m30s`, `10m`, `24h`
+/// (humantime's syntax: numbers with units, concatenated or spaced).
 pub fn duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || {
-        format!("invalid duration {text:?} (expected a whole number and a unit: ms, s, m or h, e.g. 250ms, 5s, 10m)")
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-        _ => return Err(bad()),
-    };
-    Ok(d)
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!(
+            "invalid duration {text:?}: {e} (expected e.g. 100us, 250ms, 1.5s, 1m30s, 10m, 24h)"
+        )
+    })
 }
 
 /// A percentage in 0..=100: `10`, `0.5`, `"10%"`, `"0.5%"`. Returns the percent (not the fraction).
@@ -205,7 +196,11 @@ mod tests {
         assert_eq!(duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(duration("24h").unwrap(), Duration::from_secs(86400));
-        for bad in ["", "5", "s", "1.5s", "-1s", "5 sec", "10d"] {
+        assert_eq!(duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(duration("100us").unwrap(), Duration::from_micros(100));
+        assert_eq!(duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        for bad in ["", "5", "s", "-1s", "5 parsecs", "1.5.5s"] {
             assert!(duration(bad).is_err(), "{bad}");
         }
     }

@@ -36,6 +36,12 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     for (name, up) in config.upstreams.iter() {
         upstream(&format!("upstreams.{name}"), up, &mut e);
     }
+    if config.routes.is_empty() {
+        e.push(
+            "routes",
+            "no routes: nothing would be served (add at least one route with a split or blue_green)",
+        );
+    }
     let mut names = HashSet::new();
     let mut matches: HashMap<(String, String), usize> = HashMap::new();
     for (i, route_cfg) in config.routes.iter().enumerate() {
@@ -231,7 +237,9 @@ fn upstream(path: &str, up: &UpstreamConfig, e: &mut Errors) {
 }
 
 fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
-    if !valid_ident(&r.name) {
+    if r.name.is_empty() {
+        e.push(format!("{path}.name"), "missing: every route needs a name");
+    } else if !valid_ident(&r.name) {
         e.push(
             format!("{path}.name"),
             format!(

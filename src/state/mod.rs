@@ -227,8 +227,7 @@ impl State {
         if digest == writer.file_sha256 {
             return Ok(Reload::Unchanged(self.current.load_full()));
         }
-        // Parsed only: the change compiles it, and compiling validates.
-        let config = Config::parse_str(text).map_err(ChangeError::Invalid)?;
+        let config = Config::load_str(text).map_err(ChangeError::Invalid)?;
         let replaced = api_changes_since_file(&writer);
         let reason = if replaced.is_empty() {
             "config file changed".to_string()
