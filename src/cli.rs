@@ -231,7 +231,10 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
 
 fn init_logging(default: &str) {
     let env = env_logger::Env::default().default_filter_or(default);
+    // Backend health transitions are logged by Switchyard in words (naming upstream and backend);
+    // pingora-load-balancing's own lines would repeat them.
     let _ = env_logger::Builder::from_env(env)
+        .filter_module("pingora_load_balancing", log::LevelFilter::Error)
         .format_timestamp_millis()
         .try_init();
 }

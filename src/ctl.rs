@@ -641,5 +641,27 @@ fn status_table(v: &Value) -> String {
         };
         t += &format!("{:<20}  {}{mirror}\n", text(&r["name"]), traffic(r));
     }
+    t += &format!(
+        "\n{:<20}  {:<22}  {:<5}  {:<24}  {}\n",
+        "UPSTREAM", "BACKEND", "STATE", "SINCE", "LAST ERROR"
+    );
+    for u in v["upstreams"].as_array().into_iter().flatten() {
+        for b in u["backends"].as_array().into_iter().flatten() {
+            let state = match (b["up"] == true, b["checked"] == true) {
+                (true, true) => "up",
+                (true, false) => "up*",
+                (false, _) => "DOWN",
+            };
+            t += &format!(
+                "{:<20}  {:<22}  {:<5}  {:<24}  {}\n",
+                text(&u["name"]),
+                text(&b["backend"]),
+                state,
+                text(&b["since"]),
+                text(&b["last_error"])
+            );
+        }
+    }
+    t += "(up*: no health check; counted up)\n";
     t
 }

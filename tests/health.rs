@@ -191,3 +191,103 @@ routes:
     });
     assert!(fell_back, "the health check added by the reload never ran");
 }
+
+/// A backend going down and up again shows in `/v1/status` (up/down, since when, the probe's error),
+/// in `switchyard_upstream_backend_up` and in `ctl status`, and is logged once per transition in words
+/// naming the upstream and the backend.
+#[test]
+fn backend_health_shows_in_status_metrics_and_the_log() {
+    let (v1, v2) = (backend("v1"), backend("v2"));
+    let admin = free_addr();
+    let body = format!(
+        "admin: {{listen: \"{admin}\", tokens: {{ops: {}}}}}\n{}",
+        sha256_hex("ops-token"),
+        config(&quoted(&v1), &quoted(&v2))
+    );
+    let proxy = ProxyProcess::start(&body);
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
+    let status = || {
+        send_body(
+            &client(),
+            "GET",
+            &format!("http://{admin}/v1/status"),
+            &[("Authorization", "Bearer ops-token")],
+            None,
+        )
+        .json()
+    };
+    let v2_backend = |s: &serde_json::Value| {
+        s["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "v2")
+            .unwrap()["backends"][0]
+            .clone()
+    };
+    let metric = || {
+        let text = get(&client(), &format!("http://{admin}/metrics"), &[]).body;
+        let series = format!(
+            "switchyard_upstream_backend_up{{upstream=\"v2\",backend=\"{}\"}} ",
+            v2.addr
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_string))
+    };
+    let up = v2_backend(&status());
+    assert_eq!(
+        (up["up"].as_bool(), up["checked"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(up["backend"], v2.addr.to_string());
+    assert_eq!(metric().as_deref(), Some("1"));
+
+    v2.control.set_healthy(false);
+    assert!(eventually(Duration::from_secs(5), || v2_backend(&status())
+        ["up"]
+        == false));
+    let down = v2_backend(&status());
+    assert!(
+        down["last_error"].as_str().unwrap().contains("HTTP 503"),
+        "{down}"
+    );
+    assert_ne!(down["since"], up["since"]);
+    assert_eq!(metric().as_deref(), Some("0"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "ctl",
+            "status",
+            "--admin",
+            &format!("http://{admin}"),
+            "--token",
+            "ops-token",
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("v2 ") && l.contains(&v2.addr.to_string()))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("DOWN") && row.contains("HTTP 503"), "{row}");
+
+    v2.control.set_healthy(true);
+    assert!(eventually(Duration::from_secs(5), || v2_backend(&status())
+        ["up"]
+        == true));
+    assert_eq!(v2_backend(&status())["last_error"], serde_json::Value::Null);
+    assert_eq!(metric().as_deref(), Some("1"));
+    let log = proxy.log();
+    let down_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("upstream v2: backend {} is down", v2.addr)))
+        .collect();
+    let up_lines = log
+        .lines()
+        .filter(|l| l.contains(&format!("upstream v2: backend {} is up again", v2.addr)))
+        .count();
+    assert_eq!((down_lines.len(), up_lines), (1, 1), "{log}");
+    assert!(down_lines[0].contains("HTTP 503"), "{log}");
+}

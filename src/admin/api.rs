@@ -84,10 +84,22 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
     }
 }
 
-/// Routes with their current split / live colour / mirror / rollout, and the revision.
+/// Routes with their current split / live colour / mirror / rollout, every backend's health, and the
+/// revision.
 fn status(s: &Snapshot) -> Value {
     let routes: Vec<Value> = s.config.routes.iter().map(route_json).collect();
-    json!({ "revision": s.revision, "routes": routes })
+    let upstreams: Vec<Value> = s
+        .pools
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "health_check": p.backend_health().first().is_some_and(|b| b.checked),
+                "backends": p.backend_health(),
+            })
+        })
+        .collect();
+    json!({ "revision": s.revision, "routes": routes, "upstreams": upstreams })
 }
 
 /// One route as status shows it.

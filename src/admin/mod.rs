@@ -90,6 +90,7 @@ impl ServeHttp for AdminApi {
                 self.state.metrics(),
                 live.revision,
                 &live.config,
+                &live.pools,
             ) {
                 Ok(text) => respond(
                     StatusCode::OK,

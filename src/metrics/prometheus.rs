@@ -16,8 +16,14 @@ use std::sync::atomic::Ordering::Relaxed;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// Every metric, as Prometheus text. `revision` and `config` are the live ones.
-pub fn render(metrics: &Metrics, revision: u64, config: &Config) -> Result<Vec<u8>, String> {
+pub fn render(
+    metrics: &Metrics,
+    revision: u64,
+    config: &Config,
+    pools: &crate::upstream::Pools,
+) -> Result<Vec<u8>, String> {
     let mut families = families(metrics, revision, config);
+    families.push(backend_up(pools));
     families.extend(prometheus::gather());
     families.retain(|f| !f.get_metric().is_empty());
     let mut out = Vec::with_capacity(16 * 1024);
@@ -25,6 +31,23 @@ pub fn render(metrics: &Metrics, revision: u64, config: &Config) -> Result<Vec<u
         .encode(&families, &mut out)
         .map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+/// `switchyard_upstream_backend_up{upstream,backend}`: 1 while a backend is up (always, without a
+/// health check), 0 while it is down.
+fn backend_up(pools: &crate::upstream::Pools) -> MetricFamily {
+    let mut up = Family::new(
+        "switchyard_upstream_backend_up",
+        "Whether a backend of an upstream is up (1) or down (0) by its health check; 1 without one.",
+        MetricType::GAUGE,
+    );
+    for pool in pools.iter() {
+        for b in pool.backend_health() {
+            let value = if b.up { 1.0 } else { 0.0 };
+            up.gauge(&[("upstream", &pool.name), ("backend", &b.backend)], value);
+        }
+    }
+    up.0
 }
 
 struct Family(MetricFamily);

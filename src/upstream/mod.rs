@@ -3,8 +3,11 @@
 //! previous snapshot on every config change, so health history is never reset by an unrelated edit.
 
 mod health;
+mod observed;
 
 pub use health::HealthChecker;
+pub use observed::BackendHealth;
+use observed::{Observed, ObservedCheck};
 
 use crate::config::{parse, Config, ConfigError, ConfigErrors, HealthCheckConfig, UpstreamConfig};
 use pingora::http::RequestHeader;
@@ -49,6 +52,8 @@ pub struct Pool {
     sole: Option<Backend>,
     timeouts: Timeouts,
     health: Option<HealthSchedule>,
+    /// Every backend's health as last observed (for status and metrics).
+    observed: Arc<Observed>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -100,9 +105,17 @@ impl Pool {
             write: dur("write", &t.write)?,
             idle: dur("idle", &t.idle)?,
         };
+        let observed = Arc::new(Observed::new(
+            name,
+            set.iter().map(|b| b.addr.to_string()),
+            def.health_check.is_some(),
+        ));
         let health = match &def.health_check {
             Some(hc) => {
-                lb.set_health_check(http_check(&path, hc)?);
+                lb.set_health_check(Box::new(ObservedCheck {
+                    inner: http_check(&path, hc)?,
+                    observed: observed.clone(),
+                }));
                 let interval = parse::duration(&hc.interval)
                     .map_err(|m| ConfigError::new(format!("{path}.health_check.interval"), m))?;
                 Some(HealthSchedule {
@@ -125,7 +138,13 @@ impl Pool {
             sole,
             timeouts,
             health,
+            observed,
         })
+    }
+
+    /// Every backend of this pool with its health, in address order.
+    pub fn backend_health(&self) -> Vec<BackendHealth> {
+        self.observed.backends()
     }
 
     /// A healthy backend, skipping those in `exclude` (already failed for this request).

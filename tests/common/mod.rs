@@ -149,6 +149,11 @@ impl ProxyProcess {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+
+    /// What the instance has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("switchyard.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for ProxyProcess {
@@ -183,14 +188,23 @@ pub fn switchyard(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Starts `switchyard run` on DIR's config; its log (stderr) is appended to DIR/switchyard.log.
 fn spawn_run(dir: &std::path::Path, extra: &[&str], stdout: Stdio) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("switchyard.log"))
+        .expect("open the instance's log file");
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "-c"])
         .arg(dir.join("switchyard.yaml"))
         .args(extra)
-        .env("RUST_LOG", std::env::var("SY_LOG").unwrap_or("warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("SY_LOG").unwrap_or("warn,switchyard=info".into()),
+        )
         .stdout(stdout)
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("spawn switchyard")
 }
