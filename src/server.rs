@@ -4,7 +4,7 @@
 use crate::admin::AdminApi;
 use crate::config::{parse, Config};
 use crate::proxy::access_log::{AccessLog, Destination};
-use crate::proxy::{Engine, Proxy, TcpListeners};
+use crate::proxy::{Drain, Engine, Proxy, TcpListeners};
 use crate::state::reloader::Reloader;
 use crate::state::State;
 use crate::upstream::HealthChecker;
@@ -112,6 +112,7 @@ pub fn build(
     let reloader =
         Reloader::new(file.and_then(|f| f.path.clone()), state.clone()).reopening(access_log);
     server.add_service(background_service("config reload", reloader));
+    server.add_service(background_service("drain", Drain));
     Ok((server, state))
 }
 
@@ -119,8 +120,9 @@ pub fn build(
 /// reloads the config file).
 pub fn run(config: Config, file: Option<&ConfigFile>, opts: RunOptions) -> anyhow::Result<()> {
     let pid_file = config.server.pid_file.clone();
-    let (mut server, _state) = build(config, file, opts)?;
+    let (mut server, state) = build(config, file, opts)?;
     server.bootstrap();
+    log::info!("{}", startup_line(&state.load()));
     if !opts.daemon {
         // Pingora writes the pid file when it daemonizes; in the foreground `switchyard reload` needs
         // it too.
@@ -128,6 +130,30 @@ pub fn run(config: Config, file: Option<&ConfigFile>, opts: RunOptions) -> anyho
             .with_context(|| format!("writing pid file {pid_file}"))?;
     }
     server.run_forever()
+}
+
+/// One line in words: version, revision, where it listens, where the admin API is.
+fn startup_line(s: &crate::state::Snapshot) -> String {
+    let c = &s.config;
+    let mut listen: Vec<String> = c
+        .server
+        .listen
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    listen.extend(c.server.tls.iter().map(|t| format!("https://{}", t.listen)));
+    let admin = match &c.admin {
+        Some(a) => format!("admin API on http://{}", a.listen),
+        None => "no admin API".to_string(),
+    };
+    format!(
+        "switchyard {} serving revision {} ({} routes) on {}; {admin}; state in {}",
+        env!("CARGO_PKG_VERSION"),
+        s.revision,
+        c.routes.len(),
+        listen.join(", "),
+        c.server.state_dir
+    )
 }
 
 /// Sends `signal` to the process named in `pid_file`; returns its pid.

@@ -24,6 +24,13 @@ pub fn render(
 ) -> Result<Vec<u8>, String> {
     let mut families = families(metrics, revision, config);
     families.push(backend_up(pools));
+    let mut open = Family::new(
+        "switchyard_client_connections_open",
+        "Client connections open now, on every listener.",
+        MetricType::GAUGE,
+    );
+    open.gauge(&[], crate::proxy::open_connections() as f64);
+    families.push(open.0);
     families.extend(prometheus::gather());
     families.retain(|f| !f.get_metric().is_empty());
     let mut out = Vec::with_capacity(16 * 1024);

@@ -8,12 +8,14 @@
 //! that served it, and handed to the access log.
 
 pub mod access_log;
+mod drain;
 mod h1;
 mod listener;
 pub mod mirror;
 mod request_id;
 
 pub use access_log::AccessLog;
+pub use drain::{open_connections, Drain};
 pub use h1::Engine;
 pub use listener::TcpListeners;
 

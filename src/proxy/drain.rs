@@ -1,0 +1,63 @@
+//! Shutdown that fits container platforms. When shutdown begins (SIGTERM, or SIGQUIT once the sockets
+//! are handed to a new process), the accept loops stop and every client connection finishes what is
+//! in flight; this service watches the count of open client connections and ends the process as soon
+//! as none is left, instead of sleeping out the whole grace period (which still bounds the drain).
+
+use super::access_log::FLUSH_INTERVAL;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Client connections open now, on every listener (plain and TLS, whichever path serves them).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Held for as long as a client connection is open.
+pub(crate) struct OpenConnection(());
+
+impl OpenConnection {
+    pub(crate) fn new() -> Self {
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Client connections open now.
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
+/// How often the drain looks at the count.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Ends the process once shutdown has begun and no client connection is left.
+pub struct Drain;
+
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        log::info!(
+            "shutting down: no longer accepting; {} client connection(s) finishing what is in flight",
+            open_connections()
+        );
+        while open_connections() > 0 {
+            tokio::time::sleep(POLL).await;
+        }
+        // Let the access log writer take the last lines out of its queue.
+        tokio::time::sleep(FLUSH_INTERVAL * 3).await;
+        log::info!("drained: every client connection is closed; exiting");
+        std::process::exit(0);
+    }
+}
