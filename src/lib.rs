@@ -10,6 +10,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod release;
 pub mod server;

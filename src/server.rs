@@ -85,21 +85,26 @@ pub fn build(
     };
     let proxy_app = Proxy::new(state.clone(), access_log.clone());
     let full = pingora::proxy::http_proxy(&server.configuration, proxy_app.clone());
-    let engine = Engine::new(proxy_app, full, FIRST_REQUEST_WINDOW);
-    if !tls.is_empty() {
-        // TLS connections are accepted by Pingora's listening service, which runs the handshake and
-        // then gives the connection to the same engine.
-        let mut secure = Service::new("switchyard tls".to_string(), engine.clone());
-        for t in &tls {
-            secure
-                .add_tls(&t.listen, &t.cert, &t.key)
-                .with_context(|| {
-                    format!("TLS listener {} (cert {}, key {})", t.listen, t.cert, t.key)
-                })?;
+    if config_engine(&state) {
+        let engine = Engine::new(proxy_app, full, FIRST_REQUEST_WINDOW);
+        if !tls.is_empty() {
+            // TLS connections are accepted by Pingora's listening service, which runs the handshake
+            // and then gives the connection to the same engine.
+            let mut secure = Service::new("switchyard tls".to_string(), engine.clone());
+            add_tls(&mut secure, &tls)?;
+            server.add_service(secure);
         }
-        server.add_service(secure);
+        server.add_service(TcpListeners::new(Arc::new(engine), listen));
+    } else {
+        // The kill switch: every listener on Pingora's own pipeline, the engine not used at all.
+        log::warn!("server.http1_engine is false: every request goes through Pingora's pipeline");
+        let mut service = Service::new("switchyard (pingora pipeline)".to_string(), full);
+        for addr in &listen {
+            service.add_tcp(addr);
+        }
+        add_tls(&mut service, &tls)?;
+        server.add_service(service);
     }
-    server.add_service(TcpListeners::new(Arc::new(engine), listen));
     server.add_service(background_service(
         "health checks",
         HealthChecker::new(state.clone()),
@@ -114,6 +119,21 @@ pub fn build(
     server.add_service(background_service("config reload", reloader));
     server.add_service(background_service("drain", Drain));
     Ok((server, state))
+}
+
+fn config_engine(state: &State) -> bool {
+    state.load().config.server.http1_engine
+}
+
+fn add_tls<A>(service: &mut Service<A>, tls: &[crate::config::TlsListener]) -> anyhow::Result<()> {
+    for t in tls {
+        service
+            .add_tls(&t.listen, &t.cert, &t.key)
+            .with_context(|| {
+                format!("TLS listener {} (cert {}, key {})", t.listen, t.cert, t.key)
+            })?;
+    }
+    Ok(())
 }
 
 /// Runs until told to stop by a signal (SIGTERM, SIGINT, or SIGQUIT for a graceful upgrade; SIGHUP

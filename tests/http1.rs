@@ -427,7 +427,7 @@ fn what_the_engine_does_not_serve_itself_still_works() {
     let up = upstream();
     let proxy = proxy_for(&up);
 
-    // HTTP/1.0, `Expect: 100-continue`, a head with 150 fields: served by Pingora's pipeline.
+    // HTTP/1.0 and `Expect: 100-continue`: served by Pingora's pipeline.
     let mut c = Client::connect(proxy.addr);
     c.send(b"GET /old HTTP/1.0\r\nHost: api.test\r\n\r\n");
     assert_eq!(c.response(false).status, 200);
@@ -447,10 +447,10 @@ fn what_the_engine_does_not_serve_itself_still_works() {
         many.push_str(&format!("X-F{i}: {i}\r\n"));
     }
     many.push_str("\r\n");
+    // A head with 150 fields is over the limit of 100 on both paths (HAProxy's default is 101).
     c.send(many.as_bytes());
     let r = c.response(false);
-    assert_eq!(r.status, 200);
-    assert!(String::from_utf8_lossy(&r.body).contains("X-F149: 149"));
+    assert_eq!(r.status, 431);
 
     // An upstream that does not speak HTTP: 502, and the proxy says so in JSON.
     let mut c = Client::connect(proxy.addr);

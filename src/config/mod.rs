@@ -98,6 +98,9 @@ pub struct ServerConfig {
     pub shutdown_timeout: String,
     pub state_dir: String,
     pub access_log: String,
+    /// Plain HTTP/1.1 on Switchyard's own engine (true), or every request through Pingora's pipeline
+    /// (false: the kill switch should the engine ever misbehave).
+    pub http1_engine: bool,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             shutdown_timeout: "5s".into(),
             state_dir: "/tmp/switchyard".into(),
             access_log: "stdout".into(),
+            http1_engine: true,
         }
     }
 }

@@ -30,6 +30,8 @@ use std::time::Instant;
 pub enum Rejection {
     NoRoute,
     ClientRequired,
+    /// Refused before routing: malformed, ambiguous or oversized (SPEC §3 step 0).
+    InvalidRequest,
 }
 
 impl Rejection {
@@ -37,6 +39,7 @@ impl Rejection {
         match self {
             Rejection::NoRoute => "no_route",
             Rejection::ClientRequired => "client_required",
+            Rejection::InvalidRequest => "invalid_request",
         }
     }
 }
@@ -60,7 +63,7 @@ pub struct Metrics {
     started: Instant,
     series: Mutex<AHashMap<PairKey, Arc<Series>>>,
     fallbacks: Mutex<AHashMap<FallbackKey, Arc<AtomicU64>>>,
-    rejected: [AtomicU64; 2],
+    rejected: [AtomicU64; 3],
     reloads: [AtomicU64; 2],
     pub access_log: AccessLogCounters,
     /// Differing shadow/primary pairs, newest last.

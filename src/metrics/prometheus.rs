@@ -211,7 +211,11 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
         "Requests answered by the proxy before any target was chosen.",
         COUNTER,
     );
-    for why in [Rejection::NoRoute, Rejection::ClientRequired] {
+    for why in [
+        Rejection::NoRoute,
+        Rejection::ClientRequired,
+        Rejection::InvalidRequest,
+    ] {
         rejected.counter(&[("reason", why.as_str())], metrics.rejected(why));
     }
 

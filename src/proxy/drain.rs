@@ -10,8 +10,11 @@ use pingora::services::background::BackgroundService;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Client connections open now, on every listener (plain and TLS, whichever path serves them).
+/// Client connections open now on the engine's listeners (plain and TLS).
 static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Requests in flight on Pingora's pipeline (handed over by the engine, or every request when the
+/// engine is off), whose connections the engine does not see.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// Held for as long as a client connection is open.
 pub(crate) struct OpenConnection(());
@@ -29,9 +32,31 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Client connections open now.
+/// Held by a request's context on Pingora's pipeline for as long as the request runs.
+#[derive(Debug)]
+pub(crate) struct InFlight(());
+
+impl InFlight {
+    pub(crate) fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Client connections open now on the engine's listeners.
 pub fn open_connections() -> usize {
     OPEN.load(Ordering::Relaxed)
+}
+
+/// What shutdown waits for: open engine connections and requests in flight on Pingora's pipeline.
+fn busy() -> usize {
+    OPEN.load(Ordering::Relaxed) + IN_FLIGHT.load(Ordering::Relaxed)
 }
 
 /// How often the drain looks at the count.
@@ -49,10 +74,10 @@ impl BackgroundService for Drain {
             }
         }
         log::info!(
-            "shutting down: no longer accepting; {} client connection(s) finishing what is in flight",
-            open_connections()
+            "shutting down: no longer accepting; {} client connection(s) and request(s) finishing what is in flight",
+            busy()
         );
-        while open_connections() > 0 {
+        while busy() > 0 {
             tokio::time::sleep(POLL).await;
         }
         // Let the access log writer take the last lines out of its queue.

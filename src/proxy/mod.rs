@@ -20,6 +20,7 @@ pub use h1::Engine;
 pub use listener::TcpListeners;
 
 use crate::metrics::{Metrics, Rejection, Series, UpstreamError};
+use crate::policy::request::{self, Refusal};
 use crate::release::{self, Decision, Outcome, RequestView, RouteId, UpstreamId};
 use crate::state::{Snapshot, State};
 use async_trait::async_trait;
@@ -48,6 +49,8 @@ pub(crate) enum Answer {
     UpstreamTimeout,
     BadRequest,
     InternalError,
+    /// Refused by the shared request rules (SPEC §3 step 0).
+    Refused(crate::policy::request::Refusal),
 }
 
 impl Answer {
@@ -77,6 +80,7 @@ impl Answer {
             Answer::UpstreamTimeout => 504,
             Answer::BadRequest => 400,
             Answer::InternalError => 500,
+            Answer::Refused(why) => why.status(),
         }
     }
 
@@ -90,6 +94,7 @@ impl Answer {
             Answer::UpstreamTimeout => r#"{"error":"upstream_timeout"}"#,
             Answer::BadRequest => r#"{"error":"bad_request"}"#,
             Answer::InternalError => r#"{"error":"internal_error"}"#,
+            Answer::Refused(why) => why.body(),
         }
     }
 }
@@ -228,6 +233,8 @@ pub struct Ctx {
     pub shadow: bool,
     /// The primary's client id, sent upstream with the shadow copy too.
     pub shadow_client: Option<String>,
+    /// Counts this request as in flight until it is done (shutdown waits for it).
+    _in_flight: drain::InFlight,
 }
 
 impl Default for Ctx {
@@ -248,6 +255,7 @@ impl Default for Ctx {
             mirrored: false,
             shadow: false,
             shadow_client: None,
+            _in_flight: drain::InFlight::new(),
         }
     }
 }
@@ -302,6 +310,34 @@ impl ProxyHttp for Proxy {
                 .get(&id_name)
                 .map(|v| v.as_bytes()),
         );
+        // The shared request rules, before anything is decided (SPEC §3 step 0). Pingora's parser
+        // drops a Content-Length sent with Transfer-Encoding; the raw head still shows it.
+        let length_with_chunked = session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+            && session.as_downstream().as_http1().is_some_and(|h1| {
+                request::raw_head_has_content_length(&h1.get_headers_raw_bytes())
+            });
+        let checked = if length_with_chunked {
+            Err(Refusal::LengthWithTransferEncoding)
+        } else {
+            check_request(session.req_header())
+        };
+        let route_path = match checked {
+            Ok(checked) => {
+                if let Some(uri) = checked.uri {
+                    session.req_header_mut().set_uri(uri);
+                }
+                checked.route_path
+            }
+            Err(why) => {
+                ctx.rejected = Some(Rejection::InvalidRequest);
+                session.set_keepalive(None);
+                respond_json(session, Answer::Refused(why), &ctx.request_id).await?;
+                return Ok(true);
+            }
+        };
 
         let mut mirror_wanted = false;
         let outcome = {
@@ -315,7 +351,7 @@ impl ProxyHttp for Proxy {
             let view = RequestView {
                 method: req.method.as_str(),
                 host,
-                path: req.uri.path(),
+                path: route_path.as_deref().unwrap_or(req.uri.path()),
                 query: req.uri.query(),
                 headers: (&req.headers).into(),
                 client_ip: session
@@ -664,6 +700,70 @@ fn strip_internal_headers(session: &mut Session) {
 /// Writes one of the proxy's own answers.
 async fn respond_json(session: &mut Session, answer: Answer, request_id: &str) -> Result<()> {
     respond_json_as(session, answer.status(), answer.body(), request_id).await
+}
+
+/// A request that passed the shared rules: the path to route on when normalisation changed it, and the
+/// URI to send upstream instead of the client's.
+struct Checked {
+    route_path: Option<String>,
+    uri: Option<http::Uri>,
+}
+
+/// The shared request rules ([`crate::policy::request`]) over a head Pingora parsed: the target
+/// (origin-form, or absolute-form and HTTP/2's scheme and authority), the Host, the framing, and the
+/// head's size.
+fn check_request(req: &pingora::http::RequestHeader) -> std::result::Result<Checked, Refusal> {
+    let headers = &req.headers;
+    if headers.len() > request::MAX_FIELDS {
+        return Err(Refusal::HeadTooLarge);
+    }
+    let head_bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.raw_path().len();
+    if head_bytes > request::MAX_HEAD_BYTES {
+        return Err(Refusal::HeadTooLarge);
+    }
+    let raw = std::str::from_utf8(req.raw_path()).map_err(|_| Refusal::InvalidCharacter)?;
+    let absolute;
+    let raw = match (req.uri.scheme_str(), req.uri.authority()) {
+        (Some(scheme), Some(authority)) if raw.starts_with('/') => {
+            absolute = format!("{scheme}://{authority}{raw}");
+            absolute.as_str()
+        }
+        _ => raw,
+    };
+    let target = request::target(raw)?;
+    let values = |name: http::header::HeaderName| -> Vec<&[u8]> {
+        headers.get_all(name).iter().map(|v| v.as_bytes()).collect()
+    };
+    let http10 = req.version == http::Version::HTTP_10;
+    request::host(&values(http::header::HOST), target.authority, http10)?;
+    request::framing(
+        &values(http::header::CONTENT_LENGTH),
+        &values(http::header::TRANSFER_ENCODING),
+    )?;
+    if target.unchanged() {
+        return Ok(Checked {
+            route_path: None,
+            uri: None,
+        });
+    }
+    let uri = match target.authority {
+        Some(authority) => {
+            let scheme = req.uri.scheme_str().unwrap_or("http");
+            format!("{scheme}://{authority}{}", target.forward)
+        }
+        None => target.forward.to_string(),
+    };
+    let uri = uri
+        .parse::<http::Uri>()
+        .map_err(|_| Refusal::InvalidTarget)?;
+    Ok(Checked {
+        route_path: Some(target.route_path.into_owned()),
+        uri: Some(uri),
+    })
 }
 
 /// Writes a complete JSON response made by the proxy itself.

@@ -4,39 +4,58 @@
 use super::body::{self, Framing};
 use super::MAX_RESPONSE_FIELDS;
 use crate::metrics::UpstreamError;
+use crate::policy::request::{self, Refusal};
 use crate::proxy::mirror::Captured;
 use crate::proxy::{CLIENT_HEADER, HEADER_PREFIX, REQUEST_ID_HEADER};
 use std::mem::MaybeUninit;
+
+/// Up to this many Content-Length or Transfer-Encoding fields are kept for the framing check; more
+/// is refused as ambiguous.
+const FRAMING_FIELDS: usize = 4;
 
 /// The request fields the engine looks at, found in one pass. Internal `X-Switchyard-*` fields are
 /// moved out of the kept range (`..kept`), so neither the decision nor the upstream sees them.
 pub(super) struct RequestFields<'a> {
     pub(super) kept: usize,
-    pub(super) host: &'a str,
+    /// The Host fields (two at most: more is as refused as two).
+    pub(super) hosts: [&'a [u8]; 2],
+    pub(super) host_count: usize,
     pub(super) request_id: Option<&'a [u8]>,
-    pub(super) length: Option<u64>,
+    lengths: [&'a [u8]; FRAMING_FIELDS],
+    length_count: usize,
+    codings: [&'a [u8]; FRAMING_FIELDS],
+    coding_count: usize,
     pub(super) close: bool,
+    /// `Expect` or `Upgrade`: the request goes to Pingora's pipeline.
+    pub(super) hand_off: bool,
 }
 
 impl<'a> RequestFields<'a> {
-    /// `None` when the request has to go to Pingora's pipeline.
-    pub(super) fn sort(fields: &mut [httparse::Header<'a>]) -> Option<RequestFields<'a>> {
+    pub(super) fn sort(fields: &mut [httparse::Header<'a>]) -> RequestFields<'a> {
         let mut f = RequestFields {
             kept: 0,
-            host: "",
+            hosts: [b""; 2],
+            host_count: 0,
             request_id: None,
-            length: None,
+            lengths: [b""; FRAMING_FIELDS],
+            length_count: 0,
+            codings: [b""; FRAMING_FIELDS],
+            coding_count: 0,
             close: false,
+            hand_off: false,
         };
         for i in 0..fields.len() {
             let h = fields[i];
             let name = h.name.as_bytes();
             match name.len() {
                 4 if name.eq_ignore_ascii_case(b"host") => {
-                    f.host = std::str::from_utf8(h.value).ok()?;
+                    if f.host_count < 2 {
+                        f.hosts[f.host_count] = h.value;
+                    }
+                    f.host_count += 1;
                 }
-                6 if name.eq_ignore_ascii_case(b"expect") => return None,
-                7 if name.eq_ignore_ascii_case(b"upgrade") => return None,
+                6 if name.eq_ignore_ascii_case(b"expect") => f.hand_off = true,
+                7 if name.eq_ignore_ascii_case(b"upgrade") => f.hand_off = true,
                 10 if name.eq_ignore_ascii_case(b"connection") => {
                     f.close |= h
                         .value
@@ -47,13 +66,17 @@ impl<'a> RequestFields<'a> {
                     f.request_id = Some(h.value);
                 }
                 14 if name.eq_ignore_ascii_case(b"content-length") => {
-                    let n = body::parse_length(h.value)?;
-                    if f.length.is_some_and(|l| l != n) {
-                        return None;
+                    if f.length_count < FRAMING_FIELDS {
+                        f.lengths[f.length_count] = h.value;
                     }
-                    f.length = Some(n);
+                    f.length_count += 1;
                 }
-                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return None,
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    if f.coding_count < FRAMING_FIELDS {
+                        f.codings[f.coding_count] = h.value;
+                    }
+                    f.coding_count += 1;
+                }
                 n if n > HEADER_PREFIX.len()
                     && name[..HEADER_PREFIX.len()]
                         .eq_ignore_ascii_case(HEADER_PREFIX.as_bytes()) =>
@@ -65,7 +88,31 @@ impl<'a> RequestFields<'a> {
             fields[f.kept] = h;
             f.kept += 1;
         }
-        Some(f)
+        f
+    }
+
+    /// The Host to route on, by the shared rules (exactly one, matching an absolute-form target).
+    pub(super) fn host(&self, authority: Option<&'a str>) -> Result<&'a str, Refusal> {
+        request::host(&self.hosts[..self.host_count.min(2)], authority, false)
+    }
+
+    /// The body framing, by the shared rules: `Some(length)`, `None` for chunked (which Pingora's
+    /// pipeline relays), or the refusal.
+    pub(super) fn framing(&self) -> Result<Option<u64>, Refusal> {
+        if self.length_count > FRAMING_FIELDS {
+            return Err(Refusal::InvalidLength);
+        }
+        if self.coding_count > FRAMING_FIELDS {
+            return Err(Refusal::InvalidTransferEncoding);
+        }
+        request::framing(
+            &self.lengths[..self.length_count],
+            &self.codings[..self.coding_count],
+        )
+    }
+
+    pub(super) fn chunked(&self) -> bool {
+        self.coding_count > 0
     }
 }
 
@@ -202,6 +249,12 @@ pub(super) fn write_response_head(
     let mut chunked = None;
     out.clear();
     status_line(out, status, resp.reason.unwrap_or(""));
+    // Content-Length with Transfer-Encoding: the coding wins and the length is not relayed (RFC 9112
+    // §6.3), so nothing in front of us can frame the body by it. Pingora's client does the same.
+    let has_coding = resp
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"connection") {
@@ -219,7 +272,8 @@ pub(super) fn write_response_head(
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
-        if !hop_by_hop_response(name) {
+        let dropped = has_coding && name.eq_ignore_ascii_case(b"content-length");
+        if !hop_by_hop_response(name) && !dropped {
             field(out, name, h.value);
             if let Some(c) = captured.as_mut() {
                 c.headers

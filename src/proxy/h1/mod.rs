@@ -35,6 +35,7 @@ mod shadow;
 use super::listener::PlainTcp;
 use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy, REQUEST_ID_HEADER};
 use crate::metrics::{Rejection, UpstreamError};
+use crate::policy::request::{self, Refusal};
 use crate::release::{self, Decision, Headers, Outcome, RequestView};
 use crate::state::Snapshot;
 use async_trait::async_trait;
@@ -153,6 +154,15 @@ enum Next {
     HandOff,
 }
 
+/// A request head as the engine takes it.
+enum Parsed {
+    Request(Request, Outcome),
+    /// For Pingora's pipeline.
+    HandOff,
+    /// Refused by the shared request rules, with the method and path for the access log.
+    Refused(Refusal, Option<(http::Method, String)>),
+}
+
 /// What the engine needs of a request after its head is parsed.
 struct Request {
     /// Head length in `buf`.
@@ -177,7 +187,11 @@ impl Engine {
         match read_head(c, shutdown, self.first_request).await {
             HeadRead::Complete => {}
             HeadRead::Closed => return Next::Close,
-            HeadRead::HandOff => return Next::HandOff,
+            HeadRead::TooLarge => {
+                return self
+                    .refuse(c, Ctx::default(), Refusal::HeadTooLarge, None)
+                    .await
+            }
         }
         let mut ctx = Ctx::default();
         let snapshot = self.proxy.state.load();
@@ -188,8 +202,10 @@ impl Engine {
                     .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
             );
         }
-        let Some((req, outcome)) = self.parse_request(c, &snapshot, &mut ctx) else {
-            return Next::HandOff;
+        let (req, outcome) = match self.parse_request(c, &snapshot, &mut ctx) {
+            Parsed::Request(req, outcome) => (req, outcome),
+            Parsed::HandOff => return Next::HandOff,
+            Parsed::Refused(why, logged) => return self.refuse(c, ctx, why, logged).await,
         };
         let mut req = req;
         c.buf.advance(req.head_len);
@@ -230,37 +246,61 @@ impl Engine {
             .await
     }
 
-    /// Parses the request head in `c.buf` and decides where it goes; `None` when the request is for
-    /// Pingora's pipeline. Not async, so the field array lives on the stack, never in a future.
-    fn parse_request(
-        &self,
-        c: &mut Conn,
-        snapshot: &Snapshot,
-        ctx: &mut Ctx,
-    ) -> Option<(Request, Outcome)> {
+    /// Parses the request head in `c.buf`, applies the shared request rules and decides where it
+    /// goes. Not async, so the field array lives on the stack, never in a future.
+    fn parse_request(&self, c: &mut Conn, snapshot: &Snapshot, ctx: &mut Ctx) -> Parsed {
         // Left uninitialised: httparse writes only the fields it finds.
         let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
         let mut parsed = httparse::Request::new(&mut []);
         let head_len = match parsed.parse_with_uninit_headers(&c.buf, &mut fields) {
             Ok(httparse::Status::Complete(n)) => n,
-            _ => return None,
+            Err(httparse::Error::TooManyHeaders) => {
+                return Parsed::Refused(Refusal::HeadTooLarge, None)
+            }
+            _ => return Parsed::HandOff,
         };
-        let (Some(method), Some(target), Some(1)) = (parsed.method, parsed.path, parsed.version)
-        else {
-            return None;
-        };
-        if method == "CONNECT" || !target.starts_with('/') {
-            return None;
+        if head_len > request::MAX_HEAD_BYTES {
+            return Parsed::Refused(Refusal::HeadTooLarge, None);
         }
-        let h = RequestFields::sort(parsed.headers)?;
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (target, None),
+        let (Some(method), Some(raw_target), Some(1)) =
+            (parsed.method, parsed.path, parsed.version)
+        else {
+            return Parsed::HandOff;
         };
+        let logged = || {
+            self.proxy.access_log.as_ref().map(|_| {
+                let m = http::Method::from_bytes(method.as_bytes()).unwrap_or_default();
+                // The query string is never logged (it may carry secrets).
+                (m, raw_target.split('?').next().unwrap_or("").to_string())
+            })
+        };
+        if method == "CONNECT" {
+            return Parsed::HandOff;
+        }
+        let target = match request::target(raw_target) {
+            Ok(t) => t,
+            Err(why) => return Parsed::Refused(why, logged()),
+        };
+        let h = RequestFields::sort(parsed.headers);
+        let host = match h.host(target.authority) {
+            Ok(host) => host,
+            Err(why) => return Parsed::Refused(why, logged()),
+        };
+        let length = match h.framing() {
+            Ok(length) => length,
+            Err(why) => return Parsed::Refused(why, logged()),
+        };
+        // Chunked bodies, Expect and Upgrade, and absolute-form targets are Pingora's to relay.
+        if h.chunked() || h.hand_off || target.authority.is_some() {
+            return Parsed::HandOff;
+        }
+        let path = &*target.route_path;
+        let query = target.query;
+        let target = &*target.forward;
         ctx.request_id = request_id::settle(h.request_id);
         let view = RequestView {
             method,
-            host: h.host,
+            host,
             path,
             query,
             headers: Headers::Raw(&parsed.headers[..h.kept]),
@@ -287,7 +327,7 @@ impl Engine {
                     head: &c.req_out,
                     method,
                     target,
-                    body_len: h.length,
+                    body_len: length,
                     idempotent,
                     request_id: &ctx.request_id,
                 };
@@ -302,7 +342,7 @@ impl Engine {
         }
         let req = Request {
             head_len,
-            body_len: h.length.unwrap_or(0),
+            body_len: length.unwrap_or(0),
             body_unread: 0,
             head: method == "HEAD",
             idempotent,
@@ -316,7 +356,7 @@ impl Engine {
             shadow,
             tap,
         };
-        Some((req, outcome))
+        Parsed::Request(req, outcome)
     }
 
     /// Proxies a routed request: connect (retrying other backends), send, relay the response.
@@ -502,6 +542,37 @@ impl Engine {
         }
     }
 
+    /// Answers a request the shared rules refuse (400, 414, 431 with a JSON body), counts and logs it,
+    /// and closes the connection: what follows a malformed head cannot be trusted to be a request.
+    async fn refuse(
+        &self,
+        c: &mut Conn,
+        mut ctx: Ctx,
+        why: Refusal,
+        logged: Option<(http::Method, String)>,
+    ) -> Next {
+        ctx.rejected = Some(Rejection::InvalidRequest);
+        if ctx.request_id.is_empty() {
+            ctx.request_id = request_id::settle(None);
+        }
+        let answer = Answer::Refused(why);
+        let (status, body) = (answer.status(), answer.body());
+        let out = &mut c.resp_out;
+        out.clear();
+        status_line(out, status, reason(status));
+        out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        field(out, REQUEST_ID_HEADER.as_bytes(), ctx.request_id.as_bytes());
+        out.extend_from_slice(b"connection: close\r\n\r\n");
+        out.extend_from_slice(body.as_bytes());
+        let sent = write_client(&mut c.stream, &c.resp_out, true).await;
+        let status = if sent { status } else { 499 };
+        self.proxy
+            .record(&mut ctx, status, || logged.unwrap_or_default());
+        Next::Close
+    }
+
     /// Hands the connection, with the bytes already read, to Pingora's pipeline for good.
     async fn hand_off(&self, c: Conn, shutdown: &ShutdownWatch) -> Option<Stream> {
         // Pingora writes a response head and its body separately.
@@ -530,7 +601,8 @@ impl Engine {
 enum HeadRead {
     Complete,
     Closed,
-    HandOff,
+    /// Larger than [`request::MAX_HEAD_BYTES`] and not complete.
+    TooLarge,
 }
 
 /// Reads until `c.buf` holds a whole request head. An idle connection waits up to [`KEEPALIVE`]
@@ -545,8 +617,8 @@ async fn read_head(
         if !c.buf.is_empty() && head_complete(&c.buf) {
             return HeadRead::Complete;
         }
-        if c.buf.len() > MAX_HEAD {
-            return HeadRead::HandOff;
+        if c.buf.len() > request::MAX_HEAD_BYTES {
+            return HeadRead::TooLarge;
         }
         if c.buf.capacity() - c.buf.len() < 1024 {
             c.buf.reserve(4096);

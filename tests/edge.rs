@@ -1,0 +1,369 @@
+//! Hostile and ambiguous requests at the edge, sent as raw bytes, on both request paths: the HTTP/1
+//! engine and Pingora's pipeline (`server.http1_engine: false`). Every test is one function taking
+//! the path; `on_both_paths!` instantiates it for each, so a behaviour is never fixed on one only.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Engine,
+    Pingora,
+}
+
+impl Path {
+    fn server_extra(self) -> &'static str {
+        match self {
+            Path::Engine => "",
+            Path::Pingora => "  http1_engine: false\n",
+        }
+    }
+}
+
+macro_rules! on_both_paths {
+    ($($name:ident),* $(,)?) => {
+        mod engine {
+            $( #[test] fn $name() { super::$name(super::Path::Engine) } )*
+        }
+        mod pingora {
+            $( #[test] fn $name() { super::$name(super::Path::Pingora) } )*
+        }
+    };
+}
+
+on_both_paths!(
+    no_spelling_of_a_path_routes_around_a_locked_route,
+    what_cannot_be_normalised_is_refused,
+    the_upstream_gets_the_normalised_path,
+    exactly_one_host,
+    ambiguous_framing_is_refused,
+    oversized_heads_are_refused_with_431,
+    refusals_are_counted_and_logged,
+    a_response_with_both_framings_keeps_only_the_coding,
+);
+
+struct Edge {
+    proxy: ProxyProcess,
+    open: RunningBackend,
+    locked: RunningBackend,
+}
+
+/// `/api` is open; `/api/internal` needs a known API client.
+fn start(path: Path) -> Edge {
+    let (open, locked) = (backend("open"), backend("locked"));
+    let body = format!(
+        "clients:\n  keys: {{acme: {}}}\nupstreams:\n  open: {{backends: [\"{}\"]}}\n  locked: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    match: {{path_prefix: /api}}\n    split: {{targets: {{open: 1}}}}\n  - name: internal\n    match: {{path_prefix: /api/internal}}\n    require_client: true\n    split: {{targets: {{locked: 1}}}}\n",
+        sha256_hex("acme-key"),
+        open.addr,
+        locked.addr
+    );
+    let proxy = ProxyProcess::start_full(
+        &body,
+        "{dir}/access.log",
+        path.server_extra(),
+        std::process::Stdio::null(),
+    );
+    Edge {
+        proxy,
+        open,
+        locked,
+    }
+}
+
+/// Sends `request` as raw bytes on a new connection; returns the status and the whole answer.
+fn raw(edge: &Edge, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(edge.proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+        // One answer is enough: stop once its body is complete.
+        let text = String::from_utf8_lossy(&out);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(usize::MAX);
+            if body.len() >= length {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A refusal naming `detail` in Switchyard's JSON. On Pingora's pipeline, what Pingora's own parser
+/// refuses before Switchyard sees the request (two Host fields, differing lengths, a final coding
+/// other than chunked) is answered by Pingora: a 400 all the same, without the JSON.
+fn assert_refused(path: Path, text: &str, detail: &str) {
+    let ours = text.contains(&format!(r#""detail":"{detail}""#));
+    let pingoras = matches!(path, Path::Pingora) && text.contains("Server: Pingora");
+    assert!(ours || pingoras, "{path:?}: expected {detail}: {text}");
+}
+
+fn get_path(edge: &Edge, target: &str) -> (u16, String) {
+    raw(
+        edge,
+        format!("GET {target} HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn no_spelling_of_a_path_routes_around_a_locked_route(path: Path) {
+    let edge = start(path);
+    assert_eq!(get_path(&edge, "/api/x").0, 200);
+    for spelling in [
+        "/api/internal/a",
+        "/api/x/../internal/a",
+        "/api/%69nternal/a",
+        "/api/%69%6e%74%65%72%6e%61%6c/a",
+        "//api//internal/a",
+        "/api/./internal/a",
+        "/api/internal;jsessionid=1/a",
+        "/api/internal",
+        "/api/internal/",
+    ] {
+        let (status, text) = get_path(&edge, spelling);
+        assert_eq!(status, 401, "{path:?} {spelling}: {text}");
+        assert!(text.contains(r#"{"error":"client_required"}"#), "{text}");
+    }
+    assert_eq!(edge.locked.control.requests(), 0);
+    // With the key, the normalised spelling reaches the locked route.
+    let (status, text) = raw(
+        &edge,
+        b"GET /api/x/../internal/a HTTP/1.1\r\nHost: edge.test\r\nX-Api-Key: acme-key\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""version":"locked""#), "{text}");
+}
+
+fn what_cannot_be_normalised_is_refused(path: Path) {
+    let edge = start(path);
+    for (target, detail) in [
+        ("/api/a%2Finternal", "encoded_separator"),
+        ("/api/a%5cinternal", "encoded_separator"),
+        ("/api/a%00", "encoded_separator"),
+        ("/api/..;/internal/a", "ambiguous_segment"),
+        ("/../api", "path_above_root"),
+        ("/api/%2e%2e/%2e%2e/x", "path_above_root"),
+        ("/api/%zz", "invalid_character"),
+    ] {
+        let (status, text) = get_path(&edge, target);
+        assert_eq!(status, 400, "{path:?} {target}: {text}");
+        assert!(
+            text.contains(&format!(r#""detail":"{detail}""#)),
+            "{target}: {text}"
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("x-request-id: "),
+            "{text}"
+        );
+    }
+    // Not origin-form, or with control bytes: refused, whoever answers.
+    for request in [
+        &b"GET api/internal/a HTTP/1.1\r\nHost: edge.test\r\n\r\n"[..],
+        b"GET /api/\x01x HTTP/1.1\r\nHost: edge.test\r\n\r\n",
+        b"GET /api/internal/\x7fx HTTP/1.1\r\nHost: edge.test\r\n\r\n",
+    ] {
+        let (status, text) = raw(&edge, request);
+        assert_eq!(
+            status,
+            400,
+            "{path:?} {:?}: {text}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert_eq!(
+        edge.open.control.requests() + edge.locked.control.requests(),
+        0
+    );
+    // A raw space in the target is escaped (as Pingora's parser does), never read as another path.
+    let (status, text) = raw(
+        &edge,
+        b"GET /api/a b HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{path:?}: {text}");
+    assert!(text.contains(r#""path":"/api/a%20b""#), "{text}");
+}
+
+fn the_upstream_gets_the_normalised_path(path: Path) {
+    let edge = start(path);
+    let (status, text) = get_path(&edge, "/api//v1/./users/../items;v=2/%7Ebob?q=%2F");
+    assert_eq!(status, 200, "{text}");
+    let body: serde_json::Value =
+        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["path"], "/api/v1/items;v=2/~bob", "{path:?}: {body}");
+    assert_eq!(body["query"], "q=%2F");
+}
+
+fn exactly_one_host(path: Path) {
+    let edge = start(path);
+    for (request, detail) in [
+        (
+            &b"GET /api/x HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"[..],
+            "duplicate_host",
+        ),
+        (
+            b"GET /api/x HTTP/1.1\r\nHost: a.test\r\nhost: a.test\r\n\r\n",
+            "duplicate_host",
+        ),
+        (b"GET /api/x HTTP/1.1\r\n\r\n", "missing_host"),
+        (b"GET /api/x HTTP/1.1\r\nHost:\r\n\r\n", "missing_host"),
+        (b"GET /api/x HTTP/1.1\r\nHost: a b\r\n\r\n", "invalid_host"),
+        (
+            b"GET http://a.test/api/x HTTP/1.1\r\nHost: b.test\r\n\r\n",
+            "host_mismatch",
+        ),
+    ] {
+        let (status, text) = raw(&edge, request);
+        assert_eq!(
+            status,
+            400,
+            "{path:?} {:?}: {text}",
+            String::from_utf8_lossy(request)
+        );
+        assert_refused(path, &text, detail);
+    }
+    assert_eq!(edge.open.control.requests(), 0);
+    // One Host, or an absolute-form target that agrees with it, is served.
+    let (status, _) = raw(
+        &edge,
+        b"GET http://a.test/api/x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+}
+
+fn ambiguous_framing_is_refused(path: Path) {
+    let edge = start(path);
+    for (request, detail) in [
+        (
+            &b"POST /api/x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+            "content_length_with_transfer_encoding",
+        ),
+        (
+            b"POST /api/x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            "invalid_content_length",
+        ),
+        (
+            b"POST /api/x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5, 6\r\n\r\nhello!",
+            "invalid_content_length",
+        ),
+        (
+            b"POST /api/x HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+            "invalid_transfer_encoding",
+        ),
+    ] {
+        let (status, text) = raw(&edge, request);
+        assert_eq!(status, 400, "{path:?} {:?}: {text}", String::from_utf8_lossy(request));
+        assert_refused(path, &text, detail);
+    }
+    assert_eq!(edge.open.control.requests(), 0);
+    // Equal duplicates are one length.
+    let (status, text) = raw(
+        &edge,
+        b"POST /api/x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""body_bytes":5"#), "{text}");
+}
+
+fn oversized_heads_are_refused_with_431(path: Path) {
+    let edge = start(path);
+    let big = "a".repeat(40 * 1024);
+    let (status, text) = raw(
+        &edge,
+        format!("GET /api/x HTTP/1.1\r\nHost: a.test\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status, 431, "{path:?}: {text}");
+    let many: String = (0..150).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let (status, text) = raw(
+        &edge,
+        format!("GET /api/x HTTP/1.1\r\nHost: a.test\r\n{many}\r\n").as_bytes(),
+    );
+    assert_eq!(status, 431, "{path:?}: {text}");
+    let long = format!("/api/{}", "x".repeat(9000));
+    let (status, text) = get_path(&edge, &long);
+    assert_eq!(status, 414, "{path:?}: {text}");
+    assert_eq!(edge.open.control.requests(), 0);
+}
+
+fn refusals_are_counted_and_logged(path: Path) {
+    let edge = start(path);
+    assert_eq!(get_path(&edge, "/api/a%2Fb").0, 400);
+    let log = edge.proxy.dir.join("access.log");
+    let line = (0..250)
+        .find_map(|_| {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+                return None;
+            }
+            Some(text)
+        })
+        .unwrap_or_else(|| panic!("{path:?}: nothing logged"));
+    let entry: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(entry["status"], 400, "{entry}");
+    assert_eq!(entry["reason"], "invalid_request", "{entry}");
+}
+
+/// An upstream that answers with both Content-Length and Transfer-Encoding: the client gets the
+/// chunked body and no Content-Length (RFC 9112 §6.3), so no intermediary in front can be split.
+fn a_response_with_both_framings_keeps_only_the_coding(path: Path) {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = upstream.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming().take(4) {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            );
+        }
+    });
+    let body = format!(
+        "upstreams:\n  odd: {{backends: [\"{addr}\"]}}\nroutes:\n  - name: odd\n    split: {{targets: {{odd: 1}}}}\n"
+    );
+    let proxy = ProxyProcess::start_full(
+        &body,
+        "off",
+        path.server_extra(),
+        std::process::Stdio::null(),
+    );
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{path:?}: {text}");
+    assert!(!head.contains("content-length"), "{path:?}: {head}");
+    assert!(
+        head.contains("transfer-encoding: chunked"),
+        "{path:?}: {head}"
+    );
+    assert!(
+        rest.starts_with("5\r\nhello\r\n0\r\n\r\n"),
+        "{path:?}: {rest:?}"
+    );
+}
