@@ -1,6 +1,6 @@
 //! Hostile and ambiguous requests at the edge, sent as raw bytes, on both request paths: the HTTP/1
-//! engine and Pingora's pipeline (`server.http1_engine: false`). Every test is one function taking
-//! the path; `on_both_paths!` instantiates it for each, so a behaviour is never fixed on one only.
+//! engine and Pingora's pipeline (`server.http1_engine: false`). `on_both_paths!` instantiates every
+//! test for each, so a behaviour is never fixed on one only.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,31 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-#[derive(Clone, Copy, Debug)]
-enum Path {
-    Engine,
-    Pingora,
-}
-
-impl Path {
-    fn server_extra(self) -> &'static str {
-        match self {
-            Path::Engine => "",
-            Path::Pingora => "  http1_engine: false\n",
-        }
-    }
-}
-
-macro_rules! on_both_paths {
-    ($($name:ident),* $(,)?) => {
-        mod engine {
-            $( #[test] fn $name() { super::$name(super::Path::Engine) } )*
-        }
-        mod pingora {
-            $( #[test] fn $name() { super::$name(super::Path::Pingora) } )*
-        }
-    };
-}
+use RequestPath as Path;
 
 on_both_paths!(
     no_spelling_of_a_path_routes_around_a_locked_route,
@@ -44,7 +20,16 @@ on_both_paths!(
     oversized_heads_are_refused_with_431,
     refusals_are_counted_and_logged,
     a_response_with_both_framings_keeps_only_the_coding,
+    each_test_runs_on_the_path_it_names,
 );
+
+/// The guard of this suite: a test instantiated for Pingora's pipeline really runs without the engine.
+fn each_test_runs_on_the_path_it_names() {
+    let edge = start();
+    let log = edge.proxy.log();
+    let off = log.contains("server.http1_engine is false");
+    assert_eq!(off, request_path() == Path::Pingora, "{log}");
+}
 
 struct Edge {
     proxy: ProxyProcess,
@@ -53,7 +38,7 @@ struct Edge {
 }
 
 /// `/api` is open; `/api/internal` needs a known API client.
-fn start(path: Path) -> Edge {
+fn start() -> Edge {
     let (open, locked) = (backend("open"), backend("locked"));
     let body = format!(
         "clients:\n  keys: {{acme: {}}}\nupstreams:\n  open: {{backends: [\"{}\"]}}\n  locked: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    match: {{path_prefix: /api}}\n    split: {{targets: {{open: 1}}}}\n  - name: internal\n    match: {{path_prefix: /api/internal}}\n    require_client: true\n    split: {{targets: {{locked: 1}}}}\n",
@@ -61,12 +46,8 @@ fn start(path: Path) -> Edge {
         open.addr,
         locked.addr
     );
-    let proxy = ProxyProcess::start_full(
-        &body,
-        "{dir}/access.log",
-        path.server_extra(),
-        std::process::Stdio::null(),
-    );
+    let proxy =
+        ProxyProcess::start_full(&body, "{dir}/access.log", "", std::process::Stdio::null());
     Edge {
         proxy,
         open,
@@ -127,8 +108,9 @@ fn get_path(edge: &Edge, target: &str) -> (u16, String) {
     )
 }
 
-fn no_spelling_of_a_path_routes_around_a_locked_route(path: Path) {
-    let edge = start(path);
+fn no_spelling_of_a_path_routes_around_a_locked_route() {
+    let path = request_path();
+    let edge = start();
     assert_eq!(get_path(&edge, "/api/x").0, 200);
     for spelling in [
         "/api/internal/a",
@@ -155,8 +137,9 @@ fn no_spelling_of_a_path_routes_around_a_locked_route(path: Path) {
     assert!(text.contains(r#""version":"locked""#), "{text}");
 }
 
-fn what_cannot_be_normalised_is_refused(path: Path) {
-    let edge = start(path);
+fn what_cannot_be_normalised_is_refused() {
+    let path = request_path();
+    let edge = start();
     for (target, detail) in [
         ("/api/a%2Finternal", "encoded_separator"),
         ("/api/a%5cinternal", "encoded_separator"),
@@ -204,8 +187,9 @@ fn what_cannot_be_normalised_is_refused(path: Path) {
     assert!(text.contains(r#""path":"/api/a%20b""#), "{text}");
 }
 
-fn the_upstream_gets_the_normalised_path(path: Path) {
-    let edge = start(path);
+fn the_upstream_gets_the_normalised_path() {
+    let path = request_path();
+    let edge = start();
     let (status, text) = get_path(&edge, "/api//v1/./users/../items;v=2/%7Ebob?q=%2F");
     assert_eq!(status, 200, "{text}");
     let body: serde_json::Value =
@@ -214,8 +198,9 @@ fn the_upstream_gets_the_normalised_path(path: Path) {
     assert_eq!(body["query"], "q=%2F");
 }
 
-fn exactly_one_host(path: Path) {
-    let edge = start(path);
+fn exactly_one_host() {
+    let path = request_path();
+    let edge = start();
     for (request, detail) in [
         (
             &b"GET /api/x HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"[..],
@@ -251,8 +236,9 @@ fn exactly_one_host(path: Path) {
     assert_eq!(status, 200);
 }
 
-fn ambiguous_framing_is_refused(path: Path) {
-    let edge = start(path);
+fn ambiguous_framing_is_refused() {
+    let path = request_path();
+    let edge = start();
     for (request, detail) in [
         (
             &b"POST /api/x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
@@ -285,8 +271,9 @@ fn ambiguous_framing_is_refused(path: Path) {
     assert!(text.contains(r#""body_bytes":5"#), "{text}");
 }
 
-fn oversized_heads_are_refused_with_431(path: Path) {
-    let edge = start(path);
+fn oversized_heads_are_refused_with_431() {
+    let path = request_path();
+    let edge = start();
     let big = "a".repeat(40 * 1024);
     let (status, text) = raw(
         &edge,
@@ -305,8 +292,9 @@ fn oversized_heads_are_refused_with_431(path: Path) {
     assert_eq!(edge.open.control.requests(), 0);
 }
 
-fn refusals_are_counted_and_logged(path: Path) {
-    let edge = start(path);
+fn refusals_are_counted_and_logged() {
+    let path = request_path();
+    let edge = start();
     assert_eq!(get_path(&edge, "/api/a%2Fb").0, 400);
     let log = edge.proxy.dir.join("access.log");
     let line = (0..250)
@@ -326,7 +314,8 @@ fn refusals_are_counted_and_logged(path: Path) {
 
 /// An upstream that answers with both Content-Length and Transfer-Encoding: the client gets the
 /// chunked body and no Content-Length (RFC 9112 §6.3), so no intermediary in front can be split.
-fn a_response_with_both_framings_keeps_only_the_coding(path: Path) {
+fn a_response_with_both_framings_keeps_only_the_coding() {
+    let path = request_path();
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = upstream.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -342,12 +331,7 @@ fn a_response_with_both_framings_keeps_only_the_coding(path: Path) {
     let body = format!(
         "upstreams:\n  odd: {{backends: [\"{addr}\"]}}\nroutes:\n  - name: odd\n    split: {{targets: {{odd: 1}}}}\n"
     );
-    let proxy = ProxyProcess::start_full(
-        &body,
-        "off",
-        path.server_extra(),
-        std::process::Stdio::null(),
-    );
+    let proxy = ProxyProcess::start(&body);
     let mut s = TcpStream::connect(proxy.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")

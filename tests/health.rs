@@ -41,7 +41,6 @@ fn v2_users(agent: &ureq::Agent, proxy: &ProxyProcess, n: u32) -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn a_down_pool_falls_back_to_the_baseline_and_recovers() {
     let (v1, v2) = (backend("v1"), backend("v2"));
     let proxy = ProxyProcess::start(&config(&quoted(&v1), &quoted(&v2)));
@@ -87,7 +86,6 @@ fn a_down_pool_falls_back_to_the_baseline_and_recovers() {
     assert!(back, "v2 healthy again but its users did not return");
 }
 
-#[test]
 fn nothing_healthy_is_a_json_502() {
     let (v1, v2) = (backend("v1"), backend("v2"));
     let proxy = ProxyProcess::start(&config(&quoted(&v1), &quoted(&v2)));
@@ -110,7 +108,6 @@ fn nothing_healthy_is_a_json_502() {
     assert_eq!(v1.control.requests() + v2.control.requests(), before);
 }
 
-#[test]
 fn dead_backends_are_found_by_health_checks() {
     // v2's only backend refuses connections from the start.
     let v1 = backend("v1");
@@ -131,7 +128,6 @@ fn dead_backends_are_found_by_health_checks() {
     assert!(ok, "requests for a dead pool were not sent to the baseline");
 }
 
-#[test]
 fn a_backend_refusing_connections_is_skipped_without_health_checks() {
     let live = backend("v1");
     let dead = free_addr();
@@ -153,7 +149,6 @@ routes:
     }
 }
 
-#[test]
 fn a_health_check_added_by_a_reload_starts_checking() {
     let (v1, v2) = (backend("v1"), backend("v2"));
     let no_checks = format!(
@@ -195,7 +190,6 @@ routes:
 /// A backend going down and up again shows in `/v1/status` (up/down, since when, the probe's error),
 /// in `switchyard_upstream_backend_up` and in `ctl status`, and is logged once per transition in words
 /// naming the upstream and the backend.
-#[test]
 fn backend_health_shows_in_status_metrics_and_the_log() {
     let (v1, v2) = (backend("v1"), backend("v2"));
     let admin = free_addr();
@@ -291,3 +285,12 @@ fn backend_health_shows_in_status_metrics_and_the_log() {
     assert_eq!((down_lines.len(), up_lines), (1, 1), "{log}");
     assert!(down_lines[0].contains("HTTP 503"), "{log}");
 }
+
+on_both_paths!(
+    a_down_pool_falls_back_to_the_baseline_and_recovers,
+    nothing_healthy_is_a_json_502,
+    dead_backends_are_found_by_health_checks,
+    a_backend_refusing_connections_is_skipped_without_health_checks,
+    a_health_check_added_by_a_reload_starts_checking,
+    backend_health_shows_in_status_metrics_and_the_log,
+);

@@ -116,7 +116,6 @@ fn p99(mut samples: Vec<Duration>) -> Duration {
     samples[(samples.len() * 99).div_ceil(100) - 1]
 }
 
-#[test]
 fn the_shadow_gets_a_faithful_copy_marked_as_shadow() {
     let rig = start();
     let agent = client();
@@ -247,7 +246,6 @@ fn the_shadow_gets_a_faithful_copy_marked_as_shadow() {
     assert_eq!(mirrored, [true, false, true, false]);
 }
 
-#[test]
 fn a_slow_or_dead_shadow_leaves_the_primary_unchanged() {
     let rig = start();
     let agent = client();
@@ -286,7 +284,6 @@ fn a_slow_or_dead_shadow_leaves_the_primary_unchanged() {
     assert_eq!(rig.mirror("slow", "slow", "timeout"), 0.0);
 }
 
-#[test]
 fn max_in_flight_drops_instead_of_queueing() {
     let rig = start();
     let agent = client();
@@ -300,7 +297,6 @@ fn max_in_flight_drops_instead_of_queueing() {
     assert_eq!(rig.slow.control.requests(), 2);
 }
 
-#[test]
 fn sampling_at_50_percent_lands_within_binomial_bounds() {
     let rig = start();
     let agent = client();
@@ -316,7 +312,6 @@ fn sampling_at_50_percent_lands_within_binomial_bounds() {
     }));
 }
 
-#[test]
 fn answers_are_compared_json_aware_with_ignores_and_diffs_are_kept() {
     let rig = start();
     let agent = client();
@@ -376,3 +371,11 @@ fn answers_are_compared_json_aware_with_ignores_and_diffs_are_kept() {
     assert!((rate - 2.0 / 7.0).abs() < 1e-9, "{rate}");
     assert_eq!(v2["last_60s"]["requests"], 0, "shadows are not requests");
 }
+
+on_both_paths!(
+    the_shadow_gets_a_faithful_copy_marked_as_shadow,
+    a_slow_or_dead_shadow_leaves_the_primary_unchanged,
+    max_in_flight_drops_instead_of_queueing,
+    sampling_at_50_percent_lands_within_binomial_bounds,
+    answers_are_compared_json_aware_with_ignores_and_diffs_are_kept,
+);

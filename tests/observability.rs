@@ -208,7 +208,6 @@ fn class(status: u16) -> &'static str {
     }
 }
 
-#[test]
 fn counters_equal_the_requests_sent_per_route_target_and_class() {
     let rig = Rig::start("off", Stdio::null());
     let agent = client();
@@ -296,7 +295,6 @@ fn counters_equal_the_requests_sent_per_route_target_and_class() {
     assert_eq!(rig.scrape().get("switchyard_config_revision", &[]), 1.0);
 }
 
-#[test]
 fn a_200ms_upstream_lands_above_100ms_and_its_p99_reads_200_to_300ms() {
     let rig = Rig::start("off", Stdio::null());
     // 100 requests (5 clients at a time), so that one slow outlier on a busy machine is not the p99.
@@ -342,7 +340,6 @@ fn a_200ms_upstream_lands_above_100ms_and_its_p99_reads_200_to_300ms() {
     }
 }
 
-#[test]
 fn an_all_503_upstream_has_a_5xx_rate_of_one_and_ctl_shows_it() {
     let rig = Rig::start("off", Stdio::null());
     let agent = client();
@@ -384,7 +381,6 @@ fn an_all_503_upstream_has_a_5xx_rate_of_one_and_ctl_shows_it() {
     assert_eq!(cols[4], "100.00", "{row}");
 }
 
-#[test]
 fn upstream_detail_connect_failures_timeouts_reuse_and_fallbacks() {
     let rig = Rig::start("off", Stdio::null());
     let agent = client();
@@ -552,7 +548,6 @@ fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
 fn one_access_log_line_per_request_with_the_spec_fields() {
     let rig = Rig::start("{dir}/access.log", Stdio::null());
     let path = rig.proxy.dir.join("access.log");
@@ -644,7 +639,6 @@ fn one_access_log_line_per_request_with_the_spec_fields() {
     assert_eq!(log_lines(&rotated).len(), 40);
 }
 
-#[test]
 fn an_unwritable_log_never_blocks_or_fails_a_request() {
     // /dev/full: every write fails with ENOSPC, like a full disk.
     let rig = Rig::start("/dev/full", Stdio::null());
@@ -663,7 +657,6 @@ fn an_unwritable_log_never_blocks_or_fails_a_request() {
     assert_eq!(m.total(), 50.0);
 }
 
-#[test]
 fn a_stalled_stdout_drops_lines_instead_of_stalling_requests() {
     // Nobody reads the pipe: once it and the queue are full, lines are dropped and counted.
     let mut rig = Rig::start("stdout", Stdio::piped());
@@ -698,3 +691,13 @@ fn a_stalled_stdout_drops_lines_instead_of_stalling_requests() {
     let n = reader.read(&mut buf).unwrap();
     assert!(n > 0);
 }
+
+on_both_paths!(
+    counters_equal_the_requests_sent_per_route_target_and_class,
+    a_200ms_upstream_lands_above_100ms_and_its_p99_reads_200_to_300ms,
+    an_all_503_upstream_has_a_5xx_rate_of_one_and_ctl_shows_it,
+    upstream_detail_connect_failures_timeouts_reuse_and_fallbacks,
+    one_access_log_line_per_request_with_the_spec_fields,
+    an_unwritable_log_never_blocks_or_fails_a_request,
+    a_stalled_stdout_drops_lines_instead_of_stalling_requests,
+);

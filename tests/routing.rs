@@ -34,7 +34,6 @@ fn assignments(proxy: &ProxyProcess, users: std::ops::Range<u32>) -> Vec<String>
         .collect()
 }
 
-#[test]
 fn split_shares_are_within_one_percent_and_users_stay_put() {
     let (v1, v2) = (backend("v1"), backend("v2"));
     let proxy = ProxyProcess::start(&split_config(&v1, &v2, 10));
@@ -49,7 +48,6 @@ fn split_shares_are_within_one_percent_and_users_stay_put() {
     assert_eq!(&first[..2_000], &again[..]);
 }
 
-#[test]
 fn two_instances_agree_and_raising_the_canary_never_moves_users_back() {
     let (v1, v2) = (backend("v1"), backend("v2"));
     let users = 0..3_000;
@@ -79,7 +77,6 @@ fn two_instances_agree_and_raising_the_canary_never_moves_users_back() {
     }
 }
 
-#[test]
 fn requests_without_a_sticky_key_are_spread_by_weight() {
     let (v1, v2) = (backend("v1"), backend("v2"));
     let proxy = ProxyProcess::start(&split_config(&v1, &v2, 50));
@@ -182,7 +179,6 @@ fn fleet() -> Fleet {
 /// Method, headers, path.
 type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
 
-#[test]
 fn every_rule_kind_overrides_the_split() {
     let f = fleet();
     let agent = client();
@@ -226,7 +222,6 @@ fn every_rule_kind_overrides_the_split() {
     assert_eq!(get(&agent, &url, &[]).version(), "v1");
 }
 
-#[test]
 fn blue_green_serves_the_live_colour_for_its_host() {
     let f = fleet();
     let agent = client();
@@ -247,7 +242,6 @@ fn blue_green_serves_the_live_colour_for_its_host() {
     assert_eq!(r.header("content-type"), Some("application/json"));
 }
 
-#[test]
 fn require_client_answers_401_without_touching_an_upstream() {
     let f = fleet();
     let agent = client();
@@ -278,7 +272,6 @@ fn require_client_answers_401_without_touching_an_upstream() {
     );
 }
 
-#[test]
 fn client_sent_switchyard_headers_never_reach_upstream() {
     let f = fleet();
     let agent = client();
@@ -311,7 +304,6 @@ fn client_sent_switchyard_headers_never_reach_upstream() {
     );
 }
 
-#[test]
 fn request_ids_are_kept_when_sane_and_generated_otherwise() {
     let f = fleet();
     let agent = client();
@@ -346,3 +338,14 @@ fn request_ids_are_kept_when_sane_and_generated_otherwise() {
     );
     assert_eq!((r.status, r.header("x-request-id")), (401, Some("abc-1")));
 }
+
+on_both_paths!(
+    split_shares_are_within_one_percent_and_users_stay_put,
+    two_instances_agree_and_raising_the_canary_never_moves_users_back,
+    requests_without_a_sticky_key_are_spread_by_weight,
+    every_rule_kind_overrides_the_split,
+    blue_green_serves_the_live_colour_for_its_host,
+    require_client_answers_401_without_touching_an_upstream,
+    client_sent_switchyard_headers_never_reach_upstream,
+    request_ids_are_kept_when_sane_and_generated_otherwise,
+);

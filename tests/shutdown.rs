@@ -26,7 +26,6 @@ fn exit_time(proxy: &mut ProxyProcess, limit: Duration) -> Duration {
     panic!("still running {limit:?} after the signal");
 }
 
-#[test]
 fn sigterm_on_an_idle_instance_exits_well_under_a_second() {
     let v1 = backend("v1");
     for _ in 0..3 {
@@ -51,7 +50,6 @@ fn sigterm_on_an_idle_instance_exits_well_under_a_second() {
     }
 }
 
-#[test]
 fn sigterm_under_load_finishes_every_request_in_flight() {
     let v1 = backend("v1");
     v1.control.set_delay(Duration::from_millis(400));
@@ -79,7 +77,6 @@ fn sigterm_under_load_finishes_every_request_in_flight() {
     assert!(std::net::TcpStream::connect(proxy.addr).is_err());
 }
 
-#[test]
 fn sigint_stops_at_once() {
     let v1 = backend("v1");
     v1.control.set_delay(Duration::from_secs(3));
@@ -91,3 +88,9 @@ fn sigint_stops_at_once() {
     let took = exit_time(&mut proxy, Duration::from_secs(5));
     assert!(took < Duration::from_secs(1), "exited after {took:?}");
 }
+
+on_both_paths!(
+    sigterm_on_an_idle_instance_exits_well_under_a_second,
+    sigterm_under_load_finishes_every_request_in_flight,
+    sigint_stops_at_once,
+);

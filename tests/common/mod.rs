@@ -9,6 +9,43 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The request path the proxies a test starts serve on: Switchyard's HTTP/1 engine, or Pingora's
+/// pipeline (`server.http1_engine: false`). Set per test by `on_both_paths!`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestPath {
+    Engine,
+    Pingora,
+}
+
+thread_local! {
+    static REQUEST_PATH: std::cell::Cell<RequestPath> = const { std::cell::Cell::new(RequestPath::Engine) };
+}
+
+/// The request path of this test.
+pub fn request_path() -> RequestPath {
+    REQUEST_PATH.with(|p| p.get())
+}
+
+/// Runs `test` with its proxies on `path`.
+pub fn on_path(path: RequestPath, test: fn()) {
+    REQUEST_PATH.with(|p| p.set(path));
+    test()
+}
+
+/// Instantiates each named test function once per request path, as `engine::NAME` and
+/// `pingora::NAME`, so that no behaviour is tested on one path only.
+macro_rules! on_both_paths {
+    ($($name:ident),* $(,)?) => {
+        mod engine {
+            $( #[test] fn $name() { $crate::common::on_path($crate::common::RequestPath::Engine, super::$name) } )*
+        }
+        mod pingora {
+            $( #[test] fn $name() { $crate::common::on_path($crate::common::RequestPath::Pingora, super::$name) } )*
+        }
+    };
+}
+pub(crate) use on_both_paths;
+
 pub fn backend(version: &str) -> RunningBackend {
     RunningBackend::start(version, "127.0.0.1:0").expect("start backend")
 }
@@ -85,7 +122,12 @@ impl ProxyProcess {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let access_log = access_log.replace("{dir}", &dir.display().to_string());
-        let server_extra = server_extra.replace("{dir}", &dir.display().to_string());
+        let path_setting = match request_path() {
+            RequestPath::Engine => "",
+            RequestPath::Pingora => "  http1_engine: false\n",
+        };
+        let server_extra =
+            path_setting.to_string() + &server_extra.replace("{dir}", &dir.display().to_string());
         std::fs::write(
             dir.join("switchyard.yaml"),
             config_text(addr, &dir, &access_log, &server_extra, body),
