@@ -1,7 +1,7 @@
 //! Hostile and ambiguous requests at the edge, sent as raw bytes, on both request paths: the HTTP/1
 //! engine and Pingora's pipeline (`server.http1_engine: false`). `on_both_paths!` instantiates every
 //! test for each, so a behaviour is never fixed on one only.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

@@ -1,5 +1,6 @@
 //! Health-aware routing on real traffic: a pool whose backends are all down falls back to the route's
 //! baseline; nothing healthy is a JSON 502; a backend that refuses connections is skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

@@ -1,6 +1,6 @@
 //! Dark releases on a real instance: the shadow gets a faithful copy, the primary never waits for it
 //! (slow or dead), sampling, method and body limits, max_in_flight, and the comparison of answers.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

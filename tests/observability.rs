@@ -2,7 +2,7 @@
 //! lands in the right buckets and percentiles, upstream-side detail (connect failures, timeouts, reuse,
 //! fallbacks), `/v1/stats` and `ctl stats`, and the JSON access log — including when it cannot be
 //! written.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

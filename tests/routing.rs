@@ -1,5 +1,6 @@
 //! Release decisions on real traffic: splits, stickiness, the monotone ramp, agreement between
 //! instances, every rule kind, blue/green, clients, header hygiene and request ids.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

@@ -1,7 +1,7 @@
 //! Shutdown as container platforms expect it: SIGTERM stops accepting, lets what is in flight finish,
 //! and exits as soon as nothing is left (an idle instance well under a second); SIGINT stops at once.
 //! Start-up says in one line what serves where.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

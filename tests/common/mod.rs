@@ -1,6 +1,12 @@
 //! Test harness: real upstream servers on 127.0.0.1:0 and the real `switchyard run` binary on a free
 //! loopback port, driven with real HTTP. Everything stops when dropped.
-#![allow(dead_code, unused_macros, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unused_macros,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 pub use switchyard::demo::backend::RunningBackend;
 
