@@ -84,7 +84,17 @@ pub fn build(
         None => None,
     };
     let proxy_app = Proxy::new(state.clone(), access_log.clone());
-    let full = pingora::proxy::http_proxy(&server.configuration, proxy_app.clone());
+    let mut full = pingora::proxy::http_proxy(&server.configuration, proxy_app.clone());
+    // Requests per client connection on Pingora's pipeline (the engine counts its own): Pingora counts
+    // reuses, the first request not included.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.keepalive_request_limit = Some(
+        proxy_app
+            .limits()
+            .max_requests_per_connection
+            .saturating_sub(1),
+    );
+    full.server_options = Some(options);
     if config_engine(&state) {
         let engine = Engine::new(proxy_app, full, FIRST_REQUEST_WINDOW);
         if !tls.is_empty() {

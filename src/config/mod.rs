@@ -101,6 +101,36 @@ pub struct ServerConfig {
     /// Plain HTTP/1.1 on Switchyard's own engine (true), or every request through Pingora's pipeline
     /// (false: the kill switch should the engine ever misbehave).
     pub http1_engine: bool,
+    /// Per client connection: timeouts, head size, connections and requests per connection.
+    #[serde(skip_serializing_if = "is_default")]
+    pub limits: LimitsConfig,
+}
+
+/// `server.limits`, as written; checked and compiled by [`crate::policy::limits::Limits`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub header_timeout: String,
+    pub body_timeout: String,
+    pub send_timeout: String,
+    pub keepalive_timeout: String,
+    pub max_head_bytes: usize,
+    pub max_connections: usize,
+    pub max_requests_per_connection: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_timeout: "10s".into(),
+            body_timeout: "60s".into(),
+            send_timeout: "60s".into(),
+            keepalive_timeout: "60s".into(),
+            max_head_bytes: 32 * 1024,
+            max_connections: 100_000,
+            max_requests_per_connection: 10_000,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -116,6 +146,7 @@ impl Default for ServerConfig {
             state_dir: "/tmp/switchyard".into(),
             access_log: "stdout".into(),
             http1_engine: true,
+            limits: LimitsConfig::default(),
         }
     }
 }

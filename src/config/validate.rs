@@ -119,6 +119,9 @@ fn server(config: &Config, e: &mut Errors) {
             e.push(format!("server.{key}"), "must not be empty");
         }
     }
+    if let Err(errors) = crate::policy::limits::Limits::from_config(&s.limits) {
+        e.0.extend(errors);
+    }
     if s.access_log.trim().is_empty() {
         e.push("server.access_log", "must be stdout, off or a file path");
     }

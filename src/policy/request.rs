@@ -13,8 +13,6 @@ use std::fmt;
 
 /// Longest request target accepted (nginx's default large_client_header_buffers line is 8 KiB).
 pub const MAX_TARGET: usize = 8192;
-/// Largest request head accepted, on both paths (431 above).
-pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// Most header fields a request may have (431 above).
 pub const MAX_FIELDS: usize = 100;
 

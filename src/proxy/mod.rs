@@ -20,6 +20,7 @@ pub use h1::Engine;
 pub use listener::TcpListeners;
 
 use crate::metrics::{Metrics, Rejection, Series, UpstreamError};
+use crate::policy::limits::Limits;
 use crate::policy::request::{self, Refusal};
 use crate::release::{self, Decision, Outcome, RequestView, RouteId, UpstreamId};
 use crate::state::{Snapshot, State};
@@ -104,16 +105,25 @@ pub struct Proxy {
     state: Arc<State>,
     metrics: Arc<Metrics>,
     access_log: Option<Arc<AccessLog>>,
+    /// `server.limits` (server settings take effect at start-up).
+    limits: Limits,
 }
 
 impl Proxy {
     pub fn new(state: Arc<State>, access_log: Option<Arc<AccessLog>>) -> Self {
         let metrics = state.metrics().clone();
+        let limits = Limits::from_config(&state.load().config.server.limits).unwrap_or_default();
         Proxy {
             state,
             metrics,
             access_log,
+            limits,
         }
+    }
+
+    /// The per-connection limits both request paths apply.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The series of `target` on this request's route, if a route was decided.
@@ -310,6 +320,11 @@ impl ProxyHttp for Proxy {
                 .get(&id_name)
                 .map(|v| v.as_bytes()),
         );
+        // The client side of the exchange under `server.limits`: a stalled body or an unread response
+        // never pins an upstream connection past them.
+        session.set_read_timeout(Some(self.limits.body_timeout));
+        session.set_write_timeout(Some(self.limits.send_timeout));
+        session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
         // The shared request rules, before anything is decided (SPEC §3 step 0). Pingora's parser
         // drops a Content-Length sent with Transfer-Encoding; the raw head still shows it.
         let length_with_chunked = session
@@ -322,7 +337,7 @@ impl ProxyHttp for Proxy {
         let checked = if length_with_chunked {
             Err(Refusal::LengthWithTransferEncoding)
         } else {
-            check_request(session.req_header())
+            check_request(session.req_header(), self.limits.max_head_bytes)
         };
         let route_path = match checked {
             Ok(checked) => {
@@ -712,7 +727,10 @@ struct Checked {
 /// The shared request rules ([`crate::policy::request`]) over a head Pingora parsed: the target
 /// (origin-form, or absolute-form and HTTP/2's scheme and authority), the Host, the framing, and the
 /// head's size.
-fn check_request(req: &pingora::http::RequestHeader) -> std::result::Result<Checked, Refusal> {
+fn check_request(
+    req: &pingora::http::RequestHeader,
+    max_head_bytes: usize,
+) -> std::result::Result<Checked, Refusal> {
     let headers = &req.headers;
     if headers.len() > request::MAX_FIELDS {
         return Err(Refusal::HeadTooLarge);
@@ -722,7 +740,7 @@ fn check_request(req: &pingora::http::RequestHeader) -> std::result::Result<Chec
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
         + req.raw_path().len();
-    if head_bytes > request::MAX_HEAD_BYTES {
+    if head_bytes > max_head_bytes {
         return Err(Refusal::HeadTooLarge);
     }
     let raw = std::str::from_utf8(req.raw_path()).map_err(|_| Refusal::InvalidCharacter)?;

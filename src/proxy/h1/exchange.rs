@@ -81,8 +81,9 @@ pub(super) async fn send_request(
     while *body_left > 0 {
         if c.buf.is_empty() {
             c.buf.reserve(READ_CHUNK);
-            match c.stream.read_buf(&mut c.buf).await {
-                Ok(n) if n > 0 => {}
+            // A client that stops sending its body for `body_timeout` is taken as gone.
+            match fast_timeout(c.limits.body_timeout, c.stream.read_buf(&mut c.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
                 _ => return Err(None),
             }
         }
@@ -120,7 +121,7 @@ pub(super) async fn read_response_head(
                 Some(Ok(n)) => n,
                 Some(Err(())) => return Err(Some(invalid())),
             };
-            if !write_client(&mut c.stream, &c.up_buf[..n], false).await {
+            if !write_client(&mut c.stream, &c.up_buf[..n], false, c.limits.send_timeout).await {
                 return Err(None);
             }
             c.up_buf.advance(n);
@@ -219,7 +220,7 @@ pub(super) async fn relay_response(
             }
         };
         let last = !matches!(done, Ok(None)) && relayed.client_close;
-        if !write_client(&mut c.stream, &c.resp_out, last).await {
+        if !write_client(&mut c.stream, &c.resp_out, last, c.limits.send_timeout).await {
             relayed.client_ok = false;
             return relayed;
         }

@@ -35,6 +35,7 @@ mod shadow;
 use super::listener::PlainTcp;
 use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy, REQUEST_ID_HEADER};
 use crate::metrics::{Rejection, UpstreamError};
+use crate::policy::limits::Limits;
 use crate::policy::request::{self, Refusal};
 use crate::release::{self, Decision, Headers, Outcome, RequestView};
 use crate::state::Snapshot;
@@ -64,8 +65,6 @@ const MAX_FIELDS: usize = 100;
 const MAX_RESPONSE_FIELDS: usize = 200;
 /// Longest request or response head the engine reads.
 const MAX_HEAD: usize = 64 * 1024;
-/// How long an idle client connection is kept open for its next request (Pingora's default too).
-const KEEPALIVE: Duration = Duration::from_secs(60);
 const READ_CHUNK: usize = 16 * 1024;
 /// Room for an upstream request head or a response head with the part of its body that came with
 /// it, so that a typical head is written without growing its buffer.
@@ -98,10 +97,16 @@ impl ServerApp for Engine {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _open = super::drain::OpenConnection::new();
+        let limits = self.proxy.limits();
+        if super::drain::open_connections() > limits.max_connections {
+            // Over `server.limits.max_connections`: closed at once, as nginx does past its
+            // worker_connections, so the connections already open keep being served.
+            return None;
+        }
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.full.process_new(stream, shutdown).await;
         }
-        let mut c = Conn::new(stream);
+        let mut c = Conn::new(stream, limits);
         let mut shutdown = shutdown.clone();
         loop {
             match self.serve_one(&mut c, &mut shutdown).await {
@@ -132,11 +137,13 @@ struct Conn {
     /// The client's address, looked up (`getpeername`) the first time a decision needs it.
     client_ip: Option<Option<IpAddr>>,
     served: u32,
+    limits: Limits,
 }
 
 impl Conn {
-    fn new(stream: Stream) -> Self {
+    fn new(stream: Stream, limits: Limits) -> Self {
         Conn {
+            limits,
             stream,
             buf: BytesMut::with_capacity(4096),
             up_buf: BytesMut::new(),
@@ -188,9 +195,10 @@ impl Engine {
             HeadRead::Complete => {}
             HeadRead::Closed => return Next::Close,
             HeadRead::TooLarge => {
+                // The head did not fit in `limits.max_head_bytes`: 431, as nginx and HAProxy do.
                 return self
                     .refuse(c, Ctx::default(), Refusal::HeadTooLarge, None)
-                    .await
+                    .await;
             }
         }
         let mut ctx = Ctx::default();
@@ -259,7 +267,7 @@ impl Engine {
             }
             _ => return Parsed::HandOff,
         };
-        if head_len > request::MAX_HEAD_BYTES {
+        if head_len > c.limits.max_head_bytes {
             return Parsed::Refused(Refusal::HeadTooLarge, None);
         }
         let (Some(method), Some(raw_target), Some(1)) =
@@ -462,7 +470,7 @@ impl Engine {
         };
 
         // `up_buf` holds a complete, final response head.
-        let close = req.client_close || *shutdown.borrow();
+        let close = req.client_close || *shutdown.borrow() || last_request(c);
         let head = write_response_head(
             &mut c.resp_out,
             &c.up_buf,
@@ -512,7 +520,8 @@ impl Engine {
         answer: Answer,
     ) -> Next {
         // A body still in flight is not read: the connection closes after the answer.
-        let close = req.client_close || req.body_unread > 0 || *shutdown.borrow();
+        let close =
+            req.client_close || req.body_unread > 0 || *shutdown.borrow() || last_request(c);
         let (status, body) = (answer.status(), answer.body());
         let out = &mut c.resp_out;
         out.clear();
@@ -528,7 +537,7 @@ impl Engine {
         if !req.head {
             out.extend_from_slice(body.as_bytes());
         }
-        let sent = write_client(&mut c.stream, &c.resp_out, close).await;
+        let sent = write_client(&mut c.stream, &c.resp_out, close, c.limits.send_timeout).await;
         let status = if sent { status } else { 499 };
         self.proxy
             .record(&mut ctx, status, || req.logged.take().unwrap_or_default());
@@ -566,7 +575,7 @@ impl Engine {
         field(out, REQUEST_ID_HEADER.as_bytes(), ctx.request_id.as_bytes());
         out.extend_from_slice(b"connection: close\r\n\r\n");
         out.extend_from_slice(body.as_bytes());
-        let sent = write_client(&mut c.stream, &c.resp_out, true).await;
+        let sent = write_client(&mut c.stream, &c.resp_out, true, c.limits.send_timeout).await;
         let status = if sent { status } else { 499 };
         self.proxy
             .record(&mut ctx, status, || logged.unwrap_or_default());
@@ -584,8 +593,14 @@ impl Engine {
         session.set_keepalive(if *shutdown.borrow() {
             None
         } else {
-            Some(KEEPALIVE.as_secs())
+            Some(c.limits.keepalive_timeout.as_secs().max(1))
         });
+        // What is left of `max_requests_per_connection`, as reuses after this request.
+        let left = c
+            .limits
+            .max_requests_per_connection
+            .saturating_sub(c.served);
+        session.set_keepalive_reuses_remaining(Some(left.saturating_sub(1)));
         let mut result = self.full.process_new_http(session, shutdown).await;
         while let Some((stream, settings)) = result.map(|r| r.consume()) {
             let mut session = ServerSession::new_http1(stream);
@@ -605,45 +620,55 @@ enum HeadRead {
     TooLarge,
 }
 
-/// Reads until `c.buf` holds a whole request head. An idle connection waits up to [`KEEPALIVE`]
-/// for its next request and closes at shutdown; one accepted just before shutdown still gets
-/// `first_request` for its first.
+/// Reads until `c.buf` holds a whole request head. The head must arrive within
+/// `limits.header_timeout` of its first byte (of accept, for a connection's first request): a client
+/// sending it a byte at a time is closed (slowloris). An idle keep-alive connection waits up to
+/// `limits.keepalive_timeout` for its next request and closes at shutdown; one accepted just before
+/// shutdown still gets `first_request` for its first.
 async fn read_head(
     c: &mut Conn,
     shutdown: &mut ShutdownWatch,
     first_request: Duration,
 ) -> HeadRead {
+    let mut deadline = (c.served == 0).then(|| Instant::now() + c.limits.header_timeout);
     loop {
         if !c.buf.is_empty() && head_complete(&c.buf) {
             return HeadRead::Complete;
         }
-        if c.buf.len() > request::MAX_HEAD_BYTES {
+        if c.buf.len() > c.limits.max_head_bytes {
             return HeadRead::TooLarge;
         }
         if c.buf.capacity() - c.buf.len() < 1024 {
             c.buf.reserve(4096);
         }
         let idle = c.buf.is_empty();
+        if !idle && deadline.is_none() {
+            deadline = Some(Instant::now() + c.limits.header_timeout);
+        }
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => c.limits.keepalive_timeout,
+        };
         let read = if !idle {
-            fast_timeout(KEEPALIVE, c.stream.read_buf(&mut c.buf)).await
+            fast_timeout(wait, c.stream.read_buf(&mut c.buf)).await
         } else if *shutdown.borrow() {
             if c.served > 0 {
                 return HeadRead::Closed;
             }
-            fast_timeout(first_request, c.stream.read_buf(&mut c.buf)).await
+            fast_timeout(first_request.min(wait), c.stream.read_buf(&mut c.buf)).await
         } else {
             let served = c.served;
             let stream = &mut c.stream;
             let buf = &mut c.buf;
-            let wait = fast_timeout(KEEPALIVE, stream.read_buf(buf));
-            tokio::pin!(wait);
+            let read = fast_timeout(wait, stream.read_buf(buf));
+            tokio::pin!(read);
             tokio::select! {
-                r = &mut wait => r,
+                r = &mut read => r,
                 changed = shutdown.changed() => {
                     if changed.is_ok() && served > 0 {
                         return HeadRead::Closed;
                     }
-                    fast_timeout(first_request, wait).await.unwrap_or_else(Err)
+                    fast_timeout(first_request, read).await.unwrap_or_else(Err)
                 }
             }
         };
@@ -652,6 +677,12 @@ async fn read_head(
             _ => return HeadRead::Closed,
         }
     }
+}
+
+/// Whether the request being served is the last `limits.max_requests_per_connection` allows: its
+/// response then says `Connection: close`.
+fn last_request(c: &Conn) -> bool {
+    c.served.saturating_add(1) >= c.limits.max_requests_per_connection
 }
 
 /// Closes our side of a connection whose request body is still arriving, then reads and discards
@@ -684,14 +715,22 @@ async fn linger(c: &mut Conn, mut unread: u64) {
 /// Any other write goes out with Nagle's algorithm off, so that a small write never waits for the
 /// ACK of the one before it. The last write does not need it (closing sends what is queued at
 /// once), so a connection answered in one write and closed saves the system call, as with nginx.
-async fn write_client(stream: &mut Stream, data: &[u8], last: bool) -> bool {
+///
+/// A client that does not read for `send_timeout` is taken as gone.
+async fn write_client(
+    stream: &mut Stream,
+    data: &[u8],
+    last: bool,
+    send_timeout: Duration,
+) -> bool {
     if data.is_empty() {
         return true;
     }
     if !last {
         nodelay(stream);
     }
-    stream.write_all(data).await.is_ok() && stream.flush().await.is_ok()
+    let write = async { stream.write_all(data).await.is_ok() && stream.flush().await.is_ok() };
+    fast_timeout(send_timeout, write).await.unwrap_or(false)
 }
 
 /// TCP_NODELAY on a client connection. Pingora's listeners set it on what they accept (TLS); the
@@ -718,12 +757,12 @@ mod tests {
         };
         assert!(!on(&stream));
         // A connection's last write goes out as it is.
-        assert!(write_client(&mut stream, b"a", true).await);
+        assert!(write_client(&mut stream, b"a", true, Duration::from_secs(5)).await);
         assert!(!on(&stream));
         // Any other turns Nagle's algorithm off first, and it stays off.
-        assert!(write_client(&mut stream, b"b", false).await);
+        assert!(write_client(&mut stream, b"b", false, Duration::from_secs(5)).await);
         assert!(on(&stream));
-        assert!(write_client(&mut stream, b"c", true).await);
+        assert!(write_client(&mut stream, b"c", true, Duration::from_secs(5)).await);
         assert!(on(&stream));
         let mut got = [0u8; 3];
         client.read_exact(&mut got).await.unwrap();

@@ -1,0 +1,149 @@
+//! `server.limits` against clients that stall: a head sent a byte at a time, a body that never comes,
+//! an idle keep-alive connection, a connection that keeps asking. Short limits here; the defaults are
+//! nginx's and HAProxy's.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const LIMITS: &str = "  limits: {header_timeout: 600ms, body_timeout: 600ms, send_timeout: 600ms, keepalive_timeout: 1s, max_requests_per_connection: 3, max_connections: 50}\n";
+
+fn start() -> (ProxyProcess, RunningBackend) {
+    let v1 = backend("v1");
+    let body = format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 1}}}}\n",
+        v1.addr
+    );
+    let proxy = ProxyProcess::start_full(&body, "off", LIMITS, std::process::Stdio::null());
+    (proxy, v1)
+}
+
+/// Waits until the proxy closes `s` (EOF or reset), reading and discarding what it sends; returns how
+/// long that took. Panics after `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> (Duration, Vec<u8>) {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return (start.elapsed(), seen),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return (start.elapsed(), seen),
+        }
+    }
+    panic!(
+        "still open after {limit:?}; got {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
+/// Slowloris: a head trickling in a byte every 100 ms is cut off at `header_timeout`, however long
+/// each pause is. (Enforced where heads are read: on the engine, which reads every plain and TLS
+/// HTTP/1 head before anything else. Pingora's pipeline alone bounds each read, not the head.)
+#[test]
+fn a_head_sent_a_byte_at_a_time_is_closed_at_header_timeout() {
+    let (proxy, v1) = start();
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n").unwrap();
+    let start = Instant::now();
+    let mut closed = false;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        if s.write_all(b"X").is_err() {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 1];
+        s.set_nonblocking(true).unwrap();
+        let eof = matches!(s.read(&mut probe), Ok(0));
+        s.set_nonblocking(false).unwrap();
+        if eof {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickling head was still open after 4 s");
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(2000), "closed after {took:?}");
+    assert_eq!(v1.control.requests(), 0);
+    // A connection that sends nothing at all is closed the same way.
+    let mut idle = TcpStream::connect(proxy.addr).unwrap();
+    let (took, _) = closed_within(&mut idle, Duration::from_secs(4));
+    assert!(took >= Duration::from_millis(400), "closed after {took:?}");
+}
+
+/// A body declared and never sent: the client is let go after `body_timeout`, and the upstream
+/// connection with it.
+fn a_body_that_stalls_is_cut_off_at_body_timeout() {
+    let (proxy, _v1) = start();
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    let (took, _) = closed_within(&mut s, Duration::from_secs(5));
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    // The proxy still serves.
+    assert_eq!(get(&client(), &proxy.url("/"), &[]).status, 200);
+}
+
+/// An idle keep-alive connection is closed after `keepalive_timeout`.
+fn an_idle_keepalive_connection_is_closed_at_keepalive_timeout() {
+    let (proxy, _v1) = start();
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (took, _) = closed_within(&mut s, Duration::from_secs(5));
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+}
+
+/// After `max_requests_per_connection` requests the last answer says `Connection: close` and the
+/// connection ends.
+fn a_connection_serves_at_most_max_requests() {
+    let (proxy, _v1) = start();
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "closed early");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).unwrap();
+        answers.push(head);
+    }
+    assert!(!answers[1].contains("connection: close"), "{}", answers[1]);
+    assert!(answers[2].contains("connection: close"), "{}", answers[2]);
+    let (took, _) = closed_within(&mut s, Duration::from_secs(3));
+    assert!(took < Duration::from_secs(1));
+}
+
+on_both_paths!(
+    a_body_that_stalls_is_cut_off_at_body_timeout,
+    an_idle_keepalive_connection_is_closed_at_keepalive_timeout,
+    a_connection_serves_at_most_max_requests,
+);
