@@ -21,7 +21,27 @@ on_both_paths!(
     refusals_are_counted_and_logged,
     a_response_with_both_framings_keeps_only_the_coding,
     each_test_runs_on_the_path_it_names,
+    fields_named_by_connection_are_hop_by_hop,
 );
+
+/// A field the client's `Connection` names is hop-by-hop (RFC 9110 §7.6.1): not forwarded, on either
+/// path; other fields are.
+fn fields_named_by_connection_are_hop_by_hop() {
+    let edge = start();
+    let (status, text) = raw(
+        &edge,
+        b"GET /api/x HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nX-Other: 2\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{text}");
+    let body: serde_json::Value =
+        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let headers = body["headers"].as_object().unwrap();
+    let has = |name: &str| headers.keys().any(|k| k.eq_ignore_ascii_case(name));
+    let path = request_path();
+    assert!(!has("x-secret-hop"), "{path:?}: {headers:?}");
+    assert!(!has("te") && !has("connection"), "{path:?}: {headers:?}");
+    assert!(has("x-other"), "{path:?}: {headers:?}");
+}
 
 /// The guard of this suite: a test instantiated for Pingora's pipeline really runs without the engine.
 fn each_test_runs_on_the_path_it_names() {

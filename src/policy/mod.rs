@@ -2,5 +2,6 @@
 //! Pingora's pipeline in `proxy`): written once here and called from both. Nothing in this tree knows
 //! a parser's types; it takes bytes and strings.
 
+pub mod headers;
 pub mod limits;
 pub mod request;

@@ -4,6 +4,7 @@
 use super::body::{self, Framing};
 use super::MAX_RESPONSE_FIELDS;
 use crate::metrics::UpstreamError;
+use crate::policy::headers::{hop_by_hop_request, hop_by_hop_response, Nominated};
 use crate::policy::request::{self, Refusal};
 use crate::proxy::mirror::Captured;
 use crate::proxy::{CLIENT_HEADER, HEADER_PREFIX, REQUEST_ID_HEADER};
@@ -26,6 +27,8 @@ pub(super) struct RequestFields<'a> {
     codings: [&'a [u8]; FRAMING_FIELDS],
     coding_count: usize,
     pub(super) close: bool,
+    /// Fields the client's `Connection` names: hop-by-hop, never forwarded.
+    pub(super) nominated: Nominated<'a>,
     /// `Expect` or `Upgrade`: the request goes to Pingora's pipeline.
     pub(super) hand_off: bool,
 }
@@ -42,6 +45,7 @@ impl<'a> RequestFields<'a> {
             codings: [b""; FRAMING_FIELDS],
             coding_count: 0,
             close: false,
+            nominated: Nominated::default(),
             hand_off: false,
         };
         for i in 0..fields.len() {
@@ -61,6 +65,7 @@ impl<'a> RequestFields<'a> {
                         .value
                         .split(|b| *b == b',')
                         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+                    f.hand_off |= !f.nominated.add(h.value);
                 }
                 12 if name.eq_ignore_ascii_case(REQUEST_ID_HEADER.as_bytes()) => {
                     f.request_id = Some(h.value);
@@ -116,36 +121,6 @@ impl<'a> RequestFields<'a> {
     }
 }
 
-/// Request fields that are the proxy's own business and never forwarded (Pingora strips the same).
-pub(super) fn hop_by_hop_request(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 10] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"http2-settings",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
-/// Response fields the proxy sets itself or that describe only the upstream connection.
-pub(super) fn hop_by_hop_response(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 6] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"upgrade",
-        b"trailer",
-        b"x-request-id",
-    ];
-    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
-}
-
 pub(super) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -179,6 +154,7 @@ pub(super) fn write_request_head(
     method: &str,
     target: &str,
     fields: &[httparse::Header<'_>],
+    nominated: &Nominated<'_>,
     request_id: &str,
     client: Option<&str>,
 ) {
@@ -189,7 +165,10 @@ pub(super) fn write_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in fields {
         let name = h.name.as_bytes();
-        if hop_by_hop_request(name) || name.eq_ignore_ascii_case(REQUEST_ID_HEADER.as_bytes()) {
+        if hop_by_hop_request(name)
+            || name.eq_ignore_ascii_case(REQUEST_ID_HEADER.as_bytes())
+            || nominated.names(name)
+        {
             continue;
         }
         field(out, name, h.value);

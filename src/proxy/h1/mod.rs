@@ -327,6 +327,7 @@ impl Engine {
                 method,
                 target,
                 &parsed.headers[..h.kept],
+                &h.nominated,
                 &ctx.request_id,
                 d.client.map(|id| snapshot.table.client_name(id)),
             );
