@@ -7,7 +7,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
 use switchyard::config::Config;
-use switchyard::release::{decide, Headers, Outcome, ReleaseTable, RequestView};
+use switchyard::release::{decide, FieldPairs, Headers, Outcome, ReleaseTable, RequestView};
 
 const FIVE_RULES: &str = r#"
 clients:
@@ -91,8 +91,9 @@ fn benches(c: &mut Criterion) {
     let mut fields = [httparse::EMPTY_HEADER; 16];
     let mut parsed = httparse::Request::new(&mut fields);
     parsed.parse(raw_head).unwrap();
+    let pairs: Vec<(&str, &[u8])> = parsed.headers.iter().map(|h| (h.name, h.value)).collect();
     let raw = RequestView {
-        headers: Headers::Raw(parsed.headers),
+        headers: Headers::Raw(&FieldPairs(&pairs)),
         ..request(&headers, "api.example.com", "/api/payments/123")
     };
     assert_eq!(
@@ -110,12 +111,17 @@ fn benches(c: &mut Criterion) {
                 let mut fields = [httparse::EMPTY_HEADER; 16];
                 let mut parsed = httparse::Request::new(&mut fields);
                 parsed.parse(black_box(raw_head)).unwrap();
+                let mut pairs = [("", &b""[..]); 16];
+                for (slot, h) in pairs.iter_mut().zip(parsed.headers.iter()) {
+                    *slot = (h.name, h.value);
+                }
+                let n = parsed.headers.len();
                 let view = RequestView {
                     method: parsed.method.unwrap(),
                     host: "api.example.com",
                     path: "/api/payments/123",
                     query: Some("page=2&sort=desc"),
-                    headers: Headers::Raw(parsed.headers),
+                    headers: Headers::Raw(&FieldPairs(&pairs[..n])),
                     client_ip: None,
                 };
                 decide(black_box(&table), &view, &mut || 7)

@@ -40,13 +40,40 @@ pub struct RequestView<'a> {
     pub client_ip: Option<IpAddr>,
 }
 
-/// A request's header fields as the decision reads them: Pingora's parsed map, or the raw fields of
-/// Switchyard's HTTP/1 engine (names as sent, in any case). Either way, client-sent `X-Switchyard-*`
-/// fields are already left out.
-#[derive(Debug, Clone, Copy)]
+/// A request's header fields as the decision reads them: Pingora's parsed map, or the raw fields a
+/// wire parser left (Switchyard's HTTP/1 engine: names as sent, in any case). Either way, client-sent
+/// `X-Switchyard-*` fields are already left out. The decision knows no parser's types.
+#[derive(Clone, Copy)]
 pub enum Headers<'a> {
     Map(&'a HeaderMap),
-    Raw(&'a [httparse::Header<'a>]),
+    Raw(&'a dyn RawFields<'a>),
+}
+
+impl std::fmt::Debug for Headers<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Headers::Map(m) => f.debug_tuple("Map").field(m).finish(),
+            Headers::Raw(r) => f.debug_tuple("Raw").field(&r.count()).finish(),
+        }
+    }
+}
+
+/// Header fields in the order a parser found them: (name as sent, value).
+pub trait RawFields<'a> {
+    fn count(&self) -> usize;
+    fn field(&self, i: usize) -> Option<(&'a str, &'a [u8])>;
+}
+
+/// Fields given as (name, value) pairs (tests, benches, the admin API's explain).
+pub struct FieldPairs<'s, 'a>(pub &'s [(&'a str, &'a [u8])]);
+
+impl<'s, 'a: 's> RawFields<'s> for FieldPairs<'s, 'a> {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+    fn field(&self, i: usize) -> Option<(&'s str, &'s [u8])> {
+        self.0.get(i).copied()
+    }
 }
 
 impl<'a> From<&'a HeaderMap> for Headers<'a> {
@@ -69,7 +96,7 @@ impl<'a> Headers<'a> {
     pub fn values<'n>(self, name: &'n HeaderName) -> Values<'a, 'n> {
         match self {
             Headers::Map(m) => Values::Map(m.get_all(name).iter()),
-            Headers::Raw(fields) => Values::Raw(fields.iter(), name.as_str()),
+            Headers::Raw(fields) => Values::Raw(fields, 0, name.as_str()),
         }
     }
 }
@@ -77,7 +104,7 @@ impl<'a> Headers<'a> {
 /// The values of one header name (see [`Headers::values`]).
 pub enum Values<'a, 'n> {
     Map(http::header::ValueIter<'a, http::HeaderValue>),
-    Raw(std::slice::Iter<'a, httparse::Header<'a>>, &'n str),
+    Raw(&'a dyn RawFields<'a>, usize, &'n str),
 }
 
 impl<'a> Iterator for Values<'a, '_> {
@@ -87,9 +114,15 @@ impl<'a> Iterator for Values<'a, '_> {
         match self {
             Values::Map(it) => it.next().map(|v| v.as_bytes()),
             // `HeaderName`s are lowercase; the raw names are compared without regard to case.
-            Values::Raw(it, name) => it
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| h.value),
+            Values::Raw(fields, next, name) => {
+                while let Some((n, v)) = fields.field(*next) {
+                    *next += 1;
+                    if n.eq_ignore_ascii_case(name) {
+                        return Some(v);
+                    }
+                }
+                None
+            }
         }
     }
 }

@@ -10,6 +10,18 @@ use crate::proxy::mirror::Captured;
 use crate::proxy::{CLIENT_HEADER, HEADER_PREFIX, REQUEST_ID_HEADER};
 use std::mem::MaybeUninit;
 
+/// The fields httparse found, as the decision reads raw fields.
+pub(super) struct ParsedFields<'h, 'a>(pub(super) &'h [httparse::Header<'a>]);
+
+impl<'h, 'a: 'h> crate::release::RawFields<'h> for ParsedFields<'h, 'a> {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+    fn field(&self, i: usize) -> Option<(&'h str, &'h [u8])> {
+        self.0.get(i).map(|h| (h.name, h.value))
+    }
+}
+
 /// Up to this many Content-Length or Transfer-Encoding fields are kept for the framing check; more
 /// is refused as ambiguous.
 const FRAMING_FIELDS: usize = 4;

@@ -44,7 +44,7 @@ use bytes::{Buf, BytesMut};
 use exchange::{connect, read_response_head, relay_response, send_request};
 use head::{
     field, head_complete, reason, status_line, write_request_head, write_response_head,
-    RequestFields,
+    ParsedFields, RequestFields,
 };
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
@@ -306,12 +306,13 @@ impl Engine {
         let query = target.query;
         let target = &*target.forward;
         ctx.request_id = request_id::settle(h.request_id);
+        let kept_fields = ParsedFields(&parsed.headers[..h.kept]);
         let view = RequestView {
             method,
             host,
             path,
             query,
-            headers: Headers::Raw(&parsed.headers[..h.kept]),
+            headers: Headers::Raw(&kept_fields),
             client_ip: c.client_ip.flatten(),
         };
         let outcome = release::decide(&snapshot.table, &view, &mut random_bucket);
