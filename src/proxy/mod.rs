@@ -10,7 +10,7 @@
 pub mod access_log;
 mod drain;
 mod h1;
-mod listener;
+pub(crate) mod listener;
 pub mod mirror;
 mod request_id;
 
@@ -719,15 +719,15 @@ async fn respond_json(session: &mut Session, answer: Answer, request_id: &str) -
 
 /// A request that passed the shared rules: the path to route on when normalisation changed it, and the
 /// URI to send upstream instead of the client's.
-struct Checked {
-    route_path: Option<String>,
-    uri: Option<http::Uri>,
+pub(crate) struct Checked {
+    pub(crate) route_path: Option<String>,
+    pub(crate) uri: Option<http::Uri>,
 }
 
 /// The shared request rules ([`crate::policy::request`]) over a head Pingora parsed: the target
 /// (origin-form, or absolute-form and HTTP/2's scheme and authority), the Host, the framing, and the
 /// head's size.
-fn check_request(
+pub(crate) fn check_request(
     req: &pingora::http::RequestHeader,
     max_head_bytes: usize,
 ) -> std::result::Result<Checked, Refusal> {

@@ -27,6 +27,8 @@
 //! to send its first request, and lets Pingora's cleanup run only after that window.
 
 mod body;
+#[cfg(test)]
+mod differential;
 mod exchange;
 mod head;
 mod pool;
@@ -161,6 +163,82 @@ enum Next {
     HandOff,
 }
 
+/// A request head read by the engine's parser and judged by the shared request rules. Returned on the
+/// stack by a plain function and taken apart at once: boxing the large variant would cost every
+/// request an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Head<'b, 'h> {
+    Accepted(Accepted<'b, 'h>),
+    /// For Pingora's pipeline: what httparse refuses, HTTP/1.0, CONNECT, chunked bodies, Expect,
+    /// Upgrade, absolute-form targets.
+    HandOff,
+    /// Refused, with the method and target when they could be read.
+    Refused(Refusal, Option<(&'b str, &'b str)>),
+}
+
+struct Accepted<'b, 'h> {
+    head_len: usize,
+    method: &'b str,
+    target: request::Target<'b>,
+    fields: RequestFields<'b>,
+    headers: &'h [httparse::Header<'b>],
+    host: &'b str,
+    length: Option<u64>,
+}
+
+/// Parses the request head at the start of `buf` and applies the shared request rules to it. Pure:
+/// the engine serves by it, and the differential tests hold it against Pingora's parser.
+fn classify<'b, 'h>(
+    buf: &'b [u8],
+    fields: &'h mut [MaybeUninit<httparse::Header<'b>>],
+    max_head_bytes: usize,
+) -> Head<'b, 'h> {
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_len = match parsed.parse_with_uninit_headers(buf, fields) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Err(httparse::Error::TooManyHeaders) => return Head::Refused(Refusal::HeadTooLarge, None),
+        _ => return Head::HandOff,
+    };
+    if head_len > max_head_bytes {
+        return Head::Refused(Refusal::HeadTooLarge, None);
+    }
+    let (Some(method), Some(raw_target), Some(1)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Head::HandOff;
+    };
+    if method == "CONNECT" {
+        return Head::HandOff;
+    }
+    let seen = Some((method, raw_target));
+    let target = match request::target(raw_target) {
+        Ok(t) => t,
+        Err(why) => return Head::Refused(why, seen),
+    };
+    let headers = std::mem::take(&mut parsed.headers);
+    let h = RequestFields::sort(headers);
+    let host = match h.host(target.authority) {
+        Ok(host) => host,
+        Err(why) => return Head::Refused(why, seen),
+    };
+    let length = match h.framing() {
+        Ok(length) => length,
+        Err(why) => return Head::Refused(why, seen),
+    };
+    // Chunked bodies, Expect and Upgrade, and absolute-form targets are Pingora's to relay.
+    if h.chunked() || h.hand_off || target.authority.is_some() {
+        return Head::HandOff;
+    }
+    Head::Accepted(Accepted {
+        head_len,
+        method,
+        target,
+        fields: h,
+        headers,
+        host,
+        length,
+    })
+}
+
 /// A request head as the engine takes it.
 enum Parsed {
     Request(Request, Outcome),
@@ -259,54 +337,35 @@ impl Engine {
     fn parse_request(&self, c: &mut Conn, snapshot: &Snapshot, ctx: &mut Ctx) -> Parsed {
         // Left uninitialised: httparse writes only the fields it finds.
         let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
-        let mut parsed = httparse::Request::new(&mut []);
-        let head_len = match parsed.parse_with_uninit_headers(&c.buf, &mut fields) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Err(httparse::Error::TooManyHeaders) => {
-                return Parsed::Refused(Refusal::HeadTooLarge, None)
+        let head = match classify(&c.buf, &mut fields, c.limits.max_head_bytes) {
+            Head::Accepted(head) => head,
+            Head::HandOff => return Parsed::HandOff,
+            Head::Refused(why, seen) => {
+                let logged = seen.and_then(|(method, raw_target)| {
+                    self.proxy.access_log.as_ref().map(|_| {
+                        let m = http::Method::from_bytes(method.as_bytes()).unwrap_or_default();
+                        // The query string is never logged (it may carry secrets).
+                        (m, raw_target.split('?').next().unwrap_or("").to_string())
+                    })
+                });
+                return Parsed::Refused(why, logged);
             }
-            _ => return Parsed::HandOff,
         };
-        if head_len > c.limits.max_head_bytes {
-            return Parsed::Refused(Refusal::HeadTooLarge, None);
-        }
-        let (Some(method), Some(raw_target), Some(1)) =
-            (parsed.method, parsed.path, parsed.version)
-        else {
-            return Parsed::HandOff;
-        };
-        let logged = || {
-            self.proxy.access_log.as_ref().map(|_| {
-                let m = http::Method::from_bytes(method.as_bytes()).unwrap_or_default();
-                // The query string is never logged (it may carry secrets).
-                (m, raw_target.split('?').next().unwrap_or("").to_string())
-            })
-        };
-        if method == "CONNECT" {
-            return Parsed::HandOff;
-        }
-        let target = match request::target(raw_target) {
-            Ok(t) => t,
-            Err(why) => return Parsed::Refused(why, logged()),
-        };
-        let h = RequestFields::sort(parsed.headers);
-        let host = match h.host(target.authority) {
-            Ok(host) => host,
-            Err(why) => return Parsed::Refused(why, logged()),
-        };
-        let length = match h.framing() {
-            Ok(length) => length,
-            Err(why) => return Parsed::Refused(why, logged()),
-        };
-        // Chunked bodies, Expect and Upgrade, and absolute-form targets are Pingora's to relay.
-        if h.chunked() || h.hand_off || target.authority.is_some() {
-            return Parsed::HandOff;
-        }
+        let Accepted {
+            head_len,
+            method,
+            target,
+            fields: h,
+            headers,
+            host,
+            length,
+        } = head;
+        let parsed_headers = headers;
         let path = &*target.route_path;
         let query = target.query;
         let target = &*target.forward;
         ctx.request_id = request_id::settle(h.request_id);
-        let kept_fields = ParsedFields(&parsed.headers[..h.kept]);
+        let kept_fields = ParsedFields(&parsed_headers[..h.kept]);
         let view = RequestView {
             method,
             host,
@@ -327,7 +386,7 @@ impl Engine {
                 &mut c.req_out,
                 method,
                 target,
-                &parsed.headers[..h.kept],
+                &parsed_headers[..h.kept],
                 &h.nominated,
                 &ctx.request_id,
                 d.client.map(|id| snapshot.table.client_name(id)),
