@@ -146,4 +146,42 @@ on_both_paths!(
     a_body_that_stalls_is_cut_off_at_body_timeout,
     an_idle_keepalive_connection_is_closed_at_keepalive_timeout,
     a_connection_serves_at_most_max_requests,
+    a_connection_idle_past_the_buffer_release_serves_on,
 );
+
+/// A keep-alive connection idle long enough to give its buffers back serves its next requests as
+/// before, a large head included.
+fn a_connection_idle_past_the_buffer_release_serves_on() {
+    let v1 = backend("v1");
+    let body = format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 1}}}}\n",
+        v1.addr
+    );
+    let proxy = ProxyProcess::start(&body);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let big = "b".repeat(6000);
+    for round in 0..3 {
+        let request = format!("GET /r{round} HTTP/1.1\r\nHost: a.test\r\nX-Big: {big}\r\n\r\n");
+        s.write_all(request.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "closed in round {round}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).unwrap();
+        assert!(String::from_utf8_lossy(&body).contains(&format!("/r{round}")));
+        std::thread::sleep(Duration::from_millis(1300));
+    }
+}

@@ -140,12 +140,15 @@ struct Conn {
     client_ip: Option<Option<IpAddr>>,
     served: u32,
     limits: Limits,
+    /// The buffers were given back while idle (see [`IDLE_RELEASE`]).
+    lean: bool,
 }
 
 impl Conn {
     fn new(stream: Stream, limits: Limits) -> Self {
         Conn {
             limits,
+            lean: false,
             stream,
             buf: BytesMut::with_capacity(4096),
             up_buf: BytesMut::new(),
@@ -156,6 +159,23 @@ impl Conn {
         }
     }
 }
+
+impl Conn {
+    /// Gives back every buffer of an idle connection; they are taken again when its next request
+    /// arrives.
+    fn release_buffers(&mut self) {
+        self.buf = BytesMut::new();
+        self.up_buf = BytesMut::new();
+        self.req_out = Vec::new();
+        self.resp_out = Vec::new();
+        self.lean = true;
+    }
+}
+
+/// How long an idle keep-alive connection keeps its buffers before giving them back, as nginx frees
+/// an idle connection's buffers: a busy connection never allocates them again, and an edge with many
+/// idle clients holds little per connection.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 enum Next {
     KeepAlive,
@@ -692,6 +712,7 @@ async fn read_head(
     first_request: Duration,
 ) -> HeadRead {
     let mut deadline = (c.served == 0).then(|| Instant::now() + c.limits.header_timeout);
+    let idle_since = Instant::now();
     loop {
         if !c.buf.is_empty() && head_complete(&c.buf) {
             return HeadRead::Complete;
@@ -699,16 +720,20 @@ async fn read_head(
         if c.buf.len() > c.limits.max_head_bytes {
             return HeadRead::TooLarge;
         }
-        if c.buf.capacity() - c.buf.len() < 1024 {
-            c.buf.reserve(4096);
-        }
         let idle = c.buf.is_empty();
+        if c.buf.capacity() - c.buf.len() < 1024 {
+            // A lean idle connection waits with a few bytes of buffer, not a head's worth.
+            c.buf.reserve(if idle && c.lean { 64 } else { 4096 });
+        }
         if !idle && deadline.is_none() {
             deadline = Some(Instant::now() + c.limits.header_timeout);
         }
         let wait = match deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),
-            None => c.limits.keepalive_timeout,
+            None => c
+                .limits
+                .keepalive_timeout
+                .saturating_sub(idle_since.elapsed()),
         };
         let read = if !idle {
             fast_timeout(wait, c.stream.read_buf(&mut c.buf)).await
@@ -718,12 +743,15 @@ async fn read_head(
             }
             fast_timeout(first_request.min(wait), c.stream.read_buf(&mut c.buf)).await
         } else {
+            // Between requests: after IDLE_RELEASE the buffers are given back.
+            let release = deadline.is_none() && !c.lean && wait > IDLE_RELEASE;
+            let wait = if release { IDLE_RELEASE } else { wait };
             let served = c.served;
             let stream = &mut c.stream;
             let buf = &mut c.buf;
             let read = fast_timeout(wait, stream.read_buf(buf));
             tokio::pin!(read);
-            tokio::select! {
+            let r = tokio::select! {
                 r = &mut read => r,
                 changed = shutdown.changed() => {
                     if changed.is_ok() && served > 0 {
@@ -731,10 +759,15 @@ async fn read_head(
                     }
                     fast_timeout(first_request, read).await.unwrap_or_else(Err)
                 }
+            };
+            if release && r.is_err() && c.buf.is_empty() {
+                c.release_buffers();
+                continue;
             }
+            r
         };
         match read {
-            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(n)) if n > 0 => c.lean = false,
             _ => return HeadRead::Closed,
         }
     }
