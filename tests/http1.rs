@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::ProxyProcess;
+use common::{on_both_paths, ProxyProcess};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -278,7 +278,6 @@ fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: api.test\r\n\r\n").into_bytes()
 }
 
-#[test]
 fn upstream_request_is_clean_and_bodies_arrive_whole() {
     let up = upstream();
     let proxy = proxy_for(&up);
@@ -330,6 +329,7 @@ fn upstream_request_is_clean_and_bodies_arrive_whole() {
     assert_eq!(up.seen.lock().unwrap().last().unwrap().body, b"wikipedia");
 }
 
+// Engine only for now: Pingora's pipeline does not yet match it (see the comment at the end).
 #[test]
 fn response_framings_pass_through_and_keep_the_connection() {
     let up = upstream();
@@ -377,6 +377,7 @@ fn response_framings_pass_through_and_keep_the_connection() {
     assert_eq!(r.body, b"the body runs until the upstream closes".to_vec());
 }
 
+// Engine only for now: Pingora's pipeline does not yet match it (see the comment at the end).
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let up = upstream();
@@ -400,7 +401,6 @@ fn pipelined_requests_are_answered_in_order() {
     assert!(c.closed());
 }
 
-#[test]
 fn a_stale_upstream_connection_is_retried_for_safe_requests_only() {
     let up = upstream();
     let proxy = proxy_for(&up);
@@ -422,7 +422,6 @@ fn a_stale_upstream_connection_is_retried_for_safe_requests_only() {
     assert_eq!(r.body, br#"{"error":"upstream_unavailable"}"#.to_vec());
 }
 
-#[test]
 fn what_the_engine_does_not_serve_itself_still_works() {
     let up = upstream();
     let proxy = proxy_for(&up);
@@ -460,7 +459,6 @@ fn what_the_engine_does_not_serve_itself_still_works() {
     assert_eq!(r.body, br#"{"error":"upstream_unavailable"}"#.to_vec());
 }
 
-#[test]
 fn the_proxys_own_answers_keep_the_connection_usable() {
     let up = upstream();
     let proxy = proxy_on(&up, "/api");
@@ -490,6 +488,7 @@ fn the_proxys_own_answers_keep_the_connection_usable() {
     assert_eq!(c.response(false).status, 200);
 }
 
+// Engine only for now: Pingora's pipeline does not yet match it (see the comment at the end).
 #[test]
 fn mirrored_requests_are_copied_and_compared_on_the_wire() {
     let (v1, v2) = (upstream(), upstream_answering(true));
@@ -571,3 +570,16 @@ fn mirrored_requests_are_copied_and_compared_on_the_wire() {
     let sent = "switchyard_mirror_total{route=\"r\",target=\"v2\",outcome=\"sent\"}";
     assert_eq!(metric(sent), 3.0);
 }
+
+on_both_paths!(
+    upstream_request_is_clean_and_bodies_arrive_whole,
+    a_stale_upstream_connection_is_retried_for_safe_requests_only,
+    what_the_engine_does_not_serve_itself_still_works,
+    the_proxys_own_answers_keep_the_connection_usable,
+);
+
+// Run on the engine only, because Pingora's pipeline still differs on them:
+// - pipelined requests: the pipeline closes the connection at the second request;
+// - a chunked response with chunk extensions and trailers: the client connection closes inside the
+//   body;
+// - a mirrored request, copied and compared on the wire.

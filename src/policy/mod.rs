@@ -5,3 +5,4 @@
 pub mod headers;
 pub mod limits;
 pub mod request;
+pub mod retry;

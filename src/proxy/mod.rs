@@ -22,6 +22,7 @@ pub use listener::TcpListeners;
 use crate::metrics::{Metrics, Rejection, Series, UpstreamError};
 use crate::policy::limits::Limits;
 use crate::policy::request::{self, Refusal};
+use crate::policy::retry;
 use crate::release::{self, Decision, Outcome, RequestView, RouteId, UpstreamId};
 use crate::state::{Snapshot, State};
 use async_trait::async_trait;
@@ -243,6 +244,8 @@ pub struct Ctx {
     pub shadow: bool,
     /// The primary's client id, sent upstream with the shadow copy too.
     pub shadow_client: Option<String>,
+    /// A failed kept-alive upstream connection was already retried once for this request.
+    pub retried_reused: bool,
     /// Counts this request as in flight until it is done (shutdown waits for it).
     _in_flight: drain::InFlight,
 }
@@ -265,6 +268,7 @@ impl Default for Ctx {
             mirrored: false,
             shadow: false,
             shadow_client: None,
+            retried_reused: false,
             _in_flight: drain::InFlight::new(),
         }
     }
@@ -467,7 +471,7 @@ impl ProxyHttp for Proxy {
                 .get(t)
                 .map(|p| p.backend_count())
         });
-        if pool_size.is_some_and(|n| ctx.failed.len() < n) {
+        if pool_size.is_some_and(|n| retry::after_connect_failure(ctx.failed.len(), n)) {
             e.set_retry(true);
         }
         e
@@ -484,15 +488,25 @@ impl ProxyHttp for Proxy {
         if *e.esource() == ErrorSource::Upstream {
             self.record_upstream_error(ctx, upstream_error_kind(&e));
         }
-        // Pingora's default policy: retry only idempotent requests, and only when the failed
-        // connection was a reused one.
+        // The shared policy: a reused connection that failed is tried once more, for an idempotent
+        // request whose body can be sent again whole; nothing else is sent twice.
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
+        let again = client_reused
+            && retry::after_reused_connection_failure(
+                // ReusedOnly: retryable because the connection was a reused one (never `retry()`
+                // it undecided: that panics).
+                matches!(
+                    e.retry,
+                    pingora::RetryType::Decided(true) | pingora::RetryType::ReusedOnly
+                ),
+                session.req_header().method.is_idempotent(),
+                !session.as_ref().retry_buffer_truncated(),
+                ctx.retried_reused,
+            );
+        if again {
+            ctx.retried_reused = true;
         }
+        e.set_retry(again);
         e
     }
 

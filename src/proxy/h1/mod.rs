@@ -39,6 +39,7 @@ use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy, REQUEST
 use crate::metrics::{Rejection, UpstreamError};
 use crate::policy::limits::Limits;
 use crate::policy::request::{self, Refusal};
+use crate::policy::retry;
 use crate::release::{self, Decision, Headers, Outcome, RequestView};
 use crate::state::Snapshot;
 use async_trait::async_trait;
@@ -458,8 +459,6 @@ impl Engine {
         decision: Decision,
         shutdown: &ShutdownWatch,
     ) -> Next {
-        let replayable = req.body_unread == 0 && req.idempotent;
-
         let mut picked = pick_backend(snapshot, &decision, &[]);
         let mut fresh_only = false;
         let (mut up, addr, timeouts) = loop {
@@ -498,7 +497,7 @@ impl Engine {
                         self.proxy.record_upstream_error(&mut ctx, kind);
                         ctx.failed.push(addr);
                         ctx.backend = None;
-                        if ctx.failed.len() < pool.backend_count() {
+                        if retry::after_connect_failure(ctx.failed.len(), pool.backend_count()) {
                             picked = pick_backend(snapshot, &decision, &ctx.failed);
                             continue;
                         }
@@ -532,7 +531,14 @@ impl Engine {
                 }
                 Err(Some(f)) => {
                     self.proxy.record_upstream_error(&mut ctx, f.kind);
-                    if f.retry && reused && replayable && !fresh_only {
+                    if reused
+                        && retry::after_reused_connection_failure(
+                            f.retry,
+                            req.idempotent,
+                            req.body_unread == 0,
+                            fresh_only,
+                        )
+                    {
                         // A kept-alive connection the upstream had closed: once more, on a new one.
                         fresh_only = true;
                         picked = ctx.backend.take().map(|b| (target, b));
