@@ -67,6 +67,8 @@ def upstream():
 
     http.server.ThreadingHTTPServer.request_queue_size = 4096
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    # A peer stopped at the end resets its upstream connections: not worth a traceback each.
+    server.handle_error = lambda request, address: None
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server.server_address[1]
 
