@@ -246,8 +246,9 @@ pub struct Ctx {
     pub shadow_client: Option<String>,
     /// A failed kept-alive upstream connection was already retried once for this request.
     pub retried_reused: bool,
-    /// Counts this request as in flight until it is done (shutdown waits for it).
-    _in_flight: drain::InFlight,
+    /// On Pingora's pipeline, counts this request as in flight until it is done (shutdown waits for
+    /// it). The engine counts its connections instead, so its requests carry none.
+    _in_flight: Option<drain::InFlight>,
 }
 
 impl Default for Ctx {
@@ -269,7 +270,7 @@ impl Default for Ctx {
             shadow: false,
             shadow_client: None,
             retried_reused: false,
-            _in_flight: drain::InFlight::new(),
+            _in_flight: None,
         }
     }
 }
@@ -279,7 +280,10 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            _in_flight: Some(drain::InFlight::new()),
+            ..Ctx::default()
+        }
     }
 
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
