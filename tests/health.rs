@@ -287,7 +287,7 @@ fn backend_health_shows_in_status_metrics_and_the_log() {
     assert!(down_lines[0].contains("HTTP 503"), "{log}");
 }
 
-on_both_paths!(
+on_every_path!(
     a_down_pool_falls_back_to_the_baseline_and_recovers,
     nothing_healthy_is_a_json_502,
     dead_backends_are_found_by_health_checks,

@@ -372,7 +372,7 @@ fn answers_are_compared_json_aware_with_ignores_and_diffs_are_kept() {
     assert_eq!(v2["last_60s"]["requests"], 0, "shadows are not requests");
 }
 
-on_both_paths!(
+on_every_path!(
     the_shadow_gets_a_faithful_copy_marked_as_shadow,
     a_slow_or_dead_shadow_leaves_the_primary_unchanged,
     max_in_flight_drops_instead_of_queueing,

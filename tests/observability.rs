@@ -692,7 +692,7 @@ fn a_stalled_stdout_drops_lines_instead_of_stalling_requests() {
     assert!(n > 0);
 }
 
-on_both_paths!(
+on_every_path!(
     counters_equal_the_requests_sent_per_route_target_and_class,
     a_200ms_upstream_lands_above_100ms_and_its_p99_reads_200_to_300ms,
     an_all_503_upstream_has_a_5xx_rate_of_one_and_ctl_shows_it,

@@ -340,7 +340,8 @@ fn request_ids_are_kept_when_sane_and_generated_otherwise() {
     assert_eq!((r.status, r.header("x-request-id")), (401, Some("abc-1")));
 }
 
-on_both_paths!(
+on_every_path!(
+    each_variant_speaks_the_protocol_it_names,
     split_shares_are_within_one_percent_and_users_stay_put,
     two_instances_agree_and_raising_the_canary_never_moves_users_back,
     requests_without_a_sticky_key_are_spread_by_weight,
@@ -350,3 +351,31 @@ on_both_paths!(
     client_sent_switchyard_headers_never_reach_upstream,
     request_ids_are_kept_when_sane_and_generated_otherwise,
 );
+
+/// The guard of the TLS variants: they really reach the proxy over TLS, on the path they name.
+fn each_variant_speaks_the_protocol_it_names() {
+    let v1 = backend("v1");
+    let proxy = ProxyProcess::start(&format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: a\n    split: {{targets: {{v1: 1}}}}\n",
+        v1.addr
+    ));
+    let tls = matches!(
+        request_path(),
+        RequestPath::EngineTls | RequestPath::PingoraTls
+    );
+    assert_eq!(proxy.url("/").starts_with("https://localhost:"), tls);
+    if tls {
+        assert!(eventually(std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(proxy.tls_addr.unwrap()).is_ok()
+        }));
+    }
+    assert_eq!(get(&client(), &proxy.url("/x"), &[]).status, 200);
+    let pipeline = proxy.log().contains("server.http1_engine is false");
+    assert_eq!(
+        pipeline,
+        matches!(
+            request_path(),
+            RequestPath::Pingora | RequestPath::PingoraTls
+        )
+    );
+}

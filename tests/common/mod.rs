@@ -21,6 +21,38 @@ use std::time::{Duration, Instant};
 pub enum RequestPath {
     Engine,
     Pingora,
+    /// The engine behind a TLS listener: `url()` is https and `client()` trusts the test CA.
+    EngineTls,
+    /// Pingora's pipeline behind a TLS listener.
+    PingoraTls,
+}
+
+/// A CA and a `localhost` certificate it signed, made once per test process: (ca.pem, cert.pem,
+/// key.pem).
+fn test_pki() -> &'static (PathBuf, PathBuf, PathBuf) {
+    static PKI: std::sync::OnceLock<(PathBuf, PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("switchyard-pki-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let paths = (
+            dir.join("ca.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+        );
+        std::fs::write(&paths.0, ca.pem()).unwrap();
+        std::fs::write(&paths.1, leaf.pem()).unwrap();
+        std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+        paths
+    })
 }
 
 thread_local! {
@@ -51,6 +83,21 @@ macro_rules! on_both_paths {
     };
 }
 pub(crate) use on_both_paths;
+
+/// Like `on_both_paths!`, and each path behind a TLS listener too (`engine_tls::NAME`,
+/// `pingora_tls::NAME`), for tests that speak to the proxy through `url()` and `client()`.
+macro_rules! on_every_path {
+    ($($name:ident),* $(,)?) => {
+        $crate::common::on_both_paths!($($name),*);
+        mod engine_tls {
+            $( #[test] fn $name() { $crate::common::on_path($crate::common::RequestPath::EngineTls, super::$name) } )*
+        }
+        mod pingora_tls {
+            $( #[test] fn $name() { $crate::common::on_path($crate::common::RequestPath::PingoraTls, super::$name) } )*
+        }
+    };
+}
+pub(crate) use on_every_path;
 
 pub fn backend(version: &str) -> RunningBackend {
     RunningBackend::start(version, "127.0.0.1:0").expect("start backend")
@@ -93,6 +140,8 @@ pub fn free_addr() -> SocketAddr {
 
 pub struct ProxyProcess {
     pub addr: SocketAddr,
+    /// The TLS listener, when the test runs behind TLS (`url()` then points there).
+    pub tls_addr: Option<SocketAddr>,
     pub dir: PathBuf,
     pub child: Child,
     /// `server.access_log` of the generated config.
@@ -128,12 +177,25 @@ impl ProxyProcess {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let access_log = access_log.replace("{dir}", &dir.display().to_string());
+        let tls_addr = matches!(
+            request_path(),
+            RequestPath::EngineTls | RequestPath::PingoraTls
+        )
+        .then(free_addr);
+        let tls = tls_addr.map(|t| {
+            let (_, cert, key) = test_pki();
+            format!(
+                "  tls: [{{listen: \"{t}\", cert: {}, key: {}}}]\n",
+                cert.display(),
+                key.display()
+            )
+        });
         let path_setting = match request_path() {
-            RequestPath::Engine => "",
-            RequestPath::Pingora => "  http1_engine: false\n",
-        };
+            RequestPath::Engine | RequestPath::EngineTls => String::new(),
+            RequestPath::Pingora | RequestPath::PingoraTls => "  http1_engine: false\n".to_string(),
+        } + tls.as_deref().unwrap_or("");
         let server_extra =
-            path_setting.to_string() + &server_extra.replace("{dir}", &dir.display().to_string());
+            path_setting + &server_extra.replace("{dir}", &dir.display().to_string());
         std::fs::write(
             dir.join("switchyard.yaml"),
             config_text(addr, &dir, &access_log, &server_extra, body),
@@ -142,6 +204,7 @@ impl ProxyProcess {
         let child = spawn_run(&dir, &[], stdout);
         let proxy = ProxyProcess {
             addr,
+            tls_addr,
             dir,
             child,
             access_log,
@@ -195,7 +258,10 @@ impl ProxyProcess {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        match self.tls_addr {
+            Some(t) => format!("https://localhost:{}{}", t.port(), path),
+            None => format!("http://{}{}", self.addr, path),
+        }
     }
 
     /// What the instance has logged so far.
@@ -268,10 +334,24 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid} failed");
 }
 
-/// A keep-alive HTTP client that never turns statuses into errors.
+/// A keep-alive HTTP client that never turns statuses into errors; https URLs are checked against
+/// the test CA.
 pub fn client() -> ureq::Agent {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&test_pki().0).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(10))
+        .tls_config(std::sync::Arc::new(tls))
         .build()
 }
 
