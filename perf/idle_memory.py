@@ -57,10 +57,8 @@ def upstream():
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
+            # One write: a head and body written apart would wait on Nagle and delayed ACKs.
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
         def log_message(self, *args):
             pass
