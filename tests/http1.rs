@@ -579,7 +579,7 @@ on_both_paths!(
 );
 
 // Run on the engine only, because Pingora's pipeline still differs on them:
-// - pipelined requests: the pipeline closes the connection at the second request;
-// - a chunked response with chunk extensions and trailers: the client connection closes inside the
-//   body;
-// - a mirrored request, copied and compared on the wire.
+// - pipelined requests: the pipeline answers the first and closes the connection (clients retry);
+// - chunked responses: the pipeline re-chunks them, so chunk extensions and HTTP/1.1 trailers are not
+//   relayed, while these tests expect the upstream's bytes as sent (the mirror test starts with
+//   such a response).
