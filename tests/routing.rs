@@ -340,11 +340,22 @@ fn request_ids_are_kept_when_sane_and_generated_otherwise() {
     assert_eq!((r.status, r.header("x-request-id")), (401, Some("abc-1")));
 }
 
-on_every_path!(
+on_both_paths!(
     each_variant_speaks_the_protocol_it_names,
     split_shares_are_within_one_percent_and_users_stay_put,
     two_instances_agree_and_raising_the_canary_never_moves_users_back,
     requests_without_a_sticky_key_are_spread_by_weight,
+    every_rule_kind_overrides_the_split,
+    blue_green_serves_the_live_colour_for_its_host,
+    require_client_answers_401_without_touching_an_upstream,
+    client_sent_switchyard_headers_never_reach_upstream,
+    request_ids_are_kept_when_sane_and_generated_otherwise,
+);
+
+// Behind TLS too. The statistical tests of the split (thousands of requests, where TLS changes no
+// decision) run on the plain listeners only.
+on_tls_paths!(
+    each_variant_speaks_the_protocol_it_names,
     every_rule_kind_overrides_the_split,
     blue_green_serves_the_live_colour_for_its_host,
     require_client_answers_401_without_touching_an_upstream,

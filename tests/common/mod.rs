@@ -89,6 +89,14 @@ pub(crate) use on_both_paths;
 macro_rules! on_every_path {
     ($($name:ident),* $(,)?) => {
         $crate::common::on_both_paths!($($name),*);
+        $crate::common::on_tls_paths!($($name),*);
+    };
+}
+pub(crate) use on_every_path;
+
+/// Each named test behind a TLS listener, on both paths (`engine_tls::NAME`, `pingora_tls::NAME`).
+macro_rules! on_tls_paths {
+    ($($name:ident),* $(,)?) => {
         mod engine_tls {
             $( #[test] fn $name() { $crate::common::on_path($crate::common::RequestPath::EngineTls, super::$name) } )*
         }
@@ -97,7 +105,7 @@ macro_rules! on_every_path {
         }
     };
 }
-pub(crate) use on_every_path;
+pub(crate) use on_tls_paths;
 
 pub fn backend(version: &str) -> RunningBackend {
     RunningBackend::start(version, "127.0.0.1:0").expect("start backend")

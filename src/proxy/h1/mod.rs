@@ -115,7 +115,7 @@ impl ServerApp for Engine {
             match self.serve_one(&mut c, &mut shutdown).await {
                 Next::KeepAlive => c.served += 1,
                 Next::Close => return None,
-                Next::HandOff => return self.hand_off(c, &shutdown).await,
+                Next::HandOff => return Box::pin(self.hand_off(c, &shutdown)).await,
             }
         }
     }
@@ -349,8 +349,9 @@ impl Engine {
         ctx.decision = Some(decision);
         ctx.route = Some(decision.route);
         ctx.snapshot = Some(snapshot.clone());
-        self.proxy_request(c, ctx, req, &snapshot, decision, shutdown)
-            .await
+        // Boxed: the exchange's state is the largest of a connection's task, and an idle keep-alive
+        // connection should not carry it while it waits for its next request.
+        Box::pin(self.proxy_request(c, ctx, req, &snapshot, decision, shutdown)).await
     }
 
     /// Parses the request head in `c.buf`, applies the shared request rules and decides where it
