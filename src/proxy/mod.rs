@@ -771,15 +771,28 @@ pub(crate) fn check_request(
         _ => raw,
     };
     let target = request::target(raw)?;
-    let values = |name: http::header::HeaderName| -> Vec<&[u8]> {
-        headers.get_all(name).iter().map(|v| v.as_bytes()).collect()
-    };
+    // Up to four values of a field, on the stack (more Host or framing fields than that are refused
+    // anyway); `None` when there are more.
+    fn values(
+        headers: &http::HeaderMap,
+        name: http::header::HeaderName,
+    ) -> Option<([&[u8]; 4], usize)> {
+        let mut out: [&[u8]; 4] = [b""; 4];
+        let mut n = 0;
+        for v in headers.get_all(name) {
+            *out.get_mut(n)? = v.as_bytes();
+            n += 1;
+        }
+        Some((out, n))
+    }
     let http10 = req.version == http::Version::HTTP_10;
-    request::host(&values(http::header::HOST), target.authority, http10)?;
-    request::framing(
-        &values(http::header::CONTENT_LENGTH),
-        &values(http::header::TRANSFER_ENCODING),
-    )?;
+    let (hosts, n) = values(headers, http::header::HOST).ok_or(Refusal::DuplicateHost)?;
+    request::host(&hosts[..n], target.authority, http10)?;
+    let (lengths, l) =
+        values(headers, http::header::CONTENT_LENGTH).ok_or(Refusal::InvalidLength)?;
+    let (codings, c) =
+        values(headers, http::header::TRANSFER_ENCODING).ok_or(Refusal::InvalidTransferEncoding)?;
+    request::framing(&lengths[..l], &codings[..c])?;
     if target.unchanged() {
         return Ok(Checked {
             route_path: None,
