@@ -778,21 +778,8 @@ fn ctl_output_to_a_closed_pipe_is_not_a_crash() {
 /// proxy itself.
 #[test]
 fn ctl_speaks_https() {
-    let a_dir = std::env::temp_dir().join(format!("switchyard-ctl-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&a_dir).unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    std::fs::write(a_dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(a_dir.join("cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(a_dir.join("key.pem"), key.serialize_pem()).unwrap();
-
+    // The harness's test CA and its `localhost` certificate.
+    let (ca_path, cert, key) = test_pki();
     let admin = free_addr();
     let tls = free_addr();
     let body = format!(
@@ -800,8 +787,9 @@ fn ctl_speaks_https() {
         sha256_hex(OPS)
     );
     let extra = format!(
-        "  tls: [{{listen: \"{tls}\", cert: {d}/cert.pem, key: {d}/key.pem}}]\n",
-        d = a_dir.display()
+        "  tls: [{{listen: \"{tls}\", cert: {}, key: {}}}]\n",
+        cert.display(),
+        key.display()
     );
     let _proxy = ProxyProcess::start_full(&body, "off", &extra, std::process::Stdio::null());
     assert!(eventually(Duration::from_secs(10), || {
@@ -818,12 +806,10 @@ fn ctl_speaks_https() {
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.code().unwrap_or(-1), text)
     };
-    let ca_path = a_dir.join("ca.pem");
     let (code, out) = run(&["--cacert", ca_path.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("admin") && out.contains("revision 1"), "{out}");
     // Without the CA the certificate is not trusted: could not reach (3), never a silent downgrade.
     let (code, out) = run(&[]);
     assert_eq!(code, 3, "{out}");
-    let _ = std::fs::remove_dir_all(&a_dir);
 }

@@ -29,7 +29,7 @@ pub enum RequestPath {
 
 /// A CA and a `localhost` certificate it signed, made once per test process: (ca.pem, cert.pem,
 /// key.pem).
-fn test_pki() -> &'static (PathBuf, PathBuf, PathBuf) {
+pub fn test_pki() -> &'static (PathBuf, PathBuf, PathBuf) {
     static PKI: std::sync::OnceLock<(PathBuf, PathBuf, PathBuf)> = std::sync::OnceLock::new();
     PKI.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("switchyard-pki-{}", std::process::id()));

@@ -612,16 +612,7 @@ impl Engine {
             req.client_close || req.body_unread > 0 || *shutdown.borrow() || last_request(c);
         let (status, body) = (answer.status(), answer.body());
         let out = &mut c.resp_out;
-        out.clear();
-        status_line(out, status, reason(status));
-        out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        field(out, REQUEST_ID_HEADER.as_bytes(), ctx.request_id.as_bytes());
-        if close {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
+        answer_head(out, status, body.len(), &ctx.request_id, close);
         if !req.head {
             out.extend_from_slice(body.as_bytes());
         }
@@ -655,13 +646,7 @@ impl Engine {
         let answer = Answer::Refused(why);
         let (status, body) = (answer.status(), answer.body());
         let out = &mut c.resp_out;
-        out.clear();
-        status_line(out, status, reason(status));
-        out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        field(out, REQUEST_ID_HEADER.as_bytes(), ctx.request_id.as_bytes());
-        out.extend_from_slice(b"connection: close\r\n\r\n");
+        answer_head(out, status, body.len(), &ctx.request_id, true);
         out.extend_from_slice(body.as_bytes());
         let sent = write_client(&mut c.stream, &c.resp_out, true, c.limits.send_timeout).await;
         let status = if sent { status } else { 499 };
@@ -778,6 +763,21 @@ async fn read_head(
             _ => return HeadRead::Closed,
         }
     }
+}
+
+/// The head of an answer the proxy makes itself: status, JSON content type and length, request id,
+/// and `Connection: close` when the connection ends after it.
+fn answer_head(out: &mut Vec<u8>, status: u16, length: usize, request_id: &str, close: bool) {
+    out.clear();
+    status_line(out, status, reason(status));
+    out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
+    out.extend_from_slice(length.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    field(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether the request being served is the last `limits.max_requests_per_connection` allows: its
