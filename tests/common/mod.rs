@@ -256,13 +256,15 @@ impl ProxyProcess {
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
+        // Every listener the test may use: the plain one and, on the TLS paths, the TLS one.
+        let listeners: Vec<SocketAddr> = std::iter::once(self.addr).chain(self.tls_addr).collect();
         while Instant::now() < deadline {
-            if TcpStream::connect(self.addr).is_ok() {
+            if listeners.iter().all(|a| TcpStream::connect(a).is_ok()) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("proxy did not listen on {} in time", self.addr);
+        panic!("proxy did not listen on {listeners:?} in time");
     }
 
     pub fn url(&self, path: &str) -> String {
