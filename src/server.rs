@@ -4,7 +4,7 @@
 use crate::admin::AdminApi;
 use crate::config::{parse, Config};
 use crate::proxy::access_log::{AccessLog, Destination};
-use crate::proxy::{Drain, Engine, Proxy, TcpListeners};
+use crate::proxy::{Drain, Engine, Pipeline, Proxy, TcpListeners};
 use crate::state::reloader::Reloader;
 use crate::state::State;
 use crate::upstream::HealthChecker;
@@ -108,7 +108,8 @@ pub fn build(
     } else {
         // The kill switch: every listener on Pingora's own pipeline, the engine not used at all.
         log::warn!("server.http1_engine is false: every request goes through Pingora's pipeline");
-        let mut service = Service::new("switchyard (pingora pipeline)".to_string(), full);
+        let pipeline = Pipeline::new(proxy_app, full, FIRST_REQUEST_WINDOW);
+        let mut service = Service::new("switchyard (pingora pipeline)".to_string(), pipeline);
         for addr in &listen {
             service.add_tcp(addr);
         }

@@ -377,8 +377,6 @@ fn response_framings_pass_through_and_keep_the_connection() {
     assert_eq!(r.body, b"the body runs until the upstream closes".to_vec());
 }
 
-// Engine only for now: Pingora's pipeline does not yet match it (see the comment at the end).
-#[test]
 fn pipelined_requests_are_answered_in_order() {
     let up = upstream();
     let proxy = proxy_for(&up);
@@ -390,7 +388,7 @@ fn pipelined_requests_are_answered_in_order() {
     c.send(&all);
     for i in 0..5 {
         let r = c.response(false);
-        assert_eq!(r.status, 200);
+        assert_eq!(r.status, 200, "{i}: {}", String::from_utf8_lossy(&r.body));
         let text = String::from_utf8_lossy(&r.body).to_string();
         assert!(text.contains(&format!("GET /p{i} HTTP/1.1")), "{i}: {text}");
     }
@@ -576,10 +574,10 @@ on_both_paths!(
     a_stale_upstream_connection_is_retried_for_safe_requests_only,
     what_the_engine_does_not_serve_itself_still_works,
     the_proxys_own_answers_keep_the_connection_usable,
+    pipelined_requests_are_answered_in_order,
 );
 
 // Run on the engine only, because Pingora's pipeline still differs on them:
-// - pipelined requests: the pipeline answers the first and closes the connection (clients retry);
 // - chunked responses: the pipeline re-chunks them, so chunk extensions and HTTP/1.1 trailers are not
 //   relayed, while these tests expect the upstream's bytes as sent (the mirror test starts with
 //   such a response).

@@ -44,9 +44,7 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> (Duration, Vec<u8>) {
 }
 
 /// Slowloris: a head trickling in a byte every 100 ms is cut off at `header_timeout`, however long
-/// each pause is. (Enforced where heads are read: on the engine, which reads every plain and TLS
-/// HTTP/1 head before anything else. Pingora's pipeline alone bounds each read, not the head.)
-#[test]
+/// each pause is; on a kept-alive connection's later requests too.
 fn a_head_sent_a_byte_at_a_time_is_closed_at_header_timeout() {
     let (proxy, v1) = start();
     let mut s = TcpStream::connect(proxy.addr).unwrap();
@@ -76,6 +74,52 @@ fn a_head_sent_a_byte_at_a_time_is_closed_at_header_timeout() {
     let mut idle = TcpStream::connect(proxy.addr).unwrap();
     let (took, _) = closed_within(&mut idle, Duration::from_secs(4));
     assert!(took >= Duration::from_millis(400), "closed after {took:?}");
+    // A second request trickled on a connection that has been served once.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let start = Instant::now();
+    for b in b"GET / HTTP/1.1\r\nHost: a.test\r\n"
+        .iter()
+        .cycle()
+        .take(40)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+    }
+    let (_, _) = closed_within(&mut s, Duration::from_secs(1));
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(4500), "closed after {took:?}");
+    assert_eq!(v1.control.requests(), 1);
+}
+
+/// Past `max_connections` open client connections, a new one is closed at once; those open keep
+/// being served, and once they close new ones are taken again.
+fn connections_past_max_connections_are_closed_at_once() {
+    let (proxy, _v1) = start();
+    let mut open = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(proxy.addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        let mut answer = [0u8; 12];
+        s.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        open.push(s);
+    }
+    let mut over = TcpStream::connect(proxy.addr).unwrap();
+    let _ = over.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    let (took, seen) = closed_within(&mut over, Duration::from_secs(2));
+    assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
+    assert!(took < Duration::from_millis(500), "closed after {took:?}");
+    drop(open);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(&client(), &proxy.url("/"), &[]).status, 200);
 }
 
 /// A body declared and never sent: the client is let go after `body_timeout`, and the upstream
@@ -143,6 +187,8 @@ fn a_connection_serves_at_most_max_requests() {
 }
 
 on_both_paths!(
+    a_head_sent_a_byte_at_a_time_is_closed_at_header_timeout,
+    connections_past_max_connections_are_closed_at_once,
     a_body_that_stalls_is_cut_off_at_body_timeout,
     an_idle_keepalive_connection_is_closed_at_keepalive_timeout,
     a_connection_serves_at_most_max_requests,

@@ -44,6 +44,8 @@ pub enum Refusal {
     InvalidTransferEncoding,
     /// The head is larger than `limits.max_head_bytes`, or has too many fields.
     HeadTooLarge,
+    /// The head is not HTTP/1: the parser cannot read its request line or a field.
+    MalformedHead,
 }
 
 impl Refusal {
@@ -59,6 +61,7 @@ impl Refusal {
     pub fn body(self) -> &'static str {
         match self {
             Refusal::InvalidTarget => r#"{"error":"bad_request","detail":"invalid_target"}"#,
+            Refusal::MalformedHead => r#"{"error":"bad_request","detail":"malformed_head"}"#,
             Refusal::InvalidCharacter => r#"{"error":"bad_request","detail":"invalid_character"}"#,
             Refusal::EncodedSeparator => r#"{"error":"bad_request","detail":"encoded_separator"}"#,
             Refusal::AboveRoot => r#"{"error":"bad_request","detail":"path_above_root"}"#,

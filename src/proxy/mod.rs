@@ -9,6 +9,7 @@
 
 pub mod access_log;
 mod drain;
+mod gate;
 mod h1;
 pub(crate) mod listener;
 pub mod mirror;
@@ -16,6 +17,7 @@ mod request_id;
 
 pub use access_log::AccessLog;
 pub use drain::{open_connections, Drain};
+pub use gate::Pipeline;
 pub use h1::Engine;
 pub use listener::TcpListeners;
 

@@ -192,18 +192,7 @@ pub(super) fn write_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Whether `buf` holds a whole head (up to its empty line; a bare LF ends lines too).
-pub(super) fn head_complete(buf: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(p) = buf[i..].iter().position(|b| *b == b'\n') {
-        let at = i + p + 1;
-        match buf.get(at..) {
-            Some([b'\n', ..]) | Some([b'\r', b'\n', ..]) => return true,
-            _ => i = at,
-        }
-    }
-    false
-}
+pub(super) use crate::proxy::gate::head_complete;
 
 /// The final response head as the client gets it, and how its body is framed.
 pub(super) struct ResponseHead {

@@ -34,6 +34,7 @@ mod head;
 mod pool;
 mod shadow;
 
+use super::gate;
 use super::listener::PlainTcp;
 use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy, REQUEST_ID_HEADER};
 use crate::metrics::{Rejection, UpstreamError};
@@ -49,8 +50,7 @@ use head::{
     field, head_complete, reason, status_line, write_request_head, write_response_head,
     ParsedFields, RequestFields,
 };
-use pingora::apps::{HttpServerApp, ServerApp};
-use pingora::protocols::http::ServerSession;
+use pingora::apps::ServerApp;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -173,10 +173,10 @@ impl Conn {
     }
 }
 
-/// How long an idle keep-alive connection keeps its buffers before giving them back, as nginx frees
-/// an idle connection's buffers: a busy connection never allocates them again, and an edge with many
-/// idle clients holds little per connection.
-const IDLE_RELEASE: Duration = Duration::from_secs(1);
+// How long an idle keep-alive connection keeps its buffers before giving them back, as nginx frees
+// an idle connection's buffers: a busy connection never allocates them again, and an edge with many
+// idle clients holds little per connection. The same on both paths.
+use gate::IDLE_RELEASE;
 
 enum Next {
     KeepAlive,
@@ -655,34 +655,17 @@ impl Engine {
         Next::Close
     }
 
-    /// Hands the connection, with the bytes already read, to Pingora's pipeline for good.
+    /// Hands the connection, with the bytes already read, to Pingora's pipeline (behind the gate)
+    /// for good.
     async fn hand_off(&self, c: Conn, shutdown: &ShutdownWatch) -> Option<Stream> {
         // Pingora writes a response head and its body separately.
         nodelay(&c.stream);
-        let mut session = ServerSession::new_http1(c.stream);
-        if !c.buf.is_empty() {
-            session.set_pipelined_prefix(c.buf);
-        }
-        session.set_keepalive(if *shutdown.borrow() {
-            None
-        } else {
-            Some(c.limits.keepalive_timeout.as_secs().max(1))
-        });
-        // What is left of `max_requests_per_connection`, as reuses after this request.
-        let left = c
-            .limits
-            .max_requests_per_connection
-            .saturating_sub(c.served);
-        session.set_keepalive_reuses_remaining(Some(left.saturating_sub(1)));
-        let mut result = self.full.process_new_http(session, shutdown).await;
-        while let Some((stream, settings)) = result.map(|r| r.consume()) {
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
-            result = self.full.process_new_http(session, shutdown).await;
-        }
-        None
+        let c = gate::Connection {
+            stream: c.stream,
+            buf: c.buf,
+            served: c.served,
+        };
+        gate::serve(&self.proxy, &self.full, c, shutdown, self.first_request).await
     }
 }
 
