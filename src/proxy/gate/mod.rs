@@ -264,14 +264,14 @@ pub(crate) fn head_complete(buf: &[u8]) -> bool {
 }
 
 /// A head the gate refused, with the method and path for the access log when they could be read.
-type Refused = (Refusal, Option<(http::Method, String)>);
+pub(crate) type Refused = (Refusal, Option<(http::Method, String)>);
 
 /// Parses the complete head at the start of `buf` as Pingora will, applies the shared request rules
 /// that need the head as sent (target, Host, framing: Pingora's parser would merge or drop what they
 /// look at), and answers where the request ends: its head plus its declared length, counted from the
 /// start of `buf`. `None` when only Pingora's pipeline can tell: a chunked body, an upgrade, or
 /// CONNECT (which the pipeline refuses).
-fn inspect(buf: &[u8], max_head_bytes: usize) -> Result<Option<u64>, Refused> {
+pub(crate) fn inspect(buf: &[u8], max_head_bytes: usize) -> Result<Option<u64>, Refused> {
     let mut fields = [httparse::EMPTY_HEADER; request::MAX_FIELDS];
     let mut req = httparse::Request::new(&mut fields);
     let head = match req.parse(buf) {

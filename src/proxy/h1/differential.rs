@@ -1,11 +1,12 @@
 //! Differential tests: generated and mutated request heads go to the engine's parser (httparse and
-//! the shared rules, [`classify`]) and to Pingora's own parser (a real `ServerSession` reading from a
-//! loopback socket, then the same rules as the pipeline applies them). Wherever the engine serves a
-//! request itself, the two must agree on accepting or refusing it, on the path it routes on, the host
-//! and the body length it derives. Bounded: a fixed number of cases per run.
+//! the shared rules, [`classify`]) and to Pingora's pipeline as it is served (the gate's look at the
+//! head, then Pingora's own parser in a real `ServerSession` reading from a loopback socket, then the
+//! same rules as the pipeline applies them). Wherever the engine serves or refuses a request itself,
+//! the two must agree on accepting or refusing it (and why), on the path it routes on, the host and
+//! the body length it derives. Bounded: a fixed number of cases per run.
 
 use super::{classify, Head, MAX_FIELDS};
-use crate::policy::request;
+use crate::policy::request::{self, Refusal};
 use crate::proxy::check_request;
 use crate::proxy::listener::PlainTcp;
 use pingora::protocols::http::ServerSession;
@@ -17,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 /// What a parser made of a head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
-    Refused,
+    Refused(Refusal),
     Accepted {
         route_path: String,
         host: String,
@@ -29,7 +30,7 @@ fn engine(head: &[u8]) -> Option<Verdict> {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
     match classify(head, &mut fields, 32 * 1024) {
         Head::HandOff => None,
-        Head::Refused(..) => Some(Verdict::Refused),
+        Head::Refused(why, _) => Some(Verdict::Refused(why)),
         Head::Accepted(a) => Some(Verdict::Accepted {
             route_path: a.target.route_path.to_string(),
             host: a.host.to_string(),
@@ -38,8 +39,11 @@ fn engine(head: &[u8]) -> Option<Verdict> {
     }
 }
 
-/// Pingora's parser over a real socket, then the pipeline's checks (`check_request`).
+/// The gate, then Pingora's parser over a real socket, then the pipeline's checks (`check_request`).
 async fn pingora(head: &[u8]) -> Verdict {
+    if let Err((why, _)) = crate::proxy::gate::inspect(head, 32 * 1024) {
+        return Verdict::Refused(why);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -50,7 +54,7 @@ async fn pingora(head: &[u8]) -> Verdict {
     let mut session = ServerSession::new_http1(Box::new(PlainTcp::new(server, peer)));
     let read = tokio::time::timeout(Duration::from_secs(2), session.read_request()).await;
     if !matches!(read, Ok(Ok(true))) {
-        return Verdict::Refused;
+        return Verdict::Refused(Refusal::MalformedHead);
     }
     let req = session.req_header();
     let length_with_coding = req.headers.contains_key(http::header::TRANSFER_ENCODING)
@@ -58,10 +62,10 @@ async fn pingora(head: &[u8]) -> Verdict {
             .as_http1()
             .is_some_and(|h1| request::raw_head_has_content_length(&h1.get_headers_raw_bytes()));
     if length_with_coding {
-        return Verdict::Refused;
+        return Verdict::Refused(Refusal::LengthWithTransferEncoding);
     }
     match check_request(req, 32 * 1024) {
-        Err(_) => Verdict::Refused,
+        Err(why) => Verdict::Refused(why),
         Ok(checked) => {
             let length = req
                 .headers
@@ -102,6 +106,7 @@ fn segment() -> impl Strategy<Value = String> {
         Just("%zz".to_string()),
         Just("%41%42".to_string()),
         Just("x%20y".to_string()),
+        Just("x y".to_string()),
         "[a-zA-Z0-9._~-]{1,6}",
     ]
 }
@@ -149,6 +154,9 @@ fn field_lines() -> impl Strategy<Value = String> {
         Just("Connection: close\r\n".to_string()),
         Just("X-Thing: 1\r\n".to_string()),
         Just("X-Switchyard-Client: evil\r\n".to_string()),
+        Just("Bad Name: v\r\n".to_string()),
+        Just("X-Cr: a\rb\r\n".to_string()),
+        Just("Upgrade: websocket\r\nConnection: upgrade\r\n".to_string()),
     ];
     (host, length, coding, other).prop_map(|(a, b, c, d)| format!("{a}{d}{b}{c}"))
 }
@@ -206,15 +214,15 @@ fn known_heads_are_judged_alike_by_both_parsers() {
         ),
         (
             b"GET /a%2Fb HTTP/1.1\r\nHost: a.test\r\n\r\n",
-            Verdict::Refused,
+            Verdict::Refused(Refusal::EncodedSeparator),
         ),
         (
             b"GET /a HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
-            Verdict::Refused,
+            Verdict::Refused(Refusal::DuplicateHost),
         ),
         (
             b"GET /a HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            Verdict::Refused,
+            Verdict::Refused(Refusal::InvalidLength),
         ),
     ] {
         let text = String::from_utf8_lossy(head);
