@@ -623,6 +623,7 @@ impl ProxyHttp for Proxy {
             if e.is_none() {
                 m.finish_capture();
             }
+            m.primary_ended();
         }
         // No response at all: the client went away first (nginx's 499).
         let status = session

@@ -89,6 +89,15 @@ impl MirrorCtx {
         }
     }
 
+    /// The primary is done. A copy still waiting for body bytes the primary never read (its client
+    /// left mid-body, or it failed before reading the body) can never be completed: it is dropped,
+    /// as on the engine, instead of running into its timeout.
+    pub fn primary_ended(&mut self) {
+        if self.body.is_some() {
+            self.abandon(MirrorOutcome::Dropped);
+        }
+    }
+
     /// The primary is about to try another upstream. Before any body was read (a failed connect)
     /// nothing changes; once the whole body was copied, the replay is not copied again. In between,
     /// the shadow would get the start of the body twice, so the copy is abandoned.
