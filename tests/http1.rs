@@ -544,6 +544,35 @@ fn the_proxys_own_answers_keep_the_connection_usable() {
     assert_eq!(c.response(false).status, 200);
 }
 
+/// An upstream that cannot be reached is answered with a JSON 502 that says `Connection: close` and
+/// closes, on both paths (Pingora's pipeline never reuses a connection after a failed exchange, and
+/// a client told keep-alive would send its next request into a closing connection). A new
+/// connection is served.
+fn an_upstream_failure_answer_says_close_and_closes() {
+    let up = upstream();
+    let dead = common::free_addr();
+    let proxy = ProxyProcess::start(&format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\n  gone: {{backends: [\"{dead}\"]}}\nroutes:\n  - name: gone\n    match: {{path_prefix: /gone}}\n    split: {{targets: {{gone: 1}}}}\n  - name: r\n    match: {{path_prefix: /}}\n    split: {{targets: {{v1: 1}}}}\n",
+        up.addr
+    ));
+    for _ in 0..2 {
+        let mut c = Client::connect(proxy.addr);
+        c.send(&get("/api/x"));
+        assert_eq!(c.response(false).status, 200);
+        c.send(&get("/gone/x"));
+        let r = c.response(false);
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.body, br#"{"error":"upstream_unavailable"}"#.to_vec());
+        assert_eq!(
+            r.header("connection").as_deref(),
+            Some("close"),
+            "{}",
+            r.head
+        );
+        assert!(c.closed());
+    }
+}
+
 fn mirrored_requests_are_copied_and_compared_on_the_wire() {
     let (v1, v2) = (upstream(), upstream_answering(true));
     let admin = common::free_addr();
@@ -638,6 +667,7 @@ on_both_paths!(
     what_the_engine_does_not_serve_itself_still_works,
     the_proxys_own_answers_keep_the_connection_usable,
     pipelined_requests_are_answered_in_order,
+    an_upstream_failure_answer_says_close_and_closes,
     response_framings_pass_through_and_keep_the_connection,
     mirrored_requests_are_copied_and_compared_on_the_wire,
 );

@@ -702,11 +702,9 @@ on_both_paths!(
     a_stalled_stdout_drops_lines_instead_of_stalling_requests,
 );
 
-// Behind TLS too, except the upstream-failure test: on Pingora's pipeline behind TLS, a request to
-// an upstream that times out was once answered by a closed connection instead of a 504 (flaky; to
-// be investigated).
 on_tls_paths!(
     counters_equal_the_requests_sent_per_route_target_and_class,
+    upstream_detail_connect_failures_timeouts_reuse_and_fallbacks,
     a_200ms_upstream_lands_above_100ms_and_its_p99_reads_200_to_300ms,
     an_all_503_upstream_has_a_5xx_rate_of_one_and_ctl_shows_it,
     one_access_log_line_per_request_with_the_spec_fields,

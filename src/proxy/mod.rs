@@ -76,6 +76,15 @@ impl Answer {
         }
     }
 
+    /// Whether the client's connection closes after this answer: after a failed upstream exchange
+    /// it does, on both paths (Pingora's pipeline never reuses it), so the answer says so.
+    pub(crate) fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Answer::UpstreamUnavailable | Answer::UpstreamTimeout | Answer::InternalError
+        )
+    }
+
     pub(crate) fn status(self) -> u16 {
         match self {
             Answer::NoRoute => 404,
@@ -659,6 +668,10 @@ impl ProxyHttp for Proxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        // Pingora's pipeline does not reuse a client connection after a failed exchange, so the answer
+        // says `Connection: close` and means it (a client told keep-alive would send its next request
+        // into a closing connection). The engine closes after the same answers.
+        session.set_keepalive(None);
         if code > 0 {
             let body = Answer::for_status(code).body();
             if let Err(err) = respond_json_as(session, code, body, &ctx.request_id).await {

@@ -608,8 +608,11 @@ impl Engine {
         answer: Answer,
     ) -> Next {
         // A body still in flight is not read: the connection closes after the answer.
-        let close =
-            req.client_close || req.body_unread > 0 || *shutdown.borrow() || last_request(c);
+        let close = answer.closes_connection()
+            || req.client_close
+            || req.body_unread > 0
+            || *shutdown.borrow()
+            || last_request(c);
         let (status, body) = (answer.status(), answer.body());
         let out = &mut c.resp_out;
         answer_head(out, status, body.len(), &ctx.request_id, close);
