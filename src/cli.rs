@@ -47,6 +47,19 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::ctl::CtlCommand,
     },
+    /// Zero-downtime binary upgrade: start the new binary with `run -u`, wait until it is ready for the
+    /// listening sockets, hand them over (SIGQUIT to the running instance), confirm the new process
+    /// serves, and report. If the new binary fails, the running instance keeps serving (exit 3).
+    Upgrade {
+        #[arg(short, long, value_name = "FILE")]
+        conf: PathBuf,
+        /// The new binary (default: this one).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// How long the new process may take to get ready, and then to serve.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse::duration)]
+        timeout: std::time::Duration,
+    },
     /// Ask the running instance to re-read its config file (SIGHUP to the pid in its pid file), wait for
     /// the outcome and print the revision now served, or the errors.
     Reload {
@@ -64,13 +77,27 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Demo => init_logging("info"),
         Command::Run { .. } => init_logging("info"),
-        Command::Check { .. } | Command::Reload { .. } | Command::Ctl { .. } => {
-            init_logging("warn")
-        }
+        Command::Check { .. }
+        | Command::Reload { .. }
+        | Command::Ctl { .. }
+        | Command::Upgrade { .. } => init_logging("warn"),
     }
     match cli.command {
         Command::Check { conf } => check(&conf),
         Command::Reload { conf, pid_file } => reload(conf, pid_file),
+        Command::Upgrade {
+            conf,
+            binary,
+            timeout,
+        } => match load(&conf) {
+            Ok((config, _)) => crate::upgrade::run(crate::upgrade::Upgrade {
+                conf: &conf,
+                config: &config,
+                binary,
+                timeout,
+            }),
+            Err(code) => code,
+        },
         Command::Ctl { options, command } => crate::ctl::run(options, command),
         Command::Run {
             conf,

@@ -15,4 +15,5 @@ pub mod proxy;
 pub mod release;
 pub mod server;
 pub mod state;
+pub mod upgrade;
 pub mod upstream;

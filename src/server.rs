@@ -160,7 +160,66 @@ pub fn run(config: Config, file: Option<&ConfigFile>, opts: RunOptions) -> anyho
         std::fs::write(&pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing pid file {pid_file}"))?;
     }
-    server.run_forever()
+    let upgrade_sock = PathBuf::from(&server.configuration.upgrade_sock);
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(Signals { upgrade_sock }),
+    });
+    std::process::exit(0)
+}
+
+/// The signals that end a run (SPEC §1). SIGQUIT hands the listening sockets over only when a new
+/// process waits for them on `upgrade_sock` (`run -u` binds it while it waits); without one, the
+/// instance keeps serving instead of closing its listeners with nobody to take them. SIGTERM drains.
+/// SIGINT stops at once.
+struct Signals {
+    upgrade_sock: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl pingora::server::ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        use pingora::server::ShutdownSignal;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!(
+                "cannot watch for signals: SIGTERM, SIGQUIT and SIGINT will not be handled"
+            );
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = quit.recv() => {
+                    if successor_waiting(&self.upgrade_sock) {
+                        log::info!("SIGQUIT: handing the listening sockets to the new process, then draining");
+                        return ShutdownSignal::GracefulUpgrade;
+                    }
+                    log::warn!(
+                        "SIGQUIT, but no new process waits on {}: still serving (`switchyard upgrade` starts one and hands over)",
+                        self.upgrade_sock.display()
+                    );
+                }
+                _ = term.recv() => {
+                    log::info!("SIGTERM: draining");
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => {
+                    log::info!("SIGINT: stopping at once");
+                    std::process::exit(0);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a new process is waiting for the listening sockets: it binds a Unix socket at `path` while
+/// it waits, and removes it once it has them or gives up.
+pub fn successor_waiting(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 /// One line in words: version, revision, where it listens, where the admin API is.

@@ -1,11 +1,16 @@
 //! Pingora's graceful upgrade through our CLI: a second instance started with `-u` takes the listening
-//! socket over, the old one gets SIGQUIT, and not one request of a steady stream is lost.
+//! socket over, the old one gets SIGQUIT, and not one request of a steady stream is lost; then
+//! `switchyard upgrade` under load, a failing new binary, SIGQUIT without a successor, and SIGINT.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+#[allow(unused_imports)]
+use common::on_both_paths;
 
 #[test]
 fn upgrade_hands_over_the_socket_without_losing_a_request() {
@@ -70,4 +75,172 @@ fn upgrade_hands_over_the_socket_without_losing_a_request() {
         served_before > 100,
         "too little traffic to prove anything: {served_before}"
     );
+}
+
+on_both_paths!(
+    switchyard_upgrade_under_load_loses_nothing_three_times_in_a_row,
+    a_new_binary_that_fails_leaves_the_old_one_serving,
+    sigquit_without_a_successor_keeps_serving,
+);
+
+fn pid_in(proxy: &ProxyProcess) -> u32 {
+    std::fs::read_to_string(proxy.dir.join("switchyard.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+}
+
+/// `switchyard upgrade -c FILE`, its log appended to the instance's.
+fn upgrade_command(proxy: &ProxyProcess, extra: &[&str]) -> (i32, String) {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(proxy.dir.join("switchyard.log"))
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("upgrade")
+        .arg("-c")
+        .arg(proxy.config_path())
+        .args(extra)
+        .env("RUST_LOG", "warn,switchyard=info")
+        .stderr(log)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Three upgrades in a row with `switchyard upgrade`, under keep-alive clients and a connection per
+/// request at once: not one request fails, and each old process is gone within its drain (2 s here).
+fn switchyard_upgrade_under_load_loses_nothing_three_times_in_a_row() {
+    let v1 = backend("v1");
+    let mut proxy = ProxyProcess::start(&format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 1}}}}\n",
+        v1.addr
+    ));
+    let url = proxy.url("/api");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let loads: Vec<_> = [true, true, false, false]
+        .into_iter()
+        .map(|keep_alive| {
+            let (stop, ok, url) = (stop.clone(), ok.clone(), url.clone());
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .max_idle_connections(if keep_alive { 4 } else { 0 })
+                    .timeout(Duration::from_secs(5))
+                    .build();
+                let mut errors = Vec::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    match agent.get(&url).call() {
+                        Ok(r) if r.status() == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => errors.push(format!("{:?}", other.map(|r| r.status()))),
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                errors
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut pids = vec![pid_in(&proxy)];
+    for round in 0..3 {
+        let old = *pids.last().unwrap();
+        let before = ok.load(Ordering::Relaxed);
+        let (code, report) = upgrade_command(&proxy, &[]);
+        assert_eq!(code, 0, "round {round}: {report}\n{}", proxy.log());
+        let new = pid_in(&proxy);
+        assert_ne!(new, old);
+        assert!(
+            report.contains(&format!("pid {old} -> pid {new}")),
+            "{report}"
+        );
+        // The old process drains and exits within its grace period (2 s) and shutdown timeout.
+        let gone = eventually(Duration::from_secs(8), || !running(old));
+        assert!(gone, "round {round}: pid {old} still running");
+        assert!(
+            ok.load(Ordering::Relaxed) > before,
+            "round {round}: no traffic"
+        );
+        pids.push(new);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let errors: Vec<String> = loads.into_iter().flat_map(|l| l.join().unwrap()).collect();
+    signal(*pids.last().unwrap(), "INT");
+    let _ = proxy.child.wait();
+    assert!(errors.is_empty(), "requests lost: {errors:?}");
+    assert!(ok.load(Ordering::Relaxed) > 300);
+}
+
+/// A new binary that fails before it is ready: nothing is signalled, the command exits 3 and says
+/// why, and the old process serves on.
+fn a_new_binary_that_fails_leaves_the_old_one_serving() {
+    let v1 = backend("v1");
+    let proxy = ProxyProcess::start(&format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 1}}}}\n",
+        v1.addr
+    ));
+    let old = pid_in(&proxy);
+    let (code, _) = upgrade_command(&proxy, &["--binary", "/bin/false"]);
+    assert_eq!(code, 3);
+    assert!(proxy.log().contains("keeps serving"), "{}", proxy.log());
+    assert_eq!(pid_in(&proxy), old);
+    assert_eq!(get(&client(), &proxy.url("/api"), &[]).status, 200);
+}
+
+/// SIGQUIT with no new process waiting for the sockets: the instance keeps its listeners and serves.
+fn sigquit_without_a_successor_keeps_serving() {
+    let v1 = backend("v1");
+    let mut proxy = ProxyProcess::start(&format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 1}}}}\n",
+        v1.addr
+    ));
+    signal(proxy.child.id(), "QUIT");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(proxy.child.try_wait().unwrap().is_none(), "it stopped");
+    for _ in 0..5 {
+        assert_eq!(get(&client(), &proxy.url("/api"), &[]).status, 200);
+    }
+    assert!(
+        proxy.log().contains("no new process waits"),
+        "{}",
+        proxy.log()
+    );
+}
+
+/// SIGINT stops the process within a second, every time (50 tries, some of them under traffic).
+#[test]
+fn sigint_stops_within_a_second_every_time() {
+    let v1 = backend("v1");
+    let body = format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 1}}}}\n",
+        v1.addr
+    );
+    for i in 0..50 {
+        let mut proxy = ProxyProcess::start(&body);
+        if i % 2 == 0 {
+            assert_eq!(get(&client(), &proxy.url("/api"), &[]).status, 200);
+        }
+        signal(proxy.child.id(), "INT");
+        let start = std::time::Instant::now();
+        let stopped = eventually(Duration::from_secs(1), || {
+            matches!(proxy.child.try_wait(), Ok(Some(_)))
+        });
+        assert!(
+            stopped,
+            "try {i}: still running {:?} after SIGINT",
+            start.elapsed()
+        );
+    }
 }

@@ -160,10 +160,21 @@ async fn accept_loop(listener: Arc<TcpListener>, engine: Arc<Engine>, mut shutdo
                 });
             }
             Err(e) => {
-                log::error!("accept() failed: {e}");
-                // Out of file descriptors: accept() would fail again at once until some close.
-                if matches!(e.raw_os_error(), Some(23 | 24)) {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                // A connection that was reset before it was accepted concerns that connection only.
+                if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted) {
+                    continue;
+                }
+                // Anything else (out of file descriptors, a listener being torn down) would fail
+                // again at once: back off instead of spinning and flooding the log.
+                log::error!("accept() failed: {e}; pausing this listener");
+                let pause = if matches!(e.raw_os_error(), Some(23 | 24)) {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_millis(50)
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => return,
                 }
             }
         }

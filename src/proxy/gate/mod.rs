@@ -7,8 +7,8 @@
 //! - the whole head must arrive within `limits.header_timeout` of its first byte (of accept, for a
 //!   connection's first request), and be at most `limits.max_head_bytes` (431 above);
 //! - a head the HTTP/1 parser cannot read is refused with a JSON 400, logged like any request;
-//! - between requests the connection waits `limits.keepalive_timeout` holding no read buffer, and is
-//!   closed when shutdown begins;
+//! - between requests the connection waits `limits.keepalive_timeout` holding no read buffer, during a
+//!   drain too: a request may be on its way, and its answer says `Connection: close`;
 //! - pipelined requests are served in order: the gate hands Pingora one request (its head and, when
 //!   its length is declared, its body bytes already read) and keeps what follows for the next round;
 //!   while Pingora serves it, its reads stop where the request ends ([`fence`]).
@@ -73,7 +73,7 @@ impl ServerApp for Pipeline {
             buf: BytesMut::new(),
             served: 0,
         };
-        serve(&self.proxy, &self.full, first, shutdown, self.first_request).await
+        serve(&self.proxy, &self.full, first, shutdown).await
     }
 
     async fn cleanup(&self) {
@@ -96,7 +96,6 @@ pub(crate) async fn serve(
     full: &Arc<HttpProxy<Proxy>>,
     c: Connection,
     shutdown: &ShutdownWatch,
-    first_request: Duration,
 ) -> Option<Stream> {
     let Connection {
         mut stream,
@@ -104,18 +103,8 @@ pub(crate) async fn serve(
         mut served,
     } = c;
     let limits = proxy.limits();
-    let mut shutdown = shutdown.clone();
     loop {
-        match read_head(
-            &mut stream,
-            &mut buf,
-            &limits,
-            served,
-            &mut shutdown,
-            first_request,
-        )
-        .await
-        {
+        match read_head(&mut stream, &mut buf, &limits, served).await {
             HeadRead::Closed => return None,
             HeadRead::TooLarge => {
                 refuse(proxy, &mut stream, (Refusal::HeadTooLarge, None), &limits).await;
@@ -148,7 +137,7 @@ pub(crate) async fn serve(
         // makes Pingora answer `Connection: close`.
         let left = limits.max_requests_per_connection.saturating_sub(served);
         session.set_keepalive_reuses_remaining(Some(left.saturating_sub(1)));
-        let reused = full.process_new_http(session, &shutdown).await?;
+        let reused = full.process_new_http(session, shutdown).await?;
         // Keep-alive and the count of requests are the gate's; the bytes of the next request are in
         // the gate's buffer, then in the fence.
         let fenced = reused
@@ -184,8 +173,6 @@ async fn read_head(
     buf: &mut BytesMut,
     limits: &Limits,
     served: u32,
-    shutdown: &mut ShutdownWatch,
-    first_request: Duration,
 ) -> HeadRead {
     let started = Instant::now();
     let mut deadline = (served == 0).then(|| started + limits.header_timeout);
@@ -197,11 +184,10 @@ async fn read_head(
             return HeadRead::TooLarge;
         }
         let read = if buf.is_empty() {
-            if served > 0 && *shutdown.borrow() {
-                return HeadRead::Closed;
-            }
-            // Waiting for a request. After IDLE_RELEASE the buffer is given back, and the wait goes
-            // on holding none (the next read takes a few bytes, then the buffer grows again).
+            // Waiting for a request, also once shutdown has begun (a request may already be on its
+            // way; its answer will say `Connection: close`). After IDLE_RELEASE the buffer is given
+            // back, and the wait goes on holding none (the next read takes a few bytes, then the
+            // buffer grows again).
             let lean = buf.capacity() == 0;
             if !lean {
                 buf.reserve(READ_CHUNK);
@@ -212,26 +198,12 @@ async fn read_head(
             };
             let release = deadline.is_none() && !lean && wait > IDLE_RELEASE;
             let wait = if release { IDLE_RELEASE } else { wait };
-            let read = fast_timeout(wait, stream.read_buf(buf));
-            tokio::pin!(read);
-            if *shutdown.borrow() {
-                fast_timeout(first_request, read).await.unwrap_or_else(Err)
-            } else {
-                let r = tokio::select! {
-                    r = &mut read => r,
-                    changed = shutdown.changed() => {
-                        if changed.is_ok() && served > 0 {
-                            return HeadRead::Closed;
-                        }
-                        fast_timeout(first_request, read).await.unwrap_or_else(Err)
-                    }
-                };
-                if release && r.is_err() && buf.is_empty() {
-                    *buf = BytesMut::new();
-                    continue;
-                }
-                r
+            let r = fast_timeout(wait, stream.read_buf(buf)).await;
+            if release && r.is_err() && buf.is_empty() {
+                *buf = BytesMut::new();
+                continue;
             }
+            r
         } else {
             let d = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
             if buf.capacity() - buf.len() < 1024 {

@@ -290,7 +290,7 @@ struct Request {
 impl Engine {
     /// Reads, decides and proxies one request.
     async fn serve_one(&self, c: &mut Conn, shutdown: &mut ShutdownWatch) -> Next {
-        match read_head(c, shutdown, self.first_request).await {
+        match read_head(c).await {
             HeadRead::Complete => {}
             HeadRead::Closed => return Next::Close,
             HeadRead::TooLarge => {
@@ -672,7 +672,7 @@ impl Engine {
             buf: c.buf,
             served: c.served,
         };
-        gate::serve(&self.proxy, &self.full, c, shutdown, self.first_request).await
+        gate::serve(&self.proxy, &self.full, c, shutdown).await
     }
 }
 
@@ -686,13 +686,9 @@ enum HeadRead {
 /// Reads until `c.buf` holds a whole request head. The head must arrive within
 /// `limits.header_timeout` of its first byte (of accept, for a connection's first request): a client
 /// sending it a byte at a time is closed (slowloris). An idle keep-alive connection waits up to
-/// `limits.keepalive_timeout` for its next request and closes at shutdown; one accepted just before
-/// shutdown still gets `first_request` for its first.
-async fn read_head(
-    c: &mut Conn,
-    shutdown: &mut ShutdownWatch,
-    first_request: Duration,
-) -> HeadRead {
+/// `limits.keepalive_timeout` for its next request, during a drain too (SPEC §1: a connection that may
+/// have a request in flight is never closed under it).
+async fn read_head(c: &mut Conn) -> HeadRead {
     let mut deadline = (c.served == 0).then(|| Instant::now() + c.limits.header_timeout);
     let idle_since = Instant::now();
     loop {
@@ -719,29 +715,13 @@ async fn read_head(
         };
         let read = if !idle {
             fast_timeout(wait, c.stream.read_buf(&mut c.buf)).await
-        } else if *shutdown.borrow() {
-            if c.served > 0 {
-                return HeadRead::Closed;
-            }
-            fast_timeout(first_request.min(wait), c.stream.read_buf(&mut c.buf)).await
         } else {
-            // Between requests: after IDLE_RELEASE the buffers are given back.
+            // Between requests, also once shutdown has begun: a request may already be on its way,
+            // so the connection is not closed under it; its answer will say `Connection: close`.
+            // After IDLE_RELEASE the buffers are given back.
             let release = deadline.is_none() && !c.lean && wait > IDLE_RELEASE;
             let wait = if release { IDLE_RELEASE } else { wait };
-            let served = c.served;
-            let stream = &mut c.stream;
-            let buf = &mut c.buf;
-            let read = fast_timeout(wait, stream.read_buf(buf));
-            tokio::pin!(read);
-            let r = tokio::select! {
-                r = &mut read => r,
-                changed = shutdown.changed() => {
-                    if changed.is_ok() && served > 0 {
-                        return HeadRead::Closed;
-                    }
-                    fast_timeout(first_request, read).await.unwrap_or_else(Err)
-                }
-            };
+            let r = fast_timeout(wait, c.stream.read_buf(&mut c.buf)).await;
             if release && r.is_err() && c.buf.is_empty() {
                 c.release_buffers();
                 continue;
