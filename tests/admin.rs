@@ -237,6 +237,26 @@ fn config_etag_put_rollback_and_restore() {
     let (code, body) = put(&etag, "routes: [{name: x}]\n");
     assert_eq!(code, 400);
     assert!(body.contains("\"errors\""), "{body}");
+    // A config without the admin section, or without a token, would lock the operator out: refused.
+    let mut without_admin = String::new();
+    let mut skipping = false;
+    for line in yaml.lines() {
+        if !line.starts_with(' ') {
+            skipping = line.starts_with("admin:");
+        }
+        if !skipping {
+            without_admin.push_str(line);
+            without_admin.push('\n');
+        }
+    }
+    let (code, body) = put(&etag, &without_admin);
+    assert_ne!(code, 200, "{body}");
+    assert!(body.contains("no admin section"), "{body}");
+    assert_eq!(
+        format!("\"{}\"", a.revision()),
+        etag,
+        "a refused PUT made a revision"
+    );
     let v2_everywhere = yaml.replace("v1: 100", "v1: 0").replace("v2: 0", "v2: 100");
     let (code, body) = put(&etag, &v2_everywhere);
     assert_eq!(code, 200, "{body}");

@@ -251,7 +251,20 @@ fn put_config(w: &Writer<'_>, req: &Request) -> Response<Vec<u8>> {
             return invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
         }
     };
-    w.apply("config.put", None, |_| Ok(config))
+    w.apply("config.put", None, |live| {
+        // What would lock the operator out cannot be undone through the API: refused.
+        match (&live.config.admin, &config.admin) {
+            (Some(_), None) => Err(refused(
+                "the config has no admin section: applying it would remove this admin API after a restart, with no way to undo it remotely; keep the admin section".to_string(),
+            )),
+            (Some(before), Some(after)) if !before.tokens.is_empty() && after.tokens.is_empty() => {
+                Err(refused(
+                    "the config has no admin token left: applying it would open the admin API to anyone who reaches it; keep at least one token".to_string(),
+                ))
+            }
+            _ => Ok(config),
+        }
+    })
 }
 
 /// `{"split":{..}}`, `{"live":"green"}` or `{"mirror":{"percent":N}}`.

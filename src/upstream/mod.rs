@@ -24,6 +24,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// Upstream connect timeout when a pool sets none.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upstream read (and write) timeout when a pool sets none: the longest wait for the next bytes.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Per-pool timeouts applied to every connection to its backends.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timeouts {
@@ -99,10 +104,12 @@ impl Pool {
                 .map_err(|m| ConfigError::new(format!("{path}.timeouts.{at}"), m).into())
         };
         let t = &def.timeouts;
+        // Safe defaults, as nginx's proxy_connect_timeout and proxy_read_timeout: a backend that
+        // accepts and never answers does not hold a request for ever.
         let timeouts = Timeouts {
-            connect: dur("connect", &t.connect)?,
-            read: dur("read", &t.read)?,
-            write: dur("write", &t.write)?,
+            connect: dur("connect", &t.connect)?.or(Some(DEFAULT_CONNECT_TIMEOUT)),
+            read: dur("read", &t.read)?.or(Some(DEFAULT_READ_TIMEOUT)),
+            write: dur("write", &t.write)?.or(Some(DEFAULT_READ_TIMEOUT)),
             idle: dur("idle", &t.idle)?,
         };
         let observed = Arc::new(Observed::new(
