@@ -153,6 +153,11 @@ pub fn run(config: Config, file: Option<&ConfigFile>, opts: RunOptions) -> anyho
     let pid_file = config.server.pid_file.clone();
     let (mut server, state) = build(config, file, opts)?;
     server.bootstrap();
+    if opts.upgrade {
+        // The previous process may have committed changes since this one read the state directory;
+        // it took none after it began handing over.
+        state.resume_latest();
+    }
     log::info!("{}", startup_line(&state.load()));
     if !opts.daemon {
         // Pingora writes the pid file when it daemonizes; in the foreground `switchyard reload` needs
@@ -162,7 +167,10 @@ pub fn run(config: Config, file: Option<&ConfigFile>, opts: RunOptions) -> anyho
     }
     let upgrade_sock = PathBuf::from(&server.configuration.upgrade_sock);
     server.run(pingora::server::RunArgs {
-        shutdown_signal: Box::new(Signals { upgrade_sock }),
+        shutdown_signal: Box::new(Signals {
+            upgrade_sock,
+            state,
+        }),
     });
     std::process::exit(0)
 }
@@ -173,6 +181,7 @@ pub fn run(config: Config, file: Option<&ConfigFile>, opts: RunOptions) -> anyho
 /// SIGINT stops at once.
 struct Signals {
     upgrade_sock: PathBuf,
+    state: Arc<State>,
 }
 
 #[async_trait::async_trait]
@@ -194,7 +203,9 @@ impl pingora::server::ShutdownSignalWatch for Signals {
             tokio::select! {
                 _ = quit.recv() => {
                     if successor_waiting(&self.upgrade_sock) {
-                        log::info!("SIGQUIT: handing the listening sockets to the new process, then draining");
+                        // One writer at a time: changes stop here before the new process can take any.
+                        self.state.hand_over();
+                        log::info!("SIGQUIT: handing the listening sockets to the new process, then draining; admin changes now go to the new process");
                         return ShutdownSignal::GracefulUpgrade;
                     }
                     log::warn!(

@@ -624,5 +624,12 @@ fn change_refused(e: ChangeError) -> Response<Vec<u8>> {
         ChangeError::Conflict(m) => error(StatusCode::CONFLICT, &m),
         ChangeError::Refused(m) => error(StatusCode::BAD_REQUEST, &m),
         ChangeError::Storage(m) => error(StatusCode::INTERNAL_SERVER_ERROR, &m),
+        ChangeError::NoSpace(m) => error(StatusCode::INSUFFICIENT_STORAGE, &m),
+        e @ ChangeError::HandingOver => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("1"));
+            r
+        }
     }
 }

@@ -98,6 +98,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: String,
     pub state_dir: String,
     pub access_log: String,
+    /// Revision files kept in `state_dir`; older ones are pruned (the audit log keeps every change).
+    pub retain_revisions: usize,
     /// Plain HTTP/1.1 on Switchyard's own engine (true), or every request through Pingora's pipeline
     /// (false: the kill switch should the engine ever misbehave).
     pub http1_engine: bool,
@@ -145,6 +147,7 @@ impl Default for ServerConfig {
             shutdown_timeout: "5s".into(),
             state_dir: "/tmp/switchyard".into(),
             access_log: "stdout".into(),
+            retain_revisions: 1000,
             http1_engine: true,
             limits: LimitsConfig::default(),
         }

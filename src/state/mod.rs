@@ -76,6 +76,10 @@ pub enum ChangeError {
     Conflict(String),
     /// The change could not be persisted; nothing changed.
     Storage(String),
+    /// The state directory's device is full; nothing changed.
+    NoSpace(String),
+    /// This instance is handing over to a new process (an upgrade): changes go to the new one.
+    HandingOver,
 }
 
 impl fmt::Display for ChangeError {
@@ -85,7 +89,12 @@ impl fmt::Display for ChangeError {
             ChangeError::Refused(m) | ChangeError::NotFound(m) | ChangeError::Conflict(m) => {
                 f.write_str(m)
             }
-            ChangeError::Storage(m) => write!(f, "cannot persist the change: {m}"),
+            ChangeError::Storage(m) | ChangeError::NoSpace(m) => {
+                write!(f, "cannot persist the change: {m}")
+            }
+            ChangeError::HandingOver => f.write_str(
+                "this instance is handing over to a new process (upgrade); retry in a moment",
+            ),
         }
     }
 }
@@ -98,6 +107,9 @@ pub struct State {
     /// Serialises writers; holds the state directory when changes are persisted.
     writer: Mutex<Writer>,
     metrics: Arc<Metrics>,
+    /// Set when the listening sockets go to a new process: from then on that process is the only
+    /// writer, and changes here are refused (503, retried by `ctl`).
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 struct Writer {
@@ -117,6 +129,7 @@ impl State {
                 file_sha256: String::new(),
             }),
             metrics: Arc::default(),
+            handing_over: Default::default(),
         })
     }
 
@@ -124,15 +137,23 @@ impl State {
     /// `file_text` is the config file as read from disk (its digest decides the rule).
     pub fn open(file_config: Config, file_text: &str) -> anyhow::Result<State> {
         let dir = file_config.server.state_dir.clone();
-        let store =
-            Store::open(Path::new(&dir)).map_err(|e| anyhow::anyhow!("state_dir {dir}: {e}"))?;
+        let store = Store::open(Path::new(&dir))
+            .map_err(|e| anyhow::anyhow!("state_dir {dir}: {e}"))?
+            .retaining(file_config.server.retain_revisions);
+        for note in store
+            .repair()
+            .map_err(|e| anyhow::anyhow!("state_dir {dir}: repairing: {e}"))?
+        {
+            log::warn!("state_dir {dir}: {note}");
+        }
         let file_sha256 = sha256_hex(file_text.as_bytes());
         let persisted = store
             .persisted()
             .map_err(|e| anyhow::anyhow!("{dir}/state.json: {e}"))?;
         if let Some(p) = persisted.as_ref().filter(|p| p.file_sha256 == file_sha256) {
             match store
-                .effective()
+                .revision(p.revision)
+                .or_else(|_| store.effective())
                 .map_err(|e| e.to_string())
                 .and_then(|t| Config::parse_str(&t).map_err(|e| e.to_string()))
             {
@@ -147,6 +168,7 @@ impl State {
                             file_sha256,
                         }),
                         metrics: Arc::default(),
+                        handing_over: Default::default(),
                     });
                 }
                 Err(e) => log::error!(
@@ -177,7 +199,54 @@ impl State {
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(writer),
             metrics: Arc::default(),
+            handing_over: Default::default(),
         })
+    }
+
+    /// Stops taking changes: the listening sockets are about to go to a new process, which becomes the
+    /// only writer. Returns once no change is in progress here.
+    pub fn hand_over(&self) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.handing_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// After taking the listening sockets over from a previous process: serves the revision that
+    /// process committed last, if it is newer than the one read at start (changes made there between
+    /// this process's start and the hand-over).
+    pub fn resume_latest(&self) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(store) = &writer.store else {
+            return;
+        };
+        let current = self.current.load_full();
+        let Ok(Some(p)) = store.persisted() else {
+            return;
+        };
+        if p.revision <= current.revision || p.file_sha256 != writer.file_sha256 {
+            return;
+        }
+        let loaded = store
+            .revision(p.revision)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Config::parse_str(&t).map_err(|e| e.to_string()))
+            .and_then(|c| {
+                Snapshot::build(c, p.revision, Some(&current)).map_err(|e| e.to_string())
+            });
+        match loaded {
+            Ok(snapshot) => {
+                log::info!(
+                    "taking over at revision {} (committed by the previous process)",
+                    p.revision
+                );
+                self.current.store(Arc::new(snapshot));
+            }
+            Err(e) => log::error!(
+                "revision {} of the previous process cannot be served ({e}); serving revision {}",
+                p.revision,
+                current.revision
+            ),
+        }
     }
 
     /// The metrics of this instance's traffic.
@@ -207,6 +276,9 @@ impl State {
         change: Change<'_>,
         edit: impl FnOnce(&Snapshot) -> Result<Config, ChangeError>,
     ) -> Result<Arc<Snapshot>, ChangeError> {
+        if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ChangeError::HandingOver);
+        }
         let previous = self.current.load_full();
         let config = edit(&previous)?;
         let next = Snapshot::build(config, previous.revision + 1, Some(&previous))
@@ -224,6 +296,9 @@ impl State {
     pub fn reload_file(&self, text: &str) -> Result<Reload, ChangeError> {
         let digest = sha256_hex(text.as_bytes());
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ChangeError::HandingOver);
+        }
         if digest == writer.file_sha256 {
             return Ok(Reload::Unchanged(self.current.load_full()));
         }
@@ -361,9 +436,6 @@ fn persist(
         revision: next.revision,
         file_sha256: writer.file_sha256.clone(),
     };
-    store
-        .commit(&persisted, &yaml)
-        .map_err(|e| ChangeError::Storage(format!("{}: {e}", store.dir().display())))?;
     let describe = |s: Option<&Snapshot>| match (s, change.route) {
         (Some(s), Some(route)) => s
             .config
@@ -396,8 +468,20 @@ fn persist(
         reason: change.reason.map(str::to_string),
     };
     store
-        .append_audit(&entry)
-        .map_err(|e| ChangeError::Storage(format!("{}/audit.jsonl: {e}", store.dir().display())))
+        .commit(&persisted, &yaml, &entry)
+        .map_err(|e| storage_error(store.dir(), &e))
+}
+
+/// A change that could not be made durable: nothing of it stays. A full disk says so.
+fn storage_error(dir: &Path, e: &std::io::Error) -> ChangeError {
+    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+        ChangeError::NoSpace(format!(
+            "{}: no space left on the device; the change was not made, nothing of it was written",
+            dir.display()
+        ))
+    } else {
+        ChangeError::Storage(format!("{}: {e}; the change was not made", dir.display()))
+    }
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
