@@ -244,3 +244,116 @@ fn sigint_stops_within_a_second_every_time() {
         );
     }
 }
+
+/// Admin changes at 10 per second across two upgrades: every acknowledged change has a revision of
+/// its own, in order, each with one audit line, and the last one acknowledged is what serves after.
+/// During a hand-over the old process answers 503 with Retry-After, retried here as `ctl` does.
+#[test]
+fn admin_changes_across_upgrades_keep_unique_revisions_and_lose_nothing() {
+    const OPS: &str = "ops-token-for-upgrades";
+    let (v1, v2) = (backend("v1"), backend("v2"));
+    let admin = free_addr();
+    let proxy = ProxyProcess::start(&format!(
+        "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n",
+        sha256_hex(OPS),
+        v1.addr,
+        v2.addr
+    ));
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let agent = ureq::AgentBuilder::new()
+                .max_idle_connections(0)
+                .timeout(Duration::from_secs(5))
+                .build();
+            let mut acknowledged: Vec<(u64, u64)> = Vec::new();
+            let mut retried = 0;
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                k = k % 100 + 1;
+                let body = format!(
+                    r#"{{"split": {{"v1": {}, "v2": {k}}}, "reason": "step {k}"}}"#,
+                    100 - k
+                );
+                loop {
+                    let r = agent
+                        .request("PATCH", &format!("http://{admin}/v1/routes/api"))
+                        .set("Authorization", &format!("Bearer {OPS}"))
+                        .send_string(&body);
+                    match r {
+                        Ok(r) => {
+                            let v: serde_json::Value =
+                                serde_json::from_str(&r.into_string().unwrap()).unwrap();
+                            acknowledged.push((v["revision"].as_u64().unwrap(), k));
+                            break;
+                        }
+                        Err(ureq::Error::Status(503, r)) => {
+                            assert_eq!(r.header("retry-after"), Some("1"));
+                            retried += 1;
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        // Not acknowledged: the change may or may not have been made; try again.
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (acknowledged, retried)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    for round in 0..2 {
+        let (code, report) = upgrade_command(&proxy, &[]);
+        assert_eq!(code, 0, "round {round}: {report}\n{}", proxy.log());
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, _retried) = writer.join().unwrap();
+    let ops = |path: &str| -> serde_json::Value {
+        let text = ureq::get(&format!("http://{admin}{path}"))
+            .set("Authorization", &format!("Bearer {OPS}"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    assert!(acknowledged.len() > 10, "{acknowledged:?}");
+    let revisions: Vec<u64> = acknowledged.iter().map(|a| a.0).collect();
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "revisions not unique and increasing: {revisions:?}"
+    );
+    let (last_revision, last_k) = *acknowledged.last().unwrap();
+    let status = ops("/v1/status");
+    assert_eq!(status["revision"].as_u64(), Some(last_revision), "{status}");
+    let route = ops("/v1/routes/api");
+    assert!(
+        route.to_string().contains(&format!("\"weight\":{last_k}")),
+        "the last acknowledged change (v2 = {last_k}) is not what serves: {route}"
+    );
+    let audit = ops("/v1/audit");
+    let audited: Vec<u64> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["revision"].as_u64())
+        .collect();
+    for r in &revisions {
+        assert_eq!(
+            audited.iter().filter(|a| *a == r).count(),
+            1,
+            "revision {r} is not audited exactly once"
+        );
+    }
+    let pid: u32 = std::fs::read_to_string(proxy.dir.join("switchyard.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(pid, "INT");
+}
