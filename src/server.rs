@@ -39,13 +39,18 @@ fn server_conf(config: &Config) -> anyhow::Result<ServerConf> {
         threads: s.threads,
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
-        grace_period_seconds: Some(grace.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(shutdown.as_secs()),
+        // Pingora counts these in whole seconds: a sub-second setting is rounded up, never to zero.
+        grace_period_seconds: Some(whole_seconds_up(grace)),
+        graceful_shutdown_timeout_seconds: Some(whole_seconds_up(shutdown)),
         // One single-threaded runtime per worker thread: no cross-thread task stealing, whose
         // bookkeeping costs more than it balances for short proxy requests.
         work_stealing: false,
         ..ServerConf::default()
     })
+}
+
+fn whole_seconds_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// The config a server runs from: its text, and the file it was read from (`None` when embedded, as
@@ -165,6 +170,16 @@ pub fn run(config: Config, file: Option<&ConfigFile>, opts: RunOptions) -> anyho
         std::fs::write(&pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing pid file {pid_file}"))?;
     }
+    // Whether the instance behind the pid file runs as a daemon, for `switchyard upgrade`.
+    let marker = daemon_marker(std::path::Path::new(&pid_file));
+    if opts.daemon {
+        std::fs::write(&marker, "run -d\n")
+            .with_context(|| format!("writing {}", marker.display()))?;
+    } else if let Err(e) = std::fs::remove_file(&marker) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("removing {}: {e}", marker.display());
+        }
+    }
     let upgrade_sock = PathBuf::from(&server.configuration.upgrade_sock);
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(Signals {
@@ -224,6 +239,13 @@ impl pingora::server::ShutdownSignalWatch for Signals {
             }
         }
     }
+}
+
+/// The file next to the pid file that says the instance runs as a daemon (`run -d`).
+pub fn daemon_marker(pid_file: &std::path::Path) -> PathBuf {
+    let mut name = pid_file.as_os_str().to_owned();
+    name.push(".daemon");
+    PathBuf::from(name)
 }
 
 /// Whether a new process is waiting for the listening sockets: it binds a Unix socket at `path` while

@@ -2,7 +2,7 @@
 //!
 //! 1. The running instance is the pid in `server.pid_file`, and it must be alive.
 //! 2. The new binary (this one, or `--binary`) starts as `run -c FILE -u` (`-d` too when the running
-//!    instance is a daemon). While it waits for the listening sockets it binds `server.upgrade_sock`:
+//!    instance is a daemon: it leaves `<pid_file>.daemon` to say so). While it waits for the listening sockets it binds `server.upgrade_sock`:
 //!    that is the readiness signal, never a fixed sleep. If it exits first, or does not get there in
 //!    time, it is stopped, nothing is signalled and the old instance keeps serving (exit 3).
 //! 3. SIGQUIT to the old instance: it sends its listening sockets to the new one and drains. (A
@@ -62,7 +62,7 @@ fn upgrade(u: &Upgrade<'_>) -> Result<String, String> {
         Some(b) => b.clone(),
         None => std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
     };
-    let daemon = is_daemon(old);
+    let daemon = crate::server::daemon_marker(pid_file).exists();
     let conf = std::fs::canonicalize(u.conf).unwrap_or_else(|_| u.conf.to_path_buf());
     let mut cmd = Command::new(&binary);
     cmd.arg("run").arg("-c").arg(&conf).arg("-u");
@@ -195,21 +195,4 @@ fn alive(pid: i32) -> bool {
         .and_then(|s| s.rsplit_once(") "))
         .is_some_and(|(_, rest)| rest.starts_with('Z'));
     kill(Pid::from_raw(pid), None).is_ok() && !zombie
-}
-
-/// Whether `pid` runs as a daemon (`run -d`): forked twice, so its parent is init and it does not
-/// lead its own session. (A service that systemd starts has init as its parent too, but leads its
-/// session.)
-fn is_daemon(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return false;
-    };
-    // After the command: state, parent, process group, session.
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let parent = fields.get(1).and_then(|f| f.parse::<i32>().ok());
-    let session = fields.get(3).and_then(|f| f.parse::<i32>().ok());
-    parent == Some(1) && session.is_some_and(|s| s != pid)
 }

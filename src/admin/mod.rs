@@ -106,6 +106,17 @@ impl ServeHttp for AdminApi {
                 &serde_json::json!({"status": "ok", "revision": self.state.load().revision}),
             );
         }
+        if self.state.is_handing_over() {
+            // The admin listener is shared with the new process for a few seconds: what this one
+            // would answer is no longer current, so the client is sent to try again, and lands there.
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this instance is handing over to a new process (upgrade); retry in a moment",
+            );
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("1"));
+            return r;
+        }
         let Some(actor) = self.actor(authorization.as_deref()) else {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -128,7 +139,16 @@ impl ServeHttp for AdminApi {
             if_match,
             body,
         };
-        api::handle(&self.state, &actor, &req)
+        // Off the service's threads: a slow call (stats over thousands of routes, a large config)
+        // never holds up /healthz or /metrics, which are answered above without waiting.
+        let state = self.state.clone();
+        match tokio::task::spawn_blocking(move || api::handle(&state, &actor, &req)).await {
+            Ok(response) => response,
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the admin call failed: {e}"),
+            ),
+        }
     }
 }
 

@@ -211,6 +211,11 @@ impl State {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Whether this instance is handing over to a new process (see [`State::hand_over`]).
+    pub fn is_handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// After taking the listening sockets over from a previous process: serves the revision that
     /// process committed last, if it is newer than the one read at start (changes made there between
     /// this process's start and the hand-over).
