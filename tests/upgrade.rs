@@ -120,38 +120,48 @@ fn upgrade_command(proxy: &ProxyProcess, extra: &[&str]) -> (i32, String) {
 /// Three upgrades in a row with `switchyard upgrade`, under keep-alive clients and a connection per
 /// request at once: not one request fails, and each old process is gone within its drain (2 s here).
 fn switchyard_upgrade_under_load_loses_nothing_three_times_in_a_row() {
-    let v1 = backend("v1");
+    let (v1, slow, shadow) = (backend("v1"), backend("slow"), backend("shadow"));
+    slow.control.set_delay(Duration::from_millis(300));
     let mut proxy = ProxyProcess::start(&format!(
-        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 1}}}}\n",
-        v1.addr
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\n  slow: {{backends: [\"{}\"]}}\n  shadow: {{backends: [\"{}\"]}}\nroutes:\n  - name: slow\n    match: {{path_prefix: /slow}}\n    split: {{targets: {{slow: 1}}}}\n  - name: mirrored\n    match: {{path_prefix: /mirrored}}\n    split: {{targets: {{v1: 1}}}}\n    mirror: {{to: shadow, percent: 100, compare: {{}}}}\n  - name: api\n    split: {{targets: {{v1: 1}}}}\n",
+        v1.addr, slow.addr, shadow.addr
     ));
-    let url = proxy.url("/api");
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
-    let loads: Vec<_> = [true, true, false, false]
-        .into_iter()
-        .map(|keep_alive| {
-            let (stop, ok, url) = (stop.clone(), ok.clone(), url.clone());
-            std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new()
-                    .max_idle_connections(if keep_alive { 4 } else { 0 })
-                    .timeout(Duration::from_secs(5))
-                    .build();
-                let mut errors = Vec::new();
-                let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                    match agent.get(&url).call() {
-                        Ok(r) if r.status() == 200 => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        other => errors.push(format!("{:?}", other.map(|r| r.status()))),
+    // Keep-alive and a connection per request on a fast route, slow (300 ms) requests in flight, and
+    // keep-alive clients on a mirrored route, all at once.
+    let loads: Vec<_> = [
+        ("/api", true),
+        ("/api", true),
+        ("/api", false),
+        ("/api", false),
+        ("/slow", true),
+        ("/slow", true),
+        ("/mirrored", true),
+    ]
+    .into_iter()
+    .map(|(path, keep_alive)| {
+        let (stop, ok, url) = (stop.clone(), ok.clone(), proxy.url(path));
+        std::thread::spawn(move || {
+            let agent = ureq::AgentBuilder::new()
+                .max_idle_connections(if keep_alive { 4 } else { 0 })
+                .timeout(Duration::from_secs(5))
+                .build();
+            let mut errors = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                match agent.get(&url).call() {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    std::thread::sleep(Duration::from_millis(1));
+                    other => errors.push(format!("{:?}", other.map(|r| r.status()))),
                 }
-                errors
-            })
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            errors
         })
-        .collect();
+    })
+    .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut pids = vec![pid_in(&proxy)];
     for round in 0..3 {
@@ -181,6 +191,7 @@ fn switchyard_upgrade_under_load_loses_nothing_three_times_in_a_row() {
     let _ = proxy.child.wait();
     assert!(errors.is_empty(), "requests lost: {errors:?}");
     assert!(ok.load(Ordering::Relaxed) > 300);
+    assert!(slow.control.requests() > 10 && shadow.control.requests() > 10);
 }
 
 /// A new binary that fails before it is ready: nothing is signalled, the command exits 3 and says
