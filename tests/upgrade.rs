@@ -478,3 +478,133 @@ fn kill_9_during_admin_changes_always_restarts_consistent() {
         assert_eq!(leftovers, 0, "round {round}");
     }
 }
+
+/// Unmounts (lazily) when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A state directory on a full file system (a 1 MiB tmpfs, filled): a change is refused with 507
+/// naming the full disk, nothing of it is written (no torn audit line, no temporary file, the same
+/// revision serving), a restart serves the last good revision, and once there is room again changes
+/// go through. Needs permission to mount a tmpfs (root); elsewhere it says so and checks nothing.
+#[test]
+fn a_full_state_disk_refuses_changes_cleanly_and_restarts_to_the_last_good_revision() {
+    const OPS: &str = "ops-token-for-full-disks";
+    let (v1, v2) = (backend("v1"), backend("v2"));
+    let admin = free_addr();
+    let mut proxy = ProxyProcess::start(&format!(
+        "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n",
+        sha256_hex(OPS),
+        v1.addr,
+        v2.addr
+    ));
+    let patch = |k: u32| -> (u16, String) {
+        let r = ureq::request("PATCH", &format!("http://{admin}/v1/routes/api"))
+            .set("Authorization", &format!("Bearer {OPS}"))
+            .send_string(&format!(r#"{{"split": {{"v1": {}, "v2": {k}}}}}"#, 100 - k));
+        match r {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let revision = || -> u64 {
+        let t = ureq::get(&format!("http://{admin}/v1/status"))
+            .set("Authorization", &format!("Bearer {OPS}"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&t).unwrap()["revision"]
+            .as_u64()
+            .unwrap()
+    };
+    let ready = || {
+        assert!(eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(admin).is_ok()
+        }))
+    };
+    ready();
+    assert_eq!(patch(5).0, 200);
+
+    // Move the state directory onto a small tmpfs.
+    let _ = proxy.child.kill();
+    let _ = proxy.child.wait();
+    let state = proxy.dir.join("state");
+    let saved = proxy.dir.join("state.saved");
+    std::fs::rename(&state, &saved).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("cannot mount a tmpfs here (not root?): the full-disk test checks nothing");
+        return;
+    }
+    let _mount = Mounted(state.clone());
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", saved.display()))
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    proxy.restart();
+    ready();
+    let good = revision();
+    assert_eq!(patch(6).0, 200);
+    let good = good.max(revision());
+
+    // Fill it up.
+    let filler = state.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    for k in 7..10 {
+        let (code, body) = patch(k);
+        assert_eq!(code, 507, "{body}");
+        assert!(body.contains("no space left"), "{body}");
+        assert_eq!(revision(), good);
+    }
+    let audit = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    assert!(audit.ends_with('\n'));
+    for line in audit.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("a torn audit line");
+    }
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .chain(std::fs::read_dir(state.join("revisions")).unwrap())
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    assert!(
+        !names.contains(&format!("{:010}.yaml", good + 1)),
+        "{names:?}"
+    );
+
+    // A restart on the full disk serves the last good revision.
+    proxy.restart();
+    ready();
+    assert_eq!(revision(), good);
+
+    // Room again: changes go through.
+    std::fs::remove_file(&filler).unwrap();
+    let (code, body) = patch(10);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(revision(), good + 1);
+    let _ = proxy.child.kill();
+    let _ = proxy.child.wait();
+}

@@ -284,6 +284,20 @@ impl Drop for ProxyProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A process that took over by an upgrade is not our child: stop it by its pid file.
+        if let Some(pid) = std::fs::read_to_string(self.dir.join("switchyard.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .filter(|pid| *pid != self.child.id())
+            // Only if it is still a switchyard of this test (a pid can be reused).
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).contains(&*self.dir.to_string_lossy())
+                })
+            })
+        {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
