@@ -94,8 +94,18 @@ fn nothing_healthy_is_a_json_502() {
     assert_eq!(get(&agent, &proxy.url("/api"), &[]).status, 200);
     v1.control.set_healthy(false);
     v2.control.set_healthy(false);
+    // Both pools are marked down by their own checks, one after the other: until the second is, a
+    // request split to it is still served. All down once every user gets 502.
     let all_down = eventually(Duration::from_secs(5), || {
-        get(&agent, &proxy.url("/api"), &[]).status == 502
+        (0..20).all(|u| {
+            get(
+                &agent,
+                &proxy.url("/api"),
+                &[("X-User-Id", &format!("u{u}"))],
+            )
+            .status
+                == 502
+        })
     });
     assert!(all_down, "all pools down but requests still succeed");
     let before = v1.control.requests() + v2.control.requests();

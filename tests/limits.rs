@@ -187,6 +187,7 @@ fn a_connection_serves_at_most_max_requests() {
 }
 
 on_both_paths!(
+    a_silent_backend_gets_a_504_from_the_default_read_timeout,
     a_head_sent_a_byte_at_a_time_is_closed_at_header_timeout,
     connections_past_max_connections_are_closed_at_once,
     a_body_that_stalls_is_cut_off_at_body_timeout,
@@ -230,4 +231,30 @@ fn a_connection_idle_past_the_buffer_release_serves_on() {
         assert!(String::from_utf8_lossy(&body).contains(&format!("/r{round}")));
         std::thread::sleep(Duration::from_millis(1300));
     }
+}
+
+/// A backend that accepts, reads the request and never answers, with no timeouts configured: the
+/// default read timeout (60 s) answers 504, on either path.
+fn a_silent_backend_gets_a_504_from_the_default_read_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn); // read by the kernel, never answered
+        }
+    });
+    let body = format!(
+        "upstreams:\n  quiet: {{backends: [\"{addr}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{quiet: 1}}}}\n"
+    );
+    let proxy = ProxyProcess::start(&body);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(90))
+        .build();
+    let started = Instant::now();
+    let r = get(&agent, &proxy.url("/"), &[]);
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert!(took >= Duration::from_secs(59), "answered after {took:?}");
 }
