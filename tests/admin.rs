@@ -833,3 +833,54 @@ fn ctl_speaks_https() {
     let (code, out) = run(&[]);
     assert_eq!(code, 3, "{out}");
 }
+
+/// A slow admin call (stats over 3,000 routes) does not hold up `/healthz`: a health check sent while
+/// it runs is answered before it ends.
+#[test]
+fn healthz_answers_while_a_slow_admin_call_runs() {
+    let v1 = backend("v1");
+    let admin = free_addr();
+    let mut body = format!(
+        "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n",
+        sha256_hex(OPS),
+        v1.addr
+    );
+    for i in 0..3000 {
+        body.push_str(&format!(
+            "  - name: r{i}\n    match: {{path_prefix: /r{i}/}}\n    split: {{targets: {{v1: 1}}}}\n"
+        ));
+    }
+    let _proxy = ProxyProcess::start(&body);
+    assert!(eventually(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let r = send_body(
+                &client(),
+                "GET",
+                &format!("http://{admin}/v1/stats"),
+                &[("Authorization", &format!("Bearer {OPS}"))],
+                None,
+            );
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r.status
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let mut answered_during = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        let r = get(&client(), &format!("http://{admin}/healthz"), &[]);
+        assert_eq!(r.status, 200);
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            answered_during += 1;
+        }
+    }
+    assert_eq!(slow.join().unwrap(), 200);
+    assert!(
+        answered_during > 0,
+        "/healthz was not answered while /v1/stats ran"
+    );
+}

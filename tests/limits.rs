@@ -21,6 +21,17 @@ fn start() -> (ProxyProcess, RunningBackend) {
     (proxy, v1)
 }
 
+/// A kept-alive connection that has had one request answered (200).
+fn served_connection(proxy: &ProxyProcess) -> TcpStream {
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    s
+}
+
 /// Waits until the proxy closes `s` (EOF or reset), reading and discarding what it sends; returns how
 /// long that took. Panics after `limit`.
 fn closed_within(s: &mut TcpStream, limit: Duration) -> (Duration, Vec<u8>) {
@@ -75,12 +86,7 @@ fn a_head_sent_a_byte_at_a_time_is_closed_at_header_timeout() {
     let (took, _) = closed_within(&mut idle, Duration::from_secs(4));
     assert!(took >= Duration::from_millis(400), "closed after {took:?}");
     // A second request trickled on a connection that has been served once.
-    let mut s = TcpStream::connect(proxy.addr).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-        .unwrap();
-    let mut answer = [0u8; 12];
-    s.read_exact(&mut answer).unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 200");
+    let mut s = served_connection(&proxy);
     let start = Instant::now();
     for b in b"GET / HTTP/1.1\r\nHost: a.test\r\n"
         .iter()
@@ -102,16 +108,7 @@ fn a_head_sent_a_byte_at_a_time_is_closed_at_header_timeout() {
 /// being served, and once they close new ones are taken again.
 fn connections_past_max_connections_are_closed_at_once() {
     let (proxy, _v1) = start();
-    let mut open = Vec::new();
-    for _ in 0..50 {
-        let mut s = TcpStream::connect(proxy.addr).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-            .unwrap();
-        let mut answer = [0u8; 12];
-        s.read_exact(&mut answer).unwrap();
-        assert_eq!(&answer, b"HTTP/1.1 200");
-        open.push(s);
-    }
+    let open: Vec<TcpStream> = (0..50).map(|_| served_connection(&proxy)).collect();
     let mut over = TcpStream::connect(proxy.addr).unwrap();
     let _ = over.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
     let (took, seen) = closed_within(&mut over, Duration::from_secs(2));

@@ -21,30 +21,9 @@ fn upgrade_hands_over_the_socket_without_losing_a_request() {
     ));
     let url = old.url("/api");
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
-        std::thread::spawn(move || {
-            // A new connection per request, so every request exercises the listening socket.
-            let agent = ureq::AgentBuilder::new()
-                .max_idle_connections(0)
-                .timeout(Duration::from_secs(5))
-                .build();
-            let mut errors = Vec::new();
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                match agent.get(&url).call() {
-                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    other => {
-                        errors.push(format!("{:?}", other.map(|r| r.status())));
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            errors
-        })
-    };
+    let ok = Arc::new(AtomicU64::new(0));
+    // A new connection per request, so every request exercises the listening socket.
+    let load = load(url, false, stop.clone(), ok.clone());
     std::thread::sleep(Duration::from_millis(300));
     let mut new = old.spawn_upgrade();
     // The new instance waits on the upgrade socket; the old one sends its listeners on SIGQUIT.
@@ -62,9 +41,8 @@ fn upgrade_hands_over_the_socket_without_losing_a_request() {
 
     assert!(old_exited, "the old instance did not exit after SIGQUIT");
     assert!(matches!(new.try_wait(), Ok(Some(_))));
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
+    assert!(
+        errors.is_empty(),
         "requests lost during the upgrade: {errors:?}"
     );
     assert!(
@@ -82,6 +60,44 @@ on_both_paths!(
     a_new_binary_that_fails_leaves_the_old_one_serving,
     sigquit_without_a_successor_keeps_serving,
 );
+
+/// A client sending GET `url` until `stop` (at most 60 s), on kept-alive connections or a new one per
+/// request; counts successes in `ok` and returns what failed.
+fn load(
+    url: String,
+    keep_alive: bool,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let agent = ureq::AgentBuilder::new()
+            .max_idle_connections(if keep_alive { 4 } else { 0 })
+            .timeout(Duration::from_secs(5))
+            .build();
+        let mut errors = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            match agent.get(&url).call() {
+                Ok(r) if r.status() == 200 => {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+                other => errors.push(format!("{:?}", other.map(|r| r.status()))),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        errors
+    })
+}
+
+/// The revisions of a `/v1/audit` answer's entries, oldest first.
+fn audited_revisions(audit: &serde_json::Value) -> Vec<u64> {
+    audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["revision"].as_u64())
+        .collect()
+}
 
 fn pid_in(proxy: &ProxyProcess) -> u32 {
     std::fs::read_to_string(proxy.dir.join("switchyard.pid"))
@@ -140,27 +156,7 @@ fn switchyard_upgrade_under_load_loses_nothing_three_times_in_a_row() {
         ("/mirrored", true),
     ]
     .into_iter()
-    .map(|(path, keep_alive)| {
-        let (stop, ok, url) = (stop.clone(), ok.clone(), proxy.url(path));
-        std::thread::spawn(move || {
-            let agent = ureq::AgentBuilder::new()
-                .max_idle_connections(if keep_alive { 4 } else { 0 })
-                .timeout(Duration::from_secs(5))
-                .build();
-            let mut errors = Vec::new();
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                match agent.get(&url).call() {
-                    Ok(r) if r.status() == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => errors.push(format!("{:?}", other.map(|r| r.status()))),
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            errors
-        })
-    })
+    .map(|(path, keep_alive)| load(proxy.url(path), keep_alive, stop.clone(), ok.clone()))
     .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut pids = vec![pid_in(&proxy)];
@@ -256,20 +252,27 @@ fn sigint_stops_within_a_second_every_time() {
     }
 }
 
+/// An instance with an admin API (token `ops`) and a route `api` split over v1 and v2 (baseline v1),
+/// its admin address, and the backends (kept alive for the test).
+fn with_admin(ops: &str) -> (ProxyProcess, std::net::SocketAddr, [RunningBackend; 2]) {
+    let (v1, v2) = (backend("v1"), backend("v2"));
+    let admin = free_addr();
+    let proxy = ProxyProcess::start(&format!(
+        "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n",
+        sha256_hex(ops),
+        v1.addr,
+        v2.addr
+    ));
+    (proxy, admin, [v1, v2])
+}
+
 /// Admin changes at 10 per second across two upgrades: every acknowledged change has a revision of
 /// its own, in order, each with one audit line, and the last one acknowledged is what serves after.
 /// During a hand-over the old process answers 503 with Retry-After, retried here as `ctl` does.
 #[test]
 fn admin_changes_across_upgrades_keep_unique_revisions_and_lose_nothing() {
     const OPS: &str = "ops-token-for-upgrades";
-    let (v1, v2) = (backend("v1"), backend("v2"));
-    let admin = free_addr();
-    let proxy = ProxyProcess::start(&format!(
-        "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n",
-        sha256_hex(OPS),
-        v1.addr,
-        v2.addr
-    ));
+    let (proxy, admin, _backends) = with_admin(OPS);
     assert!(eventually(Duration::from_secs(10), || {
         std::net::TcpStream::connect(admin).is_ok()
     }));
@@ -352,13 +355,7 @@ fn admin_changes_across_upgrades_keep_unique_revisions_and_lose_nothing() {
         route.to_string().contains(&format!("\"weight\":{last_k}")),
         "the last acknowledged change (v2 = {last_k}) is not what serves: {route}"
     );
-    let audit = ops("/v1/audit");
-    let audited: Vec<u64> = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["revision"].as_u64())
-        .collect();
+    let audited = audited_revisions(&ops("/v1/audit"));
     for r in &revisions {
         assert_eq!(
             audited.iter().filter(|a| *a == r).count(),
@@ -380,14 +377,7 @@ fn admin_changes_across_upgrades_keep_unique_revisions_and_lose_nothing() {
 #[test]
 fn kill_9_during_admin_changes_always_restarts_consistent() {
     const OPS: &str = "ops-token-for-crashes";
-    let (v1, v2) = (backend("v1"), backend("v2"));
-    let admin = free_addr();
-    let mut proxy = ProxyProcess::start(&format!(
-        "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n",
-        sha256_hex(OPS),
-        v1.addr,
-        v2.addr
-    ));
+    let (mut proxy, admin, _backends) = with_admin(OPS);
     let agent = ureq::AgentBuilder::new()
         .max_idle_connections(0)
         .timeout(Duration::from_secs(5))
@@ -450,13 +440,7 @@ fn kill_9_during_admin_changes_always_restarts_consistent() {
             live >= acknowledged_max,
             "round {round}: serving revision {live}, but {acknowledged_max} was acknowledged"
         );
-        let audit = call("GET", "/v1/audit", None).unwrap();
-        let audited: Vec<u64> = audit["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["revision"].as_u64())
-            .collect();
+        let audited = audited_revisions(&call("GET", "/v1/audit", None).unwrap());
         assert_eq!(
             audited.iter().max().copied(),
             Some(live),
@@ -498,14 +482,7 @@ impl Drop for Mounted {
 #[test]
 fn a_full_state_disk_refuses_changes_cleanly_and_restarts_to_the_last_good_revision() {
     const OPS: &str = "ops-token-for-full-disks";
-    let (v1, v2) = (backend("v1"), backend("v2"));
-    let admin = free_addr();
-    let mut proxy = ProxyProcess::start(&format!(
-        "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n",
-        sha256_hex(OPS),
-        v1.addr,
-        v2.addr
-    ));
+    let (mut proxy, admin, _backends) = with_admin(OPS);
     let patch = |k: u32| -> (u16, String) {
         let r = ureq::request("PATCH", &format!("http://{admin}/v1/routes/api"))
             .set("Authorization", &format!("Bearer {OPS}"))

@@ -32,6 +32,14 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Counts a new client connection as open, unless that would take it past `max_connections`: then
+/// `None`, and the connection is to be closed at once (as nginx does past its worker_connections), so
+/// the connections already open keep being served.
+pub(crate) fn admit(max_connections: usize) -> Option<OpenConnection> {
+    let open = OpenConnection::new();
+    (open_connections() <= max_connections).then_some(open)
+}
+
 /// Held by a request's context on Pingora's pipeline for as long as the request runs.
 #[derive(Debug)]
 pub(crate) struct InFlight(());

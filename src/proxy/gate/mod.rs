@@ -60,11 +60,7 @@ impl ServerApp for Pipeline {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _open = drain::OpenConnection::new();
-        if drain::open_connections() > self.proxy.limits().max_connections {
-            // Over `server.limits.max_connections`: closed at once, as on the engine.
-            return None;
-        }
+        let _open = drain::admit(self.proxy.limits().max_connections)?;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.full.process_new(stream, shutdown).await;
         }

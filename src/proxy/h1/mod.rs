@@ -99,13 +99,8 @@ impl ServerApp for Engine {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let _open = super::drain::OpenConnection::new();
         let limits = self.proxy.limits();
-        if super::drain::open_connections() > limits.max_connections {
-            // Over `server.limits.max_connections`: closed at once, as nginx does past its
-            // worker_connections, so the connections already open keep being served.
-            return None;
-        }
+        let _open = super::drain::admit(limits.max_connections)?;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.full.process_new(stream, shutdown).await;
         }
