@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod release;
+pub mod rollout;
 pub mod server;
 pub mod state;
 pub mod upgrade;
