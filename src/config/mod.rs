@@ -486,6 +486,10 @@ pub struct GatesConfig {
     pub max_p99_ratio: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_mirror_diff_rate: Option<PercentValue>,
+    /// Confidence of the significance tests, 0.5 to 0.9999 (default 0.99): a difference counts when
+    /// chance would explain it less often than `1 - confidence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
 
 impl Config {

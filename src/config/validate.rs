@@ -482,6 +482,14 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
             );
         }
     }
+    if let Some(c) = g.confidence {
+        if !(0.5..=0.9999).contains(&c) {
+            e.push(
+                format!("{path}.gates.confidence"),
+                format!("must be from 0.5 to 0.9999 (e.g. 0.99), got {c}"),
+            );
+        }
+    }
     if ro.failure_limit == 0 {
         e.push(format!("{path}.failure_limit"), "must be at least 1, got 0");
     }

@@ -10,6 +10,7 @@
 //!   only when its latencies are significantly slower (Mann–Whitney U) at `confidence`.
 //! - `max_mirror_diff_rate`: in a mirror phase, the share of shadow answers that differed above it
 //!   fails (with at least `min_requests` compared).
+//! - `confidence` (default 0.99) sets how sure a significance test must be.
 
 use super::stats;
 use crate::config::{parse, GatesConfig};
@@ -48,7 +49,7 @@ impl Gates {
                 .unwrap_or(DEFAULT_MAX_ERROR_RATE_INCREASE),
             max_p99_ratio: g.max_p99_ratio.unwrap_or(DEFAULT_MAX_P99_RATIO),
             max_mirror_diff_rate: fraction(&g.max_mirror_diff_rate),
-            confidence: DEFAULT_CONFIDENCE,
+            confidence: g.confidence.unwrap_or(DEFAULT_CONFIDENCE),
         }
     }
 }
@@ -235,6 +236,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_confidence_decides_a_borderline_difference() {
+        // 6.0% against 4.0% over 1,000 each: p = 0.02.
+        let (canary, baseline) = (interval(940, 60, 1000), interval(960, 40, 1000));
+        assert!(matches!(
+            judge(&gates(), &canary, &baseline),
+            Verdict::Pass(_)
+        ));
+        let lenient = Gates::from_config(&GatesConfig {
+            confidence: Some(0.9),
+            ..GatesConfig::default()
+        });
+        assert_eq!(lenient.confidence, 0.9);
+        assert!(matches!(
+            judge(&lenient, &canary, &baseline),
+            Verdict::Fail {
+                gate: "max_error_rate_increase",
+                ..
+            }
+        ));
     }
 
     #[test]
