@@ -274,14 +274,6 @@ fn resolve(path: &str) -> Result<(String, String), Refusal> {
     Ok((join(&forward), join(&route)))
 }
 
-/// Whether a raw request head (as read from the wire) has a Content-Length field: Pingora's parser
-/// drops it when Transfer-Encoding is present, so the pipeline checks the bytes for the framing rule.
-pub fn raw_head_has_content_length(head: &[u8]) -> bool {
-    head.split(|b| *b == b'\n')
-        .skip(1)
-        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
-}
-
 /// Checks the Host field(s) of a request, with the absolute-form authority if any. HTTP/1.0 may go
 /// without a Host. Returns the host to route on.
 pub fn host<'a>(

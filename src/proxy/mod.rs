@@ -344,20 +344,10 @@ impl ProxyHttp for Proxy {
         session.set_read_timeout(Some(self.limits.body_timeout));
         session.set_write_timeout(Some(self.limits.send_timeout));
         session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
-        // The shared request rules, before anything is decided (SPEC §3 step 0). Pingora's parser
-        // drops a Content-Length sent with Transfer-Encoding; the raw head still shows it.
-        let length_with_chunked = session
-            .req_header()
-            .headers
-            .contains_key(http::header::TRANSFER_ENCODING)
-            && session.as_downstream().as_http1().is_some_and(|h1| {
-                request::raw_head_has_content_length(&h1.get_headers_raw_bytes())
-            });
-        let checked = if length_with_chunked {
-            Err(Refusal::LengthWithTransferEncoding)
-        } else {
-            check_request(session.req_header(), self.limits.max_head_bytes)
-        };
+        // The shared request rules, before anything is decided (SPEC §3 step 0). The rules that need
+        // an HTTP/1 head as sent (Pingora's parser drops a Content-Length sent with
+        // Transfer-Encoding) were applied by the gate, which reads every such head first.
+        let checked = check_request(session.req_header(), self.limits.max_head_bytes);
         let route_path = match checked {
             Ok(checked) => {
                 if let Some(uri) = checked.uri {

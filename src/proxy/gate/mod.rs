@@ -30,6 +30,7 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::time::fast_timeout::fast_timeout;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -172,6 +173,9 @@ async fn read_head(
 ) -> HeadRead {
     let started = Instant::now();
     let mut deadline = (served == 0).then(|| started + limits.header_timeout);
+    // Whether the buffer was given back during this wait (then reads take a few bytes at a time
+    // until the head begins). A buffer empty for any other reason gets a head's worth of room.
+    let mut released = false;
     loop {
         if head_complete(buf) {
             return HeadRead::Complete;
@@ -184,19 +188,19 @@ async fn read_head(
             // way; its answer will say `Connection: close`). After IDLE_RELEASE the buffer is given
             // back, and the wait goes on holding none (the next read takes a few bytes, then the
             // buffer grows again).
-            let lean = buf.capacity() == 0;
-            if !lean {
+            if !released {
                 buf.reserve(READ_CHUNK);
             }
             let wait = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => limits.keepalive_timeout.saturating_sub(started.elapsed()),
             };
-            let release = deadline.is_none() && !lean && wait > IDLE_RELEASE;
+            let release = deadline.is_none() && !released && wait > IDLE_RELEASE;
             let wait = if release { IDLE_RELEASE } else { wait };
             let r = fast_timeout(wait, stream.read_buf(buf)).await;
             if release && r.is_err() && buf.is_empty() {
                 *buf = BytesMut::new();
+                released = true;
                 continue;
             }
             r
@@ -229,6 +233,28 @@ pub(crate) fn head_complete(buf: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// The head of an answer Switchyard makes itself, on either path's wire: status, JSON content type and
+/// length, request id, and `Connection: close` when the connection ends after it.
+pub(crate) fn answer_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    length: usize,
+    request_id: &str,
+    close: bool,
+) {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    out.clear();
+    let close = if close { "connection: close\r\n" } else { "" };
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n{REQUEST_ID_HEADER}: {request_id}\r\n{close}\r\n"
+    );
 }
 
 /// A head the gate refused, with the method and path for the access log when they could be read.
@@ -299,17 +325,10 @@ async fn refuse(proxy: &Proxy, stream: &mut Stream, (why, seen): Refused, limits
     };
     let answer = Answer::Refused(why);
     let (status, body) = (answer.status(), answer.body());
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{REQUEST_ID_HEADER}: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len(),
-        ctx.request_id
-    );
-    let write =
-        async { stream.write_all(out.as_bytes()).await.is_ok() && stream.flush().await.is_ok() };
+    let mut out = Vec::new();
+    answer_head(&mut out, status, body.len(), &ctx.request_id, true);
+    out.extend_from_slice(body.as_bytes());
+    let write = async { stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok() };
     let sent = fast_timeout(limits.send_timeout, write)
         .await
         .unwrap_or(false);

@@ -6,7 +6,7 @@
 //! the body length it derives. Bounded: a fixed number of cases per run.
 
 use super::{classify, Head, MAX_FIELDS};
-use crate::policy::request::{self, Refusal};
+use crate::policy::request::Refusal;
 use crate::proxy::check_request;
 use crate::proxy::listener::PlainTcp;
 use pingora::protocols::http::ServerSession;
@@ -57,13 +57,6 @@ async fn pingora(head: &[u8]) -> Verdict {
         return Verdict::Refused(Refusal::MalformedHead);
     }
     let req = session.req_header();
-    let length_with_coding = req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && session
-            .as_http1()
-            .is_some_and(|h1| request::raw_head_has_content_length(&h1.get_headers_raw_bytes()));
-    if length_with_coding {
-        return Verdict::Refused(Refusal::LengthWithTransferEncoding);
-    }
     match check_request(req, 32 * 1024) {
         Err(why) => Verdict::Refused(why),
         Ok(checked) => {

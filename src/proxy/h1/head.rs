@@ -152,13 +152,6 @@ pub(super) fn status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-pub(super) fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("")
-}
-
 /// The request head as the upstream gets it: the client's fields without hop-by-hop ones, the
 /// settled request id, and the identified client.
 pub(super) fn write_request_head(

@@ -34,9 +34,9 @@ mod head;
 mod pool;
 mod shadow;
 
-use super::gate;
+use super::gate::{self, answer_head};
 use super::listener::PlainTcp;
-use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy, REQUEST_ID_HEADER};
+use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy};
 use crate::metrics::{Rejection, UpstreamError};
 use crate::policy::limits::Limits;
 use crate::policy::request::{self, Refusal};
@@ -46,10 +46,7 @@ use crate::state::Snapshot;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use exchange::{connect, read_response_head, relay_response, send_request};
-use head::{
-    field, head_complete, reason, status_line, write_request_head, write_response_head,
-    ParsedFields, RequestFields,
-};
+use head::{head_complete, write_request_head, write_response_head, ParsedFields, RequestFields};
 use pingora::apps::ServerApp;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
@@ -728,21 +725,6 @@ async fn read_head(c: &mut Conn) -> HeadRead {
             _ => return HeadRead::Closed,
         }
     }
-}
-
-/// The head of an answer the proxy makes itself: status, JSON content type and length, request id,
-/// and `Connection: close` when the connection ends after it.
-fn answer_head(out: &mut Vec<u8>, status: u16, length: usize, request_id: &str, close: bool) {
-    out.clear();
-    status_line(out, status, reason(status));
-    out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
-    out.extend_from_slice(length.to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    field(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether the request being served is the last `limits.max_requests_per_connection` allows: its
