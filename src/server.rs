@@ -279,24 +279,29 @@ fn startup_line(s: &crate::state::Snapshot) -> String {
     )
 }
 
-/// Sends `signal` to the process named in `pid_file`; returns its pid.
-pub fn signal_pid_file(
-    pid_file: &std::path::Path,
-    signal: nix::sys::signal::Signal,
-) -> anyhow::Result<i32> {
+/// The pid in `pid_file`.
+pub fn read_pid_file(pid_file: &std::path::Path) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(pid_file).with_context(|| {
         format!(
             "no running instance: cannot read pid file {}",
             pid_file.display()
         )
     })?;
-    let pid: i32 = text.trim().parse().map_err(|_| {
+    text.trim().parse().map_err(|_| {
         anyhow::anyhow!(
             "pid file {} does not hold a pid: {:?}",
             pid_file.display(),
             text.trim()
         )
-    })?;
+    })
+}
+
+/// Sends `signal` to the process named in `pid_file`; returns its pid.
+pub fn signal_pid_file(
+    pid_file: &std::path::Path,
+    signal: nix::sys::signal::Signal,
+) -> anyhow::Result<i32> {
+    let pid = read_pid_file(pid_file)?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
         .with_context(|| format!("cannot signal pid {pid} from {}", pid_file.display()))?;
     Ok(pid)

@@ -172,19 +172,7 @@ fn wait_until(deadline: Instant, mut ok: impl FnMut() -> bool) -> bool {
 }
 
 fn read_pid(pid_file: &Path) -> Result<i32, String> {
-    let text = std::fs::read_to_string(pid_file).map_err(|e| {
-        format!(
-            "no running instance: cannot read pid file {}: {e}",
-            pid_file.display()
-        )
-    })?;
-    text.trim().parse().map_err(|_| {
-        format!(
-            "pid file {} does not hold a pid: {:?}",
-            pid_file.display(),
-            text.trim()
-        )
-    })
+    crate::server::read_pid_file(pid_file).map_err(|e| format!("{e:#}"))
 }
 
 fn alive(pid: i32) -> bool {

@@ -615,7 +615,7 @@ fn invalid(errors: &[String]) -> Response<Vec<u8>> {
 }
 
 /// Why a change made nothing.
-fn change_refused(e: ChangeError) -> Response<Vec<u8>> {
+pub(super) fn change_refused(e: ChangeError) -> Response<Vec<u8>> {
     match e {
         ChangeError::Invalid(errors) => {
             invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())

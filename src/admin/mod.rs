@@ -109,13 +109,7 @@ impl ServeHttp for AdminApi {
         if self.state.is_handing_over() {
             // The admin listener is shared with the new process for a few seconds: what this one
             // would answer is no longer current, so the client is sent to try again, and lands there.
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this instance is handing over to a new process (upgrade); retry in a moment",
-            );
-            r.headers_mut()
-                .insert("retry-after", http::HeaderValue::from_static("1"));
-            return r;
+            return api::change_refused(crate::state::ChangeError::HandingOver);
         }
         let Some(actor) = self.actor(authorization.as_deref()) else {
             let mut r = error(

@@ -151,12 +151,7 @@ impl State {
             .persisted()
             .map_err(|e| anyhow::anyhow!("{dir}/state.json: {e}"))?;
         if let Some(p) = persisted.as_ref().filter(|p| p.file_sha256 == file_sha256) {
-            match store
-                .revision(p.revision)
-                .or_else(|_| store.effective())
-                .map_err(|e| e.to_string())
-                .and_then(|t| Config::parse_str(&t).map_err(|e| e.to_string()))
-            {
+            match committed_config(&store, p.revision) {
                 Ok(config) => {
                     let snapshot = Snapshot::build(config, p.revision, None)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -231,13 +226,9 @@ impl State {
         if p.revision <= current.revision || p.file_sha256 != writer.file_sha256 {
             return;
         }
-        let loaded = store
-            .revision(p.revision)
-            .map_err(|e| e.to_string())
-            .and_then(|t| Config::parse_str(&t).map_err(|e| e.to_string()))
-            .and_then(|c| {
-                Snapshot::build(c, p.revision, Some(&current)).map_err(|e| e.to_string())
-            });
+        let loaded = committed_config(store, p.revision).and_then(|c| {
+            Snapshot::build(c, p.revision, Some(&current)).map_err(|e| e.to_string())
+        });
         match loaded {
             Ok(snapshot) => {
                 log::info!(
@@ -475,6 +466,16 @@ fn persist(
     store
         .commit(&persisted, &yaml, &entry)
         .map_err(|e| storage_error(store.dir(), &e))
+}
+
+/// The config of committed revision `revision`: its revision file (or `effective.yaml`, from before
+/// revision files were read at start-up).
+fn committed_config(store: &Store, revision: u64) -> Result<Config, String> {
+    store
+        .revision(revision)
+        .or_else(|_| store.effective())
+        .map_err(|e| e.to_string())
+        .and_then(|t| Config::parse_str(&t).map_err(|e| e.to_string()))
 }
 
 /// A change that could not be made durable: nothing of it stays. A full disk says so.
