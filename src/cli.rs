@@ -108,9 +108,6 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            for note in config::inactive_parts(&config) {
-                log::warn!("{note}");
-            }
             // Absolute, because a daemon changes its working directory.
             let path = std::fs::canonicalize(&conf).unwrap_or(conf);
             let file = server::ConfigFile {
@@ -159,9 +156,6 @@ fn check(path: &std::path::Path) -> ExitCode {
         config.upstreams.len(),
         clients
     );
-    for note in config::inactive_parts(&config) {
-        println!("  note: {note}");
-    }
     ExitCode::SUCCESS
 }
 

@@ -340,50 +340,7 @@ fn patch_split(r: &mut RouteConfig, value: &Value) -> Result<(), ChangeError> {
     if percents.is_empty() {
         return Ok(());
     }
-    let baseline = split
-        .baseline_name()
-        .map(str::to_string)
-        .ok_or_else(|| refused("the split has no baseline to take the difference".into()))?;
-    if let Some((t, _)) = percents.iter().find(|(t, _)| *t == baseline) {
-        return Err(refused(format!(
-            "split.{t}: {t:?} is the baseline, which takes the difference; give the other targets' percentages"
-        )));
-    }
-    let total: f64 = split.targets.iter().map(|(_, w)| *w).sum();
-    let mut shares: Vec<(String, f64)> = split
-        .targets
-        .iter()
-        .map(|(k, w)| {
-            (
-                k.to_string(),
-                if total > 0.0 { w / total * 100.0 } else { 0.0 },
-            )
-        })
-        .collect();
-    for (target, p) in &percents {
-        match shares.iter_mut().find(|(k, _)| k == target) {
-            Some(slot) => slot.1 = *p,
-            None => shares.push((target.to_string(), *p)),
-        }
-    }
-    let others: f64 = shares
-        .iter()
-        .filter(|(k, _)| *k != baseline)
-        .map(|(_, s)| s)
-        .sum();
-    if others > 100.0 + 1e-9 {
-        return Err(refused(format!(
-            "split: the targets other than the baseline would get {others:.4}% together, more than 100%"
-        )));
-    }
-    for (k, share) in shares {
-        let share = if k == baseline { 100.0 - others } else { share };
-        // Whole millionths of a percent: 5% stays exactly 5, not 4.999999999999.
-        split
-            .targets
-            .insert(k, (share.max(0.0) * 1e6).round() / 1e6);
-    }
-    Ok(())
+    split.set_shares(&percents).map_err(refused)
 }
 
 fn patch_live(r: &mut RouteConfig, value: &Value) -> Result<(), ChangeError> {

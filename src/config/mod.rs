@@ -367,6 +367,62 @@ impl SplitConfig {
         }
     }
 
+    /// Gives each of `percents`' targets exactly that share of the split; the other targets but the
+    /// baseline keep their shares, and the baseline takes the difference. Weights become shares in
+    /// whole millionths of a percent (5% stays exactly 5).
+    pub fn set_shares(&mut self, percents: &[(&str, f64)]) -> Result<(), String> {
+        let baseline = self
+            .baseline_name()
+            .map(str::to_string)
+            .ok_or_else(|| "the split has no baseline to take the difference".to_string())?;
+        if let Some((t, _)) = percents.iter().find(|(t, _)| *t == baseline) {
+            return Err(format!(
+                "split.{t}: {t:?} is the baseline, which takes the difference; give the other targets' percentages"
+            ));
+        }
+        let total: f64 = self.targets.iter().map(|(_, w)| *w).sum();
+        let mut shares: Vec<(String, f64)> = self
+            .targets
+            .iter()
+            .map(|(k, w)| {
+                (
+                    k.to_string(),
+                    if total > 0.0 { w / total * 100.0 } else { 0.0 },
+                )
+            })
+            .collect();
+        for (target, p) in percents {
+            match shares.iter_mut().find(|(k, _)| k == target) {
+                Some(slot) => slot.1 = *p,
+                None => shares.push((target.to_string(), *p)),
+            }
+        }
+        let others: f64 = shares
+            .iter()
+            .filter(|(k, _)| *k != baseline)
+            .map(|(_, s)| s)
+            .sum();
+        if others > 100.0 + 1e-9 {
+            return Err(format!(
+                "split: the targets other than the baseline would get {others:.4}% together, more than 100%"
+            ));
+        }
+        for (k, share) in shares {
+            let share = if k == baseline { 100.0 - others } else { share };
+            self.targets.insert(k, (share.max(0.0) * 1e6).round() / 1e6);
+        }
+        Ok(())
+    }
+
+    /// The share of `target` in percent (0 when it is not a target or every weight is 0).
+    pub fn share(&self, target: &str) -> f64 {
+        let total: f64 = self.targets.iter().map(|(_, w)| *w).sum();
+        match self.targets.get(target) {
+            Some(w) if total > 0.0 => w / total * 100.0,
+            _ => 0.0,
+        }
+    }
+
     /// Targets in bucket order (SPEC §3): the baseline first, then the others in byte order of their
     /// names. The order a file lists them in never matters.
     pub fn ordered_targets(&self) -> Vec<(&str, f64)> {
@@ -455,7 +511,7 @@ pub struct RolloutConfig {
     #[serde(default)]
     pub canary: String,
     #[serde(default)]
-    pub steps: Vec<PercentValue>,
+    pub steps: Vec<StepConfig>,
     #[serde(default)]
     pub hold: String,
     #[serde(default = "default_rollout_interval")]
@@ -464,6 +520,121 @@ pub struct RolloutConfig {
     pub gates: GatesConfig,
     #[serde(default = "default_failure_limit")]
     pub failure_limit: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookConfig>,
+    /// Receives every verdict as JSON (POST), never blocking the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+}
+
+/// One step of a rollout (SPEC §6).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepConfig {
+    /// The canary's share of the split, taken from the baseline. A plain number in `steps` is one.
+    Weight(PercentValue),
+    /// An internal phase: requests with these headers reach the canary, nobody else does.
+    Header(OrderedMap<String>),
+    /// A dark phase: this share of traffic copied to the canary and compared.
+    Mirror(PercentValue),
+    /// Waits for a person's `promote`.
+    Pause,
+}
+
+const STEP_FORMS: &str =
+    "a step is a number (a weight), {weight: N}, {header: {NAME: VALUE}}, {mirror: N} or {pause: {}}";
+
+impl Serialize for StepConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            StepConfig::Weight(w) => m.serialize_entry("weight", w)?,
+            StepConfig::Header(h) => m.serialize_entry("header", h)?,
+            StepConfig::Mirror(p) => m.serialize_entry("mirror", p)?,
+            StepConfig::Pause => m.serialize_entry("pause", &OrderedMap::<String>::default())?,
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for StepConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use serde_yaml::Value;
+        let value = Value::deserialize(d)?;
+        let percent = |v: &Value| -> Result<PercentValue, D::Error> {
+            match v {
+                Value::Number(n) => n
+                    .as_f64()
+                    .map(PercentValue::Number)
+                    .ok_or_else(|| D::Error::custom(format!("{STEP_FORMS}; got {n}"))),
+                Value::String(t) => Ok(PercentValue::Text(t.clone())),
+                other => Err(D::Error::custom(format!(
+                    "expected a percentage, got {}",
+                    describe_value(other)
+                ))),
+            }
+        };
+        match &value {
+            Value::Number(_) | Value::String(_) => percent(&value).map(StepConfig::Weight),
+            Value::Mapping(m) if m.len() == 1 => {
+                let (k, v) = m
+                    .iter()
+                    .next()
+                    .ok_or_else(|| D::Error::custom(STEP_FORMS))?;
+                match k.as_str() {
+                    Some("weight") => percent(v).map(StepConfig::Weight),
+                    Some("mirror") => percent(v).map(StepConfig::Mirror),
+                    Some("header") => OrderedMap::<String>::deserialize(v.clone())
+                        .map(StepConfig::Header)
+                        .map_err(|_| {
+                            D::Error::custom(format!(
+                                "header: expected a map of header names to values like {{X-Version: beta}}, got {}",
+                                describe_value(v)
+                            ))
+                        }),
+                    Some("pause") => match v {
+                        Value::Null => Ok(StepConfig::Pause),
+                        Value::Mapping(p) if p.is_empty() => Ok(StepConfig::Pause),
+                        other => Err(D::Error::custom(format!(
+                            "pause takes no settings (write {{pause: {{}}}}), got {}",
+                            describe_value(other)
+                        ))),
+                    },
+                    _ => Err(D::Error::custom(format!(
+                        "unknown step {:?}; {STEP_FORMS}",
+                        k.as_str().unwrap_or("?")
+                    ))),
+                }
+            }
+            other => Err(D::Error::custom(format!(
+                "{STEP_FORMS}; got {}",
+                describe_value(other)
+            ))),
+        }
+    }
+}
+
+fn describe_value(v: &serde_yaml::Value) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "something else".into())
+}
+
+/// A hook the rollout calls (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `pre_step` (before a step is judged: a non-2xx answer fails the check), `post_rollout` (after
+    /// success) or `rollback` (after a failure or an abort).
+    #[serde(default)]
+    pub when: String,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: String,
+}
+
+fn default_webhook_timeout() -> String {
+    "10s".into()
 }
 
 fn default_rollout_interval() -> String {
@@ -534,16 +705,4 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).unwrap_or_default()
     }
-}
-
-/// Parts of a valid configuration that are accepted and checked but not acted on by this version.
-/// `check` and `run` print them, so nothing in a file is ever ignored silently.
-pub fn inactive_parts(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    for (i, r) in config.routes.iter().enumerate() {
-        if r.rollout.is_some() {
-            out.push(format!("routes[{i}].rollout: validated, but the rollout controller is not active in this version"));
-        }
-    }
-    out
 }

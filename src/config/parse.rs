@@ -18,6 +18,21 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// An `http://` or `https://` URL with a host, for webhooks.
+pub fn http_url(text: &str) -> Result<(), String> {
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "invalid URL {text:?} (expected http://HOST[:PORT]/PATH or https://...)"
+        )),
+    }
+}
+
 /// A percentage in 0..=100: `10`, `0.5`, `"10%"`, `"0.5%"`. Returns the percent (not the fraction).
 pub fn percent(value: &PercentValue) -> Result<f64, String> {
     let (n, shown) = match value {

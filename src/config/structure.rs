@@ -121,12 +121,29 @@ fn take_out(tree: &mut Value, at: &mut Vec<Segment>) -> Option<String> {
                 *item = Value::Mapping(serde_yaml::Mapping::new());
                 return Some(display(at));
             }
+            (Segment::Seq { index }, Value::Sequence(items)) if is_steps(&at[..at.len() - 1]) => {
+                // A malformed rollout step is replaced by a pause, which deserialises and has no
+                // semantic errors of its own, so that the other steps are still read and checked.
+                let item = items.get_mut(index)?;
+                let mut pause = serde_yaml::Mapping::new();
+                pause.insert("pause".into(), Value::Mapping(serde_yaml::Mapping::new()));
+                let pause = Value::Mapping(pause);
+                if *item == pause {
+                    return None;
+                }
+                *item = pause;
+                return Some(display(at));
+            }
             (Segment::Seq { .. }, Value::Sequence(_)) => {
                 at.pop();
             }
             _ => return None,
         }
     }
+}
+
+fn is_steps(path: &[Segment]) -> bool {
+    matches!(path, [.., Segment::Map { key }] if key == "steps")
 }
 
 fn is_routes(path: &[Segment]) -> bool {

@@ -3,7 +3,8 @@
 
 use super::parse::{self, Cidr, StickyKey};
 use super::{
-    Config, ConfigError, MirrorConfig, RolloutConfig, RouteConfig, UpstreamConfig, WhenConfig,
+    Config, ConfigError, MirrorConfig, RolloutConfig, RouteConfig, StepConfig, UpstreamConfig,
+    WhenConfig,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -446,16 +447,39 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
     if ro.steps.is_empty() {
         e.push(format!("{path}.steps"), "no steps");
     }
-    let mut last = 0.0;
+    let mut last: Option<f64> = None;
     for (i, s) in ro.steps.iter().enumerate() {
-        if let Some(p) = e.check(format!("{path}.steps[{i}]"), parse::percent(s)) {
-            if p <= last && i > 0 {
-                e.push(
-                    format!("{path}.steps[{i}]"),
-                    format!("steps must increase, got {p} after {last}"),
-                );
+        let at = format!("{path}.steps[{i}]");
+        match s {
+            StepConfig::Weight(w) => {
+                if let Some(p) = e.check(at.clone(), parse::percent(w)) {
+                    if p <= 0.0 {
+                        e.push(at, format!("a weight step must be above 0%, got {p}"));
+                    } else if let Some(l) = last.filter(|l| p <= *l) {
+                        e.push(at, format!("weight steps must increase, got {p} after {l}"));
+                    }
+                    last = Some(p);
+                }
             }
-            last = p;
+            StepConfig::Mirror(m) => {
+                if let Some(p) = e.check(at.clone(), parse::percent(m)) {
+                    if p <= 0.0 {
+                        e.push(at, format!("a mirror step must copy more than 0%, got {p}"));
+                    }
+                }
+            }
+            StepConfig::Header(h) => {
+                if h.is_empty() {
+                    e.push(
+                        format!("{at}.header"),
+                        "no headers (e.g. {X-Version: beta})",
+                    );
+                }
+                for (name, _) in h.iter() {
+                    e.check(format!("{at}.header.{name}"), parse::header_name(name));
+                }
+            }
+            StepConfig::Pause => {}
         }
     }
     e.check(format!("{path}.hold"), parse::duration(&ro.hold));
@@ -492,6 +516,23 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
     }
     if ro.failure_limit == 0 {
         e.push(format!("{path}.failure_limit"), "must be at least 1, got 0");
+    }
+    for (i, h) in ro.webhooks.iter().enumerate() {
+        let at = format!("{path}.webhooks[{i}]");
+        if !matches!(h.when.as_str(), "pre_step" | "post_rollout" | "rollback") {
+            e.push(
+                format!("{at}.when"),
+                format!(
+                    "expected pre_step, post_rollout or rollback, got {:?}",
+                    h.when
+                ),
+            );
+        }
+        e.check(format!("{at}.url"), parse::http_url(&h.url));
+        e.check(format!("{at}.timeout"), parse::duration(&h.timeout));
+    }
+    if let Some(url) = &ro.notify {
+        e.check(format!("{path}.notify"), parse::http_url(url));
     }
 }
 

@@ -157,6 +157,8 @@ pub struct Stats {
     /// Shadow answers compared with their primary's, and how many differed.
     pub mirror_compared: u64,
     pub mirror_diffs: u64,
+    /// Shadow copies that failed: no answer, no answer within the timeout, or a 5xx answer.
+    pub mirror_errors: u64,
 }
 
 impl Stats {
@@ -199,6 +201,7 @@ impl Stats {
             mirror_sent: self.mirror_sent.saturating_sub(earlier.mirror_sent),
             mirror_compared: self.mirror_compared.saturating_sub(earlier.mirror_compared),
             mirror_diffs: self.mirror_diffs.saturating_sub(earlier.mirror_diffs),
+            mirror_errors: self.mirror_errors.saturating_sub(earlier.mirror_errors),
         }
     }
 
@@ -215,6 +218,7 @@ impl Stats {
         self.mirror_sent += u64::from(slot.mirror_sent.load(Relaxed));
         self.mirror_compared += u64::from(slot.mirror_compared.load(Relaxed));
         self.mirror_diffs += u64::from(slot.mirror_diffs.load(Relaxed));
+        self.mirror_errors += u64::from(slot.mirror_errors.load(Relaxed));
     }
 }
 
@@ -231,6 +235,7 @@ struct Slot {
     mirror_sent: AtomicU32,
     mirror_compared: AtomicU32,
     mirror_diffs: AtomicU32,
+    mirror_errors: AtomicU32,
 }
 
 impl Default for Slot {
@@ -245,6 +250,7 @@ impl Default for Slot {
             mirror_sent: AtomicU32::new(0),
             mirror_compared: AtomicU32::new(0),
             mirror_diffs: AtomicU32::new(0),
+            mirror_errors: AtomicU32::new(0),
         }
     }
 }
@@ -263,6 +269,7 @@ impl Slot {
         self.mirror_sent.store(0, Relaxed);
         self.mirror_compared.store(0, Relaxed);
         self.mirror_diffs.store(0, Relaxed);
+        self.mirror_errors.store(0, Relaxed);
     }
 }
 
@@ -279,6 +286,8 @@ struct Totals {
     connections: [AtomicU64; 2],
     mirror: [AtomicU64; MirrorOutcome::ALL.len()],
     compare: [AtomicU64; CompareResult::ALL.len()],
+    /// Shadow answers with a 5xx status.
+    mirror_5xx: AtomicU64,
 }
 
 /// A route × target series.
@@ -345,10 +354,23 @@ impl Series {
     /// A shadow copy's outcome (on the series of the route × mirror target).
     pub fn record_mirror(&self, now: u64, outcome: MirrorOutcome) {
         self.totals.mirror[outcome as usize].fetch_add(1, Relaxed);
-        if outcome == MirrorOutcome::Sent {
-            if let Some(slot) = self.slot(now) {
-                slot.mirror_sent.fetch_add(1, Relaxed);
-            }
+        if matches!(outcome, MirrorOutcome::Dropped | MirrorOutcome::SkippedBody) {
+            return;
+        }
+        if let Some(slot) = self.slot(now) {
+            let counter = match outcome {
+                MirrorOutcome::Sent => &slot.mirror_sent,
+                _ => &slot.mirror_errors,
+            };
+            counter.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A shadow answered with a 5xx status (counted with the shadow errors the rollout judges).
+    pub fn record_shadow_5xx(&self, now: u64) {
+        self.totals.mirror_5xx.fetch_add(1, Relaxed);
+        if let Some(slot) = self.slot(now) {
+            slot.mirror_errors.fetch_add(1, Relaxed);
         }
     }
 
@@ -382,6 +404,9 @@ impl Series {
             mirror_sent: t.mirror[MirrorOutcome::Sent as usize].load(Relaxed),
             mirror_compared: t.compare.iter().map(|c| c.load(Relaxed)).sum(),
             mirror_diffs: t.compare[1..].iter().map(|c| c.load(Relaxed)).sum(),
+            mirror_errors: t.mirror[MirrorOutcome::Error as usize].load(Relaxed)
+                + t.mirror[MirrorOutcome::Timeout as usize].load(Relaxed)
+                + t.mirror_5xx.load(Relaxed),
         }
     }
 

@@ -139,6 +139,71 @@ pub fn judge(gates: &Gates, canary: &Stats, baseline: &Stats) -> Verdict {
     ))
 }
 
+/// Judges a dark (mirror) phase: the canary serves nobody, so it is judged on its shadow answers
+/// only: the share that failed (no answer, a timeout or a 5xx) against the baseline's 5xx share, with
+/// the same ceiling and significance test as live traffic, and the share that differed from the
+/// primary's answer (`max_mirror_diff_rate`).
+pub fn judge_mirror(gates: &Gates, canary: &Stats, baseline: &Stats) -> Verdict {
+    let n = canary.mirror_sent;
+    if n < gates.min_requests {
+        return Verdict::Inconclusive(format!(
+            "{n} shadow copies sent to the canary, fewer than min_requests {}",
+            gates.min_requests
+        ));
+    }
+    let errors = canary.mirror_errors.min(n);
+    let c_rate = errors as f64 / n as f64;
+    let b_rate = baseline.error_rate();
+    if let Some(max) = gates.max_error_rate {
+        if c_rate > max {
+            return Verdict::Fail {
+                gate: "max_error_rate",
+                reason: format!(
+                    "shadow errors {} of {n} copies > max_error_rate {}",
+                    pct(c_rate),
+                    pct(max)
+                ),
+            };
+        }
+    }
+    let errors_p = stats::errors_worse(errors, n, baseline.status[4], baseline.requests());
+    if let Some(p) = errors_p {
+        if c_rate - b_rate > gates.max_error_rate_increase && p < 1.0 - gates.confidence {
+            return Verdict::Fail {
+                gate: "max_error_rate_increase",
+                reason: format!(
+                    "shadow errors {} vs baseline 5xx {} ({}) > max increase {}",
+                    pct(c_rate),
+                    pct(b_rate),
+                    p_value(p),
+                    points(gates.max_error_rate_increase)
+                ),
+            };
+        }
+    }
+    let diff = canary.mirror_diff_rate();
+    if let Some(max) = gates.max_mirror_diff_rate {
+        if canary.mirror_compared > 0 && diff > max {
+            return Verdict::Fail {
+                gate: "max_mirror_diff_rate",
+                reason: format!(
+                    "shadow answers differing {} of {} compared > max_mirror_diff_rate {}",
+                    pct(diff),
+                    canary.mirror_compared,
+                    pct(max)
+                ),
+            };
+        }
+    }
+    Verdict::Pass(format!(
+        "{n} shadow copies, errors {} vs baseline 5xx {}; differing {} of {} compared",
+        pct(c_rate),
+        pct(b_rate),
+        pct(diff),
+        canary.mirror_compared
+    ))
+}
+
 fn pct(f: f64) -> String {
     format!("{:.1}%", f * 100.0)
 }
@@ -209,6 +274,47 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_mirror_phase_is_judged_on_shadow_errors_and_differences() {
+        let mut g = gates();
+        g.max_mirror_diff_rate = Some(0.01);
+        let baseline = interval(10_000, 10, 1000);
+        let mut shadow = Stats {
+            mirror_sent: 50,
+            ..Stats::default()
+        };
+        assert!(matches!(
+            judge_mirror(&g, &shadow, &baseline),
+            Verdict::Inconclusive(_)
+        ));
+        shadow.mirror_sent = 400;
+        shadow.mirror_compared = 400;
+        assert!(matches!(
+            judge_mirror(&g, &shadow, &baseline),
+            Verdict::Pass(_)
+        ));
+        shadow.mirror_errors = 40;
+        match judge_mirror(&g, &shadow, &baseline) {
+            Verdict::Fail { gate, reason } => {
+                assert_eq!(gate, "max_error_rate_increase");
+                assert_eq!(
+                    reason,
+                    "shadow errors 10.0% vs baseline 5xx 0.1% (p < 0.001) > max increase 0.5 points"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        shadow.mirror_errors = 0;
+        shadow.mirror_diffs = 12;
+        assert!(matches!(
+            judge_mirror(&g, &shadow, &baseline),
+            Verdict::Fail {
+                gate: "max_mirror_diff_rate",
+                ..
+            }
+        ));
     }
 
     #[test]

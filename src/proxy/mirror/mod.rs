@@ -406,6 +406,9 @@ async fn run_shadow(
         }
         Ok((shadow, _)) => shadow,
     };
+    if shadow.status >= 500 {
+        series.record_shadow_5xx(now);
+    }
     let Some((primary_rx, cfg)) = primary else {
         return;
     };
