@@ -64,6 +64,18 @@ pub enum CtlCommand {
         #[arg(long)]
         since_start: bool,
     },
+    /// A route's rollout: phase, step, time left and the last verdicts with their figures; or control
+    /// it: start, pause, resume, abort, promote (go on to the next step now), retry (a failed or
+    /// aborted step).
+    Rollout {
+        route: String,
+        #[arg(value_parser = ["start", "pause", "resume", "abort", "promote", "retry"])]
+        action: Option<String>,
+        /// Follow the rollout live until it ends (exit 0 when it succeeded, 1 when it failed or was
+        /// aborted).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Which target a request gets on ROUTE, and why.
     Explain {
         route: String,
@@ -260,7 +272,55 @@ fn status_failure(url: &str, code: u16, r: ureq::Response) -> Failure {
 }
 
 pub fn run(opts: CtlOptions, command: CtlCommand) -> ExitCode {
+    if let CtlCommand::Rollout {
+        route,
+        action: None,
+        watch: true,
+    } = &command
+    {
+        return match Client::new(&opts) {
+            Ok(client) => watch_rollout(&client, route, opts.json),
+            Err(e) => finish(&opts, Err(e)),
+        };
+    }
     let result = Client::new(&opts).and_then(|client| execute(&client, command));
+    finish(&opts, result)
+}
+
+/// Prints the rollout every second until it ends.
+fn watch_rollout(c: &Client, route: &str, as_json: bool) -> ExitCode {
+    let path = format!("/v1/routes/{}/rollout", encode(route));
+    let mut last = String::new();
+    loop {
+        let v = match c.get(&path) {
+            Ok(v) => v,
+            Err(e) => return finish_failure(e),
+        };
+        let shown = if as_json {
+            v.to_string() + "\n"
+        } else {
+            rollout_table(&v)
+        };
+        if shown != last {
+            let mut out = std::io::stdout().lock();
+            if out
+                .write_all(format!("{shown}\n").as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                return ExitCode::SUCCESS;
+            }
+            last = shown;
+        }
+        match v["state"].as_str() {
+            Some("succeeded") => return ExitCode::SUCCESS,
+            Some("failed" | "aborted") => return ExitCode::from(1),
+            _ => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+fn finish(opts: &CtlOptions, result: Result<(Value, String), Failure>) -> ExitCode {
     match result {
         Ok((value, table)) => {
             let text = if opts.json {
@@ -278,15 +338,21 @@ pub fn run(opts: CtlOptions, command: CtlCommand) -> ExitCode {
                 _ => ExitCode::SUCCESS,
             }
         }
-        Err(Failure::Usage(m)) => {
+        Err(e) => finish_failure(e),
+    }
+}
+
+fn finish_failure(e: Failure) -> ExitCode {
+    match e {
+        Failure::Usage(m) => {
             eprintln!("switchyard ctl: {m}");
             ExitCode::from(2)
         }
-        Err(Failure::Refused(m)) => {
+        Failure::Refused(m) => {
             eprintln!("refused: {m}");
             ExitCode::from(1)
         }
-        Err(Failure::Unreachable(m)) => {
+        Failure::Unreachable(m) => {
             eprintln!("switchyard ctl: {m}");
             ExitCode::from(3)
         }
@@ -468,6 +534,23 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             let table = stats_table(&v, since_start);
             Ok((v, table))
         }
+        CtlCommand::Rollout { route, action, .. } => {
+            let path = format!("/v1/routes/{}/rollout", encode(&route));
+            let v = match action {
+                None => c.get(&path)?,
+                Some(action) => {
+                    let (_, etag) = read_route(c, &route)?;
+                    c.change(
+                        "POST",
+                        &format!("{path}/{action}"),
+                        json!({}),
+                        etag.as_deref(),
+                    )?
+                }
+            };
+            let table = rollout_table(&v);
+            Ok((v, table))
+        }
         CtlCommand::Audit => {
             let v = c.get("/v1/audit")?;
             let mut t = format!(
@@ -488,6 +571,85 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             Ok((v, t))
         }
     }
+}
+
+/// A rollout in words: where it is, how long it still holds, and its last verdicts.
+fn rollout_table(v: &Value) -> String {
+    let mut t = format!(
+        "{}: rollout of {} — {}",
+        text(&v["route"]),
+        text(&v["canary"]),
+        text(&v["state"]).to_uppercase()
+    );
+    if let Some(step) = v["step"].as_u64() {
+        t += &format!(
+            ", step {step}/{} ({}), canary at {}%",
+            text(&v["steps"]),
+            text(&v["phase"]),
+            text(&v["canary_share"])
+        );
+    }
+    t += "\n";
+    if let Some(reason) = v["reason"].as_str() {
+        t += &format!("  {reason}\n");
+    }
+    if let Some(plan) = v["plan"].as_array() {
+        let at = v["step"].as_u64().unwrap_or(0) as usize;
+        let steps: Vec<String> = plan
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i + 1 == at {
+                    format!("[{}]", text(s))
+                } else {
+                    text(s)
+                }
+            })
+            .collect();
+        t += &format!("  plan: {}\n", steps.join(" → "));
+    }
+    if v["held_seconds"].is_number() {
+        let left = match v["left_seconds"].as_f64() {
+            Some(l) => format!(", {} left", human(l)),
+            None => String::new(),
+        };
+        t += &format!(
+            "  held {} of {}{left}; checks every {}: {} passed, {} failed in a row (limit {})\n",
+            human(v["held_seconds"].as_f64().unwrap_or(0.0)),
+            human(v["hold_seconds"].as_f64().unwrap_or(0.0)),
+            human(v["interval_seconds"].as_f64().unwrap_or(0.0)),
+            text(&v["passes"]),
+            text(&v["failures"]),
+            text(&v["failure_limit"])
+        );
+    }
+    let history = v["history"].as_array().cloned().unwrap_or_default();
+    if !history.is_empty() {
+        t += "  last events:\n";
+        for e in history.iter().rev().take(8).rev() {
+            let verdict = e["verdict"]
+                .as_str()
+                .map(|x| format!(" {}", x.to_uppercase()))
+                .unwrap_or_default();
+            let gate = e["gate"]
+                .as_str()
+                .map(|g| format!(" [{g}]"))
+                .unwrap_or_default();
+            t += &format!(
+                "    {}  step {:<2} {}{verdict}{gate}: {}\n",
+                text(&e["at"]),
+                text(&e["step"]),
+                text(&e["event"]),
+                text(&e["reason"])
+            );
+        }
+    }
+    t
+}
+
+/// Seconds as `1h2m3s`.
+fn human(seconds: f64) -> String {
+    humantime::format_duration(Duration::from_secs(seconds.max(0.0).round() as u64)).to_string()
 }
 
 /// A change as before → after, e.g. `payments: split payments-v1 99.0% (baseline), payments-v2 1.0%

@@ -133,6 +133,10 @@ pub fn build(
     let reloader =
         Reloader::new(file.and_then(|f| f.path.clone()), state.clone()).reopening(access_log);
     server.add_service(background_service("config reload", reloader));
+    server.add_service(background_service(
+        "rollouts",
+        crate::rollout::Controller::new(state.clone()),
+    ));
     server.add_service(background_service("drain", Drain));
     Ok((server, state))
 }

@@ -26,11 +26,14 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
     match (&req.method, segments.as_slice()) {
         (&Method::GET, ["v1", "status"]) => {
             let live = state.load();
-            with_etag(json(StatusCode::OK, &status(&live)), live.revision)
+            let mut body = status(&live);
+            with_rollout_states(state, &mut body["routes"]);
+            with_etag(json(StatusCode::OK, &body), live.revision)
         }
         (&Method::GET, ["v1", "routes"]) => {
             let live = state.load();
-            let routes = status(&live)["routes"].take();
+            let mut routes = status(&live)["routes"].take();
+            with_rollout_states(state, &mut routes);
             with_etag(
                 json(
                     StatusCode::OK,
@@ -42,7 +45,12 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         (&Method::GET, ["v1", "routes", route]) => {
             let live = state.load();
             match route_status(&live, route) {
-                Some(r) => with_etag(json(StatusCode::OK, &r), live.revision),
+                Some(mut r) => {
+                    if let Some(v) = state.rollouts.view(state, route) {
+                        r["rollout_state"] = v;
+                    }
+                    with_etag(json(StatusCode::OK, &r), live.revision)
+                }
                 None => error(StatusCode::NOT_FOUND, &format!("no such route {route:?}")),
             }
         }
@@ -50,6 +58,24 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         (&Method::PUT, ["v1", "config"]) => put_config(&w, req),
         (&Method::PATCH, ["v1", "routes", route]) => patch_route(&w, route, &req.body),
         (&Method::POST, ["v1", "routes", route, "rollback"]) => rollback(&w, route),
+        (&Method::GET, ["v1", "routes", route, "rollout"]) => match state.rollouts.view(state, route) {
+            Some(v) => json(StatusCode::OK, &v),
+            None => no_rollout(&state.load(), route),
+        },
+        (&Method::POST, ["v1", "routes", route, "rollout", action]) => {
+            match state
+                .rollouts
+                .control(state, route, action, actor, w.reason.as_deref())
+            {
+                Ok(v) => {
+                    let revision = state.load().revision;
+                    with_etag(json(StatusCode::OK, &v), revision)
+                }
+                Err(crate::rollout::ControlError::NotFound(m)) => error(StatusCode::NOT_FOUND, &m),
+                Err(crate::rollout::ControlError::Conflict(m)) => error(StatusCode::CONFLICT, &m),
+                Err(crate::rollout::ControlError::Change(e)) => change_refused(e),
+            }
+        }
         (&Method::GET, ["v1", "revisions"]) => revisions(state),
         (&Method::POST, ["v1", "revisions", n, "restore"]) => restore(&w, n),
         (&Method::GET, ["v1", "routes", route, "explain"]) => {
@@ -72,7 +98,8 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         (_, ["v1", "status" | "config" | "revisions" | "audit" | "stats" | "routes"])
         | (_, ["v1", "mirror", "diffs"])
         | (_, ["v1", "routes", _])
-        | (_, ["v1", "routes", _, "rollback" | "explain"])
+        | (_, ["v1", "routes", _, "rollback" | "explain" | "rollout"])
+        | (_, ["v1", "routes", _, "rollout", _])
         | (_, ["v1", "revisions", _, "restore"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{} is not allowed on {}", req.method, req.path),
@@ -81,6 +108,40 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
             StatusCode::NOT_FOUND,
             &format!("no such endpoint: {} {}", req.method, req.path),
         ),
+    }
+}
+
+/// Adds each route's rollout state (phase, step, reason) next to its `rollout` settings.
+fn with_rollout_states(state: &State, routes: &mut Value) {
+    let Some(routes) = routes.as_array_mut() else {
+        return;
+    };
+    for r in routes {
+        let Some(name) = r["name"].as_str().map(str::to_string) else {
+            continue;
+        };
+        if let Some(v) = state.rollouts.view(state, &name) {
+            r["rollout_state"] = json!({
+                "state": v["state"],
+                "step": v["step"],
+                "steps": v["steps"],
+                "phase": v["phase"],
+                "reason": v["reason"],
+                "canary_share": v["canary_share"],
+                "left_seconds": v["left_seconds"],
+            });
+        }
+    }
+}
+
+fn no_rollout(s: &Snapshot, route: &str) -> Response<Vec<u8>> {
+    if s.config.routes.iter().any(|r| r.name == route) {
+        error(
+            StatusCode::NOT_FOUND,
+            &format!("route {route:?} has no rollout configured"),
+        )
+    } else {
+        error(StatusCode::NOT_FOUND, &format!("no such route {route:?}"))
     }
 }
 

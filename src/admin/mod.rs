@@ -91,6 +91,7 @@ impl ServeHttp for AdminApi {
                 live.revision,
                 &live.config,
                 &live.pools,
+                &self.state.rollouts,
             ) {
                 Ok(text) => respond(
                     StatusCode::OK,

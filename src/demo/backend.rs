@@ -18,6 +18,8 @@ pub struct BackendControl {
     pub version: String,
     healthy: AtomicBool,
     status: AtomicU16,
+    /// Share of non-health requests answered 500 at random, in millionths.
+    error_ppm: AtomicU64,
     delay_ms: AtomicU64,
     requests: AtomicU64,
     body: std::sync::Mutex<Option<String>>,
@@ -42,6 +44,11 @@ impl BackendControl {
     /// Status code of every non-health response (default 200).
     pub fn set_status(&self, status: u16) {
         self.status.store(status, Ordering::Relaxed);
+    }
+    /// Answers this share (0–1) of non-health requests with 500, at random.
+    pub fn set_error_rate(&self, share: f64) {
+        self.error_ppm
+            .store((share.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
     }
     /// Delay before every non-health response.
     pub fn set_delay(&self, d: Duration) {
@@ -82,6 +89,7 @@ impl RunningBackend {
             version: version.to_string(),
             healthy: AtomicBool::new(true),
             status: AtomicU16::new(200),
+            error_ppm: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             body: std::sync::Mutex::new(None),
@@ -247,10 +255,13 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            (
-                control.status.load(Ordering::Relaxed),
-                fixed.unwrap_or_else(|| json.to_string()),
-            )
+            let ppm = control.error_ppm.load(Ordering::Relaxed);
+            let status = if ppm > 0 && rand::random::<u64>() % 1_000_000 < ppm {
+                500
+            } else {
+                control.status.load(Ordering::Relaxed)
+            };
+            (status, fixed.unwrap_or_else(|| json.to_string()))
         };
         let head = format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {}\r\n{}\r\n",

@@ -21,9 +21,11 @@ pub fn render(
     revision: u64,
     config: &Config,
     pools: &crate::upstream::Pools,
+    rollouts: &crate::rollout::Rollouts,
 ) -> Result<Vec<u8>, String> {
     let mut families = families(metrics, revision, config);
     families.push(backend_up(pools));
+    families.extend(rollout_families(rollouts));
     let mut open = Family::new(
         "switchyard_client_connections_open",
         "Client connections open now, on every listener.",
@@ -55,6 +57,48 @@ fn backend_up(pools: &crate::upstream::Pools) -> MetricFamily {
         }
     }
     up.0
+}
+
+/// `switchyard_rollout_step{route}`, `switchyard_rollout_state{route,state}` and
+/// `switchyard_rollout_checks_total{route,verdict}`.
+fn rollout_families(rollouts: &crate::rollout::Rollouts) -> Vec<MetricFamily> {
+    use crate::rollout::Phase;
+    let mut step = Family::new(
+        "switchyard_rollout_step",
+        "The step a route's rollout is at (1 is the first of its steps).",
+        MetricType::GAUGE,
+    );
+    let mut state = Family::new(
+        "switchyard_rollout_state",
+        "1 for the state a route's rollout is in (running, paused, succeeded, failed, aborted), 0 for the others.",
+        MetricType::GAUGE,
+    );
+    let mut checks = Family::new(
+        "switchyard_rollout_checks_total",
+        "Checks of a canary against its baseline, by verdict (pass, fail, inconclusive).",
+        MetricType::COUNTER,
+    );
+    let mut notify = Family::new(
+        "switchyard_rollout_notify_lost_total",
+        "Rollout notifications not delivered: queue full, or given up after their retries.",
+        MetricType::COUNTER,
+    );
+    for s in rollouts.summaries() {
+        step.gauge(&[("route", &s.route)], s.step as f64);
+        for p in Phase::ALL {
+            let v = if p == s.phase { 1.0 } else { 0.0 };
+            state.gauge(&[("route", &s.route), ("state", p.as_str())], v);
+        }
+        for (i, verdict) in ["pass", "fail", "inconclusive"].iter().enumerate() {
+            checks.counter(&[("route", &s.route), ("verdict", verdict)], s.checks[i]);
+        }
+    }
+    let (dropped, failed) = rollouts.notify_losses();
+    if dropped + failed > 0 {
+        notify.counter(&[("reason", "queue_full")], dropped);
+        notify.counter(&[("reason", "failed")], failed);
+    }
+    vec![step.0, state.0, checks.0, notify.0]
 }
 
 struct Family(MetricFamily);

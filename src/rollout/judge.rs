@@ -62,8 +62,22 @@ pub enum Verdict {
     Inconclusive(String),
 }
 
-/// Judges `canary` against `baseline` over the same interval.
+/// The significance the `k`-th conclusive check of a rollout (from 1) requires: `1 - confidence`
+/// spent over all checks, `6 / (π² k²)` of it to check `k` (the shares add up to 1). However many
+/// times a rollout looks at a canary that is no worse than its baseline, each gate fails it by chance
+/// at most `1 - confidence` of the time; the first checks, which matter most, get the largest shares.
+pub fn alpha_for_check(gates: &Gates, k: u64) -> f64 {
+    let k = k.max(1) as f64;
+    (1.0 - gates.confidence) * 6.0 / (std::f64::consts::PI.powi(2) * k * k)
+}
+
+/// Judges `canary` against `baseline` over the same interval, at significance `1 - confidence`.
 pub fn judge(gates: &Gates, canary: &Stats, baseline: &Stats) -> Verdict {
+    judge_at(gates, 1.0 - gates.confidence, canary, baseline)
+}
+
+/// Like [`judge`], at significance `alpha` (see [`alpha_for_check`]).
+pub fn judge_at(gates: &Gates, alpha: f64, canary: &Stats, baseline: &Stats) -> Verdict {
     let n = canary.requests();
     if n < gates.min_requests {
         return Verdict::Inconclusive(format!(
@@ -71,7 +85,6 @@ pub fn judge(gates: &Gates, canary: &Stats, baseline: &Stats) -> Verdict {
             gates.min_requests
         ));
     }
-    let alpha = 1.0 - gates.confidence;
     let (c_rate, b_rate) = (canary.error_rate(), baseline.error_rate());
     if let Some(max) = gates.max_error_rate {
         if c_rate > max {
@@ -143,7 +156,7 @@ pub fn judge(gates: &Gates, canary: &Stats, baseline: &Stats) -> Verdict {
 /// only: the share that failed (no answer, a timeout or a 5xx) against the baseline's 5xx share, with
 /// the same ceiling and significance test as live traffic, and the share that differed from the
 /// primary's answer (`max_mirror_diff_rate`).
-pub fn judge_mirror(gates: &Gates, canary: &Stats, baseline: &Stats) -> Verdict {
+pub fn judge_mirror(gates: &Gates, alpha: f64, canary: &Stats, baseline: &Stats) -> Verdict {
     let n = canary.mirror_sent;
     if n < gates.min_requests {
         return Verdict::Inconclusive(format!(
@@ -168,7 +181,7 @@ pub fn judge_mirror(gates: &Gates, canary: &Stats, baseline: &Stats) -> Verdict 
     }
     let errors_p = stats::errors_worse(errors, n, baseline.status[4], baseline.requests());
     if let Some(p) = errors_p {
-        if c_rate - b_rate > gates.max_error_rate_increase && p < 1.0 - gates.confidence {
+        if c_rate - b_rate > gates.max_error_rate_increase && p < alpha {
             return Verdict::Fail {
                 gate: "max_error_rate_increase",
                 reason: format!(
@@ -286,17 +299,17 @@ mod tests {
             ..Stats::default()
         };
         assert!(matches!(
-            judge_mirror(&g, &shadow, &baseline),
+            judge_mirror(&g, 0.01, &shadow, &baseline),
             Verdict::Inconclusive(_)
         ));
         shadow.mirror_sent = 400;
         shadow.mirror_compared = 400;
         assert!(matches!(
-            judge_mirror(&g, &shadow, &baseline),
+            judge_mirror(&g, 0.01, &shadow, &baseline),
             Verdict::Pass(_)
         ));
         shadow.mirror_errors = 40;
-        match judge_mirror(&g, &shadow, &baseline) {
+        match judge_mirror(&g, 0.01, &shadow, &baseline) {
             Verdict::Fail { gate, reason } => {
                 assert_eq!(gate, "max_error_rate_increase");
                 assert_eq!(
@@ -309,12 +322,21 @@ mod tests {
         shadow.mirror_errors = 0;
         shadow.mirror_diffs = 12;
         assert!(matches!(
-            judge_mirror(&g, &shadow, &baseline),
+            judge_mirror(&g, 0.01, &shadow, &baseline),
             Verdict::Fail {
                 gate: "max_mirror_diff_rate",
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_significance_is_spent_over_a_rollouts_checks() {
+        let g = gates();
+        let total: f64 = (1..100_000).map(|k| alpha_for_check(&g, k)).sum();
+        assert!(total < 0.01 && total > 0.0099, "{total}");
+        assert!((alpha_for_check(&g, 1) - 0.00608).abs() < 1e-5);
+        assert!(alpha_for_check(&g, 10) < alpha_for_check(&g, 9));
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub struct State {
     /// Set when the listening sockets go to a new process: from then on that process is the only
     /// writer, and changes here are refused (503, retried by `ctl`).
     handing_over: std::sync::atomic::AtomicBool,
+    /// The rollouts of this instance's routes (SPEC §6).
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 struct Writer {
@@ -130,6 +132,7 @@ impl State {
             }),
             metrics: Arc::default(),
             handing_over: Default::default(),
+            rollouts: Default::default(),
         })
     }
 
@@ -164,6 +167,7 @@ impl State {
                         }),
                         metrics: Arc::default(),
                         handing_over: Default::default(),
+                        rollouts: Default::default(),
                     });
                 }
                 Err(e) => log::error!(
@@ -195,6 +199,7 @@ impl State {
             writer: Mutex::new(writer),
             metrics: Arc::default(),
             handing_over: Default::default(),
+            rollouts: Default::default(),
         })
     }
 
@@ -323,6 +328,27 @@ impl State {
                 Err(e)
             }
         }
+    }
+
+    /// Saves the rollouts' state in `state_dir/rollouts.json` (nothing without one). Refused once this
+    /// instance hands over to a new process, which saves it from then on.
+    pub fn save_rollouts(&self, bytes: &[u8]) -> Result<(), ChangeError> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_handing_over() {
+            return Err(ChangeError::HandingOver);
+        }
+        match &writer.store {
+            Some(store) => store::write_atomic(&store.dir().join("rollouts.json"), bytes)
+                .map_err(|e| storage_error(store.dir(), &e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The rollouts' state as last saved in `state_dir`.
+    pub fn load_rollouts(&self) -> Option<Vec<u8>> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let store = writer.store.as_ref()?;
+        std::fs::read(store.dir().join("rollouts.json")).ok()
     }
 
     /// Records the outcome of a reload by signal in `state_dir/reload.json` (nothing without one).
