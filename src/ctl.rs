@@ -586,7 +586,7 @@ fn rollout_table(v: &Value) -> String {
             ", step {step}/{} ({}), canary at {}%",
             text(&v["steps"]),
             text(&v["phase"]),
-            text(&v["canary_share"])
+            v["canary_share"].as_f64().unwrap_or(0.0)
         );
     }
     t += "\n";
@@ -647,9 +647,15 @@ fn rollout_table(v: &Value) -> String {
     t
 }
 
-/// Seconds as `1h2m3s`.
+/// Seconds as `1h 2m 3s` (milliseconds below 10 s).
 fn human(seconds: f64) -> String {
-    humantime::format_duration(Duration::from_secs(seconds.max(0.0).round() as u64)).to_string()
+    let ms = (seconds.max(0.0) * 1000.0).round() as u64;
+    let d = if ms < 10_000 {
+        Duration::from_millis(ms)
+    } else {
+        Duration::from_secs(ms / 1000)
+    };
+    humantime::format_duration(d).to_string()
 }
 
 /// A change as before → after, e.g. `payments: split payments-v1 99.0% (baseline), payments-v2 1.0%

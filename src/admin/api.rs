@@ -58,10 +58,12 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         (&Method::PUT, ["v1", "config"]) => put_config(&w, req),
         (&Method::PATCH, ["v1", "routes", route]) => patch_route(&w, route, &req.body),
         (&Method::POST, ["v1", "routes", route, "rollback"]) => rollback(&w, route),
-        (&Method::GET, ["v1", "routes", route, "rollout"]) => match state.rollouts.view(state, route) {
-            Some(v) => json(StatusCode::OK, &v),
-            None => no_rollout(&state.load(), route),
-        },
+        (&Method::GET, ["v1", "routes", route, "rollout"]) => {
+            match state.rollouts.view(state, route) {
+                Some(v) => json(StatusCode::OK, &v),
+                None => no_rollout(&state.load(), route),
+            }
+        }
         (&Method::POST, ["v1", "routes", route, "rollout", action]) => {
             match state
                 .rollouts

@@ -249,10 +249,7 @@ impl Run {
         self.pre_step_passed = false;
         if matches!(ro.steps.get(i), Some(StepConfig::Pause)) {
             r.phase = Phase::Paused;
-            r.reason = Some(format!(
-                "step {} is a pause: waiting for promote",
-                i + 1
-            ));
+            r.reason = Some(format!("step {} is a pause: waiting for promote", i + 1));
         } else {
             r.phase = Phase::Running;
             r.reason = None;
@@ -336,7 +333,9 @@ impl Rollouts {
         inner.runs.retain(|name, _| {
             let keep = configured.iter().any(|(r, _)| &r.name == name);
             if !keep {
-                log::info!("route {name}: no rollout configured any more; its rollout state is dropped");
+                log::info!(
+                    "route {name}: no rollout configured any more; its rollout state is dropped"
+                );
             }
             keep
         });
@@ -354,16 +353,31 @@ impl Rollouts {
                 run.record.checks = old.record.checks;
             }
             let why = if previous.is_some() {
-                format!("rollout block changed (revision {}): starting again", live.revision)
+                format!(
+                    "rollout block changed (revision {}): starting again",
+                    live.revision
+                )
             } else {
-                format!("rollout of {} configured (revision {})", ro.canary, live.revision)
+                format!(
+                    "rollout of {} configured (revision {})",
+                    ro.canary, live.revision
+                )
             };
             run.enter_step(&ro, 0, now);
             let reason = format!("{why}; step 1/{}: {}", ro.steps.len(), step_words(&ro, 0));
-            match self.commit(state, &ro, &mut run, "rollout", "rollout.start", &reason, false, |r, ro, a| {
-                plan::take_back(r, a);
-                plan::apply_step(r, ro, 0, a)
-            }) {
+            match self.commit(
+                state,
+                &ro,
+                &mut run,
+                "rollout",
+                "rollout.start",
+                &reason,
+                false,
+                |r, ro, a| {
+                    plan::take_back(r, a);
+                    plan::apply_step(r, ro, 0, a)
+                },
+            ) {
                 Ok(()) => {
                     self.event(&ro, &mut run, "start", "rollout", None, None, reason);
                 }
@@ -405,12 +419,20 @@ impl Rollouts {
             None => ("someone".to_string(), "a change".to_string(), live.revision),
         };
         if action == "route.rollback" {
-            let reason = format!("route rolled back by {who} (revision {revision}): rollout aborted");
+            let reason =
+                format!("route rolled back by {who} (revision {revision}): rollout aborted");
             run.record.phase = Phase::Aborted;
             run.record.reason = Some(reason.clone());
-            if let Err(e) = self.commit(state, ro, run, "rollout", "rollout.abort", &reason, false, |r, ro, a| {
-                plan::roll_back(r, ro, a)
-            }) {
+            if let Err(e) = self.commit(
+                state,
+                ro,
+                run,
+                "rollout",
+                "rollout.abort",
+                &reason,
+                false,
+                plan::roll_back,
+            ) {
                 log::error!("route {route}: taking the canary's rules and mirror back failed: {e}");
                 run.record.expected = route_digest(r);
             }
@@ -424,7 +446,16 @@ impl Rollouts {
             run.record.phase = Phase::Paused;
             run.record.reason = Some(reason.clone());
             run.record.expected = route_digest(r);
-            if let Err(e) = self.commit(state, ro, run, "rollout", "rollout.pause", &reason, false, |_, _, _| Ok(())) {
+            if let Err(e) = self.commit(
+                state,
+                ro,
+                run,
+                "rollout",
+                "rollout.pause",
+                &reason,
+                false,
+                |_, _, _| Ok(()),
+            ) {
                 log::error!("route {route}: recording the pause failed: {e}");
             }
             self.event(ro, run, "pause", "rollout", None, None, reason);
@@ -457,7 +488,15 @@ impl Rollouts {
             }
             Verdict::Inconclusive(_) => run.record.checks[2] += 1,
         }
-        self.event(ro, run, "check", "rollout", Some(name), gate.clone(), reason.clone());
+        self.event(
+            ro,
+            run,
+            "check",
+            "rollout",
+            Some(name),
+            gate.clone(),
+            reason.clone(),
+        );
         if run.record.failures >= ro.failure_limit {
             let why = match &gate {
                 Some(g) => format!("{g}: {reason}"),
@@ -477,7 +516,10 @@ impl Rollouts {
                 run.record.passes
             );
             if let Err(e) = self.advance(state, ro, run, "rollout", "rollout.step", reason, now) {
-                log::warn!("route {}: the next step was not taken: {e}", run.record.route);
+                log::warn!(
+                    "route {}: the next step was not taken: {e}",
+                    run.record.route
+                );
             }
         }
     }
@@ -485,7 +527,12 @@ impl Rollouts {
     /// The `pre_step` webhooks of this step: `None` once they passed (or there are none), else the
     /// verdict of this check.
     fn pre_step(&self, ro: &RolloutConfig, run: &mut Run) -> Option<Verdict> {
-        let hooks: Vec<_> = ro.webhooks.iter().filter(|h| h.when == "pre_step").cloned().collect();
+        let hooks: Vec<_> = ro
+            .webhooks
+            .iter()
+            .filter(|h| h.when == "pre_step")
+            .cloned()
+            .collect();
         if hooks.is_empty() || run.pre_step_passed {
             return None;
         }
@@ -493,9 +540,13 @@ impl Rollouts {
         match run.pre_step.as_ref().map(PreStep::result) {
             None => {
                 run.pre_step = Some(PreStep::start(hooks, body));
-                Some(Verdict::Inconclusive("calling the pre_step webhooks".into()))
+                Some(Verdict::Inconclusive(
+                    "calling the pre_step webhooks".into(),
+                ))
             }
-            Some(None) => Some(Verdict::Inconclusive("waiting for the pre_step webhooks".into())),
+            Some(None) => Some(Verdict::Inconclusive(
+                "waiting for the pre_step webhooks".into(),
+            )),
             Some(Some(Ok(()))) => {
                 run.pre_step_passed = true;
                 // The judged window starts once the step's acceptance test has passed.
@@ -518,7 +569,10 @@ impl Rollouts {
     fn judge(&self, state: &State, ro: &RolloutConfig, run: &mut Run) -> Verdict {
         let metrics = state.metrics();
         let (route, canary, baseline) = (&run.record.route, &ro.canary, &run.record.baseline);
-        let now = (metrics.totals(route, canary), metrics.totals(route, baseline));
+        let now = (
+            metrics.totals(route, canary),
+            metrics.totals(route, baseline),
+        );
         let Some((c0, b0)) = run.marks.clone() else {
             run.marks = Some(now);
             return Verdict::Inconclusive("the step's window begins".into());
@@ -548,18 +602,31 @@ impl Rollouts {
             ));
         }
         let reason = run.record.reason.clone().unwrap_or_default();
-        match self.commit(state, ro, run, "rollout", "rollout.failed", &reason, false, |r, ro, a| {
-            plan::roll_back(r, ro, a)
-        }) {
+        match self.commit(
+            state,
+            ro,
+            run,
+            "rollout",
+            "rollout.failed",
+            &reason,
+            false,
+            plan::roll_back,
+        ) {
             Ok(()) => {
                 run.record.phase = Phase::Failed;
-                log::warn!("route {}: rollout failed, canary rolled back: {reason}", run.record.route);
+                log::warn!(
+                    "route {}: rollout failed, canary rolled back: {reason}",
+                    run.record.route
+                );
                 self.event(ro, run, "failed", "rollout", Some("fail"), None, reason);
                 hooks::fire(&ro.webhooks, "rollback", self.payload(ro, run, "failed"));
                 true
             }
             Err(e) => {
-                log::error!("route {}: rolling the canary back failed ({e}); trying again", run.record.route);
+                log::error!(
+                    "route {}: rolling the canary back failed ({e}); trying again",
+                    run.record.route
+                );
                 false
             }
         }
@@ -584,22 +651,49 @@ impl Rollouts {
                 ro.steps.len(),
                 ro.canary
             );
-            let action = if action == "rollout.promote" { action } else { "rollout.succeeded" };
-            self.commit(state, ro, run, actor, action, &reason, actor == "rollout", |r, ro, a| {
-                plan::complete(r, ro, a)
-            })
+            let action = if action == "rollout.promote" {
+                action
+            } else {
+                "rollout.succeeded"
+            };
+            self.commit(
+                state,
+                ro,
+                run,
+                actor,
+                action,
+                &reason,
+                actor == "rollout",
+                plan::complete,
+            )
             .map_err(ControlError::Change)?;
             run.record.phase = Phase::Succeeded;
             run.record.reason = Some(reason.clone());
             log::info!("route {}: rollout succeeded: {reason}", run.record.route);
             self.event(ro, run, "succeeded", actor, Some("pass"), None, reason);
-            hooks::fire(&ro.webhooks, "post_rollout", self.payload(ro, run, "succeeded"));
+            hooks::fire(
+                &ro.webhooks,
+                "post_rollout",
+                self.payload(ro, run, "succeeded"),
+            );
             return Ok(());
         }
-        let reason = format!("{why}; step {}/{}: {}", next + 1, ro.steps.len(), step_words(ro, next));
-        self.commit(state, ro, run, actor, action, &reason, actor == "rollout", |r, ro, a| {
-            plan::apply_step(r, ro, next, a)
-        })
+        let reason = format!(
+            "{why}; step {}/{}: {}",
+            next + 1,
+            ro.steps.len(),
+            step_words(ro, next)
+        );
+        self.commit(
+            state,
+            ro,
+            run,
+            actor,
+            action,
+            &reason,
+            actor == "rollout",
+            |r, ro, a| plan::apply_step(r, ro, next, a),
+        )
         .map_err(ControlError::Change)?;
         run.enter_step(ro, next, now);
         log::info!("route {}: {reason}", run.record.route);
@@ -674,7 +768,11 @@ impl Rollouts {
             actor: actor.to_string(),
         };
         if event != "check" {
-            log::info!("route {}: rollout {event} by {actor}: {}", run.record.route, e.reason);
+            log::info!(
+                "route {}: rollout {event} by {actor}: {}",
+                run.record.route,
+                e.reason
+            );
         }
         if let Some(url) = &ro.notify {
             let mut body = self.payload(ro, run, event);
@@ -740,10 +838,9 @@ impl Rollouts {
         let ro = r.rollout.clone().ok_or_else(|| {
             ControlError::NotFound(format!("route {route:?} has no rollout configured"))
         })?;
-        let run = inner
-            .runs
-            .get_mut(route)
-            .ok_or_else(|| ControlError::NotFound(format!("route {route:?} has no rollout state")))?;
+        let run = inner.runs.get_mut(route).ok_or_else(|| {
+            ControlError::NotFound(format!("route {route:?} has no rollout state"))
+        })?;
         let said = |what: &str| match reason {
             Some(r) => format!("{what} by {actor}: {r}"),
             None => format!("{what} by {actor}"),
@@ -764,11 +861,25 @@ impl Rollouts {
                 fresh.record.history = std::mem::take(&mut run.record.history);
                 fresh.record.checks = run.record.checks;
                 fresh.enter_step(&ro, 0, now);
-                let why = format!("{}; step 1/{}: {}", said("started"), ro.steps.len(), step_words(&ro, 0));
-                self.commit(state, &ro, &mut fresh, actor, "rollout.start", &why, false, |r, ro, a| {
-                    plan::take_back(r, a);
-                    plan::apply_step(r, ro, 0, a)
-                })
+                let why = format!(
+                    "{}; step 1/{}: {}",
+                    said("started"),
+                    ro.steps.len(),
+                    step_words(&ro, 0)
+                );
+                self.commit(
+                    state,
+                    &ro,
+                    &mut fresh,
+                    actor,
+                    "rollout.start",
+                    &why,
+                    false,
+                    |r, ro, a| {
+                        plan::take_back(r, a);
+                        plan::apply_step(r, ro, 0, a)
+                    },
+                )
                 .map_err(ControlError::Change)?;
                 self.event(&ro, &mut fresh, "start", actor, None, None, why);
                 *run = fresh;
@@ -778,8 +889,17 @@ impl Rollouts {
                     return conflict(format!("the rollout is {}, not running", phase.as_str()));
                 }
                 let why = said("paused");
-                self.commit(state, &ro, run, actor, "rollout.pause", &why, false, |_, _, _| Ok(()))
-                    .map_err(ControlError::Change)?;
+                self.commit(
+                    state,
+                    &ro,
+                    run,
+                    actor,
+                    "rollout.pause",
+                    &why,
+                    false,
+                    |_, _, _| Ok(()),
+                )
+                .map_err(ControlError::Change)?;
                 run.record.phase = Phase::Paused;
                 run.record.reason = Some(why.clone());
                 self.event(&ro, run, "pause", actor, None, None, why);
@@ -793,11 +913,23 @@ impl Rollouts {
                         "step {step_no} is a pause: `promote` goes on to the next step"
                     ));
                 }
-                let why = format!("{}; step {step_no}/{}: {} (re-applied)", said("resumed"), ro.steps.len(), step_words(&ro, run.record.step));
+                let why = format!(
+                    "{}; step {step_no}/{}: {} (re-applied)",
+                    said("resumed"),
+                    ro.steps.len(),
+                    step_words(&ro, run.record.step)
+                );
                 let i = run.record.step;
-                self.commit(state, &ro, run, actor, "rollout.resume", &why, false, |r, ro, a| {
-                    plan::apply_step(r, ro, i, a)
-                })
+                self.commit(
+                    state,
+                    &ro,
+                    run,
+                    actor,
+                    "rollout.resume",
+                    &why,
+                    false,
+                    |r, ro, a| plan::apply_step(r, ro, i, a),
+                )
                 .map_err(ControlError::Change)?;
                 run.record.phase = Phase::Running;
                 run.record.reason = None;
@@ -807,12 +939,22 @@ impl Rollouts {
             }
             "abort" => {
                 if !phase.active() {
-                    return conflict(format!("the rollout is {}: nothing to abort", phase.as_str()));
+                    return conflict(format!(
+                        "the rollout is {}: nothing to abort",
+                        phase.as_str()
+                    ));
                 }
                 let why = format!("{}; canary rolled back", said("aborted"));
-                self.commit(state, &ro, run, actor, "rollout.abort", &why, false, |r, ro, a| {
-                    plan::roll_back(r, ro, a)
-                })
+                self.commit(
+                    state,
+                    &ro,
+                    run,
+                    actor,
+                    "rollout.abort",
+                    &why,
+                    false,
+                    plan::roll_back,
+                )
                 .map_err(ControlError::Change)?;
                 run.record.phase = Phase::Aborted;
                 run.record.reason = Some(why.clone());
@@ -821,7 +963,10 @@ impl Rollouts {
             }
             "promote" => {
                 if !phase.active() {
-                    return conflict(format!("the rollout is {}: nothing to promote", phase.as_str()));
+                    return conflict(format!(
+                        "the rollout is {}: nothing to promote",
+                        phase.as_str()
+                    ));
                 }
                 let why = format!("{} at step {step_no}", said("promoted"));
                 self.advance(state, &ro, run, actor, "rollout.promote", why, now)?;
@@ -834,10 +979,22 @@ impl Rollouts {
                     ));
                 }
                 let i = run.record.step;
-                let why = format!("{}; step {step_no}/{}: {} again", said("retried"), ro.steps.len(), step_words(&ro, i));
-                self.commit(state, &ro, run, actor, "rollout.start", &why, false, |r, ro, a| {
-                    plan::apply_step(r, ro, i, a)
-                })
+                let why = format!(
+                    "{}; step {step_no}/{}: {} again",
+                    said("retried"),
+                    ro.steps.len(),
+                    step_words(&ro, i)
+                );
+                self.commit(
+                    state,
+                    &ro,
+                    run,
+                    actor,
+                    "rollout.start",
+                    &why,
+                    false,
+                    |r, ro, a| plan::apply_step(r, ro, i, a),
+                )
                 .map_err(ControlError::Change)?;
                 run.enter_step(&ro, i, now);
                 self.event(&ro, run, "retry", actor, None, None, why);
@@ -852,7 +1009,8 @@ impl Rollouts {
         inner.dirty = true;
         self.save(&mut inner, state, now);
         drop(inner);
-        self.view(state, route).ok_or_else(|| ControlError::NotFound(format!("no such route {route:?}")))
+        self.view(state, route)
+            .ok_or_else(|| ControlError::NotFound(format!("no such route {route:?}")))
     }
 
     /// A route's rollout: phase, step, time held and left, counts and recent history. `None` when the

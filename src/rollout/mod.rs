@@ -8,4 +8,4 @@ pub mod judge;
 pub mod plan;
 pub mod stats;
 
-pub use controller::{Controller, ControlError, Phase, Rollouts};
+pub use controller::{ControlError, Controller, Phase, Rollouts};

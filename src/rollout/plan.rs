@@ -200,10 +200,17 @@ mod tests {
         assert!(m.compare.is_some());
         assert_eq!(r.rules.len(), 1, "a rule is added once");
         apply_step(&mut r, &ro, 2, &mut added).unwrap();
-        assert_eq!(r.mirror.as_ref().unwrap().percent, PercentValue::Number(5.0));
+        assert_eq!(
+            r.mirror.as_ref().unwrap().percent,
+            PercentValue::Number(5.0)
+        );
         assert_eq!(r.split.as_ref().unwrap().share("v2"), 1.0);
         apply_step(&mut r, &ro, 3, &mut added).unwrap();
-        assert_eq!(r.split.as_ref().unwrap().share("v2"), 1.0, "a pause keeps the weight");
+        assert_eq!(
+            r.split.as_ref().unwrap().share("v2"),
+            1.0,
+            "a pause keeps the weight"
+        );
         apply_step(&mut r, &ro, 4, &mut added).unwrap();
         assert_eq!(r.split.as_ref().unwrap().share("v2"), 10.0);
         roll_back(&mut r, &ro, &mut added).unwrap();
@@ -214,7 +221,10 @@ mod tests {
         complete(&mut r, &ro, &mut added).unwrap();
         assert_eq!(r.split.as_ref().unwrap().share("v2"), 100.0);
         assert_eq!(r.split.as_ref().unwrap().share("v1"), 0.0);
-        assert_eq!(r.mirror.as_ref().unwrap().percent, PercentValue::Number(5.0));
+        assert_eq!(
+            r.mirror.as_ref().unwrap().percent,
+            PercentValue::Number(5.0)
+        );
         assert!(r.rules.is_empty());
     }
 }
