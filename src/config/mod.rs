@@ -527,9 +527,17 @@ pub struct RolloutConfig {
     pub notify: Option<String>,
 }
 
-/// One step of a rollout (SPEC §6).
+/// One step of a rollout (SPEC §6): what it does, and how long it is held (the rollout's `hold`
+/// unless the step says otherwise, e.g. `{weight: 1, hold: 24h}`).
 #[derive(Debug, Clone, PartialEq)]
-pub enum StepConfig {
+pub struct StepConfig {
+    pub kind: Step,
+    pub hold: Option<String>,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
     /// The canary's share of the split, taken from the baseline. A plain number in `steps` is one.
     Weight(PercentValue),
     /// An internal phase: requests with these headers reach the canary, nobody else does.
@@ -540,18 +548,27 @@ pub enum StepConfig {
     Pause,
 }
 
+impl StepConfig {
+    pub fn new(kind: Step) -> StepConfig {
+        StepConfig { kind, hold: None }
+    }
+}
+
 const STEP_FORMS: &str =
-    "a step is a number (a weight), {weight: N}, {header: {NAME: VALUE}}, {mirror: N} or {pause: {}}";
+    "a step is a number (a weight), {weight: N}, {header: {NAME: VALUE}}, {mirror: N} or {pause: {}}, the first three with an optional hold";
 
 impl Serialize for StepConfig {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(1))?;
-        match self {
-            StepConfig::Weight(w) => m.serialize_entry("weight", w)?,
-            StepConfig::Header(h) => m.serialize_entry("header", h)?,
-            StepConfig::Mirror(p) => m.serialize_entry("mirror", p)?,
-            StepConfig::Pause => m.serialize_entry("pause", &OrderedMap::<String>::default())?,
+        let mut m = s.serialize_map(Some(1 + usize::from(self.hold.is_some())))?;
+        match &self.kind {
+            Step::Weight(w) => m.serialize_entry("weight", w)?,
+            Step::Header(h) => m.serialize_entry("header", h)?,
+            Step::Mirror(p) => m.serialize_entry("mirror", p)?,
+            Step::Pause => m.serialize_entry("pause", &OrderedMap::<String>::default())?,
+        }
+        if let Some(h) = &self.hold {
+            m.serialize_entry("hold", h)?;
         }
         m.end()
     }
@@ -575,42 +592,73 @@ impl<'de> Deserialize<'de> for StepConfig {
                 ))),
             }
         };
-        match &value {
-            Value::Number(_) | Value::String(_) => percent(&value).map(StepConfig::Weight),
-            Value::Mapping(m) if m.len() == 1 => {
-                let (k, v) = m
-                    .iter()
-                    .next()
-                    .ok_or_else(|| D::Error::custom(STEP_FORMS))?;
-                match k.as_str() {
-                    Some("weight") => percent(v).map(StepConfig::Weight),
-                    Some("mirror") => percent(v).map(StepConfig::Mirror),
-                    Some("header") => OrderedMap::<String>::deserialize(v.clone())
-                        .map(StepConfig::Header)
-                        .map_err(|_| {
-                            D::Error::custom(format!(
-                                "header: expected a map of header names to values like {{X-Version: beta}}, got {}",
-                                describe_value(v)
-                            ))
-                        }),
-                    Some("pause") => match v {
-                        Value::Null => Ok(StepConfig::Pause),
-                        Value::Mapping(p) if p.is_empty() => Ok(StepConfig::Pause),
-                        other => Err(D::Error::custom(format!(
+        let m = match &value {
+            Value::Number(_) | Value::String(_) => {
+                return percent(&value).map(|w| StepConfig::new(Step::Weight(w)))
+            }
+            Value::Mapping(m) => m,
+            other => {
+                return Err(D::Error::custom(format!(
+                    "{STEP_FORMS}; got {}",
+                    describe_value(other)
+                )))
+            }
+        };
+        let mut kind = None;
+        let mut hold = None;
+        for (k, v) in m {
+            let step = match k.as_str() {
+                Some("hold") => {
+                    hold = Some(match v {
+                        Value::String(t) => t.clone(),
+                        other => {
+                            return Err(D::Error::custom(format!(
+                                "hold: expected a duration like 24h, got {}",
+                                describe_value(other)
+                            )))
+                        }
+                    });
+                    continue;
+                }
+                Some("weight") => Step::Weight(percent(v)?),
+                Some("mirror") => Step::Mirror(percent(v)?),
+                Some("header") => OrderedMap::<String>::deserialize(v.clone())
+                    .map(Step::Header)
+                    .map_err(|_| {
+                        D::Error::custom(format!(
+                            "header: expected a map of header names to values like {{X-Version: beta}}, got {}",
+                            describe_value(v)
+                        ))
+                    })?,
+                Some("pause") => match v {
+                    Value::Null => Step::Pause,
+                    Value::Mapping(p) if p.is_empty() => Step::Pause,
+                    other => {
+                        return Err(D::Error::custom(format!(
                             "pause takes no settings (write {{pause: {{}}}}), got {}",
                             describe_value(other)
-                        ))),
-                    },
-                    _ => Err(D::Error::custom(format!(
+                        )))
+                    }
+                },
+                _ => {
+                    return Err(D::Error::custom(format!(
                         "unknown step {:?}; {STEP_FORMS}",
                         k.as_str().unwrap_or("?")
-                    ))),
+                    )))
                 }
+            };
+            if kind.replace(step).is_some() {
+                return Err(D::Error::custom(format!(
+                    "one kind of step per item; {STEP_FORMS}"
+                )));
             }
-            other => Err(D::Error::custom(format!(
-                "{STEP_FORMS}; got {}",
-                describe_value(other)
-            ))),
+        }
+        match kind {
+            Some(Step::Pause) if hold.is_some() => Err(D::Error::custom(
+                "a pause waits for promote; it has no hold",
+            )),
+            Some(kind) => Ok(StepConfig { kind, hold }),
+            None => Err(D::Error::custom(STEP_FORMS)),
         }
     }
 }

@@ -3,8 +3,7 @@
 
 use super::parse::{self, Cidr, StickyKey};
 use super::{
-    Config, ConfigError, MirrorConfig, RolloutConfig, RouteConfig, StepConfig, UpstreamConfig,
-    WhenConfig,
+    Config, ConfigError, MirrorConfig, RolloutConfig, RouteConfig, Step, UpstreamConfig, WhenConfig,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -450,8 +449,11 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
     let mut last: Option<f64> = None;
     for (i, s) in ro.steps.iter().enumerate() {
         let at = format!("{path}.steps[{i}]");
-        match s {
-            StepConfig::Weight(w) => {
+        if let Some(h) = &s.hold {
+            e.check(format!("{at}.hold"), parse::duration(h));
+        }
+        match &s.kind {
+            Step::Weight(w) => {
                 if let Some(p) = e.check(at.clone(), parse::percent(w)) {
                     if p <= 0.0 {
                         e.push(at, format!("a weight step must be above 0%, got {p}"));
@@ -461,14 +463,14 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
                     last = Some(p);
                 }
             }
-            StepConfig::Mirror(m) => {
+            Step::Mirror(m) => {
                 if let Some(p) = e.check(at.clone(), parse::percent(m)) {
                     if p <= 0.0 {
                         e.push(at, format!("a mirror step must copy more than 0%, got {p}"));
                     }
                 }
             }
-            StepConfig::Header(h) => {
+            Step::Header(h) => {
                 if h.is_empty() {
                     e.push(
                         format!("{at}.header"),
@@ -479,7 +481,7 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
                     e.check(format!("{at}.header.{name}"), parse::header_name(name));
                 }
             }
-            StepConfig::Pause => {}
+            Step::Pause => {}
         }
     }
     e.check(format!("{path}.hold"), parse::duration(&ro.hold));

@@ -18,7 +18,7 @@
 use super::hooks::{self, Notifier, PreStep};
 use super::judge::{self, Gates, Verdict};
 use super::plan::{self, Added};
-use crate::config::{parse, RolloutConfig, RouteConfig, StepConfig};
+use crate::config::{parse, RolloutConfig, RouteConfig, Step};
 use crate::metrics::Stats;
 use crate::state::{sha256_hex, store, Change, ChangeError, Snapshot, State};
 use serde::{Deserialize, Serialize};
@@ -247,7 +247,7 @@ impl Run {
         self.last_check = now;
         self.pre_step = None;
         self.pre_step_passed = false;
-        if matches!(ro.steps.get(i), Some(StepConfig::Pause)) {
+        if matches!(ro.steps.get(i).map(|s| &s.kind), Some(Step::Pause)) {
             r.phase = Phase::Paused;
             r.reason = Some(format!("step {} is a pause: waiting for promote", i + 1));
         } else {
@@ -505,7 +505,7 @@ impl Rollouts {
             self.fail(state, ro, run, Some(why));
             return;
         }
-        let hold = duration(&ro.hold, Duration::ZERO);
+        let hold = plan::hold_of(ro, step);
         if name == "pass" && run.record.held_ms >= hold.as_millis() as u64 {
             let reason = format!(
                 "step {}/{} ({}) held {} with {} passing check(s)",
@@ -580,8 +580,8 @@ impl Rollouts {
         let (c, b) = (now.0.since(&c0), now.1.since(&b0));
         let gates = Gates::from_config(&ro.gates);
         let alpha = judge::alpha_for_check(&gates, run.record.conclusive + 1);
-        let verdict = match ro.steps.get(run.record.step) {
-            Some(StepConfig::Mirror(_)) => judge::judge_mirror(&gates, alpha, &c, &b),
+        let verdict = match ro.steps.get(run.record.step).map(|s| &s.kind) {
+            Some(Step::Mirror(_)) => judge::judge_mirror(&gates, alpha, &c, &b),
             _ => judge::judge_at(&gates, alpha, &c, &b),
         };
         if !matches!(verdict, Verdict::Inconclusive(_)) {
@@ -908,7 +908,10 @@ impl Rollouts {
                 if phase != Phase::Paused {
                     return conflict(format!("the rollout is {}, not paused", phase.as_str()));
                 }
-                if matches!(ro.steps.get(run.record.step), Some(StepConfig::Pause)) {
+                if matches!(
+                    ro.steps.get(run.record.step).map(|s| &s.kind),
+                    Some(Step::Pause)
+                ) {
                     return conflict(format!(
                         "step {step_no} is a pause: `promote` goes on to the next step"
                     ));
@@ -1021,7 +1024,6 @@ impl Rollouts {
         let ro = r.rollout.as_ref()?;
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let share = r.split.as_ref().map_or(0.0, |s| s.share(&ro.canary));
-        let hold = duration(&ro.hold, Duration::ZERO);
         let Some(run) = inner.runs.get(route) else {
             return Some(json!({
                 "route": route,
@@ -1032,8 +1034,9 @@ impl Rollouts {
             }));
         };
         let rec = &run.record;
+        let hold = plan::hold_of(ro, rec.step);
         let held = Duration::from_millis(rec.held_ms);
-        let waiting = matches!(ro.steps.get(rec.step), Some(StepConfig::Pause));
+        let waiting = matches!(ro.steps.get(rec.step).map(|s| &s.kind), Some(Step::Pause));
         let left = if rec.phase == Phase::Running && !waiting {
             Some(hold.saturating_sub(held).as_secs_f64())
         } else {

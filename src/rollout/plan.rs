@@ -10,7 +10,7 @@
 
 use crate::config::{
     parse, CompareConfig, MirrorConfig, OrderedMap, PercentValue, RolloutConfig, RouteConfig,
-    RuleConfig, StepConfig, WhenConfig,
+    RuleConfig, Step, StepConfig, WhenConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,23 +36,37 @@ pub fn weight_at(ro: &RolloutConfig, i: usize) -> f64 {
     ro.steps
         .iter()
         .take(i + 1)
-        .filter_map(|s| match s {
-            StepConfig::Weight(w) => parse::percent(w).ok(),
+        .filter_map(|s| match &s.kind {
+            Step::Weight(w) => parse::percent(w).ok(),
             _ => None,
         })
         .fold(0.0, f64::max)
 }
 
+/// How long step `i` is held: its own `hold`, else the rollout's.
+pub fn hold_of(ro: &RolloutConfig, i: usize) -> std::time::Duration {
+    let text = ro
+        .steps
+        .get(i)
+        .and_then(|s| s.hold.as_deref())
+        .unwrap_or(&ro.hold);
+    parse::duration(text).unwrap_or_default()
+}
+
 /// A step in words, e.g. `weight 10%`, `header X-Version: beta`, `mirror 10%`, `pause`.
 pub fn describe(step: &StepConfig) -> String {
-    match step {
-        StepConfig::Weight(w) => format!("weight {}%", parse::percent(w).unwrap_or(0.0)),
-        StepConfig::Mirror(m) => format!("mirror {}%", parse::percent(m).unwrap_or(0.0)),
-        StepConfig::Header(h) => {
+    let what = match &step.kind {
+        Step::Weight(w) => format!("weight {}%", parse::percent(w).unwrap_or(0.0)),
+        Step::Mirror(m) => format!("mirror {}%", parse::percent(m).unwrap_or(0.0)),
+        Step::Header(h) => {
             let pairs: Vec<String> = h.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             format!("header {}", pairs.join(", "))
         }
-        StepConfig::Pause => "pause".into(),
+        Step::Pause => "pause".into(),
+    };
+    match &step.hold {
+        Some(h) => format!("{what} for {h}"),
+        None => what,
     }
 }
 
@@ -84,7 +98,7 @@ pub fn apply_step(
 ) -> Result<(), String> {
     set_canary_share(r, &ro.canary, weight_at(ro, i))?;
     for step in ro.steps.iter().take(i + 1) {
-        if let StepConfig::Header(h) = step {
+        if let Step::Header(h) = &step.kind {
             let rule = header_rule(h, &ro.canary);
             if !r.rules.contains(&rule) {
                 r.rules.insert(0, rule.clone());
@@ -92,8 +106,8 @@ pub fn apply_step(
             }
         }
     }
-    match ro.steps.get(i) {
-        Some(StepConfig::Mirror(p)) => {
+    match ro.steps.get(i).map(|s| &s.kind) {
+        Some(Step::Mirror(p)) => {
             let percent = parse::percent(p)?;
             let own = added
                 .saved_mirror
@@ -184,6 +198,19 @@ mod tests {
         let r = c.routes[0].clone();
         let ro = r.rollout.clone().unwrap();
         (r, ro)
+    }
+
+    #[test]
+    fn a_step_may_hold_longer_than_the_rest_and_steps_survive_a_round_trip() {
+        let (r, ro) =
+            route("[{header: {X-Version: beta}}, {weight: 1, hold: 24h}, 10, {pause: {}}]");
+        assert_eq!(hold_of(&ro, 0), std::time::Duration::from_secs(1));
+        assert_eq!(hold_of(&ro, 1), std::time::Duration::from_secs(86_400));
+        assert_eq!(describe(&ro.steps[1]), "weight 1% for 24h");
+        assert_eq!(describe(&ro.steps[0]), "header X-Version: beta");
+        let yaml = serde_yaml::to_string(&r).unwrap();
+        let again: RouteConfig = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(again, r, "{yaml}");
     }
 
     #[test]
