@@ -131,6 +131,10 @@ routes:
   - name: fallback
     match: {{path_prefix: /fallback}}
     split: {{targets: {{v1: 0, down: 100}}, baseline: v1}}
+  - name: rolling
+    match: {{path_prefix: /rolling}}
+    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}
+    rollout: {{canary: v2, steps: [{{pause: {{}}}}, 10], hold: 1m}}
 "#,
             token = sha256_hex(TOKEN),
             v1 = v1.addr,
@@ -273,7 +277,8 @@ fn counters_equal_the_requests_sent_per_route_target_and_class() {
         m.get("switchyard_rejected_total", &[("reason", "no_route")]),
         7.0
     );
-    assert_eq!(m.get("switchyard_config_revision", &[]), 1.0);
+    // Revision 2: the `rolling` route's rollout started (its first step is a revision by `rollout`).
+    assert_eq!(m.get("switchyard_config_revision", &[]), 2.0);
     assert_eq!(
         m.get(
             "switchyard_split_weight",
@@ -292,7 +297,7 @@ fn counters_equal_the_requests_sent_per_route_target_and_class() {
             .get("switchyard_reloads_total", &[("result", "error")])
             == 1.0
     }));
-    assert_eq!(rig.scrape().get("switchyard_config_revision", &[]), 1.0);
+    assert_eq!(rig.scrape().get("switchyard_config_revision", &[]), 2.0);
 }
 
 fn a_200ms_upstream_lands_above_100ms_and_its_p99_reads_200_to_300ms() {

@@ -109,3 +109,74 @@ routes:
         2
     );
 }
+
+/// The README's rollout plan (the YAML block fenced as ```yaml rollout:plan), as a route's settings.
+fn rollout_plan() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let fence = "```yaml rollout:plan";
+    let start = readme.find(fence).unwrap();
+    let body = &readme[start + fence.len()..];
+    let end = body.find("```").unwrap();
+    body[..end]
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("    {l}\n"))
+        .collect()
+}
+
+#[test]
+fn the_readme_rollout_plan_runs_and_its_runbook_steers_it() {
+    let (v1, v2) = (backend("payments-v1"), backend("payments-v2"));
+    let admin = free_addr();
+    let proxy = ProxyProcess::start(&format!(
+        r#"admin:
+  listen: "{admin}"
+  tokens: {{ops: {}}}
+upstreams:
+  payments-v1: {{backends: ["{}"]}}
+  payments-v2: {{backends: ["{}"]}}
+routes:
+  - name: payments
+    match: {{path_prefix: /api/payments}}
+    split: {{targets: {{payments-v1: 100, payments-v2: 0}}, baseline: payments-v1, sticky: [header:X-User-Id]}}
+{}"#,
+        sha256_hex(TOKEN),
+        v1.addr,
+        v2.addr,
+        rollout_plan()
+    ));
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
+    let agent = client();
+    let url = proxy.url("/api/payments");
+    assert!(eventually(Duration::from_secs(5), || {
+        get(&agent, &url, &[("X-Version", "beta")]).version() == "payments-v2"
+    }));
+    assert_eq!(get(&agent, &url, &[]).version(), "payments-v1");
+
+    run_lines("rollout", admin);
+    // pause, resume, promote (to the mirror step), abort, retry: the mirror step runs again.
+    let state: serde_json::Value = serde_json::from_str(
+        &get(
+            &agent,
+            &format!("http://{admin}/v1/routes/payments/rollout"),
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+        )
+        .body,
+    )
+    .unwrap();
+    assert_eq!(state["state"], "running", "{state:#}");
+    assert_eq!(state["step"], 2);
+    assert_eq!(state["phase"], "mirror 10%");
+    let audit = std::fs::read_to_string(proxy.dir.join("state/audit.jsonl")).unwrap();
+    for action in [
+        "rollout.pause",
+        "rollout.resume",
+        "rollout.promote",
+        "rollout.abort",
+    ] {
+        assert!(audit.contains(action), "{action} not audited");
+    }
+}
