@@ -2,7 +2,7 @@
 //! good one — measured on the real binary with real upstreams and real HTTP on loopback.
 //!
 //! Three scenarios, each run several times on a fresh instance (baseline v1 answers 1% 500s after
-//! ~2 ms; the route's rollout puts v2 at 1%, judged every 200 ms with `min_requests: 50` and the
+//! 10 ms; the route's rollout puts v2 at 1%, judged every 200 ms with `min_requests: 50` and the
 //! default gates and confidence):
 //!
 //! - `errors`: v2 answers 6% 500s (+5 points). Reported: canary requests (and all requests) served
@@ -22,8 +22,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::demo::backend::RunningBackend;
 
-const CLIENTS: usize = 8;
-const BASE_DELAY: Duration = Duration::from_millis(2);
+const CLIENTS: usize = 32;
+const BASE_DELAY: Duration = Duration::from_millis(10);
+/// The admin token `test`, and its SHA-256 as the config lists it.
+const TOKEN: &str = "test";
+const TOKEN_SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
@@ -52,8 +55,9 @@ fn start(binary: &str, v1: SocketAddr, v2: SocketAddr, rollout: &str, n: usize) 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let config = format!(
-        "server:\n  listen: [\"{listen}\"]\n  threads: 1\n  pid_file: {d}/pid\n  upgrade_sock: {d}/upgrade.sock\n  state_dir: {d}/state\n  access_log: off\nadmin:\n  listen: \"{admin}\"\n  tokens: {{}}\nupstreams:\n  v1: {{backends: [\"{v1}\"]}}\n  v2: {{backends: [\"{v2}\"]}}\nroutes:\n  - name: api\n    match: {{path_prefix: /}}\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n    rollout: {{canary: v2, {rollout}, interval: 200ms, gates: {{min_requests: 50}}}}\n",
-        d = dir.display()
+        "server:\n  listen: [\"{listen}\"]\n  threads: 1\n  pid_file: {d}/pid\n  upgrade_sock: {d}/upgrade.sock\n  state_dir: {d}/state\n  access_log: off\nadmin:\n  listen: \"{admin}\"\n  tokens: {{ops: {token}}}\nupstreams:\n  v1: {{backends: [\"{v1}\"]}}\n  v2: {{backends: [\"{v2}\"]}}\nroutes:\n  - name: api\n    match: {{path_prefix: /}}\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n    rollout: {{canary: v2, {rollout}, interval: 200ms, gates: {{min_requests: 50}}}}\n",
+        d = dir.display(),
+        token = TOKEN_SHA256
     );
     let path = dir.join("switchyard.yaml");
     std::fs::write(&path, config).unwrap_or_else(|e| panic!("{e}"));
@@ -83,6 +87,7 @@ fn start(binary: &str, v1: SocketAddr, v2: SocketAddr, rollout: &str, n: usize) 
 fn get(i: &Instance, path: &str) -> Option<Value> {
     ureq::get(&format!("http://{}{path}", i.admin))
         .timeout(Duration::from_secs(2))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
         .call()
         .ok()?
         .into_string()
@@ -173,7 +178,16 @@ fn run(
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(load);
-    let reason = last["reason"].as_str().unwrap_or("").to_string();
+    // A rollout still running says why through its last check.
+    let reason = match last["reason"].as_str() {
+        Some(r) => r.to_string(),
+        None => last["history"]
+            .as_array()
+            .and_then(|h| h.last())
+            .and_then(|e| e["reason"].as_str())
+            .unwrap_or("")
+            .to_string(),
+    };
     (
         last["state"].as_str().unwrap_or("?").to_string(),
         reason,

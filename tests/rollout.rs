@@ -409,6 +409,12 @@ fn pause_resume_abort_retry_start_promote_and_a_persons_change() {
     assert_eq!(aborted["state"], "aborted");
     assert_eq!(r.share("v2"), 0.0);
     assert_eq!(r.control("abort").status, 409);
+    let admin = format!("http://{}", r.admin);
+    let (code, out) = switchyard(&[
+        "ctl", "--admin", &admin, "--token", OPS, "rollout", "api", "--watch",
+    ]);
+    assert_eq!(code, 1, "--watch ends with 1 on an aborted rollout: {out}");
+    assert!(out.contains("ABORTED"), "{out}");
     let retried = r.control("retry").json();
     assert_eq!(
         (retried["step"].as_u64(), retried["state"].as_str()),
@@ -417,7 +423,6 @@ fn pause_resume_abort_retry_start_promote_and_a_persons_change() {
     assert_eq!(r.share("v2"), 20.0);
     assert_eq!(r.control("frobnicate").status, 404);
     // `ctl rollout` shows it in words.
-    let admin = format!("http://{}", r.admin);
     let (code, out) = switchyard(&["ctl", "--admin", &admin, "--token", OPS, "rollout", "api"]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -564,6 +569,62 @@ fn a_restart_and_an_upgrade_in_the_middle_continue_the_same_step_with_its_held_t
     );
     let _ = new.kill();
     let _ = new.wait();
+}
+
+#[test]
+fn a_reload_that_leaves_the_route_alone_keeps_the_step_and_a_changed_rollout_starts_again() {
+    let r = start("steps: [{header: {X-Version: beta}}, 20, 40], hold: 60s, interval: 300ms");
+    assert_eq!(r.control("promote").json()["step"], 2);
+    assert_eq!(r.share("v2"), 20.0);
+    // The file gains a route; the rollout's route is as the file always had it.
+    let config = std::fs::read_to_string(r.proxy.config_path()).unwrap();
+    let extra =
+        "  - name: other\n    match: {path_prefix: /other}\n    split: {targets: {v1: 100}}\n";
+    std::fs::write(r.proxy.config_path(), format!("{config}{extra}")).unwrap();
+    signal(r.proxy.child.id(), "HUP");
+    let mut v = Value::Null;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            v = r.view();
+            v["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["event"] == "resume" && e["actor"] == "rollout")
+        }),
+        "{v:#}"
+    );
+    assert_eq!(
+        (v["state"].as_str(), v["step"].as_u64()),
+        (Some("running"), Some(2))
+    );
+    assert_eq!(r.share("v2"), 20.0);
+    let agent = client();
+    assert_eq!(
+        send(&agent, "GET", &r.proxy.url("/x"), &[("X-Version", "beta")]).version(),
+        "v2",
+        "the header phase's rule is back"
+    );
+    // A changed rollout block starts the rollout again from its first step.
+    let config = std::fs::read_to_string(r.proxy.config_path()).unwrap();
+    std::fs::write(r.proxy.config_path(), config.replace("20, 40]", "30, 60]")).unwrap();
+    signal(r.proxy.child.id(), "HUP");
+    assert!(eventually(Duration::from_secs(5), || {
+        v = r.view();
+        v["plan"][1] == "weight 30%"
+    }));
+    assert_eq!(
+        (v["state"].as_str(), v["step"].as_u64()),
+        (Some("running"), Some(1))
+    );
+    assert_eq!(r.share("v2"), 0.0);
+    let audit = r.audit();
+    let last = audit.last().unwrap();
+    assert_eq!(last["action"], "rollout.start");
+    assert!(last["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("rollout block changed"));
 }
 
 on_both_paths!(header_and_mirror_phases_route_and_judge_as_described);

@@ -418,6 +418,42 @@ impl Rollouts {
             Some(e) => (e.actor.clone(), e.action.clone(), e.revision),
             None => ("someone".to_string(), "a change".to_string(), live.revision),
         };
+        if matches!(action.as_str(), "config.reload" | "config.put") {
+            // A whole new config (the file reloaded, or PUT) that leaves this route as it was, apart
+            // from the step's routing it reset: the step is put back and the rollout goes on.
+            let step = run.record.step;
+            let mut probe = r.clone();
+            let mut fresh = Added::default();
+            if plan::apply_step(&mut probe, ro, step, &mut fresh).is_ok()
+                && route_digest(&probe) == run.record.expected
+            {
+                let reason = format!(
+                    "{action} by {who} (revision {revision}) left route {route} as it was but reset its routing: step {}/{} ({}) put back",
+                    step + 1,
+                    ro.steps.len(),
+                    step_words(ro, step)
+                );
+                run.record.added = Added::default();
+                match self.commit(
+                    state,
+                    ro,
+                    run,
+                    "rollout",
+                    "rollout.resume",
+                    &reason,
+                    false,
+                    |r, ro, a| plan::apply_step(r, ro, step, a),
+                ) {
+                    Ok(()) => {
+                        self.event(ro, run, "resume", "rollout", None, None, reason);
+                        return true;
+                    }
+                    Err(e) => {
+                        log::error!("route {route}: putting step {} back failed: {e}", step + 1)
+                    }
+                }
+            }
+        }
         if action == "route.rollback" {
             let reason =
                 format!("route rolled back by {who} (revision {revision}): rollout aborted");
@@ -1024,7 +1060,12 @@ impl Rollouts {
         let ro = r.rollout.as_ref()?;
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let share = r.split.as_ref().map_or(0.0, |s| s.share(&ro.canary));
-        let Some(run) = inner.runs.get(route) else {
+        // A rollout block the controller has not taken up yet (within its next turn) is pending.
+        let run = inner
+            .runs
+            .get(route)
+            .filter(|run| run.record.digest == rollout_digest(ro));
+        let Some(run) = run else {
             return Some(json!({
                 "route": route,
                 "canary": ro.canary,
