@@ -39,6 +39,7 @@ fn entry(snapshot: &Arc<switchyard::state::Snapshot>, decision: Decision) -> Ent
         duration_us: 1234,
         mirrored: false,
         error: None,
+        protocol: "HTTP/1.1",
     }
 }
 

@@ -99,6 +99,9 @@ pub fn build(
             .max_requests_per_connection
             .saturating_sub(1),
     );
+    // A plain connection the gate found opening with the HTTP/2 preface is handed over whole; on TLS,
+    // ALPN decides.
+    options.h2c = state.load().config.server.h2c;
     full.server_options = Some(options);
     if config_engine(&state) {
         let engine = Engine::new(proxy_app, full, FIRST_REQUEST_WINDOW);
@@ -147,11 +150,13 @@ fn config_engine(state: &State) -> bool {
 
 fn add_tls<A>(service: &mut Service<A>, tls: &[crate::config::TlsListener]) -> anyhow::Result<()> {
     for t in tls {
-        service
-            .add_tls(&t.listen, &t.cert, &t.key)
+        // `h2` and `http/1.1` offered by ALPN: an HTTP/2 client gets HTTP/2.
+        let mut settings = pingora::listeners::tls::TlsSettings::intermediate(&t.cert, &t.key)
             .with_context(|| {
                 format!("TLS listener {} (cert {}, key {})", t.listen, t.cert, t.key)
             })?;
+        settings.enable_h2();
+        service.add_tls_with_settings(&t.listen, None, settings);
     }
     Ok(())
 }

@@ -103,6 +103,9 @@ pub struct ServerConfig {
     /// Plain HTTP/1.1 on Switchyard's own engine (true), or every request through Pingora's pipeline
     /// (false: the kill switch should the engine ever misbehave).
     pub http1_engine: bool,
+    /// HTTP/2 with prior knowledge (h2c) on plain listeners, next to HTTP/1.1. TLS listeners offer
+    /// `h2` and `http/1.1` by ALPN either way.
+    pub h2c: bool,
     /// Per client connection: timeouts, head size, connections and requests per connection.
     #[serde(skip_serializing_if = "is_default")]
     pub limits: LimitsConfig,
@@ -149,6 +152,7 @@ impl Default for ServerConfig {
             access_log: "stdout".into(),
             retain_revisions: 1000,
             http1_engine: true,
+            h2c: true,
             limits: LimitsConfig::default(),
         }
     }

@@ -45,6 +45,8 @@ pub struct Entry {
     pub duration_us: u64,
     pub mirrored: bool,
     pub error: Option<&'static str>,
+    /// `HTTP/1.1`, `HTTP/2.0`...
+    pub protocol: &'static str,
 }
 
 /// RFC 3339 timestamps with milliseconds, formatted once per second: lines of the same second reuse
@@ -86,6 +88,7 @@ struct Line<'a> {
     client: Option<&'a str>,
     method: &'a str,
     path: &'a str,
+    protocol: &'a str,
     status: u16,
     upstream: Option<SocketAddr>,
     duration_ms: f64,
@@ -119,6 +122,7 @@ impl Entry {
             client: table.and_then(|t| Some(t.client_name(d?.client?))),
             method: self.method.as_str(),
             path: &self.path,
+            protocol: self.protocol,
             status: self.status,
             upstream: self.upstream,
             duration_ms: (self.duration_us as f64) / 1000.0,

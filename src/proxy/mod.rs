@@ -119,23 +119,32 @@ pub struct Proxy {
     access_log: Option<Arc<AccessLog>>,
     /// `server.limits` (server settings take effect at start-up).
     limits: Limits,
+    /// `server.h2c`: a plain connection that opens with the HTTP/2 preface is served as HTTP/2.
+    h2c: bool,
 }
 
 impl Proxy {
     pub fn new(state: Arc<State>, access_log: Option<Arc<AccessLog>>) -> Self {
         let metrics = state.metrics().clone();
         let limits = Limits::from_config(&state.load().config.server.limits).unwrap_or_default();
+        let h2c = state.load().config.server.h2c;
         Proxy {
             state,
             metrics,
             access_log,
             limits,
+            h2c,
         }
     }
 
     /// The per-connection limits both request paths apply.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Whether plain listeners take HTTP/2 with prior knowledge (`server.h2c`).
+    pub fn h2c(&self) -> bool {
+        self.h2c
     }
 
     /// The series of `target` on this request's route, if a route was decided.
@@ -222,8 +231,20 @@ impl Proxy {
                 duration_us,
                 mirrored: ctx.mirrored,
                 error: ctx.error,
+                protocol: ctx.protocol,
             });
         }
+    }
+}
+
+/// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2.0`, as access logs write it.
+fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
 }
 
@@ -257,6 +278,8 @@ pub struct Ctx {
     pub shadow_client: Option<String>,
     /// A failed kept-alive upstream connection was already retried once for this request.
     pub retried_reused: bool,
+    /// The client's protocol, for the access log (the engine serves HTTP/1.1 only).
+    pub protocol: &'static str,
     /// On Pingora's pipeline, counts this request as in flight until it is done (shutdown waits for
     /// it). The engine counts its connections instead, so its requests carry none.
     _in_flight: Option<drain::InFlight>,
@@ -281,6 +304,7 @@ impl Default for Ctx {
             shadow: false,
             shadow_client: None,
             retried_reused: false,
+            protocol: "HTTP/1.1",
             _in_flight: None,
         }
     }
@@ -629,6 +653,7 @@ impl ProxyHttp for Proxy {
             .response_written()
             .map_or(499, |r| r.status.as_u16());
         let req = session.req_header();
+        ctx.protocol = protocol_name(req.version);
         self.record(ctx, status, || {
             (req.method.clone(), req.uri.path().to_string())
         });

@@ -29,6 +29,9 @@ pub(crate) struct Fenced {
     left: Option<u64>,
     /// Bytes read past the end of this request: the start of the next one.
     next: BytesMut,
+    /// Bytes already read from the connection that reads give first (a connection handed over
+    /// after its first bytes were looked at).
+    front: BytesMut,
 }
 
 impl Fenced {
@@ -37,6 +40,18 @@ impl Fenced {
             inner,
             left,
             next: BytesMut::new(),
+            front: BytesMut::new(),
+        }
+    }
+
+    /// The connection unfenced, `front` read again first: for a connection whose first bytes the
+    /// gate read before handing it to Pingora whole (HTTP/2 with prior knowledge).
+    pub(crate) fn rewound(inner: Stream, front: BytesMut) -> Self {
+        Fenced {
+            inner,
+            left: None,
+            next: BytesMut::new(),
+            front,
         }
     }
 
@@ -53,6 +68,11 @@ impl AsyncRead for Fenced {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if !this.front.is_empty() {
+            let n = this.front.len().min(buf.remaining());
+            buf.put_slice(&this.front.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         match this.left {
             None => Pin::new(&mut this.inner).poll_read(cx, buf),
             Some(0) => {

@@ -109,6 +109,11 @@ pub(crate) async fn serve(
             }
             HeadRead::Complete => {}
         }
+        if served == 0 && proxy.h2c() && buf.starts_with(H2_PREFACE_HEAD) {
+            // HTTP/2 with prior knowledge: the whole connection is Pingora's HTTP/2 server's.
+            let rewound: Stream = Box::new(fence::Fenced::rewound(stream, buf));
+            return full.process_new(rewound, shutdown).await;
+        }
         let ends = match inspect(&buf, limits.max_head_bytes) {
             Ok(ends) => ends,
             Err(why) => {
@@ -151,6 +156,10 @@ pub(crate) async fn serve(
         served = served.saturating_add(1);
     }
 }
+
+/// The HTTP/2 connection preface up to its first blank line, which reads as a complete HTTP/1 head
+/// (`PRI * HTTP/2.0`): a plain connection that opens with it speaks HTTP/2 (h2c, prior knowledge).
+pub(crate) const H2_PREFACE_HEAD: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
 
 /// How long a kept-alive connection waits for its next request holding a read buffer.
 pub(crate) const IDLE_RELEASE: Duration = Duration::from_secs(1);

@@ -290,6 +290,10 @@ impl Engine {
                 return Box::pin(self.refuse(c, Ctx::default(), Refusal::HeadTooLarge, None)).await;
             }
         }
+        if c.served == 0 && self.proxy.h2c() && c.buf.starts_with(gate::H2_PREFACE_HEAD) {
+            // HTTP/2 with prior knowledge: the gate hands the whole connection to Pingora's HTTP/2.
+            return Next::HandOff;
+        }
         // Everything after the head runs in a boxed future: an idle keep-alive connection's task then
         // holds only what waiting for a head needs, none of a request's state.
         Box::pin(self.serve_head(c, shutdown)).await
