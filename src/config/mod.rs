@@ -204,6 +204,37 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub timeouts: TimeoutsConfig,
+    /// How Switchyard speaks to the backends: `http1` (default), `h2` (HTTP/2 over TLS, needs
+    /// `tls`), `h2c` (HTTP/2 without TLS, prior knowledge).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the backends (`https`): the name to send and verify, and whether to verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    H2,
+    H2c,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name sent (SNI) and, with `verify`, checked against the backend's certificate.
+    #[serde(default)]
+    pub sni: String,
+    /// Verify the backend's certificate against the system's roots (default true).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `"10.0.0.1:8080"` or `{addr: "10.0.0.1:8080", weight: 2}`.

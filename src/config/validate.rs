@@ -3,7 +3,8 @@
 
 use super::parse::{self, Cidr, StickyKey};
 use super::{
-    Config, ConfigError, MirrorConfig, RolloutConfig, RouteConfig, Step, UpstreamConfig, WhenConfig,
+    Config, ConfigError, MirrorConfig, RolloutConfig, RouteConfig, Step, UpstreamConfig,
+    UpstreamProtocol, WhenConfig,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -171,6 +172,25 @@ fn clients(config: &Config, e: &mut Errors) {
 fn upstream(path: &str, up: &UpstreamConfig, e: &mut Errors) {
     if up.backends.is_empty() {
         e.push(format!("{path}.backends"), "no backends");
+    }
+    match (up.protocol, &up.tls) {
+        (UpstreamProtocol::H2, None) => e.push(
+            format!("{path}.protocol"),
+            "h2 is HTTP/2 over TLS: add tls: {sni: NAME}, or use h2c for HTTP/2 without TLS",
+        ),
+        (UpstreamProtocol::H2c, Some(_)) => e.push(
+            format!("{path}.tls"),
+            "h2c is HTTP/2 without TLS: remove tls, or use protocol h2",
+        ),
+        _ => {}
+    }
+    if let Some(tls) = &up.tls {
+        if tls.verify && tls.sni.is_empty() {
+            e.push(
+                format!("{path}.tls.sni"),
+                "a verified TLS upstream needs the name its certificate is for (or verify: false)",
+            );
+        }
     }
     let mut seen = HashSet::new();
     for (i, b) in up.backends.iter().enumerate() {

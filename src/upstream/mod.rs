@@ -9,7 +9,10 @@ pub use health::HealthChecker;
 pub use observed::BackendHealth;
 use observed::{Observed, ObservedCheck};
 
-use crate::config::{parse, Config, ConfigError, ConfigErrors, HealthCheckConfig, UpstreamConfig};
+use crate::config::{
+    parse, Config, ConfigError, ConfigErrors, HealthCheckConfig, UpstreamConfig, UpstreamProtocol,
+    UpstreamTls,
+};
 use pingora::http::RequestHeader;
 use pingora::lb::discovery::Static;
 use pingora::lb::health_check::HttpHealthCheck;
@@ -56,6 +59,8 @@ pub struct Pool {
     /// unavailable, so selecting it needs no load-balancer round.
     sole: Option<Backend>,
     timeouts: Timeouts,
+    protocol: UpstreamProtocol,
+    tls: Option<UpstreamTls>,
     health: Option<HealthSchedule>,
     /// Every backend's health as last observed (for status and metrics).
     observed: Arc<Observed>,
@@ -120,7 +125,7 @@ impl Pool {
         let health = match &def.health_check {
             Some(hc) => {
                 lb.set_health_check(Box::new(ObservedCheck {
-                    inner: http_check(&path, hc)?,
+                    inner: http_check(&path, hc, def)?,
                     observed: observed.clone(),
                 }));
                 let interval = parse::duration(&hc.interval)
@@ -144,6 +149,8 @@ impl Pool {
             backend_count,
             sole,
             timeouts,
+            protocol: def.protocol,
+            tls: def.tls.clone(),
             health,
             observed,
         })
@@ -177,15 +184,21 @@ impl Pool {
         self.backend_count
     }
 
-    /// The peer for a selected backend, with this pool's timeouts.
+    /// The peer for a selected backend, with this pool's timeouts, protocol and TLS.
     pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
-        let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
+        let mut peer = peer_for(backend.addr.clone(), self.protocol, self.tls.as_ref());
         let t = self.timeouts;
         peer.options.connection_timeout = t.connect;
         peer.options.read_timeout = t.read;
         peer.options.write_timeout = t.write;
         peer.options.idle_timeout = t.idle;
         Box::new(peer)
+    }
+
+    /// Whether this pool speaks HTTP/1.1 without TLS, as Switchyard's HTTP/1 engine does itself
+    /// (other pools are reached through Pingora's pipeline).
+    pub fn plain_http1(&self) -> bool {
+        self.protocol == UpstreamProtocol::Http1 && self.tls.is_none()
     }
 
     /// Milliseconds until this pool's next health check is due (0: due now, or running); `None`
@@ -215,13 +228,54 @@ impl Pool {
     }
 }
 
-fn http_check(path: &str, hc: &HealthCheckConfig) -> Result<Box<HttpHealthCheck>, ConfigErrors> {
+/// How many requests share one HTTP/2 connection to a backend.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
+/// A peer at `addr` speaking `protocol`, over TLS when `tls` is given.
+fn peer_for(
+    addr: pingora::protocols::l4::socket::SocketAddr,
+    protocol: UpstreamProtocol,
+    tls: Option<&UpstreamTls>,
+) -> HttpPeer {
+    let sni = tls.map(|t| t.sni.clone()).unwrap_or_default();
+    let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
+    if let Some(t) = tls {
+        peer.options.verify_cert = t.verify;
+        peer.options.verify_hostname = t.verify;
+    }
+    match protocol {
+        UpstreamProtocol::Http1 => peer.options.set_http_version(1, 1),
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => {
+            peer.options.set_http_version(2, 2);
+            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+        }
+    }
+    peer
+}
+
+fn http_check(
+    path: &str,
+    hc: &HealthCheckConfig,
+    def: &UpstreamConfig,
+) -> Result<Box<HttpHealthCheck>, ConfigErrors> {
     let timeout = parse::duration(&hc.timeout)
         .map_err(|m| ConfigError::new(format!("{path}.health_check.timeout"), m))?;
-    let mut check = HttpHealthCheck::new("localhost", false);
+    let host = def
+        .tls
+        .as_ref()
+        .map_or("localhost", |t| t.sni.as_str())
+        .to_string();
+    let mut check = HttpHealthCheck::new(&host, def.tls.is_some());
+    // Checked over the pool's own protocol (and TLS).
+    let template = peer_for(
+        check.peer_template._address.clone(),
+        def.protocol,
+        def.tls.as_ref(),
+    );
+    check.peer_template = template;
     let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
         .map_err(|e| ConfigError::new(format!("{path}.health_check.path"), e.to_string()))?;
-    req.insert_header("Host", "localhost")
+    req.insert_header("Host", host.as_str())
         .and_then(|_| req.insert_header("User-Agent", "switchyard-health-check"))
         .map_err(|e| ConfigError::new(format!("{path}.health_check"), e.to_string()))?;
     check.req = req;
@@ -269,6 +323,11 @@ impl Pools {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// Whether every pool speaks plain HTTP/1.1 (see [`Pool::plain_http1`]).
+    pub fn all_plain_http1(&self) -> bool {
+        self.0.iter().all(|p| p.plain_http1())
     }
 
     pub fn get(&self, id: u32) -> Option<&Arc<Pool>> {

@@ -404,6 +404,11 @@ impl Engine {
         let mut shadow = None;
         let mut tap = None;
         if let Outcome::Routed(d) = &outcome {
+            let m = release::mirror_for(&snapshot.table, d, &view, &mut random_bucket);
+            if !snapshot.pools.all_plain_http1() && !speaks_plain_http1(snapshot, d, m) {
+                // An HTTP/2 or TLS upstream: Pingora's pipeline connects to it.
+                return Parsed::HandOff;
+            }
             write_request_head(
                 &mut c.req_out,
                 method,
@@ -413,7 +418,7 @@ impl Engine {
                 &ctx.request_id,
                 d.client.map(|id| snapshot.table.client_name(id)),
             );
-            if let Some(m) = release::mirror_for(&snapshot.table, d, &view, &mut random_bucket) {
+            if let Some(m) = m {
                 let primary = shadow::Primary {
                     head: &c.req_out,
                     method,
@@ -848,4 +853,12 @@ mod idle_state {
         assert!(task < 1024, "a connection's task holds {task} bytes");
         assert!(std::mem::size_of::<Ctx>() > 256);
     }
+}
+
+/// Whether every upstream this request may reach (its target, the baseline it falls back to, its
+/// shadow target) is one the engine speaks to itself: HTTP/1.1 without TLS.
+fn speaks_plain_http1(snapshot: &Snapshot, d: &Decision, m: Option<&release::Mirror>) -> bool {
+    let plain = |id| snapshot.pools.get(id).is_some_and(|p| p.plain_http1());
+    let baseline = snapshot.table.route(d.route).map(|r| r.baseline());
+    plain(d.target) && baseline.is_none_or(plain) && m.is_none_or(|m| plain(m.to))
 }
