@@ -202,10 +202,28 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
     for (route, target, s) in metrics.all_series() {
         let labels = [("route", route.as_str()), ("target", target.as_str())];
         let totals = s.totals();
+        // gRPC calls are their own samples, with `grpc_status`; the plain samples count the rest.
+        let grpc = s.grpc_totals();
         for (i, class) in CLASS_NAMES.iter().enumerate() {
+            let calls: u64 = grpc.iter().map(|c| c[i]).sum();
+            let plain = totals.status[i].saturating_sub(calls);
             // 1xx only once seen: most APIs never send one.
-            if i > 0 || totals.status[i] > 0 {
-                requests.counter(&[labels[0], labels[1], ("code", class)], totals.status[i]);
+            if i > 0 || plain > 0 {
+                requests.counter(&[labels[0], labels[1], ("code", class)], plain);
+            }
+            for (code, by_class) in grpc.iter().enumerate() {
+                if by_class[i] > 0 {
+                    let code = code.to_string();
+                    requests.counter(
+                        &[
+                            labels[0],
+                            labels[1],
+                            ("code", class),
+                            ("grpc_status", &code),
+                        ],
+                        by_class[i],
+                    );
+                }
             }
         }
         duration.histogram(&labels, &totals.latency);

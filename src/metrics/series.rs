@@ -288,6 +288,17 @@ struct Totals {
     compare: [AtomicU64; CompareResult::ALL.len()],
     /// Shadow answers with a 5xx status.
     mirror_5xx: AtomicU64,
+    /// gRPC calls by `grpc-status` (0–16) and the status class they were counted in.
+    grpc: [[AtomicU64; 5]; GRPC_CODES],
+}
+
+/// gRPC status codes, 0 (OK) to 16 (UNAUTHENTICATED).
+pub const GRPC_CODES: usize = 17;
+
+/// Whether a gRPC call that ended with `code` counts as an error (SPEC §9): UNKNOWN, DEADLINE_EXCEEDED,
+/// INTERNAL, UNAVAILABLE and DATA_LOSS, the codes of a server that failed.
+pub fn grpc_is_error(code: u8) -> bool {
+    matches!(code, 2 | 4 | 13 | 14 | 15)
 }
 
 /// A route × target series.
@@ -326,6 +337,25 @@ impl Series {
     /// One finished request: its status and its whole duration. `now` is the current second of the
     /// metrics clock.
     #[inline]
+    /// A gRPC call that ended with `grpc_status`, recorded as [`Series::record_request`] does with
+    /// the status it counts as: a 5xx when the code is a server error, else its HTTP status.
+    pub fn record_grpc(&self, now: u64, status: u16, grpc_status: u8, duration_us: u64) {
+        let counted = if grpc_is_error(grpc_status) {
+            500
+        } else {
+            status
+        };
+        if let Some(c) = self.totals.grpc.get(usize::from(grpc_status)) {
+            c[class_of(counted)].fetch_add(1, Relaxed);
+        }
+        self.record_request(now, counted, duration_us);
+    }
+
+    /// gRPC calls since start: `[code][class]`.
+    pub fn grpc_totals(&self) -> [[u64; 5]; GRPC_CODES] {
+        std::array::from_fn(|c| std::array::from_fn(|i| self.totals.grpc[c][i].load(Relaxed)))
+    }
+
     pub fn record_request(&self, now: u64, status: u16, duration_us: u64) {
         let class = class_of(status);
         self.totals.status[class].fetch_add(1, Relaxed);

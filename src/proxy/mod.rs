@@ -211,7 +211,10 @@ impl Proxy {
                 );
             }
             if let Some(series) = self.series(ctx, served) {
-                series.record_request(now, status, duration_us);
+                match (ctx.grpc, ctx.grpc_status) {
+                    (true, Some(code)) => series.record_grpc(now, status, code, duration_us),
+                    _ => series.record_request(now, status, duration_us),
+                }
             }
         }
         if let Some(log) = &self.access_log {
@@ -280,6 +283,10 @@ pub struct Ctx {
     pub retried_reused: bool,
     /// The client's protocol, for the access log (the engine serves HTTP/1.1 only).
     pub protocol: &'static str,
+    /// A gRPC call, and the `grpc-status` it ended with (from the upstream's headers or trailers, or
+    /// the proxy's own answer).
+    pub grpc: bool,
+    pub grpc_status: Option<u8>,
     /// On Pingora's pipeline, counts this request as in flight until it is done (shutdown waits for
     /// it). The engine counts its connections instead, so its requests carry none.
     _in_flight: Option<drain::InFlight>,
@@ -305,6 +312,8 @@ impl Default for Ctx {
             shadow_client: None,
             retried_reused: false,
             protocol: "HTTP/1.1",
+            grpc: false,
+            grpc_status: None,
             _in_flight: None,
         }
     }
@@ -355,6 +364,7 @@ impl ProxyHttp for Proxy {
         }
         let snapshot = self.state.load();
         strip_internal_headers(session);
+        ctx.grpc = is_grpc(session.req_header());
         let id_name = const { http::HeaderName::from_static(REQUEST_ID_HEADER) };
         ctx.request_id = request_id::settle(
             session
@@ -382,7 +392,7 @@ impl ProxyHttp for Proxy {
             Err(why) => {
                 ctx.rejected = Some(Rejection::InvalidRequest);
                 session.set_keepalive(None);
-                respond_json(session, Answer::Refused(why), &ctx.request_id).await?;
+                respond_json(session, Answer::Refused(why), ctx).await?;
                 return Ok(true);
             }
         };
@@ -418,14 +428,14 @@ impl ProxyHttp for Proxy {
             Outcome::Routed(d) => d,
             Outcome::NoRoute => {
                 ctx.rejected = Some(Rejection::NoRoute);
-                respond_json(session, Answer::NoRoute, &ctx.request_id).await?;
+                respond_json(session, Answer::NoRoute, ctx).await?;
                 return Ok(true);
             }
             Outcome::ClientRequired { route } => {
                 ctx.rejected = Some(Rejection::ClientRequired);
                 ctx.route = Some(route);
                 ctx.snapshot = Some(snapshot);
-                respond_json(session, Answer::ClientRequired, &ctx.request_id).await?;
+                respond_json(session, Answer::ClientRequired, ctx).await?;
                 return Ok(true);
             }
         };
@@ -444,7 +454,7 @@ impl ProxyHttp for Proxy {
             }
             None => {
                 self.record_upstream_error(ctx, UpstreamError::NoHealthyUpstream);
-                respond_json(session, Answer::NoHealthyUpstream, &ctx.request_id).await?;
+                respond_json(session, Answer::NoHealthyUpstream, ctx).await?;
                 Ok(true)
             }
         }
@@ -565,6 +575,10 @@ impl ProxyHttp for Proxy {
         if resp.status.is_informational() {
             return Ok(());
         }
+        if ctx.grpc {
+            // A call that fails before any message ends with its status in the headers.
+            ctx.grpc_status = grpc_status_in(&resp.headers);
+        }
         if let Some(ready) = ctx.upstream_ready.take() {
             let us = ready.elapsed().as_micros() as u64;
             if let Some(series) = ctx.target.and_then(|t| self.series(ctx, t)) {
@@ -603,6 +617,20 @@ impl ProxyHttp for Proxy {
         if let (Some(snapshot), Some(client)) = (&ctx.snapshot, ctx.decision.and_then(|d| d.client))
         {
             upstream_request.insert_header(CLIENT_HEADER, snapshot.table.client_name(client))?;
+        }
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.grpc {
+            if let Some(code) = grpc_status_in(trailers) {
+                ctx.grpc_status = Some(code);
+            }
         }
         Ok(())
     }
@@ -689,7 +717,7 @@ impl ProxyHttp for Proxy {
         session.set_keepalive(None);
         if code > 0 {
             let body = Answer::for_status(code).body();
-            if let Err(err) = respond_json_as(session, code, body, &ctx.request_id).await {
+            if let Err(err) = respond_json_as(session, code, body, ctx).await {
                 log::debug!("could not send error response: {err}");
             }
         }
@@ -762,8 +790,63 @@ fn strip_internal_headers(session: &mut Session) {
 }
 
 /// Writes one of the proxy's own answers.
-async fn respond_json(session: &mut Session, answer: Answer, request_id: &str) -> Result<()> {
-    respond_json_as(session, answer.status(), answer.body(), request_id).await
+async fn respond_json(session: &mut Session, answer: Answer, ctx: &mut Ctx) -> Result<()> {
+    respond_json_as(session, answer.status(), answer.body(), ctx).await
+}
+
+/// The gRPC status a client is told for an HTTP error status of the proxy's own (gRPC's HTTP to
+/// gRPC status mapping; a timeout is DEADLINE_EXCEEDED).
+fn grpc_status_for(status: u16) -> u8 {
+    match status {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        408 | 504 => 4,        // DEADLINE_EXCEEDED
+        413 | 414 | 431 => 8,  // RESOURCE_EXHAUSTED
+        429 | 502 | 503 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// A gRPC error made by the proxy itself: HTTP 200 with only headers (`grpc-status`, and
+/// `grpc-message` naming the reason, e.g. `switchyard: no_healthy_upstream`), as gRPC servers send a
+/// call that fails before any message.
+async fn respond_grpc(
+    session: &mut Session,
+    status: u16,
+    body: &'static str,
+    ctx: &mut Ctx,
+) -> Result<()> {
+    let code = grpc_status_for(status);
+    ctx.grpc_status = Some(code);
+    // The reason of a `{"error":"REASON",...}` body.
+    let reason = body
+        .split_once("\"error\":\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or("error", |(r, _)| r);
+    let mut resp = ResponseHeader::build(200, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+    resp.insert_header("grpc-status", code.to_string())?;
+    resp.insert_header("grpc-message", format!("switchyard: {reason}"))?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    if !ctx.request_id.is_empty() {
+        resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+    }
+    session.write_response_header(Box::new(resp), true).await
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc`, `application/grpc+proto`...).
+fn is_grpc(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The `grpc-status` of a response's headers or trailers.
+fn grpc_status_in(headers: &http::HeaderMap) -> Option<u8> {
+    let v = headers.get("grpc-status")?;
+    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
 
 /// A request that passed the shared rules: the path to route on when normalisation changed it, and the
@@ -846,13 +929,17 @@ pub(crate) fn check_request(
     })
 }
 
-/// Writes a complete JSON response made by the proxy itself.
+/// Writes a complete response made by the proxy itself: JSON, or to a gRPC call a gRPC status.
 async fn respond_json_as(
     session: &mut Session,
     status: u16,
     body: &'static str,
-    request_id: &str,
+    ctx: &mut Ctx,
 ) -> Result<()> {
+    if ctx.grpc {
+        return respond_grpc(session, status, body, ctx).await;
+    }
+    let request_id = ctx.request_id.as_str();
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
