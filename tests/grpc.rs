@@ -381,3 +381,86 @@ on_both_paths!(
     a_canary_answering_unavailable_shows_up_as_errors_in_stats_and_metrics,
     no_healthy_backend_gives_a_grpc_client_unavailable
 );
+
+/// The demo's greeter messages (`conf/demo.proto`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloRequest {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloReply {
+    #[prost(string, tag = "1")]
+    message: String,
+    #[prost(string, tag = "2")]
+    version: String,
+}
+
+async fn hello(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    name: &str,
+    metadata: &[(&'static str, &str)],
+) -> Result<HelloReply, Status> {
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        with_metadata(HelloRequest { name: name.into() }, metadata),
+        http::uri::PathAndQuery::from_static("/demo.Greeter/Hello"),
+        ProstCodec::<HelloRequest, HelloReply>::default(),
+    )
+    .await
+    .map(Response::into_inner)
+}
+
+/// `switchyard demo` (the README's first command), as a user tries it: its HTTP canary and its gRPC
+/// canary, through the one listener.
+#[test]
+fn the_demo_serves_its_http_and_grpc_canaries() {
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("demo")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = eventually(Duration::from_secs(15), || {
+        std::net::TcpStream::connect("127.0.0.1:8080").is_ok()
+    });
+    let result = std::panic::catch_unwind(|| {
+        assert!(up, "the demo did not listen on 127.0.0.1:8080");
+        let agent = client();
+        let beta = get(
+            &agent,
+            "http://127.0.0.1:8080/api/payments",
+            &[("X-Version", "beta")],
+        );
+        assert_eq!(beta.version(), "payments-v2");
+        runtime().block_on(async {
+            let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:8080")
+                .connect()
+                .await
+                .unwrap();
+            let mut grpc = tonic::client::Grpc::new(channel);
+            let reply = hello(&mut grpc, "tester", &[("x-version", "beta")])
+                .await
+                .unwrap();
+            assert_eq!(reply.message, "hello tester");
+            assert_eq!(reply.version, "greeter-v2");
+            let alice = hello(&mut grpc, "alice", &[("x-user-id", "alice")])
+                .await
+                .unwrap();
+            let again = hello(&mut grpc, "alice", &[("x-user-id", "alice")])
+                .await
+                .unwrap();
+            assert_eq!(alice.version, again.version, "sticky per x-user-id");
+            let failed = hello(&mut grpc, "fail", &[("x-version", "beta")])
+                .await
+                .unwrap_err();
+            assert_eq!(failed.code(), tonic::Code::Unavailable);
+        });
+    });
+    let _ = demo.kill();
+    let _ = demo.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}

@@ -1,7 +1,9 @@
-//! `switchyard demo`: four demo backends (payments v1/v2, web blue/green) and the proxy in one process,
-//! with the embedded `conf/demo.yaml`, and the curl commands that show each release strategy.
+//! `switchyard demo`: the demo backends (payments v1/v2/v3, web blue/green, gRPC greeter v1/v2) and the
+//! proxy in one process, with the embedded `conf/demo.yaml`, and the commands that show each release
+//! strategy.
 
 pub mod backend;
+pub mod grpc;
 
 use crate::config::Config;
 use crate::server::{self, RunOptions};
@@ -18,8 +20,13 @@ const BACKENDS: [(&str, &str); 5] = [
     ("payments-v3", "127.0.0.1:9085"),
 ];
 
+const GREETERS: [(&str, &str); 2] = [
+    ("greeter-v1", "127.0.0.1:9086"),
+    ("greeter-v2", "127.0.0.1:9087"),
+];
+
 const TRY: &str = r#"
-Switchyard demo: proxy on http://127.0.0.1:8080, admin API on http://127.0.0.1:9901, backends on 127.0.0.1:9081-9085.
+Switchyard demo: proxy on http://127.0.0.1:8080, admin API on http://127.0.0.1:9901, backends on 127.0.0.1:9081-9087.
 
 Sticky 90/10 canary (route "payments"): each user keeps their version; about 1 in 10 get v2.
   for u in alice bob carol dave erin frank grace heidi ivan judy; do
@@ -56,6 +63,12 @@ Compare the versions (last 60 s and since start; Prometheus text on /metrics):
   switchyard ctl stats payments
   curl -s http://127.0.0.1:9901/metrics | grep '^switchyard_requests_total'
 
+gRPC canary (route "greeter", HTTP/2 without TLS on the same port; grpcurl with conf/demo.proto):
+  grpcurl -plaintext -proto conf/demo.proto -H 'x-user-id: alice' -d '{"name":"alice"}' 127.0.0.1:8080 demo.Greeter/Hello
+  grpcurl -plaintext -proto conf/demo.proto -H 'x-version: beta' -d '{"name":"tester"}' 127.0.0.1:8080 demo.Greeter/Hello
+  grpcurl -plaintext -proto conf/demo.proto -H 'x-version: beta' -d '{"name":"fail"}' 127.0.0.1:8080 demo.Greeter/Hello
+  switchyard ctl stats greeter          # the UNAVAILABLE call counts as an error of greeter-v2
+
 Stop with Ctrl-C.
 "#;
 
@@ -69,6 +82,13 @@ pub fn run() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("demo backend {name} cannot listen on {addr}: {e}"))?;
         backends.push(b);
     }
+    let mut greeters = Vec::new();
+    for (name, addr) in GREETERS {
+        let g = grpc::RunningGrpc::start(name, addr).map_err(|e| {
+            anyhow::anyhow!("demo gRPC backend {name} cannot listen on {addr}: {e}")
+        })?;
+        greeters.push(g);
+    }
     // The demo starts from its embedded config every time: drop what an earlier demo left behind.
     let _ = std::fs::remove_dir_all(&config.server.state_dir);
     println!("{TRY}");
@@ -78,5 +98,6 @@ pub fn run() -> anyhow::Result<()> {
     };
     let result = server::run(config, Some(&file), RunOptions::default());
     drop(backends);
+    drop(greeters);
     result
 }
