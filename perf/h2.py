@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""HTTP/2 over TLS, Switchyard against nginx on the same machine, with h2load.
+
+Each proxy terminates TLS with ALPN h2 on loopback, one worker/thread pinned to the same CPU, and
+proxies every request to the same small-JSON HTTP/1.1 upstream (one nginx worker, keep-alive). h2load
+(one thread, on another CPU) keeps 100 streams in flight (4 connections x 25 streams) for DURATION
+seconds per round. Reported per proxy: requests per second, and the proxy's CPU time per request
+(user + system, from /proc), each also as a ratio to nginx's.
+
+Usage: perf/h2.py [--duration 10] [--rounds 3] [--switchyard target/release/switchyard]
+Needs: nginx (with http_v2), h2load (Debian's nghttp2-client), openssl, taskset. Loopback only;
+everything it starts is stopped at the end.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+WORK = "/tmp/switchyard-perf-h2"
+UPSTREAM = 19101
+PORTS = {"switchyard": 18443, "nginx": 18444}
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def cpu_seconds(pids):
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / tick
+
+
+def children(pid):
+    out = [pid]
+    try:
+        for line in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+            out += children(int(line))
+    except OSError:
+        pass
+    return out
+
+
+def write_files():
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", f"{WORK}/key.pem", "-out", f"{WORK}/cert.pem"],
+        check=True, capture_output=True)
+    def common(pid, name):
+        return (f"pid {pid};\nerror_log {WORK}/{name}-error.log warn;\nworker_processes 1;\n"
+                "events { worker_connections 4096; }\n")
+    with open(f"{WORK}/upstream.conf", "w") as f:
+        f.write(common(f"{WORK}/upstream.pid", "upstream") + f"""
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{UPSTREAM};
+    location / {{ default_type application/json; return 200 '{{"version":"v1","ok":true}}'; }}
+  }}
+}}
+""")
+    with open(f"{WORK}/nginx.conf", "w") as f:
+        f.write(common(f"{WORK}/nginx.pid", "nginx") + f"""
+http {{
+  access_log off;
+  keepalive_requests 100000000;   # per HTTP/2 connection too: the default 1,000 ends h2load's connections
+  upstream v1 {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; keepalive_requests 100000000; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']} ssl http2;
+    http2_max_concurrent_streams 128;
+    ssl_certificate {WORK}/cert.pem;
+    ssl_certificate_key {WORK}/key.pem;
+    location / {{
+      proxy_pass http://v1;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+    with open(f"{WORK}/switchyard.yaml", "w") as f:
+        f.write(f"""server:
+  listen: ["127.0.0.1:18445"]
+  tls: [{{listen: "127.0.0.1:{PORTS['switchyard']}", cert: {WORK}/cert.pem, key: {WORK}/key.pem}}]
+  threads: 1
+  pid_file: {WORK}/switchyard.pid
+  upgrade_sock: {WORK}/upgrade.sock
+  state_dir: {WORK}/state
+  access_log: off
+upstreams:
+  v1: {{backends: ["127.0.0.1:{UPSTREAM}"]}}
+routes:
+  - name: api
+    match: {{path_prefix: /}}
+    split: {{targets: {{v1: 100}}}}
+""")
+
+
+def start(name, binary):
+    if name == "switchyard":
+        cmd = ["taskset", "-c", "1", binary, "run", "-c", f"{WORK}/switchyard.yaml"]
+    else:
+        cmd = ["taskset", "-c", "1", "nginx", "-g", "daemon off;", "-c", f"{WORK}/nginx.conf"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{WORK}/{name}.log", "w"))
+    wait_port(PORTS[name])
+    time.sleep(0.5)
+    return p
+
+
+def h2load(port, duration):
+    out = subprocess.run(
+        ["taskset", "-c", "0", "h2load", "-t", "1", "-c", "4", "-m", "25", "-D", str(duration),
+         f"https://localhost:{port}/api/x"],
+        capture_output=True, text=True).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    if not done:
+        sys.exit(f"h2load said:\n{out}")
+    if "h2" not in out.split("Application protocol:")[-1].splitlines()[0]:
+        sys.exit(f"h2load did not negotiate h2:\n{out}")
+    return int(done.group(2)), out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--switchyard", default="target/release/switchyard")
+    args = ap.parse_args()
+    write_files()
+    upstream = subprocess.Popen(["taskset", "-c", "0", "nginx", "-g", "daemon off;", "-c", f"{WORK}/upstream.conf"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(UPSTREAM)
+    results = {n: [] for n in PORTS}
+    try:
+        for r in range(args.rounds):
+            for name in PORTS:
+                p = start(name, args.switchyard)
+                pids = children(p.pid)
+                before = cpu_seconds(pids)
+                ok, _ = h2load(PORTS[name], args.duration)
+                cpu = cpu_seconds(pids) - before
+                p.send_signal(signal.SIGINT if name == "switchyard" else signal.SIGQUIT)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                rps = ok / args.duration
+                us = cpu / ok * 1e6 if ok else float("nan")
+                results[name].append((rps, us))
+                print(f"round {r + 1} {name}: {rps:,.0f} req/s, {us:.1f} us CPU/request", flush=True)
+    finally:
+        upstream.send_signal(signal.SIGQUIT)
+        upstream.wait(10)
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    n_rps, n_us = med([x[0] for x in results["nginx"]]), med([x[1] for x in results["nginx"]])
+    print()
+    print("| proxy | req/s | x nginx | CPU/request | x nginx |")
+    print("|---|---|---|---|---|")
+    for name in PORTS:
+        rps, us = med([x[0] for x in results[name]]), med([x[1] for x in results[name]])
+        print(f"| {name} | {rps:,.0f} | {rps / n_rps:.2f} | {us:.1f} us | {us / n_us:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
