@@ -632,6 +632,9 @@ impl ProxyHttp for Proxy {
                 ctx.grpc_status = Some(code);
             }
         }
+        if let Some(m) = ctx.mirror.as_mut() {
+            m.capture_trailers(trailers);
+        }
         Ok(())
     }
 

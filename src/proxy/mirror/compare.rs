@@ -1,4 +1,5 @@
-//! Comparing a shadow's answer with the primary's (SPEC §5): status, then body, then headers. Bodies
+//! Comparing a shadow's answer with the primary's (SPEC §5): status (and a gRPC answer's `grpc-status`,
+//! from its headers or trailers), then body (a gRPC answer's raw message bytes), then headers. Bodies
 //! that both parse as JSON are compared as values (key order and whitespace never matter, `ignore_json`
 //! pointers removed), others byte for byte. Hop-by-hop headers, `content-length`,
 //! `transfer-encoding`, `date` and `ignore_headers` are left out.
@@ -16,10 +17,30 @@ pub struct Captured {
     pub body: Vec<u8>,
     /// The body was longer than what was kept.
     pub truncated: bool,
+    /// A gRPC answer's `grpc-status`, from its headers or trailers.
+    pub grpc_status: Option<u8>,
 }
 
 impl Captured {
     /// Appends body bytes up to `limit`; past it, marks the capture truncated.
+    /// Whether this is a gRPC answer (`content-type: application/grpc...`).
+    pub fn is_grpc(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, v)| n == "content-type" && v.starts_with(b"application/grpc"))
+    }
+
+    /// Notes the `grpc-status` of headers or trailers, if they carry one.
+    pub fn note_grpc_status(&mut self, headers: &http::HeaderMap) {
+        let code = headers
+            .get("grpc-status")
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|t| t.trim().parse().ok());
+        if code.is_some() {
+            self.grpc_status = code;
+        }
+    }
+
     pub fn push_body(&mut self, bytes: &[u8], limit: usize) {
         let room = limit.saturating_sub(self.body.len());
         if bytes.len() > room {
@@ -36,7 +57,10 @@ pub struct Verdict {
     pub diff: String,
 }
 
-const ALWAYS_IGNORED: [&str; 12] = [
+const ALWAYS_IGNORED: [&str; 14] = [
+    // Compared as the status of a gRPC answer, wherever it came (headers or trailers).
+    "grpc-status",
+    "grpc-message",
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -58,6 +82,17 @@ pub fn compare(primary: &Captured, shadow: &Captured, cfg: &Compare) -> Verdict 
             diff: format!(
                 "status: primary {} != shadow {}",
                 primary.status, shadow.status
+            ),
+        };
+    }
+    if primary.grpc_status != shadow.grpc_status {
+        let show = |c: Option<u8>| c.map_or("none".to_string(), |c| c.to_string());
+        return Verdict {
+            result: CompareResult::Status,
+            diff: format!(
+                "grpc-status: primary {} != shadow {}",
+                show(primary.grpc_status),
+                show(shadow.grpc_status)
             ),
         };
     }
@@ -254,7 +289,43 @@ mod tests {
                 .collect(),
             body: body.as_bytes().to_vec(),
             truncated: false,
+            grpc_status: None,
         }
+    }
+
+    #[test]
+    fn grpc_answers_compare_on_their_status_from_headers_or_trailers() {
+        let grpc = [("content-type", "application/grpc")];
+        let mut primary = resp(200, &grpc, "\0\0\0\0\x02hi");
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        primary.note_grpc_status(&trailers);
+        assert!(primary.is_grpc());
+        // A shadow that failed before any message: its status is in its headers.
+        let mut failed = resp(
+            200,
+            &[("content-type", "application/grpc"), ("grpc-status", "14")],
+            "",
+        );
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from_static("14"));
+        failed.note_grpc_status(&h);
+        let v = compare(&primary, &failed, &cfg(&[], &[]));
+        assert_eq!(v.result, CompareResult::Status);
+        assert_eq!(v.diff, "grpc-status: primary 0 != shadow 14");
+        // Same status, different message bytes: a body difference.
+        let mut other = resp(200, &grpc, "\0\0\0\0\x02ho");
+        other.note_grpc_status(&trailers);
+        assert_eq!(
+            compare(&primary, &other, &cfg(&[], &[])).result,
+            CompareResult::Body
+        );
+        let mut same = resp(200, &grpc, "\0\0\0\0\x02hi");
+        same.note_grpc_status(&trailers);
+        assert_eq!(
+            compare(&primary, &same, &cfg(&[], &[])).result,
+            CompareResult::Match
+        );
     }
 
     #[test]

@@ -114,14 +114,24 @@ impl MirrorCtx {
                 .iter()
                 .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
                 .collect();
+            c.note_grpc_status(headers);
         }
+    }
+
+    /// The primary's trailers (a gRPC answer's status is there).
+    pub fn capture_trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some((c, _, _)) = &mut self.capture {
+            c.note_grpc_status(trailers);
+        }
+        self.finish_capture();
     }
 
     pub fn capture_body(&mut self, body: &Option<Bytes>, end: bool) {
         if let (Some((c, limit, _)), Some(b)) = (&mut self.capture, body) {
             c.push_body(b, *limit);
         }
-        if end {
+        // A gRPC answer's status comes after its body, in the trailers.
+        if end && !self.capture.as_ref().is_some_and(|(c, _, _)| c.is_grpc()) {
             self.finish_capture();
         }
     }
@@ -186,7 +196,12 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
-    let has_body = chunked || declared.is_some_and(|n| n > 0);
+    // HTTP/2 frames a body without either header (a gRPC call's message, say): its stream says
+    // whether one follows.
+    let h2 = session.req_header().version == http::Version::HTTP_2;
+    let has_body = chunked
+        || declared.is_some_and(|n| n > 0)
+        || (h2 && declared.is_none() && !session.as_downstream_mut().is_body_empty());
     let spawner = session.subrequest_spawner.as_ref()?;
     let in_flight = admit(metrics, snapshot, mirror, route, declared)?;
     let series = in_flight.0.clone();
@@ -361,6 +376,7 @@ async fn run_shadow(
                         .iter()
                         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
                         .collect();
+                    shadow.note_grpc_status(&h.headers);
                     complete = end;
                 }
                 HttpTask::Body(b, end) | HttpTask::UpgradedBody(b, end) => {
@@ -369,7 +385,13 @@ async fn run_shadow(
                     }
                     complete = end;
                 }
-                HttpTask::Trailer(_) | HttpTask::Done => complete = true,
+                HttpTask::Trailer(t) => {
+                    if let Some(t) = t {
+                        shadow.note_grpc_status(&t);
+                    }
+                    complete = true;
+                }
+                HttpTask::Done => complete = true,
                 HttpTask::Failed(_) => {
                     complete = false;
                     break;
