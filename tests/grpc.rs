@@ -376,7 +376,109 @@ fn no_healthy_backend_gives_a_grpc_client_unavailable() {
     });
 }
 
+fn unary_calls_are_mirrored_and_compared_on_grpc_status_and_message_bytes() {
+    let (v1, same, failing) = (
+        grpc_backend("v1", None),
+        grpc_backend("v1", None),
+        grpc_backend("v3", Some(tonic::Code::Unavailable)),
+    );
+    let admin = free_addr();
+    let proxy = ProxyProcess::start(&format!(
+        r#"admin:
+  listen: "{admin}"
+  tokens: {{ops: {}}}
+upstreams:
+  v1: {{protocol: h2c, backends: ["{}"]}}
+  same: {{protocol: h2c, backends: ["{}"]}}
+  failing: {{protocol: h2c, backends: ["{}"]}}
+routes:
+  - name: same
+    match: {{path_prefix: /test.Echo/Unary}}
+    split: {{targets: {{v1: 100}}}}
+    mirror: {{to: same, percent: 100, methods: [POST], compare: {{}}}}
+  - name: failing
+    match: {{path_prefix: /test.Echo}}
+    split: {{targets: {{v1: 100}}}}
+    mirror: {{to: failing, percent: 100, methods: [POST], compare: {{}}}}
+"#,
+        sha256_hex("ops-token"),
+        v1.addr,
+        same.addr,
+        failing.addr
+    ));
+    runtime().block_on(async {
+        let mut grpc = channel(&proxy).await;
+        for _ in 0..5 {
+            // The client is answered by v1, whatever its shadow does.
+            assert_eq!(unary(&mut grpc, &[]).await.unwrap().version, "v1");
+        }
+        grpc.ready().await.unwrap();
+        let answers: Vec<Msg> = grpc
+            .server_streaming(
+                Request::new(Msg {
+                    text: "tick".into(),
+                    version: String::new(),
+                }),
+                http::uri::PathAndQuery::from_static("/test.Echo/ServerStream"),
+                ProstCodec::<Msg, Msg>::default(),
+            )
+            .await
+            .unwrap()
+            .into_inner()
+            .map(|m| m.unwrap())
+            .collect()
+            .await;
+        assert_eq!(answers.len(), 3);
+    });
+    let agent = client();
+    let diffs = |route: &str| {
+        get(
+            &agent,
+            &format!("http://{admin}/v1/mirror/diffs?route={route}"),
+            &[("Authorization", "Bearer ops-token")],
+        )
+        .json()
+    };
+    let compared = |result: &str, target: &str| {
+        let metrics = get(&agent, &format!("http://{admin}/metrics"), &[]).body;
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("switchyard_mirror_compare_total{")
+                    && l.contains(&format!("target=\"{target}\""))
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // The same answers (same message bytes, grpc-status 0 in both trailers) match.
+    let matched = eventually(Duration::from_secs(5), || compared("match", "same") >= 5.0);
+    let mirror_lines: Vec<String> = get(&agent, &format!("http://{admin}/metrics"), &[])
+        .body
+        .lines()
+        .filter(|l| l.starts_with("switchyard_mirror") && !l.ends_with(" 0"))
+        .map(str::to_string)
+        .collect();
+    let log: Vec<String> = proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("mirror of") || l.contains("Fail to proxy"))
+        .map(str::to_string)
+        .collect();
+    assert!(matched, "{:#}\n{mirror_lines:#?}\n{log:#?}", diffs("same"));
+    // A shadow answering UNAVAILABLE differs in its gRPC status.
+    assert!(eventually(Duration::from_secs(5), || compared(
+        "status", "failing"
+    ) >= 1.0));
+    let failing_diffs = diffs("failing");
+    assert_eq!(
+        failing_diffs["diffs"][0]["diff"], "grpc-status: primary 0 != shadow 14",
+        "{failing_diffs:#}"
+    );
+}
+
 on_both_paths!(
+    unary_calls_are_mirrored_and_compared_on_grpc_status_and_message_bytes,
     unary_server_stream_and_bidi_calls_reach_their_version_with_trailers_intact,
     a_canary_answering_unavailable_shows_up_as_errors_in_stats_and_metrics,
     no_healthy_backend_gives_a_grpc_client_unavailable

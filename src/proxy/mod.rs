@@ -609,6 +609,16 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         if ctx.shadow {
+            let h2 = ctx
+                .snapshot
+                .as_ref()
+                .zip(ctx.target)
+                .and_then(|(s, t)| s.pools.get(t))
+                .is_some_and(|p| p.http2());
+            if h2 {
+                // The copy's own framing (see mirror::start); HTTP/2 frames the body itself.
+                upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            }
             upstream_request.insert_header(SHADOW_HEADER, "1")?;
             if let Some(client) = &ctx.shadow_client {
                 upstream_request.insert_header(CLIENT_HEADER, client.as_str())?;

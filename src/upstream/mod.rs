@@ -195,6 +195,11 @@ impl Pool {
         Box::new(peer)
     }
 
+    /// Whether this pool speaks HTTP/2 (`h2` or `h2c`).
+    pub fn http2(&self) -> bool {
+        self.protocol != UpstreamProtocol::Http1
+    }
+
     /// Whether this pool speaks HTTP/1.1 without TLS, as Switchyard's HTTP/1 engine does itself
     /// (other pools are reached through Pingora's pipeline).
     pub fn plain_http1(&self) -> bool {

@@ -202,7 +202,7 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
     let has_body = chunked
         || declared.is_some_and(|n| n > 0)
         || (h2 && declared.is_none() && !session.as_downstream_mut().is_body_empty());
-    let spawner = session.subrequest_spawner.as_ref()?;
+    session.subrequest_spawner.as_ref()?;
     let in_flight = admit(metrics, snapshot, mirror, route, declared)?;
     let series = in_flight.0.clone();
     let tag = ShadowTag {
@@ -220,7 +220,35 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
             BodyMode::NoBody
         })
         .build();
+    // The copy is made from the request's HTTP/1 form: an HTTP/2 request is written as HTTP/1.1 for
+    // it, and a body HTTP/2 frames without a length is read to its end as a chunked one would be.
+    let unframed = h2 && has_body && declared.is_none() && !chunked;
+    let mut added_host = false;
+    if h2 {
+        let req = session.req_header_mut();
+        req.set_version(http::Version::HTTP_11);
+        if unframed {
+            let _ = req.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        }
+        // HTTP/2's :authority becomes the Host line the HTTP/1 form needs.
+        if !req.headers.contains_key(http::header::HOST) {
+            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_string()) {
+                added_host = req.insert_header(http::header::HOST, authority).is_ok();
+            }
+        }
+    }
+    let spawner = session.subrequest_spawner.as_ref()?;
     let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub);
+    if h2 {
+        let req = session.req_header_mut();
+        req.set_version(http::Version::HTTP_2);
+        if unframed {
+            req.remove_header(&http::header::TRANSFER_ENCODING);
+        }
+        if added_host {
+            req.remove_header(&http::header::HOST);
+        }
+    }
 
     let pingora::protocols::http::subrequest::server::SubrequestHandle {
         tx: shadow_tx,
