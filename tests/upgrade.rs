@@ -26,10 +26,13 @@ fn upgrade_hands_over_the_socket_without_losing_a_request() {
     let load = load(url, false, stop.clone(), ok.clone());
     std::thread::sleep(Duration::from_millis(300));
     let mut new = old.spawn_upgrade();
-    // The new instance waits on the upgrade socket; the old one sends its listeners on SIGQUIT.
-    std::thread::sleep(Duration::from_millis(500));
+    // The new instance waits on the upgrade socket; the old one sends its listeners on SIGQUIT
+    // (and ignores it while nobody waits there).
+    let sock = old.dir.join("upgrade.sock");
+    assert!(eventually(Duration::from_secs(15), || sock.exists()));
+    std::thread::sleep(Duration::from_millis(200));
     signal(old.child.id(), "QUIT");
-    let old_exited = eventually(Duration::from_secs(15), || {
+    let old_exited = eventually(Duration::from_secs(30), || {
         matches!(old.child.try_wait(), Ok(Some(_)))
     });
     let served_before = ok.load(Ordering::Relaxed);
