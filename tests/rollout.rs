@@ -245,6 +245,10 @@ fn a_healthy_canary_walks_every_step_and_succeeds_at_100_percent() {
     let before = r.audit().len();
     let mut r = r;
     r.proxy.restart();
+    let admin = r.admin;
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(r.view()["state"], "succeeded");
     assert_eq!(r.audit().len(), before);
@@ -548,6 +552,10 @@ fn a_restart_and_an_upgrade_in_the_middle_continue_the_same_step_with_its_held_t
         .unwrap()
         >= 3.0));
     r.proxy.restart();
+    let admin = r.admin;
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
     // The new process takes the rollout up within its controller's first turn.
     let mut after = r.view();
     assert!(eventually(Duration::from_secs(5), || {

@@ -132,6 +132,9 @@ struct Inner {
     loaded: bool,
     last_saved: Option<Instant>,
     dirty: bool,
+    /// The live revision the last turn looked at: configured rollouts and changes by others can only
+    /// appear with a new one.
+    seen_revision: Option<u64>,
 }
 
 /// Why a control call was refused.
@@ -266,7 +269,11 @@ impl Rollouts {
         }
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        self.sync(&mut inner, state, now);
+        let revision = state.load().revision;
+        let changed = inner.seen_revision != Some(revision);
+        if changed {
+            self.sync(&mut inner, state, now);
+        }
         let names: Vec<String> = inner.runs.keys().cloned().collect();
         let mut any_running = false;
         for name in names {
@@ -282,7 +289,7 @@ impl Rollouts {
             if !run.record.phase.active() {
                 continue;
             }
-            let mut dirty = self.notice_others(state, &live, &ro, run, now);
+            let mut dirty = changed && self.notice_others(state, &live, &ro, run, now);
             if run.record.phase == Phase::Running {
                 any_running = true;
                 run.record.held_ms += elapsed.as_millis() as u64;
@@ -299,6 +306,7 @@ impl Rollouts {
             }
             inner.dirty |= dirty;
         }
+        inner.seen_revision = Some(revision);
         let due = inner
             .last_saved
             .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));

@@ -302,8 +302,21 @@ fn http_check(
 }
 
 /// All pools of a config, in the order of `config.upstreams` (the table's upstream ids).
-#[derive(Debug, Default)]
-pub struct Pools(Vec<Arc<Pool>>);
+#[derive(Debug)]
+pub struct Pools {
+    pools: Vec<Arc<Pool>>,
+    /// Every pool speaks plain HTTP/1.1: the engine asks this per request, so it is settled once.
+    all_plain_http1: bool,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools {
+            pools: Vec::new(),
+            all_plain_http1: true,
+        }
+    }
+}
 
 impl Pools {
     /// Builds the pools of `config`, reusing every pool of `previous` whose definition is unchanged.
@@ -312,7 +325,8 @@ impl Pools {
         let mut errors = Vec::new();
         for (name, def) in config.upstreams.iter() {
             let reused = previous.and_then(|p| {
-                p.0.iter()
+                p.pools
+                    .iter()
                     .find(|old| old.name == name && old.definition == *def)
             });
             match reused {
@@ -324,7 +338,11 @@ impl Pools {
             }
         }
         if errors.is_empty() {
-            Ok(Pools(pools))
+            let all_plain_http1 = pools.iter().all(|p| p.plain_http1());
+            Ok(Pools {
+                pools,
+                all_plain_http1,
+            })
         } else {
             Err(ConfigErrors(errors))
         }
@@ -332,15 +350,15 @@ impl Pools {
 
     /// Whether every pool speaks plain HTTP/1.1 (see [`Pool::plain_http1`]).
     pub fn all_plain_http1(&self) -> bool {
-        self.0.iter().all(|p| p.plain_http1())
+        self.all_plain_http1
     }
 
     pub fn get(&self, id: u32) -> Option<&Arc<Pool>> {
-        self.0.get(id as usize)
+        self.pools.get(id as usize)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.0.iter()
+        self.pools.iter()
     }
 }
 
