@@ -80,7 +80,13 @@ pub fn build(
     let listen = config.server.listen.clone();
     let tls = config.server.tls.clone();
     let state = Arc::new(match file {
-        Some(f) => State::open(config, &f.text)?,
+        Some(f) => {
+            if opts.upgrade {
+                State::open_successor(config, &f.text)?
+            } else {
+                State::open(config, &f.text)?
+            }
+        }
         None => State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?,
     });
 
@@ -170,7 +176,7 @@ pub fn run(config: Config, file: Option<&ConfigFile>, opts: RunOptions) -> anyho
     if opts.upgrade {
         // The previous process may have committed changes since this one read the state directory;
         // it took none after it began handing over.
-        state.resume_latest();
+        state.take_over();
     }
     log::info!("{}", startup_line(&state.load()));
     if !opts.daemon {

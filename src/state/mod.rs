@@ -118,6 +118,9 @@ struct Writer {
     store: Option<Store>,
     /// Digest of the config file the live revision was last loaded from.
     file_sha256: String,
+    /// A successor that serves its config file, changed since the previous process loaded it, has
+    /// not made that a revision yet (why it is loaded, for the audit line): it does on taking over.
+    unsaved_file: Option<&'static str>,
 }
 
 impl State {
@@ -129,6 +132,7 @@ impl State {
             writer: Mutex::new(Writer {
                 store: None,
                 file_sha256: String::new(),
+                unsaved_file: None,
             }),
             metrics: Arc::default(),
             handing_over: Default::default(),
@@ -139,36 +143,53 @@ impl State {
     /// Opens the persisted state in `config.server.state_dir`, following the start-up rule above.
     /// `file_text` is the config file as read from disk (its digest decides the rule).
     pub fn open(file_config: Config, file_text: &str) -> anyhow::Result<State> {
+        Self::open_as(file_config, file_text, false)
+    }
+
+    /// As [`State::open`], for a process that will take the listening sockets over from a running
+    /// one (`run -u`). Until it has ([`State::take_over`]), the previous process is still the writer
+    /// and may commit at any moment, so this one only reads `state_dir`: no repair (it would see the
+    /// previous process's commit half done and undo it) and no revision of its own.
+    pub fn open_successor(file_config: Config, file_text: &str) -> anyhow::Result<State> {
+        Self::open_as(file_config, file_text, true)
+    }
+
+    fn open_as(file_config: Config, file_text: &str, successor: bool) -> anyhow::Result<State> {
         let dir = file_config.server.state_dir.clone();
         let store = Store::open(Path::new(&dir))
             .map_err(|e| anyhow::anyhow!("state_dir {dir}: {e}"))?
             .retaining(file_config.server.retain_revisions);
-        for note in store
-            .repair()
-            .map_err(|e| anyhow::anyhow!("state_dir {dir}: repairing: {e}"))?
-        {
-            log::warn!("state_dir {dir}: {note}");
+        if !successor {
+            for note in store
+                .repair()
+                .map_err(|e| anyhow::anyhow!("state_dir {dir}: repairing: {e}"))?
+            {
+                log::warn!("state_dir {dir}: {note}");
+            }
         }
         let file_sha256 = sha256_hex(file_text.as_bytes());
         let persisted = store
             .persisted()
             .map_err(|e| anyhow::anyhow!("{dir}/state.json: {e}"))?;
+        let state = |snapshot: Snapshot, writer: Writer| State {
+            current: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(writer),
+            metrics: Arc::default(),
+            handing_over: Default::default(),
+            rollouts: Default::default(),
+        };
         if let Some(p) = persisted.as_ref().filter(|p| p.file_sha256 == file_sha256) {
             match committed_config(&store, p.revision) {
                 Ok(config) => {
                     let snapshot = Snapshot::build(config, p.revision, None)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     log::info!("resuming revision {} from {dir}", p.revision);
-                    return Ok(State {
-                        current: ArcSwap::from_pointee(snapshot),
-                        writer: Mutex::new(Writer {
-                            store: Some(store),
-                            file_sha256,
-                        }),
-                        metrics: Arc::default(),
-                        handing_over: Default::default(),
-                        rollouts: Default::default(),
-                    });
+                    let writer = Writer {
+                        store: Some(store),
+                        file_sha256,
+                        unsaved_file: None,
+                    };
+                    return Ok(state(snapshot, writer));
                 }
                 Err(e) => log::error!(
                     "{dir}/effective.yaml cannot be served ({e}); loading the config file instead"
@@ -183,24 +204,24 @@ impl State {
         };
         let snapshot =
             Snapshot::build(file_config, revision, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let writer = Writer {
+        let mut writer = Writer {
             store: Some(store),
             file_sha256,
+            unsaved_file: None,
         };
-        let change = Change {
-            actor: "file",
-            action: "config.reload",
-            route: None,
-            reason: Some(reason),
-        };
-        persist(&writer, &change, None, &snapshot).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(State {
-            current: ArcSwap::from_pointee(snapshot),
-            writer: Mutex::new(writer),
-            metrics: Arc::default(),
-            handing_over: Default::default(),
-            rollouts: Default::default(),
-        })
+        if successor {
+            // Made a revision once this process is the writer.
+            writer.unsaved_file = Some("config file changed since the previous process loaded it");
+        } else {
+            let change = Change {
+                actor: "file",
+                action: "config.reload",
+                route: None,
+                reason: Some(reason),
+            };
+            persist(&writer, &change, None, &snapshot).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(state(snapshot, writer))
     }
 
     /// Stops taking changes: the listening sockets are about to go to a new process, which becomes the
@@ -216,19 +237,68 @@ impl State {
         self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// After taking the listening sockets over from a previous process: serves the revision that
-    /// process committed last, if it is newer than the one read at start (changes made there between
-    /// this process's start and the hand-over).
-    pub fn resume_latest(&self) {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+    /// After taking the listening sockets over from a previous process (which commits nothing once it
+    /// has begun handing over): this process becomes the writer. It repairs `state_dir`, then serves
+    /// the revision the previous process committed last when that is newer than the one read at start
+    /// (changes made there between this process's start and the hand-over). A config file changed
+    /// since the previous process loaded it wins, as at start-up, and becomes a revision now.
+    pub fn take_over(&self) {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let unsaved_file = writer.unsaved_file.take();
         let Some(store) = &writer.store else {
             return;
         };
+        let dir = store.dir().display().to_string();
+        match store.repair() {
+            Ok(notes) => {
+                for note in notes {
+                    log::warn!("state_dir {dir}: {note}");
+                }
+            }
+            Err(e) => log::error!("state_dir {dir}: repairing: {e}"),
+        }
         let current = self.current.load_full();
-        let Ok(Some(p)) = store.persisted() else {
+        let persisted = match store.persisted() {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!(
+                    "{dir}/state.json: {e}; serving revision {}",
+                    current.revision
+                );
+                return;
+            }
+        };
+        let file_is_newer = persisted
+            .as_ref()
+            .is_none_or(|p| p.file_sha256 != writer.file_sha256);
+        if let (Some(reason), true) = (unsaved_file, file_is_newer) {
+            let revision = persisted.as_ref().map_or(1, |p| p.revision + 1);
+            let next = if revision == current.revision {
+                Ok(current.clone())
+            } else {
+                Snapshot::build(current.config.clone(), revision, Some(&current)).map(Arc::new)
+            };
+            let change = Change {
+                actor: "file",
+                action: "config.reload",
+                route: None,
+                reason: Some(reason),
+            };
+            match next {
+                Ok(next) => {
+                    if let Err(e) = persist(&writer, &change, None, &next) {
+                        log::error!("revision {revision} (the config file): {e}");
+                    }
+                    self.current.store(next);
+                }
+                Err(e) => log::error!("revision {revision} (the config file): {e}"),
+            }
+            return;
+        }
+        let Some(p) = persisted else {
             return;
         };
-        if p.revision <= current.revision || p.file_sha256 != writer.file_sha256 {
+        if p.revision <= current.revision && unsaved_file.is_none() {
             return;
         }
         let loaded = committed_config(store, p.revision).and_then(|c| {
@@ -241,6 +311,8 @@ impl State {
                     p.revision
                 );
                 self.current.store(Arc::new(snapshot));
+                // The file the previous process loaded last is the one a reload compares with.
+                writer.file_sha256 = p.file_sha256;
             }
             Err(e) => log::error!(
                 "revision {} of the previous process cannot be served ({e}); serving revision {}",

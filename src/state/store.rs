@@ -268,7 +268,7 @@ impl Store {
         Ok(seq)
     }
 
-    fn revision_path(&self, n: u64) -> PathBuf {
+    pub fn revision_path(&self, n: u64) -> PathBuf {
         self.dir.join("revisions").join(format!("{n:010}.yaml"))
     }
 }

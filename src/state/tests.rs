@@ -179,3 +179,97 @@ fn an_edited_file_wins_at_start_as_a_new_revision() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+fn open_successor(state_dir: &Path, canary: u32) -> State {
+    let text = file_text(state_dir, canary);
+    State::open_successor(Config::load_str(&text).unwrap(), &text).unwrap()
+}
+
+/// A process started to take the sockets over (`run -u`) reads `state_dir` while the running one may
+/// be in the middle of a commit: it must leave that commit alone (a repair there would cut the audit
+/// line of a change the running process then acknowledges), and serve it once it takes over.
+#[test]
+fn a_successor_leaves_a_commit_in_progress_alone_and_serves_it_after_taking_over() {
+    let d = dir("successor");
+    let old = open(&d, 1);
+    set_canary(&old, "ops", 5.0).unwrap();
+    // The running process is committing revision 3: its revision file and audit line are written,
+    // state.json does not name it yet.
+    let store = Store::open(&d).unwrap();
+    let mut config = old.load().config.clone();
+    config.routes[0]
+        .split
+        .as_mut()
+        .unwrap()
+        .targets
+        .insert("v2", 7.0);
+    store::write_atomic(&store.revision_path(3), config.to_yaml().as_bytes()).unwrap();
+    let mut line = old.audit().pop().unwrap();
+    line.revision = 3;
+    store.append_audit(&line).unwrap();
+
+    let new = open_successor(&d, 1);
+    assert_eq!((new.load().revision, canary_weight(&new)), (2, 5.0));
+    assert_eq!(
+        store.audit().unwrap().len(),
+        3,
+        "the commit in progress was cut"
+    );
+    assert!(store.revision_path(3).exists());
+
+    // The commit completes, then the running process hands over.
+    let text = file_text(&d, 1);
+    let persisted = Persisted {
+        revision: 3,
+        file_sha256: sha256_hex(text.as_bytes()),
+    };
+    store::write_atomic(
+        &d.join("state.json"),
+        &serde_json::to_vec(&persisted).unwrap(),
+    )
+    .unwrap();
+    old.hand_over();
+    assert!(matches!(
+        set_canary(&old, "ops", 9.0),
+        Err(ChangeError::HandingOver)
+    ));
+    new.take_over();
+    assert_eq!((new.load().revision, canary_weight(&new)), (3, 7.0));
+    set_canary(&new, "ops", 11.0).unwrap();
+    let revisions: Vec<u64> = new.audit().iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, [1, 2, 3, 4]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A successor whose config file changed writes nothing until it takes over; then the file becomes
+/// the revision after the last one the previous process committed.
+#[test]
+fn a_successor_with_an_edited_file_makes_it_a_revision_only_on_taking_over() {
+    let d = dir("successor-edited");
+    let old = open(&d, 1);
+    set_canary(&old, "ops", 5.0).unwrap();
+    let new = open_successor(&d, 50);
+    assert_eq!(canary_weight(&new), 50.0);
+    assert_eq!(
+        old.audit().len(),
+        2,
+        "the successor wrote before taking over"
+    );
+    set_canary(&old, "ops", 10.0).unwrap();
+    old.hand_over();
+    new.take_over();
+    assert_eq!((new.load().revision, canary_weight(&new)), (4, 50.0));
+    let audit = new.audit();
+    let revisions: Vec<u64> = audit.iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, [1, 2, 3, 4]);
+    let last = audit.last().unwrap();
+    assert_eq!(
+        (last.actor.as_str(), last.action.as_str()),
+        ("file", "config.reload")
+    );
+    // A restart with the same file resumes revision 4: it is the file last applied.
+    drop(new);
+    let again = open(&d, 50);
+    assert_eq!((again.load().revision, canary_weight(&again)), (4, 50.0));
+    std::fs::remove_dir_all(&d).unwrap();
+}
