@@ -48,8 +48,35 @@ routes:
     }
 }
 
-/// One HTTP/2 exchange: status, and the `version` the backend reported (empty when not JSON).
-async fn exchange<S>(io: S, uri: &str, headers: &[(&str, &str)]) -> (u16, String)
+/// One HTTP/2 answer: status, headers and body.
+struct H2Reply {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl H2Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    /// The `version` the backend reported (empty when not JSON).
+    fn version(&self) -> String {
+        self.json()["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+    /// A header as the upstream received it (echoed by the demo backend).
+    fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_string)
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One HTTP/2 exchange on a new connection.
+async fn exchange<S>(io: S, uri: &str, headers: &[(&str, &str)]) -> H2Reply
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -65,6 +92,7 @@ where
     let (response, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
     let response = response.await.unwrap();
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let mut body = response.into_body();
     let mut bytes = Vec::new();
     while let Some(chunk) = body.data().await {
@@ -72,26 +100,31 @@ where
         let _ = body.flow_control().release_capacity(chunk.len());
         bytes.extend_from_slice(&chunk);
     }
-    let version = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v["version"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    (status, version)
+    H2Reply {
+        status,
+        headers,
+        body: bytes,
+    }
 }
 
-/// An HTTP/2 request to the rig: h2c on the plain listener, or h2 by ALPN on the TLS one.
+/// An HTTP/2 request to the rig: status and the version that answered.
 fn h2_get(rig: &Rig, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let reply = h2_send(&rig.proxy, "localhost", path, headers);
+    (reply.status, reply.version())
+}
+
+/// An HTTP/2 request with `:authority` AUTHORITY: h2c on the plain listener, or h2 by ALPN on the TLS
+/// one.
+fn h2_send(proxy: &ProxyProcess, authority: &str, path: &str, headers: &[(&str, &str)]) -> H2Reply {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        match rig.proxy.tls_addr {
+        match proxy.tls_addr {
             None => {
-                let tcp = tokio::net::TcpStream::connect(rig.proxy.addr)
-                    .await
-                    .unwrap();
-                let uri = format!("http://localhost{path}");
+                let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+                let uri = format!("http://{authority}{path}");
                 exchange(tcp, &uri, headers).await
             }
             Some(addr) => {
@@ -106,7 +139,7 @@ fn h2_get(rig: &Rig, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
                     Some(&b"h2"[..]),
                     "ALPN chose h2"
                 );
-                let uri = format!("https://localhost{path}");
+                let uri = format!("https://{authority}{path}");
                 exchange(tls, &uri, headers).await
             }
         }
@@ -174,6 +207,7 @@ fn http1_keeps_working_next_to_http2_on_the_same_listener() {
 
 on_every_path!(
     http2_reaches_the_version_its_rules_and_sticky_bucket_say,
+    every_release_feature_works_over_http2,
     http1_keeps_working_next_to_http2_on_the_same_listener,
     with_h2c_off_the_preface_is_refused_as_a_malformed_request
 );
@@ -199,4 +233,176 @@ fn with_h2c_off_the_preface_is_refused_as_a_malformed_request() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert_eq!(v1.control.requests(), 0);
+}
+
+/// The release features besides rules and the sticky split, over HTTP/2: `:authority` as the host a
+/// route matches, blue/green and a flip, explain, request ids, stripped `X-Switchyard-*` headers, the
+/// client header, fallback to the baseline when the canary's backends are down, and metrics.
+fn every_release_feature_works_over_http2() {
+    const OPS: &str = "ops-token-h2";
+    let (v1, v2, blue, green) = (
+        backend("v1"),
+        backend("v2"),
+        backend("blue"),
+        backend("green"),
+    );
+    let admin = free_addr();
+    let proxy = ProxyProcess::start(&format!(
+        r#"admin:
+  listen: "{admin}"
+  tokens: {{ops: {ops}}}
+clients:
+  keys: {{partner: {key}}}
+upstreams:
+  v1: {{backends: ["{}"]}}
+  v2:
+    backends: ["{}"]
+    health_check: {{path: /healthz, interval: 100ms, timeout: 500ms}}
+  blue: {{backends: ["{}"]}}
+  green: {{backends: ["{}"]}}
+routes:
+  - name: hosted
+    match: {{host: api.example.com}}
+    split: {{targets: {{green: 100}}}}
+  - name: web
+    match: {{path_prefix: /web}}
+    blue_green: {{blue: blue, green: green, live: blue}}
+  - name: api
+    match: {{path_prefix: /api}}
+    split: {{targets: {{v1: 50, v2: 50}}, baseline: v1, sticky: [header:X-User-Id]}}
+"#,
+        v1.addr,
+        v2.addr,
+        blue.addr,
+        green.addr,
+        ops = sha256_hex(OPS),
+        key = sha256_hex(KEY),
+    ));
+    let ops = |method: &str, path: &str, body: Option<&str>| -> serde_json::Value {
+        let req = ureq::request(method, &format!("http://{admin}{path}"))
+            .set("Authorization", &format!("Bearer {OPS}"));
+        let r = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let text = r.unwrap().into_string().unwrap();
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
+    let h2 = |authority: &str, path: &str, headers: &[(&str, &str)]| {
+        h2_send(&proxy, authority, path, headers)
+    };
+
+    // `:authority` is the host routes match on.
+    assert_eq!(h2("api.example.com", "/api/x", &[]).version(), "green");
+    assert_eq!(h2("api.example.com:443", "/web", &[]).version(), "green");
+    assert_eq!(h2("localhost", "/web", &[]).version(), "blue");
+
+    // The edge rules hold over HTTP/2 too: paths are normalised before routing, and what cannot be
+    // normalised safely is refused.
+    assert_eq!(h2("localhost", "/web/../api/x", &[]).json()["path"], "/api/x");
+    assert_eq!(h2("localhost", "/api/%2e%2e/web", &[]).version(), "blue");
+    assert_eq!(h2("localhost", "/api/a%2Fb", &[]).status, 400);
+    assert_eq!(h2("localhost", "/../etc/passwd", &[]).status, 400);
+
+    // Blue/green: a flip through the admin API reaches HTTP/2 clients at once.
+    ops(
+        "PATCH",
+        "/v1/routes/web",
+        Some(r#"{"live": "green", "reason": "h2 flip"}"#),
+    );
+    assert_eq!(h2("localhost", "/web", &[]).version(), "green");
+
+    // Explain says what an HTTP/2 request gets.
+    for user in 0..20 {
+        let user = format!("user-{user}");
+        let explained = ops(
+            "GET",
+            &format!("/v1/routes/api/explain?header.X-User-Id={user}"),
+            None,
+        );
+        let target = explained["target"].as_str().unwrap().to_string();
+        assert_eq!(
+            h2("localhost", "/api/x", &[("x-user-id", &user)]).version(),
+            target,
+            "{user}: {explained}"
+        );
+    }
+
+    // Request ids: one is made and given to both sides; a valid one from the client is kept.
+    let r = h2("localhost", "/api/x", &[]);
+    let id = r.header("x-request-id").expect("a request id").to_string();
+    assert_eq!(
+        r.upstream_header("x-request-id").as_deref(),
+        Some(id.as_str())
+    );
+    let r = h2("localhost", "/api/x", &[("x-request-id", "h2-trace-0001")]);
+    assert_eq!(r.header("x-request-id"), Some("h2-trace-0001"));
+    assert_eq!(
+        r.upstream_header("x-request-id").as_deref(),
+        Some("h2-trace-0001")
+    );
+
+    // Client-sent `X-Switchyard-*` headers never reach the upstream; an identified client is named.
+    let r = h2(
+        "localhost",
+        "/api/x",
+        &[
+            ("x-switchyard-client", "admin"),
+            ("x-switchyard-shadow", "1"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-switchyard-client"), None);
+    assert_eq!(r.upstream_header("x-switchyard-shadow"), None);
+    let r = h2(
+        "localhost",
+        "/api/x",
+        &[("x-api-key", KEY), ("x-switchyard-client", "admin")],
+    );
+    assert_eq!(
+        r.upstream_header("x-switchyard-client").as_deref(),
+        Some("partner")
+    );
+
+    // Fallback: with the canary's only backend down, its users are served by the baseline.
+    let canary_users: Vec<String> = (0..40)
+        .map(|u| format!("user-{u}"))
+        .filter(|u| h2("localhost", "/api/x", &[("x-user-id", u)]).version() == "v2")
+        .collect();
+    assert!(!canary_users.is_empty());
+    v2.control.set_healthy(false);
+    assert!(eventually(std::time::Duration::from_secs(5), || {
+        h2("localhost", "/api/x", &[("x-user-id", &canary_users[0])]).version() == "v1"
+    }));
+    for user in &canary_users {
+        let r = h2("localhost", "/api/x", &[("x-user-id", user)]);
+        assert_eq!((r.status, r.version()), (200, "v1".to_string()), "{user}");
+    }
+
+    // Metrics count HTTP/2 requests by route, target and status, and the fallbacks.
+    let metrics = ureq::get(&format!("http://{admin}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let count = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        count(r#"switchyard_requests_total{route="web",target="green",code="2"#) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        count(r#"switchyard_requests_total{route="hosted",target="green",code="2"#) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        count(r#"switchyard_fallbacks_total{route="api",from="v2",to="v1"}"#)
+            >= canary_users.len() as f64,
+        "{metrics}"
+    );
 }
