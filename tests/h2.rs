@@ -299,7 +299,10 @@ routes:
 
     // The edge rules hold over HTTP/2 too: paths are normalised before routing, and what cannot be
     // normalised safely is refused.
-    assert_eq!(h2("localhost", "/web/../api/x", &[]).json()["path"], "/api/x");
+    assert_eq!(
+        h2("localhost", "/web/../api/x", &[]).json()["path"],
+        "/api/x"
+    );
     assert_eq!(h2("localhost", "/api/%2e%2e/web", &[]).version(), "blue");
     assert_eq!(h2("localhost", "/api/a%2Fb", &[]).status, 400);
     assert_eq!(h2("localhost", "/../etc/passwd", &[]).status, 400);
@@ -330,7 +333,7 @@ routes:
 
     // Request ids: one is made and given to both sides; a valid one from the client is kept.
     let r = h2("localhost", "/api/x", &[]);
-    let id = r.header("x-request-id").expect("a request id").to_string();
+    let id = r.header("x-request-id").unwrap().to_string();
     assert_eq!(
         r.upstream_header("x-request-id").as_deref(),
         Some(id.as_str())
