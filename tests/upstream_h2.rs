@@ -209,4 +209,93 @@ fn an_h2_upstream_without_tls_or_an_h2c_one_with_it_is_refused() {
     );
 }
 
-on_both_paths!(each_request_reaches_its_version_over_the_protocol_its_upstream_speaks);
+/// A TLS upstream verified against a private CA (`tls.ca`): reached when its certificate is signed by
+/// that CA for the name in `sni`; refused with 502 when the CA is not given (the system's roots do not
+/// know it) or the name does not match.
+fn a_tls_upstream_is_verified_against_its_private_ca() {
+    let backend = h2_backend("private", true);
+    let ca = test_pki().0.display().to_string();
+    let proxy = ProxyProcess::start(&format!(
+        r#"upstreams:
+  trusted:
+    protocol: h2
+    tls: {{sni: localhost, ca: "{ca}"}}
+    backends: ["{addr}"]
+  unknown-ca:
+    protocol: h2
+    tls: {{sni: localhost}}
+    backends: ["{addr}"]
+  other-name:
+    protocol: h2
+    tls: {{sni: other.example, ca: "{ca}"}}
+    backends: ["{addr}"]
+routes:
+  - name: api
+    match: {{path_prefix: /api}}
+    rules:
+      - when: {{header: {{X-To: unknown-ca}}}}
+        to: unknown-ca
+      - when: {{header: {{X-To: other-name}}}}
+        to: other-name
+    split: {{targets: {{trusted: 100}}}}
+"#,
+        addr = backend.addr
+    ));
+    let agent = client();
+    let url = proxy.url("/api/x");
+    for _ in 0..3 {
+        let r = get(&agent, &url, &[]);
+        assert_eq!(
+            (r.status, r.version()),
+            (200, "private".to_string()),
+            "{}",
+            r.body
+        );
+    }
+    let served = backend.served.load(Ordering::Relaxed);
+    for to in ["unknown-ca", "other-name"] {
+        let r = get(&agent, &url, &[("X-To", to)]);
+        assert_eq!(r.status, 502, "{to}: {}", r.body);
+    }
+    assert_eq!(
+        backend.served.load(Ordering::Relaxed),
+        served,
+        "a backend that failed verification was sent a request"
+    );
+}
+
+#[test]
+fn a_bad_private_ca_is_refused_by_check() {
+    let dir = std::env::temp_dir().join(format!("switchyard-ca-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_pem = dir.join("not-pem.pem");
+    std::fs::write(&not_pem, "just text\n").unwrap();
+    let file = dir.join("bad.yaml");
+    let ca = test_pki().0.display().to_string();
+    std::fs::write(
+        &file,
+        format!(
+            "upstreams:\n  a: {{tls: {{sni: x, ca: {}/missing.pem}}, backends: [\"127.0.0.1:1\"]}}\n  b: {{tls: {{sni: x, ca: {}}}, backends: [\"127.0.0.1:2\"]}}\n  c: {{tls: {{sni: x, verify: false, ca: {ca}}}, backends: [\"127.0.0.1:3\"]}}\nroutes:\n  - name: r\n    split: {{targets: {{a: 1, b: 1, c: 1}}, baseline: a}}\n",
+            dir.display(),
+            not_pem.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = switchyard(&["check", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("upstreams.a.tls.ca: cannot read"), "{out}");
+    assert!(
+        out.contains("upstreams.b.tls.ca:") && out.contains("no PEM certificate"),
+        "{out}"
+    );
+    assert!(
+        out.contains("upstreams.c.tls.ca: ca is what certificates are verified against"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+on_both_paths!(
+    each_request_reaches_its_version_over_the_protocol_its_upstream_speaks,
+    a_tls_upstream_is_verified_against_its_private_ca
+);

@@ -228,9 +228,13 @@ pub struct UpstreamTls {
     /// Server name sent (SNI) and, with `verify`, checked against the backend's certificate.
     #[serde(default)]
     pub sni: String,
-    /// Verify the backend's certificate against the system's roots (default true).
+    /// Verify the backend's certificate (default true): against the system's roots, or `ca`.
     #[serde(default = "default_true")]
     pub verify: bool,
+    /// A PEM file of the CA certificates to verify the backends against instead of the system's
+    /// roots (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 fn default_true() -> bool {

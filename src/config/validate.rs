@@ -191,6 +191,16 @@ fn upstream(path: &str, up: &UpstreamConfig, e: &mut Errors) {
                 "a verified TLS upstream needs the name its certificate is for (or verify: false)",
             );
         }
+        if let Some(ca) = &tls.ca {
+            if !tls.verify {
+                e.push(
+                    format!("{path}.tls.ca"),
+                    "ca is what certificates are verified against, and verify is false: remove ca or verify",
+                );
+            } else {
+                e.check(format!("{path}.tls.ca"), parse::ca_bundle(ca));
+            }
+        }
     }
     let mut seen = HashSet::new();
     for (i, b) in up.backends.iter().enumerate() {

@@ -60,7 +60,7 @@ pub struct Pool {
     sole: Option<Backend>,
     timeouts: Timeouts,
     protocol: UpstreamProtocol,
-    tls: Option<UpstreamTls>,
+    tls: Option<PeerTls>,
     health: Option<HealthSchedule>,
     /// Every backend's health as last observed (for status and metrics).
     observed: Arc<Observed>,
@@ -117,6 +117,11 @@ impl Pool {
             write: dur("write", &t.write)?.or(Some(DEFAULT_READ_TIMEOUT)),
             idle: dur("idle", &t.idle)?,
         };
+        let tls = def
+            .tls
+            .as_ref()
+            .map(|t| PeerTls::new(t).map_err(|m| ConfigError::new(format!("{path}.tls.ca"), m)))
+            .transpose()?;
         let observed = Arc::new(Observed::new(
             name,
             set.iter().map(|b| b.addr.to_string()),
@@ -125,7 +130,7 @@ impl Pool {
         let health = match &def.health_check {
             Some(hc) => {
                 lb.set_health_check(Box::new(ObservedCheck {
-                    inner: http_check(&path, hc, def)?,
+                    inner: http_check(&path, hc, def, tls.as_ref())?,
                     observed: observed.clone(),
                 }));
                 let interval = parse::duration(&hc.interval)
@@ -150,7 +155,7 @@ impl Pool {
             sole,
             timeouts,
             protocol: def.protocol,
-            tls: def.tls.clone(),
+            tls,
             health,
             observed,
         })
@@ -236,17 +241,57 @@ impl Pool {
 /// How many requests share one HTTP/2 connection to a backend.
 const H2_STREAMS_PER_CONNECTION: usize = 100;
 
+/// TLS to a pool's backends, ready for its peers (the CA bundle read once, when the pool is built).
+#[derive(Debug, Clone)]
+struct PeerTls {
+    sni: String,
+    verify: bool,
+    ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// Digest of the CA bundle (0 without one). Pingora's connection reuse key leaves the CA out, so
+    /// it goes into the peer's group key: a connection verified against one CA is never reused for a
+    /// pool that trusts another (or the system's roots).
+    ca_digest: u64,
+}
+
+impl PeerTls {
+    fn new(t: &UpstreamTls) -> Result<PeerTls, String> {
+        let mut ca_digest = 0;
+        let ca = match (&t.ca, t.verify) {
+            (Some(path), true) => {
+                let bundle = parse::ca_bundle(path)?;
+                ca_digest = xxhash_rust::xxh3::xxh3_64(&bundle.concat()).max(1);
+                let certs: Vec<_> = bundle
+                    .into_iter()
+                    .map(|der| {
+                        pingora::utils::tls::WrappedX509::new(der, pingora::utils::tls::parse_x509)
+                    })
+                    .collect();
+                Some(Arc::from(certs))
+            }
+            _ => None,
+        };
+        Ok(PeerTls {
+            sni: t.sni.clone(),
+            verify: t.verify,
+            ca,
+            ca_digest,
+        })
+    }
+}
+
 /// A peer at `addr` speaking `protocol`, over TLS when `tls` is given.
 fn peer_for(
     addr: pingora::protocols::l4::socket::SocketAddr,
     protocol: UpstreamProtocol,
-    tls: Option<&UpstreamTls>,
+    tls: Option<&PeerTls>,
 ) -> HttpPeer {
     let sni = tls.map(|t| t.sni.clone()).unwrap_or_default();
     let mut peer = HttpPeer::new(addr, tls.is_some(), sni);
     if let Some(t) = tls {
         peer.options.verify_cert = t.verify;
         peer.options.verify_hostname = t.verify;
+        peer.options.ca = t.ca.clone();
+        peer.group_key = t.ca_digest;
     }
     match protocol {
         UpstreamProtocol::Http1 => peer.options.set_http_version(1, 1),
@@ -262,6 +307,7 @@ fn http_check(
     path: &str,
     hc: &HealthCheckConfig,
     def: &UpstreamConfig,
+    tls: Option<&PeerTls>,
 ) -> Result<Box<HttpHealthCheck>, ConfigErrors> {
     let timeout = parse::duration(&hc.timeout)
         .map_err(|m| ConfigError::new(format!("{path}.health_check.timeout"), m))?;
@@ -272,11 +318,7 @@ fn http_check(
         .to_string();
     let mut check = HttpHealthCheck::new(&host, def.tls.is_some());
     // Checked over the pool's own protocol (and TLS).
-    let template = peer_for(
-        check.peer_template._address.clone(),
-        def.protocol,
-        def.tls.as_ref(),
-    );
+    let template = peer_for(check.peer_template._address.clone(), def.protocol, tls);
     check.peer_template = template;
     let mut req = RequestHeader::build("GET", hc.path.as_bytes(), None)
         .map_err(|e| ConfigError::new(format!("{path}.health_check.path"), e.to_string()))?;
