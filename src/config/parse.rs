@@ -201,6 +201,29 @@ pub fn method(text: &str) -> Result<String, String> {
     Ok(up)
 }
 
+/// The certificates of a PEM bundle (a private CA for `upstreams.*.tls.ca`), as DER, each checked to
+/// be an X.509 certificate a TLS client can trust.
+pub fn ca_bundle(path: &str) -> Result<Vec<Vec<u8>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut out = Vec::new();
+    for (i, cert) in rustls_pemfile::certs(&mut pem.as_slice()).enumerate() {
+        let cert = cert.map_err(|e| format!("{path}: certificate {}: {e}", i + 1))?;
+        x509_parser::parse_x509_certificate(&cert)
+            .map_err(|e| format!("{path}: certificate {} is not X.509: {e}", i + 1))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("{path}: certificate {} cannot be trusted: {e}", i + 1))?;
+        out.push(cert.to_vec());
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "{path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"
+        ));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,27 +294,4 @@ mod tests {
         assert!(sha256_hex("9f86").is_err());
         assert!(sha256_hex(&"z".repeat(64)).is_err());
     }
-}
-
-/// The certificates of a PEM bundle (a private CA for `upstreams.*.tls.ca`), as DER, each checked to
-/// be an X.509 certificate a TLS client can trust.
-pub fn ca_bundle(path: &str) -> Result<Vec<Vec<u8>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let mut out = Vec::new();
-    for (i, cert) in rustls_pemfile::certs(&mut pem.as_slice()).enumerate() {
-        let cert = cert.map_err(|e| format!("{path}: certificate {}: {e}", i + 1))?;
-        x509_parser::parse_x509_certificate(&cert)
-            .map_err(|e| format!("{path}: certificate {} is not X.509: {e}", i + 1))?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("{path}: certificate {} cannot be trusted: {e}", i + 1))?;
-        out.push(cert.to_vec());
-    }
-    if out.is_empty() {
-        return Err(format!(
-            "{path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"
-        ));
-    }
-    Ok(out)
 }
