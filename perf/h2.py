@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
 """HTTP/2 over TLS, Switchyard against nginx on the same machine, with h2load.
 
-Each proxy terminates TLS with ALPN h2 on loopback, one worker/thread pinned to the same CPU, and
-proxies every request to the same small-JSON HTTP/1.1 upstream (one nginx worker, keep-alive). h2load
+Each proxy terminates TLS with ALPN h2 on loopback, one worker/thread pinned to the same CPU. h2load
 (one thread, on another CPU) keeps 100 streams in flight (4 connections x 25 streams) for DURATION
-seconds per round. Reported per proxy: requests per second, and the proxy's CPU time per request
-(user + system, from /proc), each also as a ratio to nginx's.
+seconds per round. Two scenarios:
 
-Usage: perf/h2.py [--duration 10] [--rounds 3] [--switchyard target/release/switchyard]
+- http: GET, proxied to the same small-JSON HTTP/1.1 upstream (one nginx worker, keep-alive);
+- grpc: unary gRPC calls (POST application/grpc, one framed message, TE: trailers), proxied over h2c
+  to the same gRPC upstream (one nginx worker serving a framed reply with `grpc-status: 0` as a
+  trailer); nginx proxies them with `grpc_pass`, Switchyard with an `h2c` upstream.
+
+Reported per proxy and scenario: requests per second, and the proxy's CPU time per request (user +
+system, from /proc), each also as a ratio to nginx's.
+
+Usage: perf/h2.py [--duration 10] [--rounds 3] [--scenario http,grpc] [--switchyard target/release/switchyard]
 Needs: nginx (with http_v2), h2load (Debian's nghttp2-client), openssl, taskset. Loopback only;
 everything it starts is stopped at the end.
 """
@@ -24,6 +30,8 @@ import time
 
 WORK = "/tmp/switchyard-perf-h2"
 UPSTREAM = 19101
+GRPC_UPSTREAM = 19102
+GRPC_PATH = "/helloworld.Greeter/SayHello"
 PORTS = {"switchyard": 18443, "nginx": 18444}
 
 
@@ -70,14 +78,34 @@ def write_files():
     def common(pid, name):
         return (f"pid {pid};\nerror_log {WORK}/{name}-error.log warn;\nworker_processes 1;\n"
                 "events { worker_connections 4096; }\n")
+    # A gRPC reply: one uncompressed message of 12 bytes (a HelloReply with message "hello, h2"),
+    # framed as gRPC frames it (flag, 4-byte length, message).
+    message = b"\x0a\x0ahello, h2!"
+    os.makedirs(f"{WORK}/grpc/helloworld.Greeter")
+    with open(f"{WORK}/grpc/helloworld.Greeter/SayHello", "wb") as f:
+        f.write(b"\x00" + len(message).to_bytes(4, "big") + message)
+    with open(f"{WORK}/request.bin", "wb") as f:
+        name = b"\x0a\x05world"
+        f.write(b"\x00" + len(name).to_bytes(4, "big") + name)
     with open(f"{WORK}/upstream.conf", "w") as f:
         f.write(common(f"{WORK}/upstream.pid", "upstream") + f"""
 http {{
   access_log off;
-  keepalive_requests 1000000;
+  keepalive_requests 100000000;
   server {{
     listen 127.0.0.1:{UPSTREAM};
     location / {{ default_type application/json; return 200 '{{"version":"v1","ok":true}}'; }}
+  }}
+  server {{
+    listen 127.0.0.1:{GRPC_UPSTREAM} http2;
+    http2_max_concurrent_streams 1000;
+    root {WORK}/grpc;
+    location / {{
+      # POST to a static file: answered as GET would be.
+      error_page 405 =200 $uri;
+      default_type application/grpc;
+      add_trailer grpc-status 0;
+    }}
   }}
 }}
 """)
@@ -87,6 +115,7 @@ http {{
   access_log off;
   keepalive_requests 100000000;   # per HTTP/2 connection too: the default 1,000 ends h2load's connections
   upstream v1 {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; keepalive_requests 100000000; }}
+  upstream greeter {{ server 127.0.0.1:{GRPC_UPSTREAM}; keepalive 64; keepalive_requests 100000000; }}
   server {{
     listen 127.0.0.1:{PORTS['nginx']} ssl http2;
     http2_max_concurrent_streams 128;
@@ -96,6 +125,9 @@ http {{
       proxy_pass http://v1;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+    }}
+    location /helloworld.Greeter/ {{
+      grpc_pass grpc://greeter;
     }}
   }}
 }}
@@ -111,7 +143,11 @@ http {{
   access_log: off
 upstreams:
   v1: {{backends: ["127.0.0.1:{UPSTREAM}"]}}
+  greeter: {{protocol: h2c, backends: ["127.0.0.1:{GRPC_UPSTREAM}"]}}
 routes:
+  - name: greeter
+    match: {{path_prefix: /helloworld.Greeter/}}
+    split: {{targets: {{greeter: 100}}}}
   - name: api
     match: {{path_prefix: /}}
     split: {{targets: {{v1: 100}}}}
@@ -129,10 +165,15 @@ def start(name, binary):
     return p
 
 
-def h2load(port, duration):
+def h2load(port, duration, scenario):
+    if scenario == "grpc":
+        target = ["-d", f"{WORK}/request.bin", "-H", "content-type: application/grpc",
+                  "-H", "te: trailers", f"https://localhost:{port}{GRPC_PATH}"]
+    else:
+        target = [f"https://localhost:{port}/api/x"]
     out = subprocess.run(
-        ["taskset", "-c", "0", "h2load", "-t", "1", "-c", "4", "-m", "25", "-D", str(duration),
-         f"https://localhost:{port}/api/x"],
+        ["taskset", "-c", "0", "h2load", "-t", "1", "-c", "4", "-m", "25", "-D", str(duration)]
+        + target,
         capture_output=True, text=True).stdout
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     if not done:
@@ -147,19 +188,23 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--switchyard", default="target/release/switchyard")
+    ap.add_argument("--scenario", default="http,grpc", help="comma-separated: http, grpc")
     args = ap.parse_args()
+    scenarios = args.scenario.split(",")
     write_files()
     upstream = subprocess.Popen(["taskset", "-c", "0", "nginx", "-g", "daemon off;", "-c", f"{WORK}/upstream.conf"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(UPSTREAM)
-    results = {n: [] for n in PORTS}
+    wait_port(GRPC_UPSTREAM)
+    check_grpc(args.switchyard)
+    results = {(s, n): [] for s in scenarios for n in PORTS}
     try:
         for r in range(args.rounds):
-            for name in PORTS:
+            for scenario, name in [(s, n) for s in scenarios for n in PORTS]:
                 p = start(name, args.switchyard)
                 pids = children(p.pid)
                 before = cpu_seconds(pids)
-                ok, _ = h2load(PORTS[name], args.duration)
+                ok, _ = h2load(PORTS[name], args.duration, scenario)
                 cpu = cpu_seconds(pids) - before
                 p.send_signal(signal.SIGINT if name == "switchyard" else signal.SIGQUIT)
                 try:
@@ -168,19 +213,40 @@ def main():
                     p.kill()
                 rps = ok / args.duration
                 us = cpu / ok * 1e6 if ok else float("nan")
-                results[name].append((rps, us))
-                print(f"round {r + 1} {name}: {rps:,.0f} req/s, {us:.1f} us CPU/request", flush=True)
+                results[(scenario, name)].append((rps, us))
+                print(f"round {r + 1} {scenario} {name}: {rps:,.0f} req/s, {us:.1f} us CPU/request",
+                      flush=True)
     finally:
         upstream.send_signal(signal.SIGQUIT)
         upstream.wait(10)
     med = lambda xs: sorted(xs)[len(xs) // 2]
-    n_rps, n_us = med([x[0] for x in results["nginx"]]), med([x[1] for x in results["nginx"]])
     print()
-    print("| proxy | req/s | x nginx | CPU/request | x nginx |")
-    print("|---|---|---|---|---|")
+    print("| scenario | proxy | req/s | x nginx | CPU/request | x nginx |")
+    print("|---|---|---|---|---|---|")
+    for scenario in scenarios:
+        nginx = results[(scenario, "nginx")]
+        n_rps, n_us = med([x[0] for x in nginx]), med([x[1] for x in nginx])
+        for name in PORTS:
+            got = results[(scenario, name)]
+            rps, us = med([x[0] for x in got]), med([x[1] for x in got])
+            print(f"| {scenario} | {name} | {rps:,.0f} | {rps / n_rps:.2f} | {us:.1f} us | {us / n_us:.2f} |")
+
+
+def check_grpc(binary):
+    """One gRPC call through each proxy must come back with grpc-status 0 in its trailers."""
     for name in PORTS:
-        rps, us = med([x[0] for x in results[name]]), med([x[1] for x in results[name]])
-        print(f"| {name} | {rps:,.0f} | {rps / n_rps:.2f} | {us:.1f} us | {us / n_us:.2f} |")
+        p = start(name, binary)
+        try:
+            # nghttp (with h2load in nghttp2-client) prints every frame, the trailers included.
+            out = subprocess.run(
+                ["nghttp", "-v", "-H", "content-type: application/grpc", "-H", "te: trailers",
+                 "-d", f"{WORK}/request.bin", f"https://localhost:{PORTS[name]}{GRPC_PATH}"],
+                capture_output=True).stdout.decode("utf-8", "replace")
+        finally:
+            p.send_signal(signal.SIGINT if name == "switchyard" else signal.SIGQUIT)
+            p.wait(10)
+        if ") grpc-status: 0" not in out:
+            sys.exit(f"a gRPC call through {name} did not end with grpc-status 0:\n{out}")
 
 
 if __name__ == "__main__":
