@@ -139,6 +139,14 @@ pub fn build(
         api.add_tcp(&admin.listen);
         server.add_service(api);
     }
+    if let Some(metrics) = state.load().config.metrics.clone() {
+        let mut endpoint = Service::new(
+            "switchyard metrics".to_string(),
+            crate::admin::MetricsEndpoint::new(state.clone()),
+        );
+        endpoint.add_tcp(&metrics.listen);
+        server.add_service(endpoint);
+    }
     let reloader =
         Reloader::new(file.and_then(|f| f.path.clone()), state.clone()).reopening(access_log);
     server.add_service(background_service("config reload", reloader));

@@ -350,13 +350,17 @@ fn a_canary_answering_unavailable_shows_up_as_errors_in_stats_and_metrics() {
                 && l.contains("grpc_status=\"14\"")
         })
         .unwrap_or_else(|| panic!("no grpc_status 14 sample:\n{metrics}"));
-    assert!(line.contains("code=\"5xx\""), "{line}");
+    // HTTP 200 (a gRPC call's transport succeeded), counted as a server error by its grpc-status.
+    assert!(
+        line.contains("code=\"200\"") && line.contains("code_class=\"5xx\""),
+        "{line}"
+    );
     assert!(
         metrics
             .lines()
             .any(|l| l.starts_with("switchyard_requests_total{")
                 && l.contains("target=\"v1\"")
-                && l.contains("code=\"2xx\"")
+                && l.contains("code=\"200\",code_class=\"2xx\"")
                 && l.contains("grpc_status=\"0\"")),
         "OK calls are counted from their trailers:\n{metrics}"
     );

@@ -135,6 +135,10 @@ routes:
     match: {{path_prefix: /rolling}}
     split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}
     rollout: {{canary: v2, steps: [{{pause: {{}}}}, 10], hold: 1m}}
+  - name: shadowed
+    match: {{path_prefix: /shadowed}}
+    split: {{targets: {{v1: 100}}}}
+    mirror: {{to: v2, percent: 0, compare: {{}}}}
 "#,
             token = sha256_hex(TOKEN),
             v1 = v1.addr,
@@ -215,7 +219,20 @@ fn class(status: u16) -> &'static str {
 fn counters_equal_the_requests_sent_per_route_target_and_class() {
     let rig = Rig::start("off", Stdio::null());
     let agent = client();
-    let mut expected: HashMap<(String, String, &str), u64> = HashMap::new();
+    // Before any traffic, every fallback a route can make is a series at 0.
+    assert_eq!(
+        rig.scrape().get(
+            "switchyard_fallbacks_total",
+            &[("route", "api"), ("from", "v2"), ("to", "v1")]
+        ),
+        0.0
+    );
+    assert!(rig
+        .scrape()
+        .all("switchyard_fallbacks_total")
+        .iter()
+        .any(|(l, v)| l["route"] == "api" && l["from"] == "v2" && *v == 0.0));
+    let mut expected: HashMap<(String, String, String), u64> = HashMap::new();
     for i in 0..300 {
         let user = format!("user-{i}");
         let mut headers = vec![("X-User-Id", user.as_str())];
@@ -225,14 +242,14 @@ fn counters_equal_the_requests_sent_per_route_target_and_class() {
         let r = get(&agent, &rig.proxy.url("/api/orders"), &headers);
         assert_eq!(r.status, 200);
         *expected
-            .entry(("api".into(), r.version(), class(r.status)))
+            .entry(("api".into(), r.version(), r.status.to_string()))
             .or_default() += 1;
     }
     for _ in 0..25 {
         let r = get(&agent, &rig.proxy.url("/broken/x"), &[]);
         assert_eq!(r.status, 503);
         *expected
-            .entry(("broken".into(), "broken".into(), "5xx"))
+            .entry(("broken".into(), "broken".into(), "503".into()))
             .or_default() += 1;
     }
     for _ in 0..7 {
@@ -242,22 +259,36 @@ fn counters_equal_the_requests_sent_per_route_target_and_class() {
     let m = rig.scrape_after(332);
     let mut seen = 0.0;
     for (labels, value) in m.all("switchyard_requests_total") {
+        // `code` is the exact status; `code_class` its class.
+        let code: u16 = labels["code"].parse().unwrap();
+        assert_eq!(labels["code_class"], class(code), "{labels:?}");
         let key = (
             labels["route"].clone(),
             labels["target"].clone(),
-            match labels["code"].as_str() {
-                "2xx" => "2xx",
-                "3xx" => "3xx",
-                "4xx" => "4xx",
-                _ => "5xx",
-            },
+            labels["code"].clone(),
         );
         let want = expected.get(&key).copied().unwrap_or(0) as f64;
         assert_eq!(value, want, "switchyard_requests_total{labels:?}");
         seen += value;
     }
     assert_eq!(seen, 325.0);
-    assert!(expected[&("api".to_string(), "v2".to_string(), "2xx")] >= 30);
+    assert!(expected[&("api".to_string(), "v2".to_string(), "200".to_string())] >= 30);
+    // Body bytes sent per route and target: every demo answer is a JSON body.
+    assert!(
+        m.get(
+            "switchyard_response_bytes_total",
+            &[("route", "api"), ("target", "v1")]
+        ) > 100.0 * 60.0
+    );
+    // The scrape itself is the only request in flight (none on the proxy's listeners).
+    assert_eq!(m.get("switchyard_requests_in_flight", &[]), 0.0);
+    assert_eq!(m.get("switchyard_config_last_reload_successful", &[]), 1.0);
+    assert!(
+        m.get(
+            "switchyard_config_last_reload_success_timestamp_seconds",
+            &[]
+        ) > 1.7e9
+    );
     // The histogram counts the same requests.
     for target in ["v1", "v2"] {
         let sent: u64 = expected
@@ -298,6 +329,11 @@ fn counters_equal_the_requests_sent_per_route_target_and_class() {
             == 1.0
     }));
     assert_eq!(rig.scrape().get("switchyard_config_revision", &[]), 2.0);
+    assert_eq!(
+        rig.scrape()
+            .get("switchyard_config_last_reload_successful", &[]),
+        0.0
+    );
 }
 
 fn a_200ms_upstream_lands_above_100ms_and_its_p99_reads_200_to_300ms() {
@@ -435,7 +471,7 @@ fn upstream_detail_connect_failures_timeouts_reuse_and_fallbacks() {
     assert_eq!(
         m.get(
             "switchyard_requests_total",
-            &[half[0], half[1], ("code", "2xx")]
+            &[half[0], half[1], ("code", "200"), ("code_class", "2xx")]
         ),
         10.0
     );
@@ -446,7 +482,8 @@ fn upstream_detail_connect_failures_timeouts_reuse_and_fallbacks() {
             &[
                 ("route", "impatient"),
                 ("target", "impatient"),
-                ("code", "5xx")
+                ("code", "504"),
+                ("code_class", "5xx")
             ]
         ),
         3.0
@@ -524,8 +561,11 @@ fn dashboard_queries_only_use_exposed_metrics(m: &Scrape) {
             if let Some(selector) = rest.strip_prefix('{') {
                 let selector = &selector[..selector.find('}').unwrap()];
                 for matcher in selector.split(',') {
-                    let key = matcher.split('=').next().unwrap().trim();
-                    assert!(labels.contains(key), "{name} has no label {key} ({expr})");
+                    let key = matcher.split(['=', '!']).next().unwrap().trim();
+                    // `instance` and `job` are added by Prometheus when it scrapes.
+                    if key != "instance" && key != "job" {
+                        assert!(labels.contains(key), "{name} has no label {key} ({expr})");
+                    }
                 }
             }
             labels_of_expr.extend(labels);
@@ -534,7 +574,11 @@ fn dashboard_queries_only_use_exposed_metrics(m: &Scrape) {
         while let Some(at) = rest.find("by (") {
             let group = &rest[at + 4..];
             let group = &group[..group.find(')').unwrap()];
-            for key in group.split(',').map(str::trim) {
+            for key in group
+                .split(',')
+                .map(str::trim)
+                .filter(|k| *k != "instance" && *k != "job")
+            {
                 assert!(
                     labels_of_expr.contains(key),
                     "grouping by {key}: no such label ({expr})"
@@ -716,3 +760,71 @@ on_tls_paths!(
     an_unwritable_log_never_blocks_or_fails_a_request,
     a_stalled_stdout_drops_lines_instead_of_stalling_requests,
 );
+
+/// `metrics.listen` serves `/metrics` and `/healthz` without a token and nothing else; `/metrics` is
+/// gzipped when the scraper asks for it, and the histograms have sub-millisecond buckets.
+#[test]
+fn metrics_have_a_listener_of_their_own_and_are_gzipped_on_request() {
+    use std::io::Read;
+    let v1 = backend("v1");
+    let (admin, metrics) = (free_addr(), free_addr());
+    let proxy = ProxyProcess::start(&format!(
+        "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nmetrics: {{listen: \"{metrics}\"}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 100}}}}\n",
+        sha256_hex("ops-token"),
+        v1.addr
+    ));
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(metrics).is_ok()
+    }));
+    let agent = client();
+    for _ in 0..5 {
+        assert_eq!(get(&agent, &proxy.url("/x"), &[]).status, 200);
+    }
+    let plain = get(&agent, &format!("http://{metrics}/metrics"), &[]);
+    assert_eq!(plain.status, 200);
+    assert!(
+        plain.body.contains(
+            r#"switchyard_requests_total{route="api",target="v1",code="200",code_class="2xx"} 5"#
+        ),
+        "{}",
+        plain.body
+    );
+    assert!(plain.body.contains(
+        r#"switchyard_request_duration_seconds_bucket{route="api",target="v1",le="0.0001"}"#
+    ));
+    // gzip when asked for (ureq sends no Accept-Encoding of its own here).
+    let r = ureq::get(&format!("http://{metrics}/metrics"))
+        .set("Accept-Encoding", "gzip")
+        .call()
+        .unwrap();
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    let mut zipped = Vec::new();
+    r.into_reader().read_to_end(&mut zipped).unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(zipped.as_slice())
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(text.contains("switchyard_requests_total{"), "{text}");
+    assert!(
+        zipped.len() * 3 < text.len(),
+        "{} -> {}",
+        text.len(),
+        zipped.len()
+    );
+    // Nothing of the admin API on this listener.
+    assert_eq!(
+        get(&agent, &format!("http://{metrics}/healthz"), &[]).status,
+        200
+    );
+    let status = get(
+        &agent,
+        &format!("http://{metrics}/v1/status"),
+        &[("Authorization", "Bearer ops-token")],
+    );
+    assert_eq!(status.status, 404);
+    // The admin listener still serves /metrics too.
+    assert_eq!(
+        get(&agent, &format!("http://{admin}/metrics"), &[]).status,
+        200
+    );
+}

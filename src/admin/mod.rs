@@ -78,34 +78,8 @@ impl ServeHttp for AdminApi {
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes().to_vec());
 
-        if path == "/metrics" {
-            if method != http::Method::GET {
-                return error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "only GET is allowed on /metrics",
-                );
-            }
-            let live = self.state.load();
-            return match crate::metrics::prometheus::render(
-                self.state.metrics(),
-                live.revision,
-                &live.config,
-                &live.pools,
-                &self.state.rollouts,
-            ) {
-                Ok(text) => respond(
-                    StatusCode::OK,
-                    crate::metrics::prometheus::CONTENT_TYPE,
-                    text,
-                ),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
-            };
-        }
-        if path == "/healthz" {
-            return json(
-                StatusCode::OK,
-                &serde_json::json!({"status": "ok", "revision": self.state.load().revision}),
-            );
+        if let Some(r) = open_endpoint(&self.state, session) {
+            return r;
         }
         if self.state.is_handing_over() {
             // The admin listener is shared with the new process for a few seconds: what this one
@@ -144,6 +118,104 @@ impl ServeHttp for AdminApi {
                 &format!("the admin call failed: {e}"),
             ),
         }
+    }
+}
+
+/// `/metrics` and `/healthz`, open on the admin listener and on `metrics.listen`; `None` for any
+/// other path.
+fn open_endpoint(state: &State, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+    let head = session.req_header();
+    match head.uri.path() {
+        "/metrics" => {
+            if head.method != http::Method::GET {
+                return Some(error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "only GET is allowed on /metrics",
+                ));
+            }
+            let live = state.load();
+            let text = match crate::metrics::prometheus::render(
+                state.metrics(),
+                live.revision,
+                &live.config,
+                &live.pools,
+                &state.rollouts,
+            ) {
+                Ok(text) => text,
+                Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, &e)),
+            };
+            let gzip = head
+                .headers
+                .get_all(http::header::ACCEPT_ENCODING)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|coding| accepts(coding, "gzip"));
+            let zipped = gzip
+                .then(|| {
+                    use std::io::Write;
+                    let mut z =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    z.write_all(&text).and_then(|()| z.finish()).ok()
+                })
+                .flatten();
+            let is_zipped = zipped.is_some();
+            let mut r = respond(
+                StatusCode::OK,
+                crate::metrics::prometheus::CONTENT_TYPE,
+                zipped.unwrap_or(text),
+            );
+            if is_zipped {
+                r.headers_mut().insert(
+                    http::header::CONTENT_ENCODING,
+                    http::HeaderValue::from_static("gzip"),
+                );
+            }
+            r.headers_mut().insert(
+                http::header::VARY,
+                http::HeaderValue::from_static("Accept-Encoding"),
+            );
+            Some(r)
+        }
+        "/healthz" => Some(json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok", "revision": state.load().revision}),
+        )),
+        _ => None,
+    }
+}
+
+/// Whether one element of Accept-Encoding (`gzip`, `gzip;q=0.5`) accepts `coding` (not at q=0).
+fn accepts(element: &str, coding: &str) -> bool {
+    let mut parts = element.split(';').map(str::trim);
+    if !parts.next().is_some_and(|c| c.eq_ignore_ascii_case(coding)) {
+        return false;
+    }
+    parts
+        .filter_map(|p| p.strip_prefix("q="))
+        .all(|q| q.trim().parse::<f64>().map_or(true, |q| q > 0.0))
+}
+
+/// `metrics.listen`: `/metrics` and `/healthz` only, no token.
+pub struct MetricsEndpoint {
+    state: Arc<State>,
+}
+
+impl MetricsEndpoint {
+    pub fn new(state: Arc<State>) -> Self {
+        MetricsEndpoint { state }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for MetricsEndpoint {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        open_endpoint(&self.state, session).unwrap_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                "this listener serves /metrics and /healthz only",
+            )
+        })
     }
 }
 

@@ -77,6 +77,10 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
+    /// A listener of its own for `/metrics` (and `/healthz`), so Prometheus need not reach the admin
+    /// API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clients: Option<ClientsConfig>,
     #[serde(default)]
@@ -176,6 +180,13 @@ pub struct AdminConfig {
     pub listen: String,
     #[serde(default)]
     pub tokens: OrderedMap<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` and `/healthz` are served, open (no token), e.g. `0.0.0.0:9902`.
+    pub listen: String,
 }
 
 fn default_admin_listen() -> String {

@@ -129,6 +129,20 @@ fn server(config: &Config, e: &mut Errors) {
 }
 
 fn admin(config: &Config, e: &mut Errors) {
+    if let Some(m) = &config.metrics {
+        if let Some(addr) = e.check("metrics.listen", parse::socket_addr(&m.listen)) {
+            let admin = config
+                .admin
+                .as_ref()
+                .and_then(|a| parse::socket_addr(&a.listen).ok());
+            if admin == Some(addr) {
+                e.push(
+                    "metrics.listen",
+                    "is admin.listen, which serves /metrics already: remove metrics, or give it an address of its own",
+                );
+            }
+        }
+    }
     let Some(admin) = &config.admin else { return };
     e.check("admin.listen", parse::socket_addr(&admin.listen));
     for (name, digest) in admin.tokens.iter() {

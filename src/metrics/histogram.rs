@@ -4,7 +4,7 @@
 //! The edges follow the Renard R20 series of preferred numbers, with 1.5 added (1, 1.12, 1.25, 1.4,
 //! 1.5, 1.6, 1.8, 2, 2.24, 2.5, …, 8, 9 per decade) from 100 µs to 10 s: 106 edges, each at most 12.7%
 //! above the one before. They include every decade's 1, 2.5 and 5, so the Prometheus buckets
-//! (1 ms … 10 s) are exact sums of these, never approximations.
+//! (100 µs … 10 s) are exact sums of these, never approximations.
 //!
 //! Percentiles are estimated by linear interpolation inside the bucket holding the wanted rank. The
 //! true value lies in the same bucket, so the error is at most the bucket's width: **at most 13% of
@@ -43,9 +43,9 @@ const fn edges() -> [u64; EDGES] {
 }
 
 /// Edges, in seconds, of the buckets exposed to Prometheus (`le` labels); each is one of [`EDGES_US`].
-pub const PROMETHEUS_LE_US: [u64; 13] = [
-    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
-    5_000_000, 10_000_000,
+pub const PROMETHEUS_LE_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
 /// The bucket a value in microseconds falls in: the first edge not below it.

@@ -54,6 +54,38 @@ pub struct AccessLogCounters {
     pub dropped_write_error: AtomicU64,
 }
 
+/// Requests being answered now, on both request paths (shadow copies included): held by each
+/// request's context from its creation to its end.
+static REQUESTS_IN_FLIGHT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Counts one request in flight for as long as it lives.
+#[derive(Debug)]
+pub struct RequestInFlight(());
+
+impl RequestInFlight {
+    pub fn new() -> RequestInFlight {
+        REQUESTS_IN_FLIGHT.fetch_add(1, Relaxed);
+        RequestInFlight(())
+    }
+}
+
+impl Default for RequestInFlight {
+    fn default() -> Self {
+        RequestInFlight::new()
+    }
+}
+
+impl Drop for RequestInFlight {
+    fn drop(&mut self) {
+        REQUESTS_IN_FLIGHT.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Requests being answered now.
+pub fn requests_in_flight() -> i64 {
+    REQUESTS_IN_FLIGHT.load(Relaxed).max(0)
+}
+
 type PairKey = (Box<str>, Box<str>);
 type FallbackKey = (Box<str>, Box<str>, Box<str>);
 
@@ -65,9 +97,19 @@ pub struct Metrics {
     fallbacks: Mutex<AHashMap<FallbackKey, Arc<AtomicU64>>>,
     rejected: [AtomicU64; 3],
     reloads: [AtomicU64; 2],
+    /// Whether the last reload was applied (1 until one is refused, as the load at start was).
+    last_reload_ok: std::sync::atomic::AtomicBool,
+    /// When the config was last loaded successfully (at start, or by a reload): Unix seconds.
+    last_reload_success_unix: AtomicU64,
     pub access_log: AccessLogCounters,
     /// Differing shadow/primary pairs, newest last.
     pub mirror_diffs: diffs::Diffs,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Default for Metrics {
@@ -78,6 +120,8 @@ impl Default for Metrics {
             fallbacks: Mutex::default(),
             rejected: Default::default(),
             reloads: Default::default(),
+            last_reload_ok: std::sync::atomic::AtomicBool::new(true),
+            last_reload_success_unix: AtomicU64::new(unix_now()),
             access_log: AccessLogCounters::default(),
             mirror_diffs: diffs::Diffs::default(),
         }
@@ -186,6 +230,19 @@ impl Metrics {
     /// A reload of the config file: applied (`ok`) or refused.
     pub fn record_reload(&self, ok: bool) {
         self.reloads[usize::from(!ok)].fetch_add(1, Relaxed);
+        self.last_reload_ok.store(ok, Relaxed);
+        if ok {
+            self.last_reload_success_unix.store(unix_now(), Relaxed);
+        }
+    }
+
+    /// Whether the last reload was applied, and when the config was last loaded successfully (Unix
+    /// seconds).
+    pub fn last_reload(&self) -> (bool, u64) {
+        (
+            self.last_reload_ok.load(Relaxed),
+            self.last_reload_success_unix.load(Relaxed),
+        )
     }
 
     /// `(applied, refused)` reloads.

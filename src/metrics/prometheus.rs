@@ -3,7 +3,7 @@
 //! encoded with its `TextEncoder`, followed by anything registered in its default registry.
 
 use super::histogram::{Latencies, PROMETHEUS_LE_US};
-use super::series::{CompareResult, MirrorOutcome, UpstreamError, CLASS_NAMES};
+use super::series::{class_of, CompareResult, MirrorOutcome, UpstreamError, CLASS_NAMES};
 use super::{Metrics, Rejection};
 use crate::config::Config;
 use pingora_prometheus::prometheus::proto::{
@@ -33,6 +33,16 @@ pub fn render(
     );
     open.gauge(&[], crate::proxy::open_connections() as f64);
     families.push(open.0);
+    let mut build = Family::new(
+        "switchyard_build_info",
+        "Always 1; the version of the running binary is in the label.",
+        MetricType::GAUGE,
+    );
+    build.gauge(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    families.push(build.0);
+    // The default registry: process_cpu_seconds_total, process_resident_memory_bytes,
+    // process_open_fds... (the prometheus crate's `process` feature registers them there), and
+    // anything Pingora registers.
     families.extend(prometheus::gather());
     families.retain(|f| !f.get_metric().is_empty());
     let mut out = Vec::with_capacity(16 * 1024);
@@ -166,7 +176,7 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
     use MetricType::{COUNTER, GAUGE, HISTOGRAM};
     let mut requests = Family::new(
         "switchyard_requests_total",
-        "Requests answered, by route, the target that served them, and status class.",
+        "Requests answered, by route, the target that served them, exact status (code) and its class (code_class); gRPC calls also by grpc_status.",
         COUNTER,
     );
     let mut duration = Family::new(
@@ -199,17 +209,47 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
         "Shadow answers compared with the primary's: match, or the first difference (status, body, headers).",
         COUNTER,
     );
+    let mut bytes_in = Family::new(
+        "switchyard_request_bytes_total",
+        "Request body bytes received from clients.",
+        COUNTER,
+    );
+    let mut bytes_out = Family::new(
+        "switchyard_response_bytes_total",
+        "Response body bytes sent to clients.",
+        COUNTER,
+    );
+    // A mirrored route's shadow series exist from the start, at 0.
+    let mut mirrored: std::collections::BTreeSet<(String, String)> = config
+        .routes
+        .iter()
+        .filter_map(|r| Some((r.name.clone(), r.mirror.as_ref()?.to.clone())))
+        .collect();
     for (route, target, s) in metrics.all_series() {
         let labels = [("route", route.as_str()), ("target", target.as_str())];
         let totals = s.totals();
-        // gRPC calls are their own samples, with `grpc_status`; the plain samples count the rest.
+        let codes = s.codes();
+        // gRPC calls are their own samples, with `grpc_status`; the plain samples count the rest, by
+        // exact status (`code`) and its class (`code_class`). A series's statuses past the first 16
+        // distinct ones are counted under `code` = their class.
         let grpc = s.grpc_totals();
         for (i, class) in CLASS_NAMES.iter().enumerate() {
             let calls: u64 = grpc.iter().map(|c| c[i]).sum();
             let plain = totals.status[i].saturating_sub(calls);
-            // 1xx only once seen: most APIs never send one.
-            if i > 0 || plain > 0 {
-                requests.counter(&[labels[0], labels[1], ("code", class)], plain);
+            let mut exact = 0;
+            for (code, n) in codes.iter().filter(|(c, _)| class_of(*c) == i) {
+                exact += n;
+                let code = code.to_string();
+                requests.counter(
+                    &[labels[0], labels[1], ("code", &code), ("code_class", class)],
+                    *n,
+                );
+            }
+            if plain > exact {
+                requests.counter(
+                    &[labels[0], labels[1], ("code", class), ("code_class", class)],
+                    plain - exact,
+                );
             }
             for (code, by_class) in grpc.iter().enumerate() {
                 if by_class[i] > 0 {
@@ -218,7 +258,8 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
                         &[
                             labels[0],
                             labels[1],
-                            ("code", class),
+                            ("code", "200"),
+                            ("code_class", class),
                             ("grpc_status", &code),
                         ],
                         by_class[i],
@@ -226,6 +267,9 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
                 }
             }
         }
+        let (received, sent) = s.bytes();
+        bytes_in.counter(&labels, received);
+        bytes_out.counter(&labels, sent);
         duration.histogram(&labels, &totals.latency);
         let detail = s.upstream_detail();
         for kind in UpstreamError::ALL {
@@ -243,7 +287,8 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
             &[labels[0], labels[1], ("reused", "true")],
             detail.connections_reused,
         );
-        if detail.mirror.iter().any(|n| *n > 0) {
+        let configured = mirrored.remove(&(route.clone(), target.clone()));
+        if configured || detail.mirror.iter().any(|n| *n > 0) {
             for o in MirrorOutcome::ALL {
                 mirror.counter(
                     &[labels[0], labels[1], ("outcome", o.as_str())],
@@ -259,12 +304,55 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
         }
     }
 
+    for (route, target) in &mirrored {
+        for o in MirrorOutcome::ALL {
+            mirror.counter(
+                &[
+                    ("route", route),
+                    ("target", target),
+                    ("outcome", o.as_str()),
+                ],
+                0,
+            );
+        }
+        for r in CompareResult::ALL {
+            compare.counter(
+                &[("route", route), ("target", target), ("result", r.as_str())],
+                0,
+            );
+        }
+    }
+
     let mut fallbacks = Family::new(
         "switchyard_fallbacks_total",
         "Requests decided for a target whose pool was down, served by the route's baseline instead.",
         COUNTER,
     );
+    // Every fallback a route can make exists from the start (at 0), so a dashboard's query has a
+    // series before the first one happens: each non-baseline target of a split to its baseline, and
+    // each colour of a blue/green route to the other.
+    let mut seen = std::collections::BTreeMap::new();
+    for route in &config.routes {
+        if let Some(split) = &route.split {
+            if let Some(baseline) = split.baseline_name() {
+                for (target, _) in split.ordered_targets() {
+                    if target != baseline {
+                        seen.insert(
+                            (route.name.clone(), target.to_string(), baseline.to_string()),
+                            0,
+                        );
+                    }
+                }
+            }
+        } else if let Some(bg) = &route.blue_green {
+            seen.insert((route.name.clone(), bg.blue.clone(), bg.green.clone()), 0);
+            seen.insert((route.name.clone(), bg.green.clone(), bg.blue.clone()), 0);
+        }
+    }
     for (route, from, to, n) in metrics.fallbacks() {
+        seen.insert((route, from, to), n);
+    }
+    for ((route, from, to), n) in seen {
         fallbacks.counter(&[("route", &route), ("from", &from), ("to", &to)], n);
     }
 
@@ -296,6 +384,25 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
     let (ok, refused) = metrics.reloads();
     reloads.counter(&[("result", "ok")], ok);
     reloads.counter(&[("result", "error")], refused);
+    let (last_ok, last_success) = metrics.last_reload();
+    let mut reload_ok = Family::new(
+        "switchyard_config_last_reload_successful",
+        "Whether the last reload of the config file was applied (1) or refused (0); 1 before any.",
+        GAUGE,
+    );
+    reload_ok.gauge(&[], if last_ok { 1.0 } else { 0.0 });
+    let mut reload_at = Family::new(
+        "switchyard_config_last_reload_success_timestamp_seconds",
+        "When the config was last loaded successfully, at start or by a reload (Unix time).",
+        GAUGE,
+    );
+    reload_at.gauge(&[], last_success as f64);
+    let mut in_flight = Family::new(
+        "switchyard_requests_in_flight",
+        "Requests being answered now.",
+        GAUGE,
+    );
+    in_flight.gauge(&[], super::requests_in_flight() as f64);
 
     let mut weights = Family::new(
         "switchyard_split_weight",
@@ -349,6 +456,9 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
 
     [
         requests,
+        bytes_in,
+        bytes_out,
+        in_flight,
         duration,
         errors,
         fallbacks,
@@ -359,6 +469,8 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
         rejected,
         rev,
         reloads,
+        reload_ok,
+        reload_at,
         weights,
         log_lines,
         log_dropped,

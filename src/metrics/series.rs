@@ -290,6 +290,63 @@ struct Totals {
     mirror_5xx: AtomicU64,
     /// gRPC calls by `grpc-status` (0–16) and the status class they were counted in.
     grpc: [[AtomicU64; 5]; GRPC_CODES],
+    /// Requests (not gRPC calls) by exact status.
+    codes: CodeCounts,
+    /// Body bytes received from clients and sent to them.
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// Distinct statuses counted exactly per series; a series that sees more (rare: APIs answer a
+/// handful) counts the others by class only.
+const CODE_SLOTS: usize = 16;
+
+/// Counts by exact status, lock-free: a slot is claimed for a status by the first request with it.
+#[derive(Debug, Default)]
+struct CodeCounts {
+    codes: [std::sync::atomic::AtomicU16; CODE_SLOTS],
+    counts: [AtomicU64; CODE_SLOTS],
+}
+
+impl CodeCounts {
+    #[inline]
+    fn add(&self, status: u16) {
+        if status == 0 {
+            return;
+        }
+        for (code, count) in self.codes.iter().zip(&self.counts) {
+            let seen = code.load(Acquire);
+            if seen == status {
+                count.fetch_add(1, Relaxed);
+                return;
+            }
+            if seen == 0 {
+                match code.compare_exchange(0, status, AcqRel, Acquire) {
+                    Ok(_) => {
+                        count.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    Err(now) if now == status => {
+                        count.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    fn read(&self) -> Vec<(u16, u64)> {
+        let mut out: Vec<(u16, u64)> = self
+            .codes
+            .iter()
+            .zip(&self.counts)
+            .map(|(c, n)| (c.load(Acquire), n.load(Relaxed)))
+            .filter(|(c, _)| *c != 0)
+            .collect();
+        out.sort_unstable();
+        out
+    }
 }
 
 /// gRPC status codes, 0 (OK) to 16 (UNAUTHENTICATED).
@@ -348,7 +405,32 @@ impl Series {
         if let Some(c) = self.totals.grpc.get(usize::from(grpc_status)) {
             c[class_of(counted)].fetch_add(1, Relaxed);
         }
-        self.record_request(now, counted, duration_us);
+        self.record_class(now, counted, duration_us);
+    }
+
+    /// Body bytes of one exchange: received from the client, and sent to it.
+    #[inline]
+    pub fn record_bytes(&self, received: u64, sent: u64) {
+        if received > 0 {
+            self.totals.bytes_in.fetch_add(received, Relaxed);
+        }
+        if sent > 0 {
+            self.totals.bytes_out.fetch_add(sent, Relaxed);
+        }
+    }
+
+    /// Body bytes since start: (received from clients, sent to them).
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.totals.bytes_in.load(Relaxed),
+            self.totals.bytes_out.load(Relaxed),
+        )
+    }
+
+    /// Requests (not gRPC calls) since start by exact status, in status order. Statuses beyond the
+    /// first [`CODE_SLOTS`] distinct ones are in [`Series::totals`]' classes only.
+    pub fn codes(&self) -> Vec<(u16, u64)> {
+        self.totals.codes.read()
     }
 
     /// gRPC calls since start: `[code][class]`.
@@ -357,6 +439,11 @@ impl Series {
     }
 
     pub fn record_request(&self, now: u64, status: u16, duration_us: u64) {
+        self.totals.codes.add(status);
+        self.record_class(now, status, duration_us);
+    }
+
+    fn record_class(&self, now: u64, status: u16, duration_us: u64) {
         let class = class_of(status);
         self.totals.status[class].fetch_add(1, Relaxed);
         self.totals.latency.record(duration_us);

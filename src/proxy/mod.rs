@@ -212,9 +212,14 @@ impl Proxy {
             }
             if let Some(series) = self.series(ctx, served) {
                 match (ctx.grpc, ctx.grpc_status) {
-                    (true, Some(code)) => series.record_grpc(now, status, code, duration_us),
+                    // A gRPC call proper: HTTP 200 with a grpc-status. Any other HTTP status is a
+                    // failure of the transport, counted as such.
+                    (true, Some(code)) if status == 200 => {
+                        series.record_grpc(now, status, code, duration_us)
+                    }
                     _ => series.record_request(now, status, duration_us),
                 }
+                series.record_bytes(ctx.request_bytes, ctx.response_bytes);
             }
         }
         if let Some(log) = &self.access_log {
@@ -290,6 +295,11 @@ pub struct Ctx {
     /// On Pingora's pipeline, counts this request as in flight until it is done (shutdown waits for
     /// it). The engine counts its connections instead, so its requests carry none.
     _in_flight: Option<drain::InFlight>,
+    /// Counts this request in `switchyard_requests_in_flight` while it lives.
+    _counted: crate::metrics::RequestInFlight,
+    /// Body bytes received from the client and sent to it, for metrics and the access log.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
 }
 
 impl Default for Ctx {
@@ -315,6 +325,9 @@ impl Default for Ctx {
             grpc: false,
             grpc_status: None,
             _in_flight: None,
+            _counted: crate::metrics::RequestInFlight::new(),
+            request_bytes: 0,
+            response_bytes: 0,
         }
     }
 }
@@ -693,6 +706,8 @@ impl ProxyHttp for Proxy {
         let status = session
             .response_written()
             .map_or(499, |r| r.status.as_u16());
+        ctx.request_bytes = session.body_bytes_read() as u64;
+        ctx.response_bytes = session.body_bytes_sent() as u64;
         let req = session.req_header();
         ctx.protocol = protocol_name(req.version);
         self.record(ctx, status, || {

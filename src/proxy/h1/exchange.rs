@@ -182,6 +182,8 @@ pub(super) struct Relayed {
     pub(super) upstream_reusable: bool,
     pub(super) client_ok: bool,
     pub(super) client_close: bool,
+    /// Body bytes relayed to the client (content, without chunked framing).
+    pub(super) body_bytes: u64,
 }
 
 /// Relays the response whose head is in `c.resp_out` (and whose bytes are in `c.up_buf`), and its
@@ -194,7 +196,9 @@ pub(super) async fn relay_response(
     timeout: Option<Duration>,
     mut tap: Option<&mut Tap>,
 ) -> Relayed {
+    let mut body_bytes = 0u64;
     let mut payload = |d: &[u8]| {
+        body_bytes += d.len() as u64;
         if let Some(t) = tap.as_mut() {
             t.push(d);
         }
@@ -205,6 +209,7 @@ pub(super) async fn relay_response(
         upstream_reusable: false,
         client_ok: true,
         client_close: close || head.framing == Framing::UntilClose,
+        body_bytes: 0,
     };
     c.up_buf.advance(head.head_len);
     let mut body = BodyReader::new(head.framing);
@@ -222,6 +227,7 @@ pub(super) async fn relay_response(
         let last = !matches!(done, Ok(None)) && relayed.client_close;
         if !write_client(&mut c.stream, &c.resp_out, last, c.limits.send_timeout).await {
             relayed.client_ok = false;
+            relayed.body_bytes = body_bytes;
             return relayed;
         }
         if !matches!(done, Ok(None)) {
@@ -249,6 +255,7 @@ pub(super) async fn relay_response(
         // The client has a head and part of a body: only closing tells it the body is cut short.
         relayed.client_close = true;
     }
+    relayed.body_bytes = body_bytes;
     relayed
 }
 

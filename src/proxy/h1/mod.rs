@@ -594,6 +594,8 @@ impl Engine {
         if relay.upstream_reusable {
             pool::put(addr, up);
         }
+        ctx.request_bytes = req.body_len - req.body_unread;
+        ctx.response_bytes = relay.body_bytes;
         self.proxy
             .record(&mut ctx, status, || req.logged.take().unwrap_or_default());
         if relay.client_ok && !relay.client_close {
@@ -626,6 +628,9 @@ impl Engine {
         }
         let sent = write_client(&mut c.stream, &c.resp_out, close, c.limits.send_timeout).await;
         let status = if sent { status } else { 499 };
+        if sent && !req.head {
+            ctx.response_bytes = body.len() as u64;
+        }
         self.proxy
             .record(&mut ctx, status, || req.logged.take().unwrap_or_default());
         if sent && req.body_unread > 0 {
