@@ -597,6 +597,8 @@ fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 fn one_access_log_line_per_request_with_the_spec_fields() {
     let rig = Rig::start("{dir}/access.log", Stdio::null());
     let path = rig.proxy.dir.join("access.log");
@@ -604,12 +606,27 @@ fn one_access_log_line_per_request_with_the_spec_fields() {
     let mut sent = Vec::new();
     for i in 0..40 {
         let (url, headers): (&str, Vec<(&str, &str)>) = match i % 4 {
-            0 => ("/api/a?secret=1", vec![("X-Version", "beta")]),
+            0 => (
+                "/api/a?secret=1",
+                vec![
+                    ("X-Version", "beta"),
+                    ("User-Agent", "release-check/1.0"),
+                    ("X-Forwarded-For", "203.0.113.7"),
+                    ("traceparent", TRACEPARENT),
+                ],
+            ),
             1 => ("/api/b", vec![("X-User-Id", "alice")]),
             2 => ("/nowhere", vec![]),
             _ => ("/broken", vec![]),
         };
         let r = get(&agent, &rig.proxy.url(url), &headers);
+        if i % 4 == 0 {
+            // Trace context goes on to the upstream unchanged.
+            assert_eq!(
+                r.upstream_header("traceparent").as_deref(),
+                Some(TRACEPARENT)
+            );
+        }
         sent.push((i, r.header("x-request-id").unwrap().to_string(), r.status));
     }
     let m = rig.scrape_after(40);
@@ -632,6 +649,11 @@ fn one_access_log_line_per_request_with_the_spec_fields() {
         "upstream",
         "duration_ms",
         "mirrored",
+        "protocol",
+        "client_addr",
+        "host",
+        "request_bytes",
+        "response_bytes",
     ];
     for (i, id, status) in sent {
         let line = lines
@@ -653,6 +675,22 @@ fn one_access_log_line_per_request_with_the_spec_fields() {
                 assert_eq!(line["reason"], "rule:0");
                 assert_eq!(line["path"], "/api/a", "the query string is not logged");
                 assert_eq!(line["upstream"], rig.v2.addr.to_string());
+                // What Envoy and Traefik users grep for.
+                assert_eq!(line["client_addr"], "127.0.0.1");
+                assert_eq!(line["user_agent"], "release-check/1.0");
+                assert_eq!(line["x_forwarded_for"], "203.0.113.7");
+                assert_eq!(line["traceparent"], TRACEPARENT);
+                assert!(
+                    line["host"].as_str().unwrap().starts_with("localhost")
+                        || line["host"].as_str().unwrap().starts_with("127.0.0.1"),
+                    "{line}"
+                );
+                assert_eq!(line["protocol"], "HTTP/1.1");
+                assert!(line["response_bytes"].as_u64().unwrap() > 20, "{line}");
+                assert_eq!(line["request_bytes"], 0);
+                assert!(line["upstream_ttfb_ms"].as_f64().unwrap() > 0.0, "{line}");
+                let tls = rig.proxy.tls_addr.is_some();
+                assert_eq!(line["tls_version"].is_string(), tls, "{line}");
             }
             1 => {
                 assert_eq!(line["route"], "api");

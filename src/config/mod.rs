@@ -102,6 +102,10 @@ pub struct ServerConfig {
     pub shutdown_timeout: String,
     pub state_dir: String,
     pub access_log: String,
+    /// The fields each access log line has (all when empty), e.g. `[ts, route, target, status,
+    /// duration_ms]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_log_fields: Vec<String>,
     /// Revision files kept in `state_dir`; older ones are pruned (the audit log keeps every change).
     pub retain_revisions: usize,
     /// Plain HTTP/1.1 on Switchyard's own engine (true), or every request through Pingora's pipeline
@@ -154,6 +158,7 @@ impl Default for ServerConfig {
             shutdown_timeout: "5s".into(),
             state_dir: "/tmp/switchyard".into(),
             access_log: "stdout".into(),
+            access_log_fields: Vec::new(),
             retain_revisions: 1000,
             http1_engine: true,
             h2c: true,

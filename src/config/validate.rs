@@ -126,6 +126,17 @@ fn server(config: &Config, e: &mut Errors) {
     if s.access_log.trim().is_empty() {
         e.push("server.access_log", "must be stdout, off or a file path");
     }
+    for (i, f) in s.access_log_fields.iter().enumerate() {
+        if !crate::proxy::access_log::FIELDS.contains(&f.as_str()) {
+            e.push(
+                format!("server.access_log_fields[{i}]"),
+                format!(
+                    "unknown field {f:?}; the fields are: {}",
+                    crate::proxy::access_log::FIELDS.join(", ")
+                ),
+            );
+        }
+    }
 }
 
 fn admin(config: &Config, e: &mut Errors) {

@@ -38,8 +38,8 @@ pub struct Entry {
     /// The target that served (differs from the decision's after a fallback).
     pub served: Option<UpstreamId>,
     pub rejected: Option<Rejection>,
-    pub method: http::Method,
-    pub path: String,
+    /// What the request said of itself, and where it came from.
+    pub request: RequestLog,
     pub status: u16,
     pub upstream: Option<SocketAddr>,
     pub duration_us: u64,
@@ -47,7 +47,85 @@ pub struct Entry {
     pub error: Option<&'static str>,
     /// `HTTP/1.1`, `HTTP/2.0`...
     pub protocol: &'static str,
+    /// Body bytes received from the client and sent to it.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// From the upstream connection being ready to the upstream's response header.
+    pub upstream_ttfb_us: Option<u64>,
 }
+
+/// The request's side of an access log line, gathered only when there is an access log.
+#[derive(Debug, Default, Clone)]
+pub struct RequestLog {
+    pub method: http::Method,
+    /// The path, without its query (which may carry secrets).
+    pub path: String,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub forwarded_for: Option<String>,
+    /// A valid W3C `traceparent` the client sent (passed on to the upstream unchanged).
+    pub traceparent: Option<String>,
+    pub client_addr: Option<std::net::IpAddr>,
+    /// `TLSv1.3`..., on a TLS listener.
+    pub tls_version: Option<String>,
+}
+
+/// Longest header value copied into a log line; longer ones are cut (a log line stays small).
+const LOGGED_VALUE_MAX: usize = 256;
+
+/// A header value for the log: valid UTF-8, at most [`LOGGED_VALUE_MAX`] bytes.
+pub fn logged_value(v: &[u8]) -> Option<String> {
+    let v = &v[..v.len().min(LOGGED_VALUE_MAX)];
+    Some(String::from_utf8_lossy(v).into_owned())
+}
+
+/// `traceparent` when it is a valid W3C trace context (version 00 form, ids not all zero).
+pub fn valid_traceparent(v: &[u8]) -> Option<String> {
+    let parts: Vec<&[u8]> = v.trim_ascii().split(|b| *b == b'-').collect();
+    let hex = |p: &[u8], n: usize| {
+        p.len() == n
+            && p.iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let ok = parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != b"ff"
+        && hex(parts[1], 32)
+        && parts[1].iter().any(|b| *b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].iter().any(|b| *b != b'0')
+        && hex(parts[3], 2)
+        && (parts.len() == 4 || parts[0] != b"00");
+    ok.then(|| String::from_utf8_lossy(v.trim_ascii()).into_owned())
+}
+
+/// Every field of a line, in order: what `server.access_log_fields` may select from.
+pub const FIELDS: [&str; 24] = [
+    "ts",
+    "request_id",
+    "route",
+    "target",
+    "reason",
+    "client",
+    "method",
+    "path",
+    "protocol",
+    "status",
+    "upstream",
+    "duration_ms",
+    "mirrored",
+    "fallback_from",
+    "error",
+    "client_addr",
+    "x_forwarded_for",
+    "host",
+    "user_agent",
+    "request_bytes",
+    "response_bytes",
+    "upstream_ttfb_ms",
+    "tls_version",
+    "traceparent",
+];
 
 /// RFC 3339 timestamps with milliseconds, formatted once per second: lines of the same second reuse
 /// the date and time and only write their milliseconds.
@@ -95,11 +173,26 @@ struct Line<'a> {
     mirrored: bool,
     fallback_from: Option<&'a str>,
     error: Option<&'a str>,
+    client_addr: Option<std::net::IpAddr>,
+    x_forwarded_for: Option<&'a str>,
+    host: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    request_bytes: u64,
+    response_bytes: u64,
+    upstream_ttfb_ms: Option<f64>,
+    tls_version: Option<&'a str>,
+    traceparent: Option<&'a str>,
 }
 
 impl Entry {
     /// Appends this entry as one JSON line (done by the writer thread).
-    pub fn write_json(&self, out: &mut Vec<u8>, ts: &mut Timestamps) -> serde_json::Result<()> {
+    /// Only the `fields` named are written when given (`server.access_log_fields`).
+    pub fn write_json(
+        &self,
+        out: &mut Vec<u8>,
+        ts: &mut Timestamps,
+        fields: Option<&[String]>,
+    ) -> serde_json::Result<()> {
         let table = self.snapshot.as_ref().map(|s| &s.table);
         let name = |id: Option<UpstreamId>| Some(table?.upstream_name(id?));
         let d = self.decision;
@@ -120,8 +213,8 @@ impl Entry {
             target: name(served),
             reason,
             client: table.and_then(|t| Some(t.client_name(d?.client?))),
-            method: self.method.as_str(),
-            path: &self.path,
+            method: self.request.method.as_str(),
+            path: &self.request.path,
             protocol: self.protocol,
             status: self.status,
             upstream: self.upstream,
@@ -129,8 +222,31 @@ impl Entry {
             mirrored: self.mirrored,
             fallback_from,
             error: self.error,
+            client_addr: self.request.client_addr,
+            x_forwarded_for: self.request.forwarded_for.as_deref(),
+            host: self.request.host.as_deref(),
+            user_agent: self.request.user_agent.as_deref(),
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            upstream_ttfb_ms: self.upstream_ttfb_us.map(|us| us as f64 / 1000.0),
+            tls_version: self.request.tls_version.as_deref(),
+            traceparent: self.request.traceparent.as_deref(),
         };
-        serde_json::to_writer(&mut *out, &line)?;
+        match fields {
+            None => serde_json::to_writer(&mut *out, &line)?,
+            Some(fields) => {
+                let serde_json::Value::Object(mut all) = serde_json::to_value(&line)? else {
+                    return Ok(());
+                };
+                let mut kept = serde_json::Map::new();
+                for f in fields {
+                    if let Some(v) = all.remove(f.as_str()) {
+                        kept.insert(f.clone(), v);
+                    }
+                }
+                serde_json::to_writer(&mut *out, &kept)?;
+            }
+        }
         out.push(b'\n');
         Ok(())
     }
@@ -277,7 +393,13 @@ impl Writer {
         loop {
             match self.rx.try_recv() {
                 Ok(entry) => {
-                    if entry.write_json(&mut batch, &mut ts).is_ok() {
+                    // The selection of the config the request was served under.
+                    let fields = entry
+                        .snapshot
+                        .as_ref()
+                        .map(|s| s.config.server.access_log_fields.as_slice())
+                        .filter(|f| !f.is_empty());
+                    if entry.write_json(&mut batch, &mut ts, fields).is_ok() {
                         lines += 1;
                     }
                     if batch.len() >= BATCH_BYTES {
@@ -335,6 +457,77 @@ mod tests {
         for ms in [0u64, 7, 45, 999, 1000, 1001, 61_234, 86_400_000 + 5] {
             let at = base + Duration::from_millis(ms);
             assert_eq!(ts.format(at), rfc3339(at));
+        }
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            at: UNIX_EPOCH,
+            request_id: "abc".into(),
+            snapshot: None,
+            route: None,
+            decision: None,
+            served: None,
+            rejected: None,
+            request: RequestLog {
+                method: http::Method::GET,
+                path: "/x".into(),
+                user_agent: Some("curl/8".into()),
+                ..Default::default()
+            },
+            status: 200,
+            upstream: None,
+            duration_us: 1500,
+            mirrored: false,
+            error: None,
+            protocol: "HTTP/1.1",
+            request_bytes: 0,
+            response_bytes: 12,
+            upstream_ttfb_us: Some(700),
+        }
+    }
+
+    #[test]
+    fn a_field_selection_keeps_only_those_fields() {
+        let mut out = Vec::new();
+        let fields = [
+            "status".to_string(),
+            "user_agent".into(),
+            "duration_ms".into(),
+        ];
+        entry()
+            .write_json(&mut out, &mut Timestamps::default(), Some(&fields))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"status": 200, "user_agent": "curl/8", "duration_ms": 1.5})
+        );
+        out.clear();
+        entry()
+            .write_json(&mut out, &mut Timestamps::default(), None)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        for f in FIELDS {
+            assert!(v.get(f).is_some(), "{f} missing in {v}");
+        }
+        assert_eq!(v["upstream_ttfb_ms"], 0.7);
+    }
+
+    #[test]
+    fn only_a_valid_traceparent_is_logged() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(valid_traceparent(good.as_bytes()).as_deref(), Some(good));
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "\"><script>",
+        ] {
+            assert_eq!(valid_traceparent(bad.as_bytes()), None, "{bad}");
         }
     }
 }

@@ -192,7 +192,7 @@ impl Proxy {
 
     /// Counts a finished request against the target that served it and hands it to the access log.
     /// `request` gives the method and path, asked for only when there is an access log.
-    fn record(&self, ctx: &mut Ctx, status: u16, request: impl FnOnce() -> (http::Method, String)) {
+    fn record(&self, ctx: &mut Ctx, status: u16, request: impl FnOnce() -> access_log::RequestLog) {
         let end = Instant::now();
         let duration_us = end.saturating_duration_since(ctx.started).as_micros() as u64;
         if let Some(why) = ctx.rejected {
@@ -223,7 +223,6 @@ impl Proxy {
             }
         }
         if let Some(log) = &self.access_log {
-            let (method, path) = request();
             log.log(access_log::Entry {
                 at: SystemTime::now(),
                 request_id: std::mem::take(&mut ctx.request_id),
@@ -232,14 +231,16 @@ impl Proxy {
                 decision: ctx.decision,
                 served: ctx.target,
                 rejected: ctx.rejected,
-                method,
-                path,
+                request: request(),
                 status,
                 upstream: ctx.backend.as_ref().and_then(|b| b.addr.as_inet().copied()),
                 duration_us,
                 mirrored: ctx.mirrored,
                 error: ctx.error,
                 protocol: ctx.protocol,
+                request_bytes: ctx.request_bytes,
+                response_bytes: ctx.response_bytes,
+                upstream_ttfb_us: ctx.upstream_ttfb_us,
             });
         }
     }
@@ -300,6 +301,8 @@ pub struct Ctx {
     /// Body bytes received from the client and sent to it, for metrics and the access log.
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// From the upstream connection being ready to its response header.
+    pub upstream_ttfb_us: Option<u64>,
 }
 
 impl Default for Ctx {
@@ -328,6 +331,7 @@ impl Default for Ctx {
             _counted: crate::metrics::RequestInFlight::new(),
             request_bytes: 0,
             response_bytes: 0,
+            upstream_ttfb_us: None,
         }
     }
 }
@@ -594,6 +598,7 @@ impl ProxyHttp for Proxy {
         }
         if let Some(ready) = ctx.upstream_ready.take() {
             let us = ready.elapsed().as_micros() as u64;
+            ctx.upstream_ttfb_us = Some(us);
             if let Some(series) = ctx.target.and_then(|t| self.series(ctx, t)) {
                 series.record_ttfb(us);
             }
@@ -710,9 +715,37 @@ impl ProxyHttp for Proxy {
         ctx.response_bytes = session.body_bytes_sent() as u64;
         let req = session.req_header();
         ctx.protocol = protocol_name(req.version);
-        self.record(ctx, status, || {
-            (req.method.clone(), req.uri.path().to_string())
-        });
+        let request = || {
+            let header = |name: http::header::HeaderName| {
+                req.headers
+                    .get(name)
+                    .and_then(|v| access_log::logged_value(v.as_bytes()))
+            };
+            access_log::RequestLog {
+                method: req.method.clone(),
+                path: req.uri.path().to_string(),
+                host: req
+                    .uri
+                    .authority()
+                    .map(|a| a.as_str().to_string())
+                    .or_else(|| header(http::header::HOST)),
+                user_agent: header(http::header::USER_AGENT),
+                forwarded_for: header(http::HeaderName::from_static("x-forwarded-for")),
+                traceparent: req
+                    .headers
+                    .get("traceparent")
+                    .and_then(|v| access_log::valid_traceparent(v.as_bytes())),
+                client_addr: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                tls_version: session
+                    .digest()
+                    .and_then(|d| d.ssl_digest.as_ref())
+                    .map(|t| t.version.to_string()),
+            }
+        };
+        self.record(ctx, status, request);
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

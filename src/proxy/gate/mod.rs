@@ -342,7 +342,12 @@ async fn refuse(proxy: &Proxy, stream: &mut Stream, (why, seen): Refused, limits
         .await
         .unwrap_or(false);
     proxy.record(&mut ctx, if sent { status } else { 499 }, || {
-        seen.unwrap_or_default()
+        let (method, path) = seen.unwrap_or_default();
+        super::access_log::RequestLog {
+            method,
+            path,
+            ..Default::default()
+        }
     });
 }
 

@@ -34,6 +34,7 @@ mod head;
 mod pool;
 mod shadow;
 
+use super::access_log::{self, RequestLog};
 use super::gate::{self, answer_head};
 use super::listener::PlainTcp;
 use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy};
@@ -272,7 +273,7 @@ struct Request {
     idempotent: bool,
     client_close: bool,
     /// Method and path for the access log, when there is one.
-    logged: Option<(http::Method, String)>,
+    logged: Option<RequestLog>,
     /// The shadow copy of a mirrored request, until its body is complete and it is sent.
     shadow: Option<ShadowCopy>,
     /// The primary's answer, captured for the shadow's comparison.
@@ -303,7 +304,9 @@ impl Engine {
     async fn serve_head(&self, c: &mut Conn, shutdown: &mut ShutdownWatch) -> Next {
         let mut ctx = Ctx::default();
         let snapshot = self.proxy.state.load();
-        if c.client_ip.is_none() && snapshot.table.reads_client_ip() {
+        if c.client_ip.is_none()
+            && (snapshot.table.reads_client_ip() || self.proxy.access_log.is_some())
+        {
             c.client_ip = Some(
                 c.stream
                     .get_socket_digest()
@@ -444,10 +447,22 @@ impl Engine {
             idempotent,
             client_close: h.close,
             logged: self.proxy.access_log.as_ref().map(|_| {
-                (
-                    http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
-                    path.to_string(),
-                )
+                let field = |name: &str| {
+                    parsed_headers[..h.kept]
+                        .iter()
+                        .find(|f| f.name.eq_ignore_ascii_case(name))
+                        .map(|f| f.value)
+                };
+                RequestLog {
+                    method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
+                    path: path.to_string(),
+                    host: Some(host.to_string()),
+                    user_agent: field("user-agent").and_then(access_log::logged_value),
+                    forwarded_for: field("x-forwarded-for").and_then(access_log::logged_value),
+                    traceparent: field("traceparent").and_then(access_log::valid_traceparent),
+                    client_addr: c.client_ip.flatten(),
+                    tls_version: c.stream.get_ssl_digest().map(|d| d.version.to_string()),
+                }
             }),
             shadow,
             tap,
@@ -530,8 +545,10 @@ impl Engine {
             };
             match head {
                 Ok(()) => {
+                    let us = ready.elapsed().as_micros() as u64;
+                    ctx.upstream_ttfb_us = Some(us);
                     if let Some(series) = self.proxy.series(&ctx, target) {
-                        series.record_ttfb(ready.elapsed().as_micros() as u64);
+                        series.record_ttfb(us);
                     }
                     break (up, addr, timeouts);
                 }
@@ -663,8 +680,14 @@ impl Engine {
         out.extend_from_slice(body.as_bytes());
         let sent = write_client(&mut c.stream, &c.resp_out, true, c.limits.send_timeout).await;
         let status = if sent { status } else { 499 };
-        self.proxy
-            .record(&mut ctx, status, || logged.unwrap_or_default());
+        self.proxy.record(&mut ctx, status, || {
+            let (method, path) = logged.unwrap_or_default();
+            RequestLog {
+                method,
+                path,
+                ..Default::default()
+            }
+        });
         Next::Close
     }
 
