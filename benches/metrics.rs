@@ -32,14 +32,25 @@ fn entry(snapshot: &Arc<switchyard::state::Snapshot>, decision: Decision) -> Ent
         decision: Some(decision),
         served: Some(decision.target),
         rejected: None,
-        method: http::Method::GET,
-        path: "/api/payments/orders/12345".to_string(),
+        request: switchyard::proxy::access_log::RequestLog {
+            method: http::Method::GET,
+            path: "/api/payments/orders/12345".to_string(),
+            host: Some("api.example.com".to_string()),
+            user_agent: Some("okhttp/4.12.0".to_string()),
+            forwarded_for: None,
+            traceparent: None,
+            client_addr: Some("10.0.9.14".parse().unwrap()),
+            tls_version: None,
+        },
         status: 200,
         upstream: Some("127.0.0.1:9002".parse().unwrap()),
         duration_us: 1234,
         mirrored: false,
         error: None,
         protocol: "HTTP/1.1",
+        request_bytes: 0,
+        response_bytes: 412,
+        upstream_ttfb_us: Some(900),
     }
 }
 
@@ -103,7 +114,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("access log: writer side (format one JSON line)", |b| {
         b.iter(|| {
             buf.clear();
-            e.write_json(&mut buf, &mut ts).unwrap();
+            e.write_json(&mut buf, &mut ts, None).unwrap();
             black_box(buf.len())
         })
     });

@@ -273,7 +273,7 @@ struct Request {
     idempotent: bool,
     client_close: bool,
     /// Method and path for the access log, when there is one.
-    logged: Option<RequestLog>,
+    logged: Option<Box<RequestLog>>,
     /// The shadow copy of a mirrored request, until its body is complete and it is sent.
     shadow: Option<ShadowCopy>,
     /// The primary's answer, captured for the shadow's comparison.
@@ -453,7 +453,7 @@ impl Engine {
                         .find(|f| f.name.eq_ignore_ascii_case(name))
                         .map(|f| f.value)
                 };
-                RequestLog {
+                Box::new(RequestLog {
                     method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
                     path: path.to_string(),
                     host: Some(host.to_string()),
@@ -462,7 +462,7 @@ impl Engine {
                     traceparent: field("traceparent").and_then(access_log::valid_traceparent),
                     client_addr: c.client_ip.flatten(),
                     tls_version: c.stream.get_ssl_digest().map(|d| d.version.to_string()),
-                }
+                })
             }),
             shadow,
             tap,
@@ -572,8 +572,9 @@ impl Engine {
                 }
                 Err(None) => {
                     // The client went away while its body was being sent.
-                    self.proxy
-                        .record(&mut ctx, 499, || req.logged.take().unwrap_or_default());
+                    self.proxy.record(&mut ctx, 499, || {
+                        req.logged.take().map(|l| *l).unwrap_or_default()
+                    });
                     return Next::Close;
                 }
             }
@@ -613,8 +614,9 @@ impl Engine {
         }
         ctx.request_bytes = req.body_len - req.body_unread;
         ctx.response_bytes = relay.body_bytes;
-        self.proxy
-            .record(&mut ctx, status, || req.logged.take().unwrap_or_default());
+        self.proxy.record(&mut ctx, status, || {
+            req.logged.take().map(|l| *l).unwrap_or_default()
+        });
         if relay.client_ok && !relay.client_close {
             Next::KeepAlive
         } else {
@@ -648,8 +650,9 @@ impl Engine {
         if sent && !req.head {
             ctx.response_bytes = body.len() as u64;
         }
-        self.proxy
-            .record(&mut ctx, status, || req.logged.take().unwrap_or_default());
+        self.proxy.record(&mut ctx, status, || {
+            req.logged.take().map(|l| *l).unwrap_or_default()
+        });
         if sent && req.body_unread > 0 {
             linger(c, req.body_unread).await;
         }
