@@ -40,6 +40,9 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         conf: PathBuf,
     },
+    /// Print the JSON Schema of the configuration file (for editors and CI), generated from the same
+    /// types the file is read into.
+    Schema,
     /// Control a running instance through its admin API (SWITCHYARD_ADMIN, SWITCHYARD_TOKEN).
     Ctl {
         #[command(flatten)]
@@ -78,12 +81,17 @@ pub fn main() -> ExitCode {
         Command::Demo => init_logging("info"),
         Command::Run { .. } => init_logging("info"),
         Command::Check { .. }
+        | Command::Schema
         | Command::Reload { .. }
         | Command::Ctl { .. }
         | Command::Upgrade { .. } => init_logging("warn"),
     }
     match cli.command {
         Command::Check { conf } => check(&conf),
+        Command::Schema => {
+            println!("{}", config::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::Reload { conf, pid_file } => reload(conf, pid_file),
         Command::Upgrade {
             conf,

@@ -149,3 +149,49 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `conf/switchyard.schema.json` is what `switchyard schema` prints, and every file in `conf/` (and the
+/// load test's config) fits it; files with a wrong type or an unknown key do not.
+#[test]
+fn the_published_schema_is_the_generated_one_and_every_example_fits_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let published = std::fs::read_to_string(root.join("conf/switchyard.schema.json")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        published.trim(),
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "conf/switchyard.schema.json is stale: switchyard schema > conf/switchyard.schema.json"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&published).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let as_json = |file: &Path| -> serde_json::Value {
+        serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+    };
+    let mut files = yaml_files("conf");
+    files.extend(yaml_files("conf/examples"));
+    files.extend(yaml_files("conf/deploy"));
+    files.push(root.join("perf/peers/switchyard.yaml"));
+    assert!(files.len() >= 6);
+    for file in &files {
+        let errors: Vec<String> = validator
+            .iter_errors(&as_json(file))
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+    }
+    for bad in [
+        "wrong-type.yaml",
+        "unknown-key.yaml",
+        "rollout-bad-step.yaml",
+    ] {
+        let file = root.join("conf/invalid").join(bad);
+        assert!(
+            !validator.is_valid(&as_json(&file)),
+            "{bad} fits the schema"
+        );
+    }
+}

@@ -66,11 +66,20 @@ impl From<ConfigError> for ConfigErrors {
     }
 }
 
+/// The JSON Schema (draft 2020-12) of the configuration file, pretty-printed: what `switchyard
+/// schema` prints and `conf/switchyard.schema.json` holds. It describes the shape (keys, types,
+/// defaults); `check` also applies the rules between values (a baseline among the targets...).
+pub fn json_schema() -> String {
+    let mut schema = schemars::schema_for!(Config);
+    schema.insert("title".into(), "Switchyard configuration".into());
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -89,7 +98,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: Vec<String>,
@@ -120,7 +129,7 @@ pub struct ServerConfig {
 }
 
 /// `server.limits`, as written; checked and compiled by [`crate::policy::limits::Limits`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub header_timeout: String,
@@ -167,7 +176,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListener {
     #[serde(default)]
@@ -178,7 +187,7 @@ pub struct TlsListener {
     pub key: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
@@ -187,7 +196,7 @@ pub struct AdminConfig {
     pub tokens: OrderedMap<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Where `/metrics` and `/healthz` are served, open (no token), e.g. `0.0.0.0:9902`.
@@ -198,7 +207,7 @@ fn default_admin_listen() -> String {
     "127.0.0.1:9901".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientsConfig {
     #[serde(default = "default_api_key_header")]
@@ -211,7 +220,7 @@ fn default_api_key_header() -> String {
     "X-Api-Key".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     #[serde(default)]
@@ -229,7 +238,9 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     #[default]
@@ -238,7 +249,7 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// Server name sent (SNI) and, with `verify`, checked against the backend's certificate.
@@ -258,14 +269,14 @@ fn default_true() -> bool {
 }
 
 /// `"10.0.0.1:8080"` or `{addr: "10.0.0.1:8080", weight: 2}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum BackendConfig {
     Addr(String),
     Weighted(WeightedBackend),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedBackend {
     #[serde(default)]
@@ -294,7 +305,7 @@ impl BackendConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(default = "default_health_path")]
@@ -324,7 +335,7 @@ fn default_threshold() -> usize {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,7 +348,7 @@ pub struct TimeoutsConfig {
     pub idle: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     #[serde(default)]
@@ -358,7 +369,7 @@ pub struct RouteConfig {
     pub rollout: Option<RolloutConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -369,7 +380,7 @@ pub struct MatchConfig {
     pub methods: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     #[serde(default)]
@@ -379,7 +390,7 @@ pub struct RuleConfig {
 }
 
 /// Conditions of a rule; every key given must hold.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhenConfig {
     #[serde(default, skip_serializing_if = "OrderedMap::is_empty")]
@@ -398,7 +409,7 @@ pub struct WhenConfig {
     pub source_ip: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitConfig {
     #[serde(default)]
@@ -492,7 +503,7 @@ impl SplitConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlueGreenConfig {
     #[serde(default)]
@@ -504,14 +515,14 @@ pub struct BlueGreenConfig {
 }
 
 /// A percentage written as a number (`10`) or a string (`"10%"`, `0.5%`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum PercentValue {
     Number(f64),
     Text(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     #[serde(default)]
@@ -545,7 +556,7 @@ fn default_mirror_in_flight() -> u64 {
     256
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompareConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -560,7 +571,7 @@ fn default_compare_body() -> u64 {
     1 << 20
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutConfig {
     #[serde(default)]
@@ -611,6 +622,35 @@ impl StepConfig {
 
 const STEP_FORMS: &str =
     "a step is a number (a weight), {weight: N}, {header: {NAME: VALUE}}, {mirror: N} or {pause: {}}, the first three with an optional hold";
+
+impl schemars::JsonSchema for StepConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Step".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let percent = generator.subschema_for::<PercentValue>();
+        let headers = generator.subschema_for::<OrderedMap<String>>();
+        let hold = schemars::json_schema!({
+            "type": "string",
+            "description": "How long this step is held, e.g. 24h (the rollout's hold when absent)."
+        });
+        schemars::json_schema!({
+            "description": STEP_FORMS,
+            "oneOf": [
+                {"description": "The canary's weight (shorthand for {weight: N}).", "oneOf": [{"type": "number"}, {"type": "string"}]},
+                {"type": "object", "required": ["weight"], "additionalProperties": false,
+                 "properties": {"weight": percent, "hold": hold}},
+                {"type": "object", "required": ["header"], "additionalProperties": false,
+                 "properties": {"header": headers, "hold": hold}},
+                {"type": "object", "required": ["mirror"], "additionalProperties": false,
+                 "properties": {"mirror": percent, "hold": hold}},
+                {"type": "object", "required": ["pause"], "additionalProperties": false,
+                 "properties": {"pause": {"type": ["object", "null"], "maxProperties": 0}}}
+            ]
+        })
+    }
+}
 
 impl Serialize for StepConfig {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -723,7 +763,7 @@ fn describe_value(v: &serde_yaml::Value) -> String {
 }
 
 /// A hook the rollout calls (SPEC §6).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `pre_step` (before a step is judged: a non-2xx answer fails the check), `post_rollout` (after
@@ -747,7 +787,7 @@ fn default_failure_limit() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatesConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
