@@ -251,13 +251,14 @@ fn status_failure(url: &str, code: u16, r: ureq::Response) -> Failure {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
-    let message = match (&body["error"], &body["errors"]) {
-        (Value::String(m), _) => m.clone(),
-        (_, Value::Array(errors)) => errors
+    // Problem details (RFC 9457): every problem of an invalid config, else the detail.
+    let message = match (&body["errors"], &body["detail"]) {
+        (Value::Array(errors), _) => errors
             .iter()
-            .filter_map(Value::as_str)
+            .filter_map(|e| e["text"].as_str().or(e.as_str()))
             .collect::<Vec<_>>()
             .join("\n"),
+        (_, Value::String(m)) => m.clone(),
         _ => body.to_string(),
     };
     if code == 401 {

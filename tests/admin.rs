@@ -884,3 +884,116 @@ fn healthz_answers_while_a_slow_admin_call_runs() {
         "/healthz was not answered while /v1/stats ran"
     );
 }
+
+/// Every refusal is RFC 9457 problem details: `application/problem+json` with type, title, status,
+/// detail and a stable code; an invalid config lists each problem with its path.
+#[test]
+fn every_refusal_is_problem_details_with_a_stable_code() {
+    let a = start();
+    let check = |r: &Reply, status: u16, code: &str| -> serde_json::Value {
+        assert_eq!(r.status, status, "{}", r.body);
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            r.body
+        );
+        let p = r.json();
+        assert_eq!(p["status"], status);
+        assert_eq!(p["code"], code, "{p}");
+        assert_eq!(p["type"], format!("urn:switchyard:problem:{code}"));
+        assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+        assert!(p["detail"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+        p
+    };
+    check(
+        &a.call("GET", "/v1/status", None, None),
+        401,
+        "unauthorized",
+    );
+    check(&a.ops("GET", "/v1/routes/nope", None), 404, "not_found");
+    check(
+        &a.ops("PATCH", "/v1/routes/api", Some(r#"{"split":{"v2":-5}}"#)),
+        400,
+        "invalid_config",
+    );
+    let stale = send_body(
+        &client(),
+        "PATCH",
+        &format!("http://{}/v1/routes/api", a.admin),
+        &[
+            ("Authorization", &format!("Bearer {OPS}")),
+            ("If-Match", "\"1000\""),
+        ],
+        Some(r#"{"split":{"v2":5}}"#),
+    );
+    check(&stale, 409, "conflict");
+    let p = check(
+        &a.ops(
+            "PUT",
+            "/v1/config",
+            Some("admin: {listen: \"127.0.0.1:1\", tokens: {ops: nothex}}\nroutes:\n  - name: r\n    split: {targets: {ghost: 1}}\n"),
+        ),
+        400,
+        "invalid_config",
+    );
+    let errors = p["errors"].as_array().unwrap();
+    assert!(errors.len() >= 2, "{p}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["path"].is_string() && e["message"].is_string()),
+        "{p}"
+    );
+    assert!(
+        errors.iter().any(|e| e["path"] == "admin.tokens.ops"),
+        "{p}"
+    );
+}
+
+/// `?after=REV&limit=N` pages through the audit log and the revisions, oldest first, with the `after`
+/// of the next page; a bad value is refused as a problem.
+#[test]
+fn audit_and_revisions_page_by_revision() {
+    let a = start();
+    for w in 1..=5 {
+        let r = a.ops(
+            "PATCH",
+            "/v1/routes/api",
+            Some(&format!(r#"{{"split":{{"v2":{w}}}}}"#)),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let all = a.ops("GET", "/v1/audit", None).json();
+    let count = all["entries"].as_array().unwrap().len();
+    assert!(count >= 6, "{all}");
+    assert_eq!(all["next_after"], serde_json::Value::Null);
+    for what in ["audit", "revisions"] {
+        let key = if what == "audit" {
+            "entries"
+        } else {
+            "revisions"
+        };
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = a
+                .ops("GET", &format!("/v1/{what}?after={after}&limit=2"), None)
+                .json();
+            let items = page[key].as_array().unwrap();
+            assert!(items.len() <= 2, "{page}");
+            seen.extend(items.iter().map(|i| i["revision"].as_u64().unwrap()));
+            match page["next_after"].as_u64() {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{what}: {seen:?}");
+        assert!(seen.len() >= 6, "{what}: {seen:?}");
+    }
+    assert_eq!(a.ops("GET", "/v1/audit?limit=0", None).status, 400);
+    assert_eq!(
+        a.ops("GET", "/v1/revisions?after=x", None).json()["code"],
+        "bad_request"
+    );
+}

@@ -78,7 +78,7 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
                 Err(crate::rollout::ControlError::Change(e)) => change_refused(e),
             }
         }
-        (&Method::GET, ["v1", "revisions"]) => revisions(state),
+        (&Method::GET, ["v1", "revisions"]) => revisions(state, req.query.as_deref()),
         (&Method::POST, ["v1", "revisions", n, "restore"]) => restore(&w, n),
         (&Method::GET, ["v1", "routes", route, "explain"]) => {
             explain(&state.load(), route, req.query.as_deref())
@@ -94,9 +94,16 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
             let diffs = state.metrics().mirror_diffs.list(route.as_deref());
             json(StatusCode::OK, &json!({ "diffs": diffs }))
         }
-        (&Method::GET, ["v1", "audit"]) => {
-            json(StatusCode::OK, &json!({ "entries": state.audit() }))
-        }
+        (&Method::GET, ["v1", "audit"]) => match Page::from_query(req.query.as_deref()) {
+            Ok(page) => {
+                let (entries, next) = page.take(state.audit(), |e| e.revision);
+                json(
+                    StatusCode::OK,
+                    &json!({ "entries": entries, "next_after": next }),
+                )
+            }
+            Err(r) => r,
+        },
         (_, ["v1", "status" | "config" | "revisions" | "audit" | "stats" | "routes"])
         | (_, ["v1", "mirror", "diffs"])
         | (_, ["v1", "routes", _])
@@ -310,9 +317,7 @@ fn put_config(w: &Writer<'_>, req: &Request) -> Response<Vec<u8>> {
     };
     let config = match Config::load_str(text) {
         Ok(c) => c,
-        Err(errors) => {
-            return invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
-        }
+        Err(errors) => return invalid(&errors.0),
     };
     w.apply("config.put", None, |live| {
         // What would lock the operator out cannot be undone through the API: refused.
@@ -473,11 +478,62 @@ fn rollback(w: &Writer<'_>, route: &str) -> Response<Vec<u8>> {
     })
 }
 
-fn revisions(state: &State) -> Response<Vec<u8>> {
+/// `?after=REV&limit=N` on the audit log and the revisions: the items past revision REV, oldest first,
+/// at most N of them (default and most: 1,000), and the `after` of the next page when there is one.
+struct Page {
+    after: u64,
+    limit: usize,
+}
+
+impl Page {
+    const MAX: usize = 1000;
+
+    fn from_query(query: Option<&str>) -> Result<Page, Response<Vec<u8>>> {
+        let number = |name: &str| -> Result<Option<u64>, Response<Vec<u8>>> {
+            super::query_param(query, name)
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| {
+                        error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("{name} must be a whole number, got {v:?}"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let after = number("after")?.unwrap_or(0);
+        let limit = number("limit")?.map_or(Self::MAX, |n| n as usize);
+        if limit == 0 || limit > Self::MAX {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("limit must be 1 to {}", Self::MAX),
+            ));
+        }
+        Ok(Page { after, limit })
+    }
+
+    fn take<T>(&self, items: Vec<T>, revision: impl Fn(&T) -> u64) -> (Vec<T>, Option<u64>) {
+        let mut page: Vec<T> = items
+            .into_iter()
+            .filter(|i| revision(i) > self.after)
+            .take(self.limit + 1)
+            .collect();
+        let more = page.len() > self.limit;
+        page.truncate(self.limit);
+        let next = more.then(|| page.last().map(&revision)).flatten();
+        (page, next)
+    }
+}
+
+fn revisions(state: &State, query: Option<&str>) -> Response<Vec<u8>> {
+    let page = match Page::from_query(query) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let live = state.load().revision;
     let audit = state.audit();
-    let list: Vec<Value> = state
-        .revisions()
+    let (numbers, next) = page.take(state.revisions(), |n| *n);
+    let list: Vec<Value> = numbers
         .into_iter()
         .map(|n| {
             let entry = audit.iter().rev().find(|e| e.revision == n);
@@ -491,7 +547,10 @@ fn revisions(state: &State) -> Response<Vec<u8>> {
             })
         })
         .collect();
-    json(StatusCode::OK, &json!({ "live": live, "revisions": list }))
+    json(
+        StatusCode::OK,
+        &json!({ "live": live, "revisions": list, "next_after": next }),
+    )
 }
 
 fn restore(w: &Writer<'_>, n: &str) -> Response<Vec<u8>> {
@@ -506,9 +565,7 @@ fn restore(w: &Writer<'_>, n: &str) -> Response<Vec<u8>> {
     };
     let config = match Config::parse_str(&text) {
         Ok(c) => c,
-        Err(errors) => {
-            return invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
-        }
+        Err(errors) => return invalid(&errors.0),
     };
     let reason = match &w.reason {
         Some(r) => format!("restore of revision {n}: {r}"),
@@ -630,23 +687,43 @@ fn refused(message: String) -> ChangeError {
     ChangeError::Refused(message)
 }
 
-fn invalid(errors: &[String]) -> Response<Vec<u8>> {
-    json(StatusCode::BAD_REQUEST, &json!({ "errors": errors }))
+fn invalid(errors: &[crate::config::ConfigError]) -> Response<Vec<u8>> {
+    let detail = match errors {
+        [one] => one.to_string(),
+        _ => format!("{} problems in the configuration", errors.len()),
+    };
+    let listed: Vec<Value> = errors
+        .iter()
+        .map(|e| json!({"path": e.path, "message": e.message, "text": e.to_string()}))
+        .collect();
+    super::problem(
+        StatusCode::BAD_REQUEST,
+        "invalid_config",
+        &detail,
+        Some(listed),
+    )
 }
 
 /// Why a change made nothing.
 pub(super) fn change_refused(e: ChangeError) -> Response<Vec<u8>> {
     match e {
-        ChangeError::Invalid(errors) => {
-            invalid(&errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())
+        ChangeError::Invalid(errors) => invalid(&errors.0),
+        ChangeError::NotFound(m) => super::problem(StatusCode::NOT_FOUND, "not_found", &m, None),
+        ChangeError::Conflict(m) => super::problem(StatusCode::CONFLICT, "conflict", &m, None),
+        ChangeError::Refused(m) => super::problem(StatusCode::BAD_REQUEST, "refused", &m, None),
+        ChangeError::Storage(m) => {
+            super::problem(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", &m, None)
         }
-        ChangeError::NotFound(m) => error(StatusCode::NOT_FOUND, &m),
-        ChangeError::Conflict(m) => error(StatusCode::CONFLICT, &m),
-        ChangeError::Refused(m) => error(StatusCode::BAD_REQUEST, &m),
-        ChangeError::Storage(m) => error(StatusCode::INTERNAL_SERVER_ERROR, &m),
-        ChangeError::NoSpace(m) => error(StatusCode::INSUFFICIENT_STORAGE, &m),
+        ChangeError::NoSpace(m) => {
+            super::problem(StatusCode::INSUFFICIENT_STORAGE, "no_space", &m, None)
+        }
         e @ ChangeError::HandingOver => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            let mut r = super::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "handing_over",
+                &e.to_string(),
+                None,
+            );
             r.headers_mut()
                 .insert("retry-after", http::HeaderValue::from_static("1"));
             r

@@ -272,8 +272,43 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Ve
     respond(status, "application/json", body)
 }
 
+/// A refusal as RFC 9457 problem details, with a `code` named after its status (see [`problem`]).
 pub(crate) fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
-    json(status, &serde_json::json!({ "error": message }))
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        413 => "payload_too_large",
+        503 => "unavailable",
+        507 => "no_space",
+        _ => "internal_error",
+    };
+    problem(status, code, message, None)
+}
+
+/// Every refusal of the admin API: `application/problem+json` (RFC 9457) with `type`, `title`,
+/// `status`, `detail`, a stable `code` scripts can match on, and `errors` (each with its `path`)
+/// where there are several.
+pub(crate) fn problem(
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+    errors: Option<Vec<serde_json::Value>>,
+) -> Response<Vec<u8>> {
+    let mut body = serde_json::json!({
+        "type": format!("urn:switchyard:problem:{code}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+    });
+    if let Some(errors) = errors {
+        body["errors"] = serde_json::Value::Array(errors);
+    }
+    let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    respond(status, "application/problem+json", body)
 }
 
 pub(crate) fn respond(
