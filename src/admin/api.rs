@@ -102,7 +102,7 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
                     &json!({ "entries": entries, "next_after": next }),
                 )
             }
-            Err(r) => r,
+            Err(m) => error(StatusCode::BAD_REQUEST, &m),
         },
         (_, ["v1", "status" | "config" | "revisions" | "audit" | "stats" | "routes"])
         | (_, ["v1", "mirror", "diffs"])
@@ -488,26 +488,20 @@ struct Page {
 impl Page {
     const MAX: usize = 1000;
 
-    fn from_query(query: Option<&str>) -> Result<Page, Response<Vec<u8>>> {
-        let number = |name: &str| -> Result<Option<u64>, Response<Vec<u8>>> {
+    /// The page asked for, or why the query is refused.
+    fn from_query(query: Option<&str>) -> Result<Page, String> {
+        let number = |name: &str| -> Result<Option<u64>, String> {
             super::query_param(query, name)
                 .map(|v| {
-                    v.parse::<u64>().map_err(|_| {
-                        error(
-                            StatusCode::BAD_REQUEST,
-                            &format!("{name} must be a whole number, got {v:?}"),
-                        )
-                    })
+                    v.parse::<u64>()
+                        .map_err(|_| format!("{name} must be a whole number, got {v:?}"))
                 })
                 .transpose()
         };
         let after = number("after")?.unwrap_or(0);
         let limit = number("limit")?.map_or(Self::MAX, |n| n as usize);
         if limit == 0 || limit > Self::MAX {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                &format!("limit must be 1 to {}", Self::MAX),
-            ));
+            return Err(format!("limit must be 1 to {}", Self::MAX));
         }
         Ok(Page { after, limit })
     }
@@ -528,7 +522,7 @@ impl Page {
 fn revisions(state: &State, query: Option<&str>) -> Response<Vec<u8>> {
     let page = match Page::from_query(query) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
     let live = state.load().revision;
     let audit = state.audit();
