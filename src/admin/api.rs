@@ -178,6 +178,8 @@ fn route_json(r: &RouteConfig) -> Value {
         "name": r.name,
         "match": r.matcher,
         "rules": r.rules.len(),
+        // Each rule in order: its `when` and the target it sends to.
+        "rule_list": r.rules,
         "split": r.split.as_ref().map(split_json),
         "blue_green": r.blue_green,
         "mirror": r.mirror,

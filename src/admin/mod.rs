@@ -81,6 +81,9 @@ impl ServeHttp for AdminApi {
         if let Some(r) = open_endpoint(&self.state, session) {
             return r;
         }
+        if path == "/ui" || path == "/ui/" {
+            return status_page(&method);
+        }
         if self.state.is_handing_over() {
             // The admin listener is shared with the new process for a few seconds: what this one
             // would answer is no longer current, so the client is sent to try again, and lands there.
@@ -194,6 +197,37 @@ fn accepts(element: &str, coding: &str) -> bool {
     parts
         .filter_map(|p| p.strip_prefix("q="))
         .all(|q| q.trim().parse::<f64>().map_or(true, |q| q > 0.0))
+}
+
+/// The status page (`GET /ui`): one self-contained HTML file embedded in the binary. It holds no data:
+/// it asks for an admin token, keeps it in the tab's session storage, and reads and changes everything
+/// through the same `/v1` API with it.
+const STATUS_PAGE: &str = include_str!("ui/index.html");
+
+fn status_page(method: &http::Method) -> Response<Vec<u8>> {
+    if method != http::Method::GET && method != http::Method::HEAD {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is allowed on /ui");
+    }
+    let mut r = respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        STATUS_PAGE.as_bytes().to_vec(),
+    );
+    let headers = r.headers_mut();
+    for (name, value) in [
+        // Its own inline script and style, and calls to this API: nothing else, and not in a frame.
+        (
+            "content-security-policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    r
 }
 
 /// `metrics.listen`: `/metrics` and `/healthz` only, no token.

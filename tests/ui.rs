@@ -1,0 +1,81 @@
+//! The status page (`GET /ui`) in a real headless Chromium, driven by Playwright
+//! (`tests/ui/check_ui.py`): it renders every route, shows a split change made with `ctl`, and a
+//! rollback clicked in the page reaches the proxy and is audited. `.ci/run` installs Debian's
+//! chromium and Playwright from PyPI; without them this test fails, it does not skip.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const OPS: &str = "ops-token-for-the-ui";
+
+#[test]
+fn the_status_page_shows_changes_and_its_rollback_reaches_the_proxy() {
+    let (v1, v2, blue, green) = (backend("v1"), backend("v2"), backend("blue"), backend("green"));
+    let admin = free_addr();
+    let proxy = ProxyProcess::start(&format!(
+        r#"admin:
+  listen: "{admin}"
+  tokens: {{ops: {}}}
+upstreams:
+  v1: {{backends: ["{}"]}}
+  v2: {{backends: ["{}"]}}
+  blue: {{backends: ["{}"]}}
+  green: {{backends: ["{}"]}}
+routes:
+  - name: api
+    match: {{path_prefix: /api}}
+    rules:
+      - when: {{header: {{X-Version: beta}}}}
+        to: v2
+    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1, sticky: [header:X-User-Id]}}
+    mirror: {{to: v2, percent: 10, compare: {{}}}}
+  - name: web
+    match: {{path_prefix: /}}
+    blue_green: {{blue: blue, green: green, live: blue}}
+"#,
+        sha256_hex(OPS),
+        v1.addr,
+        v2.addr,
+        blue.addr,
+        green.addr
+    ));
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
+    // Traffic while the page watches.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), proxy.url("/api/x"));
+        std::thread::spawn(move || {
+            let agent = client();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let _ = get(&agent, &url, &[("X-User-Id", &format!("user-{}", i % 50))]);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // Kept after the test, to look at: target/tmp/status-page.png.
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/check_ui.py"))
+        .args(["--admin", &format!("http://{admin}"), "--token", OPS])
+        .args(["--ctl", env!("CARGO_BIN_EXE_switchyard")])
+        .arg("--screenshot")
+        .arg(&screenshot)
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let measures: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(measures["page_bytes"].as_u64().unwrap() > 1000, "{measures}");
+    println!("status page: {measures}");
+    // The page's requests come back as traffic of nobody: the proxy's own counters saw the load.
+    assert!(v1.control.requests() > 0);
+}
