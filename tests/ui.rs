@@ -12,7 +12,12 @@ const OPS: &str = "ops-token-for-the-ui";
 
 #[test]
 fn the_status_page_shows_changes_and_its_rollback_reaches_the_proxy() {
-    let (v1, v2, blue, green) = (backend("v1"), backend("v2"), backend("blue"), backend("green"));
+    let (v1, v2, blue, green) = (
+        backend("v1"),
+        backend("v2"),
+        backend("blue"),
+        backend("green"),
+    );
     let admin = free_addr();
     let proxy = ProxyProcess::start(&format!(
         r#"admin:
@@ -74,8 +79,11 @@ routes:
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let measures: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert!(measures["page_bytes"].as_u64().unwrap() > 1000, "{measures}");
+    assert!(
+        measures["page_bytes"].as_u64().unwrap() > 1000,
+        "{measures}"
+    );
     println!("status page: {measures}");
-    // The page's requests come back as traffic of nobody: the proxy's own counters saw the load.
+    // The load the page watched went through the proxy.
     assert!(v1.control.requests() > 0);
 }
