@@ -1,7 +1,6 @@
 //! Assembling and running the Pingora server from our own configuration: the proxy service on every
 //! listener, the health checker, and Pingora's graceful upgrade (`-u`) and daemon (`-d`) modes.
 
-use crate::admin::AdminApi;
 use crate::config::{parse, Config};
 use crate::proxy::access_log::{AccessLog, Destination};
 use crate::proxy::{Drain, Engine, Pipeline, Proxy, TcpListeners};
@@ -135,7 +134,10 @@ pub fn build(
         HealthChecker::new(state.clone()),
     ));
     if let Some(admin) = state.load().config.admin.clone() {
-        let mut api = Service::new("switchyard admin".to_string(), AdminApi::new(state.clone()));
+        let mut api = Service::new(
+            "switchyard admin".to_string(),
+            crate::admin::AdminGate::new(state.clone()),
+        );
         api.add_tcp(&admin.listen);
         server.add_service(api);
     }

@@ -24,6 +24,15 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         if_match: req.if_match.as_deref(),
     };
     match (&req.method, segments.as_slice()) {
+        (&Method::GET, ["v1", "stats" | "mirror" | "audit" | "revisions", ..])
+            if unknown_param(req.query.as_deref(), &["route", "after", "limit"]).is_some() =>
+        {
+            let name = unknown_param(req.query.as_deref(), &["route", "after", "limit"]);
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("unknown query parameter {:?}", name.unwrap_or_default()),
+            )
+        }
         (&Method::GET, ["v1", "status"]) => {
             let live = state.load();
             let mut body = status(&live);
@@ -79,6 +88,11 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
             }
         }
         (&Method::GET, ["v1", "revisions"]) => revisions(state, req.query.as_deref()),
+        (&Method::GET, ["v1", "openapi.json"]) => super::respond(
+            StatusCode::OK,
+            "application/json",
+            OPENAPI.as_bytes().to_vec(),
+        ),
         (&Method::POST, ["v1", "revisions", n, "restore"]) => restore(&w, n),
         (&Method::GET, ["v1", "routes", route, "explain"]) => {
             explain(&state.load(), route, req.query.as_deref())
@@ -104,7 +118,10 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
             }
             Err(m) => error(StatusCode::BAD_REQUEST, &m),
         },
-        (_, ["v1", "status" | "config" | "revisions" | "audit" | "stats" | "routes"])
+        (
+            _,
+            ["v1", "status" | "config" | "revisions" | "audit" | "stats" | "routes" | "openapi.json"],
+        )
         | (_, ["v1", "mirror", "diffs"])
         | (_, ["v1", "routes", _])
         | (_, ["v1", "routes", _, "rollback" | "explain" | "rollout"])
@@ -248,6 +265,20 @@ fn reason(req: &Request) -> Result<Option<String>, String> {
         r => Ok(r),
     }
 }
+
+/// The first query parameter not in `known`, if any (an empty name counts as unknown).
+fn unknown_param(query: Option<&str>, known: &[&str]) -> Option<String> {
+    query?
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| kv.split_once('=').map_or(kv, |(k, _)| k))
+        .find(|k| !known.contains(k))
+        .map(str::to_string)
+}
+
+/// The OpenAPI 3.1 description of this API (`GET /v1/openapi.json`), kept true by a schemathesis run
+/// against a live instance (tests/openapi.rs).
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// Who makes an API change, why, and the revision the caller based it on (`If-Match`).
 struct Writer<'a> {

@@ -230,6 +230,72 @@ fn status_page(method: &http::Method) -> Response<Vec<u8>> {
     r
 }
 
+/// The admin listener's app: the same gate as in front of the proxy pipeline reads every request head
+/// first, so a head Pingora's parser cannot read (a control byte in a field, a bare CR...) or one too
+/// large gets a 400 (431, 414) problem answer instead of a connection closed without a word.
+pub struct AdminGate {
+    inner: Arc<pingora::apps::http_app::HttpServer<AdminApi>>,
+    state: Arc<State>,
+}
+
+impl AdminGate {
+    pub fn new(state: Arc<State>) -> Self {
+        AdminGate {
+            inner: Arc::new(pingora::apps::http_app::HttpServer::new_app(AdminApi::new(
+                state.clone(),
+            ))),
+            state,
+        }
+    }
+}
+
+#[async_trait]
+impl crate::proxy::gate::Front for AdminGate {
+    fn limits(&self) -> crate::policy::limits::Limits {
+        crate::policy::limits::Limits::from_config(&self.state.load().config.server.limits)
+            .unwrap_or_default()
+    }
+    fn h2c(&self) -> bool {
+        false
+    }
+    async fn refuse(
+        &self,
+        stream: &mut pingora::protocols::Stream,
+        (why, _): crate::proxy::gate::Refused,
+        limits: &crate::policy::limits::Limits,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let status = StatusCode::from_u16(why.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let r = problem(status, "bad_request", &why.to_string(), None);
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            r.body().len()
+        )
+        .into_bytes();
+        out.extend_from_slice(r.body());
+        let write = async { stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok() };
+        let _ = pingora::time::fast_timeout::fast_timeout(limits.send_timeout, write).await;
+    }
+}
+
+#[async_trait]
+impl pingora::apps::ServerApp for AdminGate {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: pingora::protocols::Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        let c = crate::proxy::gate::Connection {
+            stream,
+            buf: bytes::BytesMut::new(),
+            served: 0,
+        };
+        crate::proxy::gate::serve(&**self, &self.inner, c, shutdown).await
+    }
+}
+
 /// `metrics.listen`: `/metrics` and `/healthz` only, no token.
 pub struct MetricsEndpoint {
     state: Arc<State>,

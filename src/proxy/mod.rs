@@ -9,7 +9,7 @@
 
 pub mod access_log;
 mod drain;
-mod gate;
+pub(crate) mod gate;
 mod h1;
 pub(crate) mod listener;
 pub mod mirror;

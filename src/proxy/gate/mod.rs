@@ -87,10 +87,33 @@ pub(crate) struct Connection {
     pub(crate) served: u32,
 }
 
-/// Serves `c` on Pingora's pipeline, request by request, each head read by the gate first.
-pub(crate) async fn serve(
-    proxy: &Proxy,
-    full: &Arc<HttpProxy<Proxy>>,
+/// What the gate needs of the service behind it: its limits, whether it takes h2c, and how it answers
+/// a head it refuses.
+#[async_trait]
+pub(crate) trait Front: Send + Sync {
+    fn limits(&self) -> Limits;
+    fn h2c(&self) -> bool;
+    async fn refuse(&self, stream: &mut Stream, why: Refused, limits: &Limits);
+}
+
+#[async_trait]
+impl Front for Proxy {
+    fn limits(&self) -> Limits {
+        Proxy::limits(self)
+    }
+    fn h2c(&self) -> bool {
+        Proxy::h2c(self)
+    }
+    async fn refuse(&self, stream: &mut Stream, why: Refused, limits: &Limits) {
+        refuse(self, stream, why, limits).await
+    }
+}
+
+/// Serves `c` on Pingora's HTTP server `full` (the proxy pipeline, or the admin API), request by
+/// request, each head read by the gate first.
+pub(crate) async fn serve<F: Front, A: HttpServerApp + Send + Sync + 'static>(
+    front: &F,
+    full: &Arc<A>,
     c: Connection,
     shutdown: &ShutdownWatch,
 ) -> Option<Stream> {
@@ -99,17 +122,19 @@ pub(crate) async fn serve(
         mut buf,
         mut served,
     } = c;
-    let limits = proxy.limits();
+    let limits = front.limits();
     loop {
         match read_head(&mut stream, &mut buf, &limits, served).await {
             HeadRead::Closed => return None,
             HeadRead::TooLarge => {
-                refuse(proxy, &mut stream, (Refusal::HeadTooLarge, None), &limits).await;
+                front
+                    .refuse(&mut stream, (Refusal::HeadTooLarge, None), &limits)
+                    .await;
                 return None;
             }
             HeadRead::Complete => {}
         }
-        if served == 0 && proxy.h2c() && buf.starts_with(H2_PREFACE_HEAD) {
+        if served == 0 && front.h2c() && buf.starts_with(H2_PREFACE_HEAD) {
             // HTTP/2 with prior knowledge: the whole connection is Pingora's HTTP/2 server's.
             let rewound: Stream = Box::new(fence::Fenced::rewound(stream, buf));
             return full.process_new(rewound, shutdown).await;
@@ -117,7 +142,7 @@ pub(crate) async fn serve(
         let ends = match inspect(&buf, limits.max_head_bytes) {
             Ok(ends) => ends,
             Err(why) => {
-                refuse(proxy, &mut stream, why, &limits).await;
+                front.refuse(&mut stream, why, &limits).await;
                 return None;
             }
         };
