@@ -535,7 +535,7 @@ fn dashboard_queries_only_use_exposed_metrics(m: &Scrape) {
     );
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let exprs: Vec<String> = dashboard["panels"]
+    let mut exprs: Vec<String> = dashboard["panels"]
         .as_array()
         .unwrap()
         .iter()
@@ -543,6 +543,22 @@ fn dashboard_queries_only_use_exposed_metrics(m: &Scrape) {
         .map(|t| t["expr"].as_str().unwrap().to_string())
         .collect();
     assert!(exprs.len() >= 10);
+    // The alerting rules in conf/prometheus/ too.
+    let rules: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/conf/prometheus/switchyard.rules.yml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let before = exprs.len();
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            exprs.push(rule["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() >= before + 7);
     for expr in &exprs {
         let mut labels_of_expr = std::collections::HashSet::new();
         let mut rest = expr.as_str();

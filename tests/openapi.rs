@@ -50,8 +50,9 @@ routes:
     assert_eq!(spec.json()["openapi"], "3.1.0");
     let file = proxy.dir.join("openapi.json");
     std::fs::write(&file, &spec.body).unwrap();
-    let out = std::process::Command::new("schemathesis")
-        .arg("run")
+    // As a module: a console script pip just installed may not be on PATH yet (pyenv shims).
+    let out = std::process::Command::new("python3")
+        .args(["-m", "schemathesis.cli", "run"])
         .arg(&file)
         .args(["--experimental=openapi-3.1"])
         .args(["--base-url", &format!("http://{admin}")])
