@@ -40,11 +40,8 @@ impl AdminApi {
             let Ok(stored) = parse::sha256_hex(digest) else {
                 continue;
             };
-            let diff = stored
-                .iter()
-                .zip(presented.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if std::hint::black_box(diff) == 0 && found.is_none() {
+            let equal = bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &presented[..]));
+            if equal && found.is_none() {
                 found = Some(name.to_string());
             }
         }
