@@ -997,3 +997,23 @@ fn audit_and_revisions_page_by_revision() {
         "bad_request"
     );
 }
+
+/// The admin listener reads every head through the same gate as the proxy: a head the HTTP parser
+/// cannot read (a control byte in a field) gets a 400 problem, not a connection closed in silence.
+#[test]
+fn a_malformed_head_on_the_admin_listener_gets_a_400_problem() {
+    use std::io::{Read, Write};
+    let a = start();
+    let mut tcp = std::net::TcpStream::connect(a.admin).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    tcp.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nIf-Match: \x08\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("\"code\": \"bad_request\""), "{answer}");
+    assert!(answer.contains("malformed_head"), "{answer}");
+}

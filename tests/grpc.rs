@@ -134,14 +134,7 @@ struct GrpcBackend {
 }
 
 fn grpc_backend(version: &'static str, fail: Option<tonic::Code>) -> GrpcBackend {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let (runtime, listener) = server_runtime();
     let addr = listener.local_addr().unwrap();
     runtime.spawn(
         tonic::transport::Server::builder()
@@ -152,13 +145,6 @@ fn grpc_backend(version: &'static str, fail: Option<tonic::Code>) -> GrpcBackend
         addr,
         _runtime: runtime,
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 async fn channel(proxy: &ProxyProcess) -> tonic::client::Grpc<tonic::transport::Channel> {
@@ -219,7 +205,7 @@ routes:
 fn unary_server_stream_and_bidi_calls_reach_their_version_with_trailers_intact() {
     let (v1, v2) = (grpc_backend("v1", None), grpc_backend("v2", None));
     let proxy = ProxyProcess::start(&config(v1.addr, v2.addr, free_addr()));
-    runtime().block_on(async {
+    client_runtime().block_on(async {
         let mut grpc = channel(&proxy).await;
         // tonic reads the status from the trailers: an Ok is a call whose trailers came through.
         let beta = unary(&mut grpc, &[("x-version", "beta")]).await.unwrap();
@@ -307,7 +293,7 @@ fn a_canary_answering_unavailable_shows_up_as_errors_in_stats_and_metrics() {
     );
     let admin = free_addr();
     let proxy = ProxyProcess::start(&config(v1.addr, v2.addr, admin));
-    runtime().block_on(async {
+    client_runtime().block_on(async {
         let mut grpc = channel(&proxy).await;
         for _ in 0..10 {
             let failed = unary(&mut grpc, &[("x-version", "beta")])
@@ -370,7 +356,7 @@ fn no_healthy_backend_gives_a_grpc_client_unavailable() {
     let v1 = grpc_backend("v1", None);
     let dead = free_addr();
     let proxy = ProxyProcess::start(&config(v1.addr, dead, free_addr()));
-    runtime().block_on(async {
+    client_runtime().block_on(async {
         let mut grpc = channel(&proxy).await;
         let failed = unary(&mut grpc, &[("x-version", "beta")])
             .await
@@ -410,7 +396,7 @@ routes:
         same.addr,
         failing.addr
     ));
-    runtime().block_on(async {
+    client_runtime().block_on(async {
         let mut grpc = channel(&proxy).await;
         for _ in 0..5 {
             // The client is answered by v1, whatever its shadow does.
@@ -540,7 +526,7 @@ fn the_demo_serves_its_http_and_grpc_canaries() {
             &[("X-Version", "beta")],
         );
         assert_eq!(beta.version(), "payments-v2");
-        runtime().block_on(async {
+        client_runtime().block_on(async {
             let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:8080")
                 .connect()
                 .await

@@ -116,11 +116,7 @@ fn h2_get(rig: &Rig, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
 /// An HTTP/2 request with `:authority` AUTHORITY: h2c on the plain listener, or h2 by ALPN on the TLS
 /// one.
 fn h2_send(proxy: &ProxyProcess, authority: &str, path: &str, headers: &[(&str, &str)]) -> H2Reply {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    client_runtime().block_on(async {
         match proxy.tls_addr {
             None => {
                 let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();

@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use std::time::Duration;
 
 const OPS: &str = "ops-token-for-integrations";
 
@@ -34,9 +33,7 @@ routes:
         v1.addr,
         v2.addr
     ));
-    assert!(eventually(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(admin).is_ok()
-    }));
+    wait_listening(admin);
     let agent = client();
     let auth = format!("Bearer {OPS}");
     for u in 0..200 {

@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use std::time::Duration;
 
 const OPS: &str = "ops-token-for-schemathesis";
 
@@ -38,9 +37,7 @@ routes:
         v1.addr,
         v2.addr
     ));
-    assert!(eventually(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(admin).is_ok()
-    }));
+    wait_listening(admin);
     let spec = get(
         &client(),
         &format!("http://{admin}/v1/openapi.json"),
@@ -52,6 +49,8 @@ routes:
     std::fs::write(&file, &spec.body).unwrap();
     // As a module: a console script pip just installed may not be on PATH yet (pyenv shims).
     let out = std::process::Command::new("python3")
+        // Hypothesis keeps its database in the working directory: the instance's temporary one.
+        .current_dir(&proxy.dir)
         .args(["-m", "schemathesis.cli", "run"])
         .arg(&file)
         .args(["--experimental=openapi-3.1"])

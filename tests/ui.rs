@@ -46,9 +46,7 @@ routes:
         blue.addr,
         green.addr
     ));
-    assert!(eventually(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(admin).is_ok()
-    }));
+    wait_listening(admin);
     // Traffic while the page watches.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {

@@ -19,14 +19,7 @@ struct H2Backend {
 }
 
 fn h2_backend(name: &'static str, tls: bool) -> H2Backend {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let (runtime, listener) = server_runtime();
     let addr = listener.local_addr().unwrap();
     let served = Arc::new(AtomicU64::new(0));
     let acceptor = tls.then(tls_acceptor);

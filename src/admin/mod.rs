@@ -263,7 +263,8 @@ impl crate::proxy::gate::Front for AdminGate {
     ) {
         use tokio::io::AsyncWriteExt;
         let status = StatusCode::from_u16(why.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let r = problem(status, "bad_request", &why.to_string(), None);
+        let detail = format!("the request was refused: {}", why.code());
+        let r = problem(status, "bad_request", &detail, None);
         let mut out = format!(
             "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             status.as_u16(),

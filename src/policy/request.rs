@@ -57,6 +57,27 @@ impl Refusal {
         }
     }
 
+    /// The rule, as the JSON body's `detail` (or `error`) names it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::InvalidTarget => "invalid_target",
+            Refusal::MalformedHead => "malformed_head",
+            Refusal::InvalidCharacter => "invalid_character",
+            Refusal::EncodedSeparator => "encoded_separator",
+            Refusal::AboveRoot => "path_above_root",
+            Refusal::AmbiguousSegment => "ambiguous_segment",
+            Refusal::TargetTooLong => "uri_too_long",
+            Refusal::MissingHost => "missing_host",
+            Refusal::DuplicateHost => "duplicate_host",
+            Refusal::InvalidHost => "invalid_host",
+            Refusal::HostMismatch => "host_mismatch",
+            Refusal::InvalidLength => "invalid_content_length",
+            Refusal::LengthWithTransferEncoding => "content_length_with_transfer_encoding",
+            Refusal::InvalidTransferEncoding => "invalid_transfer_encoding",
+            Refusal::HeadTooLarge => "request_header_fields_too_large",
+        }
+    }
+
     /// The JSON body: `error` as for every other 4xx, `detail` naming the rule.
     pub fn body(self) -> &'static str {
         match self {

@@ -97,6 +97,20 @@ impl Answer {
         }
     }
 
+    /// Why, in one word: the body's `error` (the rule, for a refusal), and a gRPC answer's message.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Answer::NoRoute => "no_route",
+            Answer::ClientRequired => "client_required",
+            Answer::NoHealthyUpstream => "no_healthy_upstream",
+            Answer::UpstreamUnavailable => "upstream_unavailable",
+            Answer::UpstreamTimeout => "upstream_timeout",
+            Answer::BadRequest => "bad_request",
+            Answer::InternalError => "internal_error",
+            Answer::Refused(why) => why.code(),
+        }
+    }
+
     /// The JSON body.
     pub(crate) fn body(self) -> &'static str {
         match self {
@@ -777,8 +791,8 @@ impl ProxyHttp for Proxy {
         // into a closing connection). The engine closes after the same answers.
         session.set_keepalive(None);
         if code > 0 {
-            let body = Answer::for_status(code).body();
-            if let Err(err) = respond_json_as(session, code, body, ctx).await {
+            let answer = Answer::for_status(code);
+            if let Err(err) = respond_json_as(session, code, answer, ctx).await {
                 log::debug!("could not send error response: {err}");
             }
         }
@@ -852,7 +866,7 @@ fn strip_internal_headers(session: &mut Session) {
 
 /// Writes one of the proxy's own answers.
 async fn respond_json(session: &mut Session, answer: Answer, ctx: &mut Ctx) -> Result<()> {
-    respond_json_as(session, answer.status(), answer.body(), ctx).await
+    respond_json_as(session, answer.status(), answer, ctx).await
 }
 
 /// The gRPC status a client is told for an HTTP error status of the proxy's own (gRPC's HTTP to
@@ -876,16 +890,12 @@ fn grpc_status_for(status: u16) -> u8 {
 async fn respond_grpc(
     session: &mut Session,
     status: u16,
-    body: &'static str,
+    answer: Answer,
     ctx: &mut Ctx,
 ) -> Result<()> {
     let code = grpc_status_for(status);
     ctx.grpc_status = Some(code);
-    // The reason of a `{"error":"REASON",...}` body.
-    let reason = body
-        .split_once("\"error\":\"")
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .map_or("error", |(r, _)| r);
+    let reason = answer.reason();
     let mut resp = ResponseHeader::build(200, Some(5))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
     resp.insert_header("grpc-status", code.to_string())?;
@@ -994,12 +1004,13 @@ pub(crate) fn check_request(
 async fn respond_json_as(
     session: &mut Session,
     status: u16,
-    body: &'static str,
+    answer: Answer,
     ctx: &mut Ctx,
 ) -> Result<()> {
     if ctx.grpc {
-        return respond_grpc(session, status, body, ctx).await;
+        return respond_grpc(session, status, answer, ctx).await;
     }
+    let body = answer.body();
     let request_id = ctx.request_id.as_str();
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;

@@ -473,3 +473,32 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Waits (up to 10 s) until something listens on `addr`, e.g. an instance's admin listener.
+pub fn wait_listening(addr: SocketAddr) {
+    assert!(
+        eventually(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
+        "nothing listens on {addr}"
+    );
+}
+
+/// A one-worker runtime for a test server, and a listener on a free loopback port in it.
+pub fn server_runtime() -> (tokio::runtime::Runtime, tokio::net::TcpListener) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    (runtime, listener)
+}
+
+/// A runtime for a test's client calls.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
