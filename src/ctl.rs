@@ -35,8 +35,12 @@ pub struct CtlOptions {
 
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
-    /// Routes with their split / live colour / mirror, and the live revision.
-    Status,
+    /// Routes with their split / live colour / mirror, and the live revision (`--fleet`: every
+    /// instance of the fleet, the revision it serves and the rollouts it leads).
+    Status {
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Set split weights: `set-split payments payments-v1=95 payments-v2=5` (weights, shares are weight
     /// / total), or `set-split payments payments-v2=5%` (exactly 5%; the baseline takes the difference).
     SetSplit {
@@ -405,9 +409,14 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
         Ok((v, table))
     };
     match command {
-        CtlCommand::Status => {
+        CtlCommand::Status { fleet: false } => {
             let v = c.get("/v1/status")?;
             let table = status_table(&v);
+            Ok((v, table))
+        }
+        CtlCommand::Status { fleet: true } => {
+            let v = c.get("/v1/fleet")?;
+            let table = fleet_table(&v);
             Ok((v, table))
         }
         CtlCommand::SetSplit { route, weights } => {
@@ -794,6 +803,51 @@ fn mirror_text(r: &Value) -> String {
         Value::Null => String::new(),
         m => format!("mirror {}% to {}", text(&m["percent"]), text(&m["to"])),
     }
+}
+
+fn fleet_table(v: &Value) -> String {
+    let connected = if v["connected"].as_bool() == Some(true) {
+        "connected".to_string()
+    } else {
+        format!(
+            "NOT connected since {} ({})",
+            text(&v["since"]),
+            text(&v["last_error"])
+        )
+    };
+    let mut t = format!(
+        "fleet {} at revision {}; this instance {} serves revision {}, {connected}\n{:<28}  {:<22}  {:>8}  {:<24}  {}\n",
+        text(&v["prefix"]),
+        v["fleet_revision"],
+        text(&v["instance"]),
+        v["revision"],
+        "INSTANCE",
+        "ADMIN",
+        "REVISION",
+        "STARTED",
+        "LEADS ROLLOUTS OF"
+    );
+    for i in v["instances"].as_array().into_iter().flatten() {
+        let leads: Vec<&str> = i["leads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        t += &format!(
+            "{:<28}  {:<22}  {:>8}  {:<24}  {}\n",
+            text(&i["id"]),
+            text(&i["admin"]),
+            i["revision"],
+            text(&i["started_at"]),
+            if leads.is_empty() {
+                "-".to_string()
+            } else {
+                leads.join(", ")
+            }
+        );
+    }
+    t
 }
 
 fn status_table(v: &Value) -> String {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod fleet;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -152,6 +152,12 @@ pub fn build(
     let reloader =
         Reloader::new(file.and_then(|f| f.path.clone()), state.clone()).reopening(access_log);
     server.add_service(background_service("config reload", reloader));
+    if state.fleet().is_some() {
+        server.add_service(background_service(
+            "fleet",
+            crate::fleet::FleetService::new(state.clone()),
+        ));
+    }
     server.add_service(background_service(
         "rollouts",
         crate::rollout::Controller::new(state.clone()),

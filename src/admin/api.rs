@@ -37,8 +37,12 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
             let live = state.load();
             let mut body = status(&live);
             with_rollout_states(state, &mut body["routes"]);
+            if let Some(fleet) = state.fleet() {
+                body["fleet"] = fleet.status();
+            }
             with_etag(json(StatusCode::OK, &body), live.revision)
         }
+        (&Method::GET, ["v1", "fleet"]) => fleet(state),
         (&Method::GET, ["v1", "routes"]) => {
             let live = state.load();
             let mut routes = status(&live)["routes"].take();
@@ -85,6 +89,7 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
                 Err(crate::rollout::ControlError::NotFound(m)) => error(StatusCode::NOT_FOUND, &m),
                 Err(crate::rollout::ControlError::Conflict(m)) => error(StatusCode::CONFLICT, &m),
                 Err(crate::rollout::ControlError::Change(e)) => change_refused(e),
+                Err(e @ crate::rollout::ControlError::Elsewhere { .. }) => to_leader(req, e),
             }
         }
         (&Method::GET, ["v1", "revisions"]) => revisions(state, req.query.as_deref()),
@@ -120,7 +125,8 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         },
         (
             _,
-            ["v1", "status" | "config" | "revisions" | "audit" | "stats" | "routes" | "openapi.json"],
+            ["v1", "status" | "config" | "revisions" | "audit" | "stats" | "routes" | "openapi.json"
+            | "fleet"],
         )
         | (_, ["v1", "mirror", "diffs"])
         | (_, ["v1", "routes", _])
@@ -168,6 +174,102 @@ fn no_rollout(s: &Snapshot, route: &str) -> Response<Vec<u8>> {
         )
     } else {
         error(StatusCode::NOT_FOUND, &format!("no such route {route:?}"))
+    }
+}
+
+/// Marks a rollout control call one instance of a fleet hands to the route's leader.
+pub(crate) const FORWARDED_HEADER: &str = "x-switchyard-forwarded";
+
+/// A rollout control call made on an instance that does not lead the route's rollout: handed to
+/// the leader's admin API with the caller's credentials, and its answer returned as it is. A call
+/// already handed over once, or with no leader known, is refused (503, retried by `ctl`).
+fn to_leader(req: &Request, e: crate::rollout::ControlError) -> Response<Vec<u8>> {
+    let unavailable = |m: &str| {
+        let mut r = super::problem(StatusCode::SERVICE_UNAVAILABLE, "not_leader", m, None);
+        r.headers_mut()
+            .insert("retry-after", http::HeaderValue::from_static("1"));
+        r
+    };
+    let crate::rollout::ControlError::Elsewhere {
+        admin: Some(admin), ..
+    } = &e
+    else {
+        return unavailable(&e.to_string());
+    };
+    if req.forwarded {
+        return unavailable(&format!(
+            "{e} (this call was already handed over once: leadership is moving)"
+        ));
+    }
+    let url = match &req.query {
+        Some(q) => format!("http://{admin}{}?{q}", req.path),
+        None => format!("http://{admin}{}", req.path),
+    };
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(10))
+        .build();
+    let mut call = agent
+        .request(req.method.as_str(), &url)
+        .set(FORWARDED_HEADER, "1")
+        .set("content-type", "application/json");
+    if let Some(a) = &req.authorization {
+        call = call.set("authorization", a);
+    }
+    if let Some(m) = &req.if_match {
+        call = call.set("if-match", m);
+    }
+    let answer = match call.send_bytes(&req.body) {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(ureq::Error::Transport(t)) => {
+            return unavailable(&format!("{e}; it cannot be reached: {t}"));
+        }
+    };
+    let status = StatusCode::from_u16(answer.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = match answer.header("content-type") {
+        Some(t) if t.starts_with("application/problem+json") => "application/problem+json",
+        _ => "application/json",
+    };
+    let etag = answer.header("etag").map(str::to_string);
+    let mut body = Vec::new();
+    if let Err(err) = std::io::Read::read_to_end(&mut answer.into_reader(), &mut body) {
+        return unavailable(&format!("{e}; its answer could not be read: {err}"));
+    }
+    let mut r = super::respond(status, content_type, body);
+    if let Some(tag) = etag.and_then(|t| http::HeaderValue::from_str(&t).ok()) {
+        r.headers_mut().insert(http::header::ETAG, tag);
+    }
+    r
+}
+
+/// `GET /v1/fleet`: this instance in its fleet, and every live instance with the revision it serves
+/// and the rollouts it leads.
+fn fleet(state: &State) -> Response<Vec<u8>> {
+    let Some(fleet) = state.fleet() else {
+        return super::problem(
+            StatusCode::NOT_FOUND,
+            "not_in_a_fleet",
+            "this instance is not in a fleet: its config has no store.etcd",
+            None,
+        );
+    };
+    let mut body = fleet.status();
+    body["revision"] = state.load().revision.into();
+    match fleet.instances() {
+        Ok(instances) => {
+            body["instances"] = instances.into();
+            json(StatusCode::OK, &body)
+        }
+        Err(e) => {
+            let mut r = super::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                &format!("the fleet's instances cannot be read from etcd: {e}"),
+                None,
+            );
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("2"));
+            r
+        }
     }
 }
 
@@ -743,6 +845,17 @@ pub(super) fn change_refused(e: ChangeError) -> Response<Vec<u8>> {
         }
         ChangeError::NoSpace(m) => {
             super::problem(StatusCode::INSUFFICIENT_STORAGE, "no_space", &m, None)
+        }
+        ChangeError::Unavailable(m) => {
+            let mut r = super::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                &m,
+                None,
+            );
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("2"));
+            r
         }
         e @ ChangeError::HandingOver => {
             let mut r = super::problem(

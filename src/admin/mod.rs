@@ -56,6 +56,10 @@ pub(crate) struct Request {
     pub query: Option<String>,
     pub if_match: Option<String>,
     pub body: Vec<u8>,
+    /// The caller's `Authorization`, for a rollout control call handed to the fleet's leader.
+    pub authorization: Option<String>,
+    /// Whether another instance of the fleet handed this call over (it is not handed on again).
+    pub forwarded: bool,
 }
 
 #[async_trait]
@@ -101,12 +105,21 @@ impl ServeHttp for AdminApi {
             Ok(b) => b,
             Err(r) => return r,
         };
+        let forwarded = session
+            .req_header()
+            .headers
+            .contains_key(api::FORWARDED_HEADER);
         let req = Request {
             method,
             path,
             query,
             if_match,
             body,
+            authorization: authorization
+                .as_deref()
+                .and_then(|a| std::str::from_utf8(a).ok())
+                .map(str::to_string),
+            forwarded,
         };
         // Off the service's threads: a slow call (stats over thousands of routes, a large config)
         // never holds up /healthz or /metrics, which are answered above without waiting.
@@ -140,6 +153,7 @@ fn open_endpoint(state: &State, session: &ServerSession) -> Option<Response<Vec<
                 &live.config,
                 &live.pools,
                 &state.rollouts,
+                state.fleet().map(|f| f.as_ref()),
             ) {
                 Ok(text) => text,
                 Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, &e)),

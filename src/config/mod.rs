@@ -90,6 +90,10 @@ pub struct Config {
     /// API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// Where a fleet of instances shares its configuration, revisions, audit and rollouts (SPEC §8).
+    /// Without it, `server.state_dir` alone holds this instance's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clients: Option<ClientsConfig>,
     #[serde(default)]
@@ -201,6 +205,70 @@ pub struct AdminConfig {
 pub struct MetricsConfig {
     /// Where `/metrics` and `/healthz` are served, open (no token), e.g. `0.0.0.0:9902`.
     pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub etcd: EtcdConfig,
+}
+
+/// An etcd v3 cluster holding the fleet's state under `prefix`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd members, e.g. `http://10.0.0.5:2379` (`https://` with `tls`).
+    pub endpoints: Vec<String>,
+    /// The key prefix of this fleet, e.g. `/switchyard/prod`: instances with the same prefix share
+    /// one configuration.
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EtcdTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<EtcdAuth>,
+    /// How long an instance's registration and its rollout leadership outlive it (etcd lease TTL):
+    /// another instance takes a dead leader's rollouts over within this.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: String,
+    /// Longest wait for one etcd call; a change that gets no answer within it is refused (503).
+    #[serde(default = "default_etcd_timeout")]
+    pub timeout: String,
+    /// The admin address other instances use to reach this one (rollout control calls go to the
+    /// route's leader). Default: `admin.listen`, with this host's name for an unspecified address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_admin: Option<String>,
+}
+
+fn default_lease_ttl() -> String {
+    "10s".into()
+}
+
+fn default_etcd_timeout() -> String {
+    "2s".into()
+}
+
+/// TLS towards etcd: the CA that signed its certificates, and a client certificate if it asks for
+/// one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// PEM bundle of the CA(s) that signed etcd's server certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// PEM client certificate and its key, for etcd's `--client-cert-auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// etcd's user authentication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdAuth {
+    pub user: String,
+    /// A file holding the password (its surrounding whitespace is ignored), kept out of the config.
+    pub password_file: String,
 }
 
 fn default_admin_listen() -> String {

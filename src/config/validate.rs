@@ -33,6 +33,7 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     let mut e = Errors(Vec::new());
     server(config, &mut e);
     admin(config, &mut e);
+    store(config, &mut e);
     clients(config, &mut e);
     for (name, up) in config.upstreams.iter() {
         upstream(&format!("upstreams.{name}"), up, &mut e);
@@ -164,6 +165,108 @@ fn admin(config: &Config, e: &mut Errors) {
             );
         }
         e.check(format!("admin.tokens.{name}"), parse::sha256_hex(digest));
+    }
+}
+
+fn store(config: &Config, e: &mut Errors) {
+    let Some(store) = &config.store else { return };
+    let etcd = &store.etcd;
+    if etcd.endpoints.is_empty() {
+        e.push(
+            "store.etcd.endpoints",
+            "no endpoints: name at least one etcd client URL, e.g. http://127.0.0.1:2379",
+        );
+    }
+    for (i, url) in etcd.endpoints.iter().enumerate() {
+        let path = format!("store.etcd.endpoints[{i}]");
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        match rest {
+            None => e.push(
+                path,
+                format!("{url:?} is not an etcd client URL: expected http://HOST:PORT or https://HOST:PORT"),
+            ),
+            Some(hostport) => {
+                let hostport = hostport.trim_end_matches('/');
+                let port_ok = hostport
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                if !port_ok || hostport.contains('/') {
+                    e.push(path, format!("{url:?}: expected http://HOST:PORT or https://HOST:PORT"));
+                } else if url.starts_with("https://") && etcd.tls.is_none() {
+                    e.push(path, format!("{url:?} is https: add store.etcd.tls (at least its ca)"));
+                }
+            }
+        }
+    }
+    let prefix = &etcd.prefix;
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+        e.push(
+            "store.etcd.prefix",
+            format!("{prefix:?}: expected a key prefix like /switchyard/prod (starts with /, does not end with /)"),
+        );
+    } else if prefix.contains("//") || prefix.chars().any(|c| c.is_control() || c == ' ') {
+        e.push(
+            "store.etcd.prefix",
+            format!("{prefix:?}: no empty segments, spaces or control characters"),
+        );
+    }
+    if let Some(ttl) = e.check("store.etcd.lease_ttl", parse::duration(&etcd.lease_ttl)) {
+        if ttl < std::time::Duration::from_secs(2) || ttl > std::time::Duration::from_secs(3600) {
+            e.push(
+                "store.etcd.lease_ttl",
+                format!(
+                    "{:?}: must be between 2s and 1h (etcd's leases count whole seconds)",
+                    etcd.lease_ttl
+                ),
+            );
+        }
+    }
+    if let Some(t) = e.check("store.etcd.timeout", parse::duration(&etcd.timeout)) {
+        if t.is_zero() {
+            e.push("store.etcd.timeout", "must be more than 0");
+        }
+    }
+    if let Some(addr) = &etcd.advertise_admin {
+        let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            e.push(
+                "store.etcd.advertise_admin",
+                format!("{addr:?}: expected HOST:PORT"),
+            );
+        }
+    }
+    if let Some(tls) = &etcd.tls {
+        for (name, file) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+            if let Some(file) = file {
+                if let Err(err) = std::fs::read(file) {
+                    e.push(
+                        format!("store.etcd.tls.{name}"),
+                        format!("cannot read {file}: {err}"),
+                    );
+                }
+            }
+        }
+        if tls.cert.is_some() != tls.key.is_some() {
+            e.push(
+                "store.etcd.tls",
+                "a client certificate needs both cert and key",
+            );
+        }
+    }
+    if let Some(auth) = &etcd.auth {
+        if auth.user.trim().is_empty() {
+            e.push("store.etcd.auth.user", "must not be empty");
+        }
+        if let Err(err) = std::fs::read_to_string(&auth.password_file) {
+            e.push(
+                "store.etcd.auth.password_file",
+                format!("cannot read {}: {err}", auth.password_file),
+            );
+        }
     }
 }
 

@@ -22,8 +22,12 @@ pub fn render(
     config: &Config,
     pools: &crate::upstream::Pools,
     rollouts: &crate::rollout::Rollouts,
+    fleet: Option<&crate::fleet::Fleet>,
 ) -> Result<Vec<u8>, String> {
     let mut families = families(metrics, revision, config);
+    if let Some(fleet) = fleet {
+        families.extend(fleet_families(fleet, config));
+    }
     families.push(backend_up(pools));
     families.extend(rollout_families(rollouts));
     let mut open = Family::new(
@@ -71,6 +75,35 @@ fn backend_up(pools: &crate::upstream::Pools) -> MetricFamily {
 
 /// `switchyard_rollout_step{route}`, `switchyard_rollout_state{route,state}` and
 /// `switchyard_rollout_checks_total{route,verdict}`.
+/// A fleet's instance (`store.etcd`): whether it reaches etcd, the fleet's revision as last seen
+/// (beside `switchyard_config_revision`, the one served here), and the rollouts it leads.
+fn fleet_families(fleet: &crate::fleet::Fleet, config: &Config) -> Vec<MetricFamily> {
+    let mut connected = Family::new(
+        "switchyard_fleet_connected",
+        "1 while this instance reaches the fleet's etcd, caught up and watching; 0 while it serves its last revision and refuses changes.",
+        MetricType::GAUGE,
+    );
+    connected.gauge(&[], if fleet.connected() { 1.0 } else { 0.0 });
+    let mut head = Family::new(
+        "switchyard_fleet_revision",
+        "The fleet's live revision as this instance last saw it in etcd.",
+        MetricType::GAUGE,
+    );
+    head.gauge(&[], fleet.fleet_revision() as f64);
+    let mut leads = Family::new(
+        "switchyard_rollout_leader",
+        "1 for each route whose rollout this instance leads in the fleet, 0 for the others with a rollout.",
+        MetricType::GAUGE,
+    );
+    for r in config.routes.iter().filter(|r| r.rollout.is_some()) {
+        leads.gauge(
+            &[("route", &r.name)],
+            if fleet.leads(&r.name) { 1.0 } else { 0.0 },
+        );
+    }
+    vec![connected.0, head.0, leads.0]
+}
+
 fn rollout_families(rollouts: &crate::rollout::Rollouts) -> Vec<MetricFamily> {
     use crate::rollout::Phase;
     let mut step = Family::new(

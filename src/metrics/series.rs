@@ -205,6 +205,28 @@ impl Stats {
         }
     }
 
+    /// Adds another reading's counts (e.g. another instance's): the sum of both.
+    pub fn add(&mut self, other: &Stats) {
+        for (a, b) in self.status.iter_mut().zip(other.status.iter()) {
+            *a += b;
+        }
+        self.upstream_errors += other.upstream_errors;
+        self.fallbacks += other.fallbacks;
+        for (a, b) in self
+            .latency
+            .buckets
+            .iter_mut()
+            .zip(other.latency.buckets.iter())
+        {
+            *a += b;
+        }
+        self.latency.sum_us += other.latency.sum_us;
+        self.mirror_sent += other.mirror_sent;
+        self.mirror_compared += other.mirror_compared;
+        self.mirror_diffs += other.mirror_diffs;
+        self.mirror_errors += other.mirror_errors;
+    }
+
     fn add_slot(&mut self, slot: &Slot) {
         for (a, c) in self.status.iter_mut().zip(slot.status.iter()) {
             *a += u64::from(c.load(Relaxed));

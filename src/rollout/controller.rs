@@ -107,6 +107,10 @@ pub struct Record {
     /// Checks by verdict since the rollout started: pass, fail, inconclusive.
     #[serde(default)]
     pub checks: [u64; 3],
+    /// The revision of the controller's last change to the route: in a fleet, a new leader adopts
+    /// the changes its predecessor committed after it (and died before recording).
+    #[serde(default)]
+    pub revision: u64,
     /// Conclusive checks since the rollout started: the significance each check requires shrinks
     /// with it ([`judge::alpha_for_check`]).
     #[serde(default)]
@@ -118,8 +122,9 @@ pub struct Record {
 /// A record and what is kept of it in memory only.
 struct Run {
     record: Record,
-    /// Totals of canary and baseline at the start of the current check window.
-    marks: Option<(Stats, Stats)>,
+    /// Totals of canary and baseline at the start of the current check window, by instance (`""`:
+    /// this one; in a fleet, each other instance's as it published them).
+    marks: Option<BTreeMap<String, (Stats, Stats)>>,
     last_tick: Instant,
     last_check: Instant,
     pre_step: Option<PreStep>,
@@ -135,6 +140,8 @@ struct Inner {
     /// The live revision the last turn looked at: configured rollouts and changes by others can only
     /// appear with a new one.
     seen_revision: Option<u64>,
+    /// In a fleet: a rollout could not be read from etcd; the next turn tries again.
+    resync: bool,
 }
 
 /// Why a control call was refused.
@@ -143,6 +150,12 @@ pub enum ControlError {
     NotFound(String),
     Conflict(String),
     Change(ChangeError),
+    /// In a fleet, another instance leads the route's rollout: control calls go there. Its id and
+    /// admin address (`None`: no leader is known now).
+    Elsewhere {
+        leader: Option<String>,
+        admin: Option<String>,
+    },
 }
 
 impl std::fmt::Display for ControlError {
@@ -150,6 +163,14 @@ impl std::fmt::Display for ControlError {
         match self {
             ControlError::NotFound(m) | ControlError::Conflict(m) => f.write_str(m),
             ControlError::Change(e) => write!(f, "{e}"),
+            ControlError::Elsewhere { leader: Some(id), admin } => write!(
+                f,
+                "instance {id} leads this rollout in the fleet; send control calls to its admin API ({})",
+                admin.as_deref().unwrap_or("address unknown")
+            ),
+            ControlError::Elsewhere { leader: None, .. } => f.write_str(
+                "no instance of the fleet leads this rollout now (etcd unreachable, or a leader is being elected); retry in a moment",
+            ),
         }
     }
 }
@@ -216,6 +237,7 @@ impl Run {
                 expected: route_digest(r),
                 added: Added::default(),
                 checks: [0; 3],
+                revision: 0,
                 conclusive: 0,
                 history: VecDeque::new(),
             },
@@ -270,7 +292,19 @@ impl Rollouts {
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let revision = state.load().revision;
-        let changed = inner.seen_revision != Some(revision);
+        let mut changed =
+            inner.seen_revision != Some(revision) || std::mem::take(&mut inner.resync);
+        if let Some(fleet) = state.fleet() {
+            // In a fleet, this instance walks only the rollouts it leads; one it stops leading is
+            // forgotten here (its leader keeps it in etcd), one it starts leading is read from there.
+            let before = inner.runs.len();
+            inner.runs.retain(|route, _| fleet.leads(route));
+            let live = state.load();
+            let gained = live.config.routes.iter().any(|r| {
+                r.rollout.is_some() && fleet.leads(&r.name) && !inner.runs.contains_key(&r.name)
+            });
+            changed |= gained || inner.runs.len() != before;
+        }
         if changed {
             self.sync(&mut inner, state, now);
         }
@@ -336,8 +370,50 @@ impl Rollouts {
             .config
             .routes
             .iter()
+            .filter(|r| state.fleet().is_none_or(|f| f.leads(&r.name)))
             .filter_map(|r| r.rollout.clone().map(|ro| (r.clone(), ro)))
             .collect();
+        if let Some(fleet) = state.fleet() {
+            for (r, ro) in &configured {
+                if inner.runs.contains_key(&r.name) {
+                    continue;
+                }
+                match fleet.load_rollout(&r.name) {
+                    Ok(Some(bytes)) => match serde_json::from_slice::<Record>(&bytes) {
+                        Ok(record) => {
+                            let mut run = Run::resumed(record, now);
+                            if run.record.digest == rollout_digest(ro) {
+                                self.adopt(state, r, ro, &mut run);
+                            }
+                            log::info!(
+                                "route {}: leading its rollout from step {} ({}), {} held",
+                                r.name,
+                                run.record.step + 1,
+                                run.record.phase.as_str(),
+                                humantime::format_duration(Duration::from_secs(
+                                    run.record.held_ms / 1000
+                                ))
+                            );
+                            inner.runs.insert(r.name.clone(), run);
+                            inner.dirty = true;
+                        }
+                        Err(e) => log::error!(
+                            "route {}: the rollout state in etcd cannot be read ({e}); it starts again",
+                            r.name
+                        ),
+                    },
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Not known yet whether a rollout is under way: wait for etcd rather than
+                        // start one again.
+                        log::warn!("route {}: reading its rollout from etcd: {e}", r.name);
+                        inner.resync = true;
+                        return;
+                    }
+                }
+            }
+        }
+
         inner.runs.retain(|name, _| {
             let keep = configured.iter().any(|(r, _)| &r.name == name);
             if !keep {
@@ -613,15 +689,48 @@ impl Rollouts {
     fn judge(&self, state: &State, ro: &RolloutConfig, run: &mut Run) -> Verdict {
         let metrics = state.metrics();
         let (route, canary, baseline) = (&run.record.route, &ro.canary, &run.record.baseline);
-        let now = (
-            metrics.totals(route, canary),
-            metrics.totals(route, baseline),
+        let mut now = BTreeMap::new();
+        now.insert(
+            String::new(),
+            (
+                metrics.totals(route, canary),
+                metrics.totals(route, baseline),
+            ),
         );
-        let Some((c0, b0)) = run.marks.clone() else {
+        if let Some(fleet) = state.fleet() {
+            // The fleet's traffic: every instance's counts as it published them (each second).
+            match fleet.peer_counts(route) {
+                Ok(peers) => {
+                    for (id, targets) in peers {
+                        let of = |t: &str| targets.get(t).cloned().unwrap_or_default();
+                        now.insert(id, (of(canary), of(baseline)));
+                    }
+                }
+                Err(e) => {
+                    return Verdict::Inconclusive(format!(
+                        "the fleet's counts cannot be read from etcd: {e}"
+                    ))
+                }
+            }
+        }
+        let Some(marks) = run.marks.as_mut() else {
             run.marks = Some(now);
             return Verdict::Inconclusive("the step's window begins".into());
         };
-        let (c, b) = (now.0.since(&c0), now.1.since(&b0));
+        // Each instance's traffic since its own mark; an instance seen for the first time counts
+        // from now on, one that left takes its window with it.
+        let (mut c, mut b) = (Stats::default(), Stats::default());
+        for (id, (nc, nb)) in now {
+            match marks.get(&id) {
+                Some((mc, mb)) => {
+                    c.add(&nc.since(mc));
+                    b.add(&nb.since(mb));
+                }
+                None => {
+                    marks.insert(id, (nc, nb));
+                }
+            }
+        }
         let gates = Gates::from_config(&ro.gates);
         let alpha = judge::alpha_for_check(&gates, run.record.conclusive + 1);
         let verdict = match ro.steps.get(run.record.step).map(|s| &s.kind) {
@@ -784,10 +893,65 @@ impl Rollouts {
             Ok(config)
         })?;
         run.record.added = added;
+        run.record.revision = snapshot.revision;
         if let Some(r) = find(&snapshot, &route) {
             run.record.expected = route_digest(r);
         }
         Ok(())
+    }
+
+    /// A new leader's first look at a rollout it read from etcd: changes to the route committed by
+    /// the controller after the record's revision were made by the previous leader, which died
+    /// before recording them. They are adopted (the step it moved to, the verdict it reached), so
+    /// no step is taken twice or skipped. A change by anyone else is left to [`Self::notice_others`].
+    fn adopt(&self, state: &State, r: &RouteConfig, ro: &RolloutConfig, run: &mut Run) {
+        if route_digest(r) == run.record.expected || run.record.revision == 0 {
+            return;
+        }
+        let since: Vec<_> = state
+            .audit()
+            .into_iter()
+            .filter(|e| e.revision > run.record.revision)
+            .filter(|e| e.route.as_deref() == Some(r.name.as_str()) || e.route.is_none())
+            .collect();
+        if since.is_empty() || since.iter().any(|e| e.actor != "rollout") {
+            return;
+        }
+        let now = Instant::now();
+        for e in &since {
+            match e.action.as_str() {
+                "rollout.step" => {
+                    let next = run.record.step + 1;
+                    run.enter_step(ro, next.min(ro.steps.len().saturating_sub(1)), now);
+                }
+                "rollout.succeeded" => run.record.phase = Phase::Succeeded,
+                "rollout.failed" => run.record.phase = Phase::Failed,
+                "rollout.abort" => run.record.phase = Phase::Aborted,
+                "rollout.pause" => run.record.phase = Phase::Paused,
+                _ => {}
+            }
+            run.record.reason = if run.record.phase == Phase::Running {
+                None
+            } else {
+                e.reason.clone()
+            };
+        }
+        let last = since.last().map_or(run.record.revision, |e| e.revision);
+        run.record.revision = last;
+        run.record.expected = route_digest(r);
+        let reason = format!(
+            "took over from the previous leader, adopting its revision(s) {} not yet recorded: step {}/{} ({})",
+            since
+                .iter()
+                .map(|e| format!("{} {}", e.revision, e.action))
+                .collect::<Vec<_>>()
+                .join(", "),
+            run.record.step + 1,
+            ro.steps.len(),
+            step_words(ro, run.record.step)
+        );
+        log::warn!("route {}: {reason}", r.name);
+        self.event(ro, run, "adopt", "rollout", None, None, reason);
     }
 
     /// Records an event in the history and the log, and sends it to `notify`.
@@ -846,6 +1010,23 @@ impl Rollouts {
     }
 
     fn save(&self, inner: &mut Inner, state: &State, now: Instant) {
+        if let Some(fleet) = state.fleet() {
+            let mut all = true;
+            for (route, run) in &inner.runs {
+                let Ok(bytes) = serde_json::to_vec(&run.record) else {
+                    continue;
+                };
+                if let Err(e) = fleet.save_rollout(route, bytes) {
+                    log::warn!("route {route}: rollout state not saved in etcd: {e}");
+                    all = false;
+                }
+            }
+            if all {
+                inner.dirty = false;
+            }
+            inner.last_saved = Some(now);
+            return;
+        }
         let records: BTreeMap<&String, &Record> =
             inner.runs.iter().map(|(k, v)| (k, &v.record)).collect();
         let Ok(bytes) = serde_json::to_vec_pretty(&records) else {
@@ -874,6 +1055,15 @@ impl Rollouts {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if state.is_handing_over() {
             return Err(ControlError::Change(ChangeError::HandingOver));
+        }
+        if let Some(fleet) = state.fleet() {
+            if !fleet.leads(route) {
+                let leader = fleet.leader_of(route);
+                return Err(ControlError::Elsewhere {
+                    admin: leader.as_ref().and_then(|l| l.1.clone()),
+                    leader: leader.map(|l| l.0),
+                });
+            }
         }
         self.sync(&mut inner, state, now);
         let live = state.load();
@@ -1069,11 +1259,26 @@ impl Rollouts {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let share = r.split.as_ref().map_or(0.0, |s| s.share(&ro.canary));
         // A rollout block the controller has not taken up yet (within its next turn) is pending.
-        let run = inner
+        let digest = rollout_digest(ro);
+        let own = inner
             .runs
             .get(route)
-            .filter(|run| run.record.digest == rollout_digest(ro));
-        let Some(run) = run else {
+            .map(|run| run.record.clone())
+            .filter(|r| r.digest == digest);
+        drop(inner);
+        // In a fleet, an instance that does not lead the rollout shows it as its leader last
+        // saved it.
+        let record = own.or_else(|| {
+            let bytes = state.fleet()?.followed(route)?;
+            serde_json::from_slice::<Record>(&bytes)
+                .ok()
+                .filter(|r| r.digest == digest)
+        });
+        let leader = state
+            .fleet()
+            .and_then(|f| f.leader_of(route))
+            .map(|l| json!({"instance": l.0, "admin": l.1}));
+        let Some(rec) = record else {
             return Some(json!({
                 "route": route,
                 "canary": ro.canary,
@@ -1082,7 +1287,7 @@ impl Rollouts {
                 "canary_share": share,
             }));
         };
-        let rec = &run.record;
+        let rec = &rec;
         let hold = plan::hold_of(ro, rec.step);
         let held = Duration::from_millis(rec.held_ms);
         let waiting = matches!(ro.steps.get(rec.step).map(|s| &s.kind), Some(Step::Pause));
@@ -1114,6 +1319,7 @@ impl Rollouts {
             "started_at": rec.started_at,
             "step_started_at": rec.step_started_at,
             "history": recent.into_iter().rev().collect::<Vec<_>>(),
+            "leader": leader,
         }))
     }
 

@@ -14,13 +14,14 @@ pub mod reloader;
 pub mod store;
 
 use crate::config::{Config, ConfigErrors};
+use crate::fleet::{self, CatchUp, CommitError, Fleet};
 use crate::metrics::{Metrics, SeriesCells};
 use crate::release::ReleaseTable;
 use crate::upstream::Pools;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use store::{AuditEntry, Persisted, Store};
 
@@ -80,15 +81,18 @@ pub enum ChangeError {
     NoSpace(String),
     /// This instance is handing over to a new process (an upgrade): changes go to the new one.
     HandingOver,
+    /// The fleet's store (etcd) cannot be reached: nothing changed.
+    Unavailable(String),
 }
 
 impl fmt::Display for ChangeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ChangeError::Invalid(e) => write!(f, "invalid configuration:\n{e}"),
-            ChangeError::Refused(m) | ChangeError::NotFound(m) | ChangeError::Conflict(m) => {
-                f.write_str(m)
-            }
+            ChangeError::Refused(m)
+            | ChangeError::NotFound(m)
+            | ChangeError::Conflict(m)
+            | ChangeError::Unavailable(m) => f.write_str(m),
             ChangeError::Storage(m) | ChangeError::NoSpace(m) => {
                 write!(f, "cannot persist the change: {m}")
             }
@@ -112,10 +116,21 @@ pub struct State {
     handing_over: std::sync::atomic::AtomicBool,
     /// The rollouts of this instance's routes (SPEC §6).
     pub rollouts: crate::rollout::Rollouts,
+    /// The fleet this instance belongs to (`store.etcd`), if any.
+    fleet: Option<Arc<Fleet>>,
 }
 
 struct Writer {
+    /// `state_dir`; in a fleet, its `fleet/` directory, a copy of the fleet's revisions.
     store: Option<Store>,
+    /// `state_dir` itself: where the outcome of a reload is recorded.
+    state_dir: Option<PathBuf>,
+    /// In a fleet: this instance's config file, whose `server`, `admin`, `metrics` and `store` are
+    /// its own (the rest comes from the fleet).
+    local: Option<Config>,
+    /// In a fleet: whether this process keeps the copy in `store` (a successor does not until it
+    /// takes over).
+    cache_writes: bool,
     /// Digest of the config file the live revision was last loaded from.
     file_sha256: String,
     /// A successor that serves its config file, changed since the previous process loaded it, has
@@ -131,12 +146,16 @@ impl State {
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(Writer {
                 store: None,
+                state_dir: None,
+                local: None,
+                cache_writes: false,
                 file_sha256: String::new(),
                 unsaved_file: None,
             }),
             metrics: Arc::default(),
             handing_over: Default::default(),
             rollouts: Default::default(),
+            fleet: None,
         })
     }
 
@@ -155,6 +174,9 @@ impl State {
     }
 
     fn open_as(file_config: Config, file_text: &str, successor: bool) -> anyhow::Result<State> {
+        if file_config.store.is_some() {
+            return Self::open_fleet(file_config, file_text, successor);
+        }
         let dir = file_config.server.state_dir.clone();
         let store = Store::open(Path::new(&dir))
             .map_err(|e| anyhow::anyhow!("state_dir {dir}: {e}"))?
@@ -177,6 +199,7 @@ impl State {
             metrics: Arc::default(),
             handing_over: Default::default(),
             rollouts: Default::default(),
+            fleet: None,
         };
         if let Some(p) = persisted.as_ref().filter(|p| p.file_sha256 == file_sha256) {
             match committed_config(&store, p.revision) {
@@ -186,6 +209,9 @@ impl State {
                     log::info!("resuming revision {} from {dir}", p.revision);
                     let writer = Writer {
                         store: Some(store),
+                        state_dir: Some(PathBuf::from(&dir)),
+                        local: None,
+                        cache_writes: false,
                         file_sha256,
                         unsaved_file: None,
                     };
@@ -206,6 +232,9 @@ impl State {
             Snapshot::build(file_config, revision, None).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut writer = Writer {
             store: Some(store),
+            state_dir: Some(PathBuf::from(&dir)),
+            local: None,
+            cache_writes: false,
             file_sha256,
             unsaved_file: None,
         };
@@ -244,6 +273,16 @@ impl State {
     /// since the previous process loaded it wins, as at start-up, and becomes a revision now.
     pub fn take_over(&self) {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.fleet.is_some() {
+            // The fleet's revisions come from etcd; from now on this process keeps their copy.
+            writer.cache_writes = true;
+            if let Some(store) = &writer.store {
+                if let Err(e) = store.repair() {
+                    log::error!("state_dir {}: repairing: {e}", store.dir().display());
+                }
+            }
+            return;
+        }
         let unsaved_file = writer.unsaved_file.take();
         let Some(store) = &writer.store else {
             return;
@@ -352,6 +391,9 @@ impl State {
         if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ChangeError::HandingOver);
         }
+        if let Some(fleet) = &self.fleet {
+            return self.change_fleet(fleet, writer, change, edit);
+        }
         let previous = self.current.load_full();
         let config = edit(&previous)?;
         let next = Snapshot::build(config, previous.revision + 1, Some(&previous))
@@ -360,6 +402,261 @@ impl State {
         persist(writer, &change, Some(&previous), &next)?;
         self.current.store(next.clone());
         Ok(next)
+    }
+
+    /// A change in a fleet: committed to etcd against the revision this instance serves
+    /// (compare-and-swap), then applied here; the others apply it from their watch.
+    fn change_fleet(
+        &self,
+        fleet: &Fleet,
+        writer: &Writer,
+        change: Change<'_>,
+        edit: impl FnOnce(&Snapshot) -> Result<Config, ChangeError>,
+    ) -> Result<Arc<Snapshot>, ChangeError> {
+        if !fleet.connected() {
+            return Err(ChangeError::Unavailable(fleet.unavailable()));
+        }
+        let previous = self.current.load_full();
+        let mut config = edit(&previous)?;
+        if let Some(local) = &writer.local {
+            if let Some(section) = fleet::changes_local(local, &config) {
+                return Err(ChangeError::Refused(format!(
+                    "{section} is this instance's own in a fleet (store.etcd): change it in the instance's config file; the fleet shares clients, upstreams and routes"
+                )));
+            }
+            config.server = local.server.clone();
+            config.admin = local.admin.clone();
+            config.metrics = local.metrics.clone();
+            config.store = local.store.clone();
+        }
+        let next = Snapshot::build(config, previous.revision + 1, Some(&previous))
+            .map_err(ChangeError::Invalid)?;
+        let next = Arc::new(next);
+        let yaml = next.config.to_yaml();
+        let entry = audit_entry(&change, Some(&previous), &next, &yaml);
+        let shared = fleet::shared_yaml(&next.config);
+        fleet
+            .commit(previous.revision, next.revision, shared, &entry)
+            .map_err(|e| match e {
+                CommitError::Conflict(head) => ChangeError::Conflict(format!(
+                    "another instance of the fleet committed revision {head} since revision {} this change was made against: read again and retry",
+                    previous.revision
+                )),
+                CommitError::Unavailable(m) => ChangeError::Unavailable(m),
+            })?;
+        if writer.cache_writes {
+            cache(writer, &entry, Some(&yaml));
+        }
+        self.current.store(next.clone());
+        Ok(next)
+    }
+
+    /// A fleet's instance that finds nothing under the prefix: its configuration becomes the fleet's
+    /// first revision. Another instance seeding at the same time wins or loses as a whole.
+    pub fn seed_fleet(&self) -> Result<(), String> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(fleet) = &self.fleet else {
+            return Ok(());
+        };
+        let live = self.current.load_full();
+        let next =
+            Snapshot::build(live.config.clone(), 1, Some(&live)).map_err(|e| e.to_string())?;
+        let reason = format!(
+            "first revision of the fleet {}, from the configuration of instance {}",
+            fleet.prefix(),
+            fleet.id()
+        );
+        let change = Change {
+            actor: "file",
+            action: "config.reload",
+            route: None,
+            reason: Some(&reason),
+        };
+        let yaml = next.config.to_yaml();
+        let entry = audit_entry(&change, None, &next, &yaml);
+        match fleet.commit(0, 1, fleet::shared_yaml(&next.config), &entry) {
+            Ok(()) => {
+                log::info!("fleet: {reason}");
+                Ok(())
+            }
+            // Another instance was first; its revision is read next.
+            Err(CommitError::Conflict(_)) => Ok(()),
+            Err(CommitError::Unavailable(m)) => {
+                drop(writer);
+                Err(m)
+            }
+        }
+    }
+
+    /// Applies what the fleet committed since this instance's revision: each revision's audit line
+    /// and configuration go to the copy in `state_dir`, the newest is served.
+    pub fn apply_fleet(&self, catch: CatchUp) -> Result<(), String> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_handing_over() {
+            return Ok(());
+        }
+        let Some(head) = catch.head else {
+            return Ok(());
+        };
+        let current = self.current.load_full();
+        if head == current.revision && current.revision != 0 {
+            return Ok(());
+        }
+        let Some(local) = writer.local.clone() else {
+            return Ok(());
+        };
+        if head < current.revision {
+            log::warn!(
+                "fleet: its revision {head} is older than this instance's {} (etcd restored or the prefix reset): following the fleet",
+                current.revision
+            );
+            if writer.cache_writes {
+                if let Some(store) = &writer.store {
+                    if let Err(e) = store.reset() {
+                        log::error!("{}: clearing the copy: {e}", store.dir().display());
+                    }
+                }
+            }
+        }
+        let base = if head < current.revision {
+            0
+        } else {
+            current.revision
+        };
+        let mut serving = None;
+        for e in catch.entries.iter().filter(|e| e.revision > base) {
+            let composed = e
+                .shared
+                .as_deref()
+                .map(|shared| fleet::compose(&local, shared));
+            if e.revision == head {
+                let config = match composed {
+                    Some(Ok(c)) => c,
+                    Some(Err(err)) => {
+                        log::error!("fleet: revision {head} cannot be read ({err}); still serving revision {}", current.revision);
+                        return Ok(());
+                    }
+                    None => {
+                        log::error!("fleet: revision {head} has no configuration in etcd; still serving revision {}", current.revision);
+                        return Ok(());
+                    }
+                };
+                let snapshot = match Snapshot::build(config, head, Some(&current)) {
+                    Ok(s) => s,
+                    Err(err) => {
+                        log::error!("fleet: revision {head} cannot be served here ({err}); still serving revision {}", current.revision);
+                        return Ok(());
+                    }
+                };
+                if writer.cache_writes {
+                    let yaml = snapshot.config.to_yaml();
+                    let entry = e.audit.clone().unwrap_or_else(|| missing_audit(head));
+                    cache(&writer, &entry, Some(&yaml));
+                }
+                serving = Some((snapshot, e.audit.clone()));
+            } else if writer.cache_writes {
+                let yaml = composed.and_then(Result::ok).map(|c| c.to_yaml());
+                let entry = e.audit.clone().unwrap_or_else(|| missing_audit(e.revision));
+                cache(&writer, &entry, yaml.as_deref());
+            }
+        }
+        if let Some((snapshot, audit)) = serving {
+            match audit {
+                Some(a) => log::info!(
+                    "fleet: now serving revision {head} ({} by {}{})",
+                    a.action,
+                    a.actor,
+                    a.route.map(|r| format!(" on {r}")).unwrap_or_default()
+                ),
+                None => log::info!("fleet: now serving revision {head}"),
+            }
+            self.current.store(Arc::new(snapshot));
+        }
+        Ok(())
+    }
+
+    /// The fleet this instance belongs to, if any.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// Opens an instance of a fleet (`store.etcd`): it serves the fleet's live revision, read from
+    /// etcd at start; with etcd unreachable, the revision last copied to `state_dir/fleet` (or, with
+    /// none, its config file) until etcd is back.
+    fn open_fleet(file_config: Config, file_text: &str, successor: bool) -> anyhow::Result<State> {
+        let dir = PathBuf::from(&file_config.server.state_dir).join("fleet");
+        let store = Store::open(&dir)
+            .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", dir.display()))?
+            .retaining(file_config.server.retain_revisions);
+        if !successor {
+            for note in store
+                .repair()
+                .map_err(|e| anyhow::anyhow!("state_dir {}: repairing: {e}", dir.display()))?
+            {
+                log::warn!("state_dir {}: {note}", dir.display());
+            }
+        }
+        let fleet = Arc::new(
+            Fleet::from_config(&file_config)
+                .ok_or_else(|| anyhow::anyhow!("store.etcd is not configured"))?,
+        );
+        let cached = store.persisted().ok().flatten().and_then(|p| {
+            committed_config(&store, p.revision)
+                .ok()
+                .map(|c| (p.revision, c))
+        });
+        let (revision, config) = match cached {
+            Some((n, mut c)) => {
+                c.server = file_config.server.clone();
+                c.admin = file_config.admin.clone();
+                c.metrics = file_config.metrics.clone();
+                c.store = file_config.store.clone();
+                (n, c)
+            }
+            None => (0, file_config.clone()),
+        };
+        let snapshot =
+            Snapshot::build(config, revision, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let state = State {
+            current: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(Writer {
+                store: Some(store),
+                state_dir: Some(PathBuf::from(&file_config.server.state_dir)),
+                local: Some(file_config),
+                cache_writes: !successor,
+                file_sha256: sha256_hex(file_text.as_bytes()),
+                unsaved_file: None,
+            }),
+            metrics: Arc::default(),
+            handing_over: Default::default(),
+            rollouts: Default::default(),
+            fleet: Some(fleet.clone()),
+        };
+        match fleet.read_at_start(revision) {
+            Ok(catch) if catch.head.is_some() => {
+                state.apply_fleet(catch).map_err(|e| anyhow::anyhow!("{e}"))?;
+                log::info!(
+                    "fleet {}: serving revision {}",
+                    fleet.prefix(),
+                    state.load().revision
+                );
+            }
+            Ok(_) => log::info!(
+                "fleet {}: nothing committed yet; this instance's configuration becomes its first revision once connected",
+                fleet.prefix()
+            ),
+            Err(e) if revision > 0 => log::warn!(
+                "fleet {}: etcd unreachable at start-up ({e}): serving revision {revision} as copied to {}; changes are refused until etcd is back",
+                fleet.prefix(),
+                dir.display()
+            ),
+            Err(e) => log::warn!(
+                "fleet {}: etcd unreachable at start-up ({e}) and no revision copied to {}: serving the config file until etcd is back; changes are refused until then",
+                fleet.prefix(),
+                dir.display()
+            ),
+        }
+        Ok(state)
     }
 
     /// Re-reads the config file (SIGHUP / `switchyard reload`). A file whose content equals the one last
@@ -387,6 +684,11 @@ impl State {
             )
         };
         let previous_sha = std::mem::replace(&mut writer.file_sha256, digest);
+        // In a fleet the file's own sections (server, admin, metrics, store) are this instance's.
+        let previous_local = writer.local.clone();
+        if previous_local.is_some() {
+            writer.local = Some(config.clone());
+        }
         let change = Change {
             actor: "file",
             action: "config.reload",
@@ -397,6 +699,7 @@ impl State {
             Ok(snapshot) => Ok(Reload::Applied { snapshot, replaced }),
             Err(e) => {
                 writer.file_sha256 = previous_sha;
+                writer.local = previous_local;
                 Err(e)
             }
         }
@@ -409,6 +712,10 @@ impl State {
         if self.is_handing_over() {
             return Err(ChangeError::HandingOver);
         }
+        if self.fleet.is_some() {
+            // A fleet's rollouts are kept in etcd by their leaders.
+            return Ok(());
+        }
         match &writer.store {
             Some(store) => store::write_atomic(&store.dir().join("rollouts.json"), bytes)
                 .map_err(|e| storage_error(store.dir(), &e)),
@@ -418,6 +725,9 @@ impl State {
 
     /// The rollouts' state as last saved in `state_dir`.
     pub fn load_rollouts(&self) -> Option<Vec<u8>> {
+        if self.fleet.is_some() {
+            return None;
+        }
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let store = writer.store.as_ref()?;
         std::fs::read(store.dir().join("rollouts.json")).ok()
@@ -426,12 +736,9 @@ impl State {
     /// Records the outcome of a reload by signal in `state_dir/reload.json` (nothing without one).
     pub fn record_reload_outcome(&self, outcome: serde_json::Value) {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = &writer.store {
-            if let Err(e) = store.write_reload_outcome(outcome) {
-                log::warn!(
-                    "cannot record the reload outcome in {}: {e}",
-                    store.dir().display()
-                );
+        if let Some(dir) = &writer.state_dir {
+            if let Err(e) = store::write_reload_outcome(dir, outcome) {
+                log::warn!("cannot record the reload outcome in {}: {e}", dir.display());
             }
         }
     }
@@ -530,6 +837,56 @@ fn persist(
         revision: next.revision,
         file_sha256: writer.file_sha256.clone(),
     };
+    let entry = audit_entry(change, previous, next, &yaml);
+    store
+        .commit(&persisted, &yaml, &entry)
+        .map_err(|e| storage_error(store.dir(), &e))
+}
+
+/// Copies one of the fleet's revisions to `state_dir/fleet` (its configuration when etcd still has
+/// it). A failure is logged: etcd holds the revision, and a later start reads it from there.
+fn cache(writer: &Writer, entry: &AuditEntry, yaml: Option<&str>) {
+    let Some(store) = &writer.store else { return };
+    let result = match yaml {
+        Some(yaml) => {
+            let persisted = Persisted {
+                revision: entry.revision,
+                file_sha256: writer.file_sha256.clone(),
+            };
+            store.commit(&persisted, yaml, entry)
+        }
+        None => store.append_audit(entry),
+    };
+    if let Err(e) = result {
+        log::warn!(
+            "{}: copying revision {}: {e} (etcd keeps it)",
+            store.dir().display(),
+            entry.revision
+        );
+    }
+}
+
+/// The audit line of a revision whose line etcd does not have.
+fn missing_audit(revision: u64) -> AuditEntry {
+    AuditEntry {
+        revision,
+        at: store::now_rfc3339(),
+        actor: "unknown".into(),
+        action: "unknown".into(),
+        route: None,
+        before: serde_json::Value::Null,
+        after: serde_json::Value::Null,
+        reason: Some("the fleet's store has no audit line for this revision".into()),
+    }
+}
+
+/// The audit line of `change`, from `previous` to `next` (whose YAML is `yaml`).
+fn audit_entry(
+    change: &Change<'_>,
+    previous: Option<&Snapshot>,
+    next: &Snapshot,
+    yaml: &str,
+) -> AuditEntry {
     let describe = |s: Option<&Snapshot>| match (s, change.route) {
         (Some(s), Some(route)) => s
             .config
@@ -551,7 +908,7 @@ fn persist(
         }),
         (None, _) => serde_json::Value::Null,
     };
-    let entry = AuditEntry {
+    AuditEntry {
         revision: next.revision,
         at: store::now_rfc3339(),
         actor: change.actor.to_string(),
@@ -560,10 +917,7 @@ fn persist(
         before: describe(previous),
         after: describe(Some(next)),
         reason: change.reason.map(str::to_string),
-    };
-    store
-        .commit(&persisted, &yaml, &entry)
-        .map_err(|e| storage_error(store.dir(), &e))
+    }
 }
 
 /// The config of committed revision `revision`: its revision file (or `effective.yaml`, from before

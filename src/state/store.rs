@@ -256,21 +256,37 @@ impl Store {
         }
     }
 
-    /// Records the outcome of a reload by signal, numbering it one past the last recorded.
-    pub fn write_reload_outcome(&self, mut outcome: serde_json::Value) -> io::Result<u64> {
-        let seq = read_reload_outcome(&self.dir)
-            .and_then(|v| v["seq"].as_u64())
-            .unwrap_or(0)
-            + 1;
-        outcome["seq"] = seq.into();
-        let bytes = serde_json::to_vec_pretty(&outcome).map_err(io::Error::other)?;
-        write_atomic(&self.dir.join("reload.json"), &bytes)?;
-        Ok(seq)
+    /// Empties the directory's revisions, audit log and state (a fleet's copy, when the fleet was
+    /// reset behind it).
+    pub fn reset(&self) -> io::Result<()> {
+        for n in self.revisions()? {
+            fs::remove_file(self.revision_path(n))?;
+        }
+        for name in ["audit.jsonl", "state.json", "effective.yaml"] {
+            match fs::remove_file(self.dir.join(name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        File::open(&self.dir)?.sync_all()
     }
 
     pub fn revision_path(&self, n: u64) -> PathBuf {
         self.dir.join("revisions").join(format!("{n:010}.yaml"))
     }
+}
+
+/// Records the outcome of a reload by signal in `dir/reload.json`, numbering it one past the last
+/// recorded.
+pub fn write_reload_outcome(dir: &Path, mut outcome: serde_json::Value) -> io::Result<u64> {
+    let seq = read_reload_outcome(dir)
+        .and_then(|v| v["seq"].as_u64())
+        .unwrap_or(0)
+        + 1;
+    outcome["seq"] = seq.into();
+    let bytes = serde_json::to_vec_pretty(&outcome).map_err(io::Error::other)?;
+    write_atomic(&dir.join("reload.json"), &bytes)?;
+    Ok(seq)
 }
 
 /// The outcome of the last reload by signal recorded in state directory `dir`, if any.
