@@ -30,10 +30,16 @@ struct Etcd {
     client: SocketAddr,
     peer: SocketAddr,
     child: Option<Child>,
+    /// Serving its clients over TLS with the tests' `localhost` certificate.
+    tls: bool,
 }
 
 impl Etcd {
     fn start() -> Etcd {
+        Etcd::start_as(false)
+    }
+
+    fn start_as(tls: bool) -> Etcd {
         let client = free_addr();
         let peer = free_addr();
         let dir = std::env::temp_dir().join(format!(
@@ -48,13 +54,18 @@ impl Etcd {
             client,
             peer,
             child: None,
+            tls,
         };
         etcd.resume();
         etcd
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.client)
+        if self.tls {
+            format!("https://localhost:{}", self.client.port())
+        } else {
+            format!("http://{}", self.client)
+        }
     }
 
     /// Starts etcd (again) on its data directory and waits until it answers.
@@ -64,14 +75,29 @@ impl Etcd {
             .append(true)
             .open(self.dir.join("etcd.log"))
             .unwrap();
+        let listen = if self.tls {
+            format!("https://{}", self.client)
+        } else {
+            self.url()
+        };
+        let (_, cert, key) = test_pki();
+        let tls_args: Vec<String> = if self.tls {
+            vec![
+                format!("--cert-file={}", cert.display()),
+                format!("--key-file={}", key.display()),
+            ]
+        } else {
+            Vec::new()
+        };
         let child = Command::new("etcd")
+            .args(&tls_args)
             .args([
                 "--name",
                 "default",
                 "--data-dir",
                 &self.dir.join("data").display().to_string(),
                 "--listen-client-urls",
-                &self.url(),
+                &listen,
                 "--advertise-client-urls",
                 &self.url(),
                 "--listen-peer-urls",
@@ -108,13 +134,14 @@ impl Etcd {
     }
 
     fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
             .arg("--endpoints")
-            .arg(self.url())
-            .args(args)
-            .output()
-            .expect("etcdctl");
+            .arg(self.url());
+        if self.tls {
+            cmd.arg(format!("--cacert={}", test_pki().0.display()));
+        }
+        let out = cmd.args(args).output().expect("etcdctl");
         assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -148,13 +175,24 @@ fn backends() -> Backends {
 /// An instance of the fleet at `prefix`, routing `/` to v1 (and v2 at 0%); `route_extra` adds to
 /// the route (e.g. a rollout), as YAML mapping entries.
 fn instance(etcd: &Etcd, prefix: &str, b: &Backends, route_extra: &str) -> Instance {
+    instance_with(etcd, prefix, b, route_extra, "")
+}
+
+/// As [`instance`], with more entries in `store.etcd` (e.g. `tls`, `auth`).
+fn instance_with(
+    etcd: &Etcd,
+    prefix: &str,
+    b: &Backends,
+    route_extra: &str,
+    store_extra: &str,
+) -> Instance {
     let admin = free_addr();
     let body = format!(
         r#"admin:
   listen: "{admin}"
   tokens: {{ops: {ops}}}
 store:
-  etcd: {{endpoints: ["{etcd}"], prefix: {prefix}, lease_ttl: {ttl}s, timeout: 1s}}
+  etcd: {{endpoints: ["{etcd}"], prefix: {prefix}, lease_ttl: {ttl}s, timeout: 1s{store_extra}}}
 upstreams:
   v1: {{backends: ["{v1}"]}}
   v2: {{backends: ["{v2}"]}}
@@ -752,6 +790,58 @@ fn the_leader_judges_on_the_whole_fleets_traffic() {
     }
 }
 
+#[test]
+fn a_fleet_reaches_etcd_over_tls_with_a_user_and_password() {
+    let etcd = Etcd::start_as(true);
+    // etcd's own authentication: a user allowed only the fleet's prefix.
+    etcd.ctl(&["user", "add", "root:root-secret"]);
+    etcd.ctl(&["user", "add", "switchyard:sy-secret"]);
+    etcd.ctl(&["role", "add", "fleet"]);
+    etcd.ctl(&[
+        "role",
+        "grant-permission",
+        "fleet",
+        "--prefix=true",
+        "readwrite",
+        "/switchyard/secure/",
+    ]);
+    etcd.ctl(&["user", "grant-role", "switchyard", "fleet"]);
+    etcd.ctl(&["auth", "enable"]);
+    let dir = std::env::temp_dir().join(format!("switchyard-etcd-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("password");
+    let bad = dir.join("wrong-password");
+    std::fs::write(&good, "sy-secret\n").unwrap();
+    std::fs::write(&bad, "guess\n").unwrap();
+    let store = |password: &std::path::Path| {
+        format!(
+            ", tls: {{ca: {}}}, auth: {{user: switchyard, password_file: {}}}",
+            test_pki().0.display(),
+            password.display()
+        )
+    };
+    let b = backends();
+    let a = instance_with(&etcd, "/switchyard/secure", &b, "", &store(&good));
+    let c = instance_with(&etcd, "/switchyard/secure", &b, "", &store(&good));
+    converged(&[&a, &c], Duration::from_secs(15));
+    let r = a.patch(r#"{"split":{"v1":0,"v2":100}}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(eventually(Duration::from_secs(2), || c.served() == "v2"));
+    // A wrong password never connects, and says why.
+    let locked_out = instance_with(&etcd, "/switchyard/secure", &b, "", &store(&bad));
+    std::thread::sleep(Duration::from_secs(2));
+    let s = locked_out.status();
+    assert_eq!(s["fleet"]["connected"], false, "{s:#}");
+    assert!(
+        s["fleet"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("authentication failed")),
+        "{s:#}"
+    );
+    assert_eq!(locked_out.patch(r#"{"split":{"v2":"1%"}}"#).status, 503);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Propagation over 100 changes, and requests lost across an etcd restart and a rollout leader's
 /// death under load. Prints the figures (perf/RESULTS-fleet.md).
 #[test]
@@ -759,7 +849,7 @@ fn the_leader_judges_on_the_whole_fleets_traffic() {
 fn measure_propagation_and_requests_lost() {
     let mut etcd = Etcd::start();
     let b = backends();
-    let fleet = three(&etcd, "/switchyard/measure", &b, ROLLOUT);
+    let fleet = three(&etcd, "/switchyard/measure", &b, "");
     let mut times = Vec::new();
     for n in 0..100u32 {
         let body = format!(r#"{{"split":{{"v2":"{}%"}}}}"#, n % 50);
@@ -798,6 +888,8 @@ fn measure_propagation_and_requests_lost() {
     );
 
     // The rollout leader killed under load sent to the two others.
+    drop(fleet);
+    let fleet = three(&etcd, "/switchyard/measure-leader", &b, ROLLOUT);
     let all: Vec<&Instance> = fleet.iter().collect();
     let lead = leader(&all).expect("a leader");
     let urls: Vec<String> = fleet
