@@ -158,6 +158,8 @@ impl Drop for Etcd {
 struct Instance {
     proxy: ProxyProcess,
     admin: SocketAddr,
+    /// The config file's body (below its generated `server:`).
+    body: String,
 }
 
 struct Backends {
@@ -209,7 +211,7 @@ routes:
     );
     let proxy = ProxyProcess::start(&body);
     wait_listening(admin);
-    Instance { proxy, admin }
+    Instance { proxy, admin, body }
 }
 
 impl Instance {
@@ -483,7 +485,7 @@ fn instances_that_missed_revisions_catch_up_even_past_a_compaction() {
     let fleet = three(&etcd, "/switchyard/catchup", &b, "");
     for pct in [5, 10, 20] {
         let r = fleet[0].patch(&format!(r#"{{"split":{{"v2":"{pct}%"}}}}"#));
-        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.status, 200, "{}\n{:#?}", r.body, fleet[1].audit());
     }
     let head = converged(&fleet.iter().collect::<Vec<_>>(), Duration::from_secs(5));
 
@@ -570,6 +572,125 @@ fn an_instance_started_with_etcd_down_serves_the_revision_it_copied_then_catches
     }));
     let head = converged(&fleet.iter().collect::<Vec<_>>(), Duration::from_secs(20));
     assert_eq!(head, copied + 1);
+}
+
+#[test]
+fn a_changed_file_reloaded_on_one_instance_becomes_the_fleets_revision() {
+    let etcd = Etcd::start();
+    let b = backends();
+    let fleet = three(&etcd, "/switchyard/reload", &b, "");
+    let base = fleet[0].revision();
+    let conf = fleet[1].proxy.config_path();
+    let conf = conf.to_str().unwrap();
+    // Unchanged: nothing happens anywhere.
+    let (code, out) = switchyard(&["reload", "-c", conf]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(fleet[0].revision(), base);
+    // Changed: a revision by actor file, served by every instance.
+    fleet[1].proxy.rewrite_config(
+        &fleet[1]
+            .body
+            .replace("{v1: 100, v2: 0}", "{v1: 0, v2: 100}"),
+    );
+    let (code, out) = switchyard(&["reload", "-c", conf]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("now serving revision {}", base + 1)),
+        "{out}"
+    );
+    assert_eq!(
+        converged(&fleet.iter().collect::<Vec<_>>(), Duration::from_secs(5)),
+        base + 1
+    );
+    assert!(fleet.iter().all(|i| i.served() == "v2"));
+    let last = fleet[2].audit().last().cloned().unwrap();
+    assert_eq!(
+        (last["actor"].as_str(), last["action"].as_str()),
+        (Some("file"), Some("config.reload"))
+    );
+    // A PUT may not change what is each instance's own.
+    let config = fleet[0].call("GET", "/v1/config", None, &[]).body;
+    let put = fleet[0].call(
+        "PUT",
+        "/v1/config",
+        Some(&config.replace("threads: 1", "threads: 2")),
+        &[],
+    );
+    assert_eq!(put.status, 400, "{}", put.body);
+    assert!(
+        put.body.contains("server is this instance's own"),
+        "{}",
+        put.body
+    );
+    let put = fleet[0].call("PUT", "/v1/config", Some(&config), &[]);
+    assert_eq!(put.status, 200, "{}", put.body);
+}
+
+#[test]
+fn upgrading_the_rollout_leader_loses_no_request_and_the_rollout_goes_on() {
+    let etcd = Etcd::start();
+    let b = backends();
+    let slow = "    rollout: {canary: v2, steps: [20, 40], hold: 60s, interval: 300ms, \
+                gates: {min_requests: 20, max_p99_ratio: 5}}\n";
+    let fleet = three(&etcd, "/switchyard/upgrade", &b, slow);
+    let all: Vec<&Instance> = fleet.iter().collect();
+    let mut lead = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        lead = leader(&all);
+        lead.is_some()
+    }));
+    let old = &fleet[lead.unwrap()];
+    assert!(eventually(Duration::from_secs(5), || old.view()["state"] == "running"));
+    let traffic = load(vec![old.proxy.url("/x")], 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let old_pid = old.pid();
+    let mut new = old.proxy.spawn_upgrade();
+    let sock = old.proxy.dir.join("upgrade.sock");
+    assert!(eventually(Duration::from_secs(15), || sock.exists()));
+    std::thread::sleep(Duration::from_millis(200));
+    signal(old_pid, "QUIT");
+    // The old process leaves the fleet at once (its lease revoked); the rollout is led on.
+    assert!(eventually(Duration::from_secs(5), || {
+        let v = all[(lead.unwrap() + 1) % 3]
+            .call("GET", "/v1/fleet", None, &[])
+            .json();
+        v["instances"].as_array().is_some_and(|a| {
+            a.len() == 3
+                && a.iter()
+                    .all(|i| i["pid"].as_u64() != Some(u64::from(old_pid)))
+                && a.iter()
+                    .any(|i| i["leads"].as_array().is_some_and(|l| !l.is_empty()))
+        })
+    }));
+    std::thread::sleep(Duration::from_millis(1000));
+    let (sent, failed) = traffic.finish();
+    assert!(sent > 100, "{sent}");
+    assert_eq!(failed, 0, "requests lost across the upgrade");
+    let v = fleet[(lead.unwrap() + 1) % 3].view();
+    assert_eq!(v["state"], "running", "{v:#}");
+    assert_eq!(v["step"], 1, "{v:#}");
+    let starts = fleet[(lead.unwrap() + 1) % 3]
+        .audit()
+        .iter()
+        .filter(|e| e["action"] == "rollout.start")
+        .count();
+    assert_eq!(starts, 1, "the rollout was not started again");
+    // The new process serves the fleet's revision and answers on the same admin address.
+    // (The old one shares the listener while it drains, answering 503 to be retried.)
+    assert!(eventually(Duration::from_secs(10), || {
+        let r = old.call("GET", "/v1/status", None, &[]);
+        r.status == 200 && r.json()["fleet"]["connected"] == true
+    }));
+    assert!(eventually(Duration::from_secs(10), || {
+        let r = old.call("GET", "/v1/audit", None, &[]);
+        r.status == 200
+            && r.json()["entries"]
+                == fleet[(lead.unwrap() + 1) % 3]
+                    .call("GET", "/v1/audit", None, &[])
+                    .json()["entries"]
+    }));
+    let _ = new.kill();
+    let _ = new.wait();
 }
 
 /// A rollout of v2 over `steps` on every instance of the fleet.

@@ -847,6 +847,15 @@ fn persist(
 /// it). A failure is logged: etcd holds the revision, and a later start reads it from there.
 fn cache(writer: &Writer, entry: &AuditEntry, yaml: Option<&str>) {
     let Some(store) = &writer.store else { return };
+    // Already there: copied by the previous process of an upgrade before it handed over.
+    if store
+        .persisted()
+        .ok()
+        .flatten()
+        .is_some_and(|p| p.revision >= entry.revision)
+    {
+        return;
+    }
     let result = match yaml {
         Some(yaml) => {
             let persisted = Persisted {
