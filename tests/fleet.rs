@@ -695,7 +695,7 @@ fn upgrading_the_rollout_leader_loses_no_request_and_the_rollout_goes_on() {
 
 /// A rollout of v2 over `steps` on every instance of the fleet.
 const ROLLOUT: &str =
-    "    rollout: {canary: v2, steps: [20, 40, 60, 100], hold: 3s, interval: 300ms, \
+    "    rollout: {canary: v2, steps: [20, 40, 60, 100], hold: 4s, interval: 300ms, \
      gates: {min_requests: 20, max_p99_ratio: 5}}\n";
 
 /// Sends requests through `targets` until dropped; counts what was sent and what failed.
@@ -806,7 +806,7 @@ fn one_rollout_leader_in_the_fleet_and_a_killed_leader_is_taken_over_mid_step() 
     // Mid-step 2: killed without a word.
     assert!(eventually(Duration::from_secs(30), || {
         let v = fleet[lead].view();
-        v["step"] == 2 && v["held_seconds"].as_f64().is_some_and(|h| h >= 1.0)
+        v["step"] == 2 && v["held_seconds"].as_f64().is_some_and(|h| h >= 2.5)
     }));
     let step_at_kill = fleet[lead].view();
     let mut dead = fleet;
@@ -831,8 +831,9 @@ fn one_rollout_leader_in_the_fleet_and_a_killed_leader_is_taken_over_mid_step() 
         v["step"], step_at_kill["step"],
         "the same step continues: {v:#}"
     );
+    // The record is saved each second: at most that much of the held time is lost.
     assert!(
-        v["held_seconds"].as_f64().unwrap() >= 1.0,
+        v["held_seconds"].as_f64().unwrap() >= 1.5,
         "with the time it had held: {v:#}"
     );
     let done = eventually(Duration::from_secs(60), || {
