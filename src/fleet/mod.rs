@@ -198,6 +198,9 @@ pub struct Fleet {
     connected: AtomicBool,
     /// The fleet's live revision as last seen.
     fleet_revision: AtomicU64,
+    /// etcd's revision of the newest state this instance committed or applied: a catch-up read
+    /// older than it (made before a commit of this instance's own) is stale and not applied.
+    applied_etcd: AtomicI64,
     lease: AtomicI64,
     /// When the connection last came or went, and the last error.
     since: Mutex<(String, Option<String>)>,
@@ -239,6 +242,7 @@ impl Fleet {
             client: Mutex::new(None),
             connected: AtomicBool::new(false),
             fleet_revision: AtomicU64::new(0),
+            applied_etcd: AtomicI64::new(0),
             lease: AtomicI64::new(0),
             since: Mutex::new((crate::state::store::now_rfc3339(), None)),
             leaders: Mutex::default(),
@@ -274,6 +278,17 @@ impl Fleet {
     /// The fleet's live revision as last seen in etcd.
     pub fn fleet_revision(&self) -> u64 {
         self.fleet_revision.load(SeqCst)
+    }
+
+    /// Whether a read made at etcd revision `etcd_revision` is older than what this instance
+    /// committed or applied since (it must not take the instance back).
+    pub fn is_stale(&self, etcd_revision: i64) -> bool {
+        etcd_revision < self.applied_etcd.load(SeqCst)
+    }
+
+    /// This instance now serves what etcd had at `etcd_revision`.
+    pub fn note_applied(&self, etcd_revision: i64) {
+        self.applied_etcd.fetch_max(etcd_revision, SeqCst);
     }
 
     /// Why changes are refused while etcd is away, in words.
@@ -423,7 +438,7 @@ impl Fleet {
         let result = self.block(async move {
             let resp = client.txn(txn).await.map_err(|e| e.to_string())?;
             if resp.succeeded() {
-                return Ok(None);
+                return Ok(Ok(resp.header().map_or(0, |h| h.revision())));
             }
             let head = resp.op_responses().into_iter().find_map(|r| match r {
                 TxnOpResponse::Get(g) => g
@@ -432,14 +447,15 @@ impl Fleet {
                     .and_then(|kv| kv.value_str().ok()?.parse::<u64>().ok()),
                 _ => None,
             });
-            Ok(Some(head.unwrap_or(0)))
+            Ok(Err(head.unwrap_or(0)))
         });
         match result {
-            Ok(None) => {
+            Ok(Ok(etcd_revision)) => {
                 self.fleet_revision.fetch_max(next, SeqCst);
+                self.note_applied(etcd_revision);
                 Ok(())
             }
-            Ok(Some(head)) => Err(CommitError::Conflict(head)),
+            Ok(Err(head)) => Err(CommitError::Conflict(head)),
             Err(e) => Err(CommitError::Unavailable(format!(
                 "etcd: {e}; the change may not have been made: check GET /v1/audit before retrying"
             ))),
@@ -834,6 +850,10 @@ impl Fleet {
             .map_err(|e| format!("keeping the lease alive: {e}"))?;
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
 
+        // No change is made here until this session is caught up (changes need `connected`), so
+        // this session's first read is the newest: even one older than before (etcd restored from
+        // a backup) is followed.
+        self.applied_etcd.store(0, SeqCst);
         let mut watch_from = self.catch_up(state, &mut client).await?;
         let (_watcher, mut events) = client
             .watch(

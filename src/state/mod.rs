@@ -495,6 +495,13 @@ impl State {
         if self.is_handing_over() {
             return Ok(());
         }
+        if let Some(fleet) = &self.fleet {
+            // Read before a change this instance committed meanwhile: already superseded.
+            if fleet.is_stale(catch.etcd_revision) {
+                return Ok(());
+            }
+            fleet.note_applied(catch.etcd_revision);
+        }
         let Some(head) = catch.head else {
             return Ok(());
         };

@@ -273,3 +273,76 @@ fn a_successor_with_an_edited_file_makes_it_a_revision_only_on_taking_over() {
     assert_eq!((again.load().revision, canary_weight(&again)), (4, 50.0));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A fleet's instance whose etcd is unreachable (nothing listens on port 1), fed catch-up reads by
+/// hand: what it applies, and what it refuses to go back to.
+fn fleet_member(state_dir: &Path) -> State {
+    let text = format!(
+        "{}store:\n  etcd: {{endpoints: [\"http://127.0.0.1:1\"], prefix: /test, timeout: 200ms}}\n",
+        file_text(state_dir, 0)
+    );
+    State::open(Config::load_str(&text).unwrap(), &text).unwrap()
+}
+
+fn fleet_revision(n: u64, canary: u32) -> crate::fleet::Entry {
+    let config = Config::load_str(&file_text(Path::new("/unused"), canary)).unwrap();
+    crate::fleet::Entry {
+        revision: n,
+        shared: Some(crate::fleet::shared_yaml(&config)),
+        audit: Some(store::AuditEntry {
+            revision: n,
+            at: store::now_rfc3339(),
+            actor: "ops".into(),
+            action: "route.patch".into(),
+            route: Some("api".into()),
+            before: serde_json::Value::Null,
+            after: serde_json::Value::Null,
+            reason: None,
+        }),
+    }
+}
+
+fn catch_up(etcd_revision: i64, entries: Vec<crate::fleet::Entry>) -> crate::fleet::CatchUp {
+    crate::fleet::CatchUp {
+        head: entries.last().map(|e| e.revision),
+        entries,
+        etcd_revision,
+        rollouts: Vec::new(),
+    }
+}
+
+#[test]
+fn a_fleet_member_applies_what_it_missed_and_never_goes_back_to_an_older_read() {
+    let d = dir("fleet-stale");
+    let state = fleet_member(&d);
+    // etcd unreachable at start, nothing copied yet: the file, as revision 0, and changes refused.
+    assert_eq!(state.load().revision, 0);
+    assert!(matches!(
+        set_canary(&state, "ops", 5.0),
+        Err(ChangeError::Unavailable(_))
+    ));
+    state
+        .apply_fleet(catch_up(
+            10,
+            vec![fleet_revision(1, 0), fleet_revision(2, 5)],
+        ))
+        .unwrap();
+    assert_eq!((state.load().revision, canary_weight(&state)), (2, 5.0));
+    // A read made before revision 2 (etcd revision 7), applied late: it is stale, not a reset.
+    state
+        .apply_fleet(catch_up(7, vec![fleet_revision(1, 0)]))
+        .unwrap();
+    assert_eq!((state.load().revision, canary_weight(&state)), (2, 5.0));
+    assert_eq!(state.audit().len(), 2, "the copy in state_dir is kept");
+    state
+        .apply_fleet(catch_up(12, vec![fleet_revision(3, 20)]))
+        .unwrap();
+    assert_eq!((state.load().revision, canary_weight(&state)), (3, 20.0));
+    let revisions: Vec<u64> = state.audit().iter().map(|e| e.revision).collect();
+    assert_eq!(revisions, [1, 2, 3]);
+    // Started again with etcd still away: the revision copied last.
+    drop(state);
+    let again = fleet_member(&d);
+    assert_eq!((again.load().revision, canary_weight(&again)), (3, 20.0));
+    std::fs::remove_dir_all(&d).unwrap();
+}
