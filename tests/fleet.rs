@@ -327,6 +327,10 @@ fn a_change_on_one_instance_is_served_by_the_others_within_a_second() {
             "{metrics}"
         );
         assert!(metrics.contains("switchyard_fleet_connected 1"));
+        assert!(
+            metrics.contains(&format!("switchyard_fleet_revision {revision}")),
+            "{metrics}"
+        );
         // The change is in every instance's audit log, by the person who made it.
         assert!(eventually(Duration::from_secs(2), || other
             .audit()
@@ -783,9 +787,17 @@ fn one_rollout_leader_in_the_fleet_and_a_killed_leader_is_taken_over_mid_step() 
     assert!(eventually(Duration::from_secs(5), || fleet
         .iter()
         .all(|i| i.view()["state"] == "running")));
-    for i in &fleet {
+    for (n, i) in fleet.iter().enumerate() {
         let v = i.view();
         assert_eq!(v["leader"]["admin"], fleet[lead].admin.to_string(), "{v:#}");
+        let metrics = i.call("GET", "/metrics", None, &[]).body;
+        let leads = if n == lead { 1 } else { 0 };
+        assert!(
+            metrics.contains(&format!(
+                "switchyard_rollout_leader{{route=\"api\"}} {leads}"
+            )),
+            "{metrics}"
+        );
     }
     // A control call on an instance that does not lead is handed to the leader.
     let other = (lead + 1) % 3;

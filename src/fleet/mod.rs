@@ -232,7 +232,12 @@ impl Fleet {
         });
         Some(Fleet {
             prefix: cfg.prefix.clone(),
-            id: format!("{host}-{}", std::process::id()),
+            // The pid alone could repeat across hosts (pid 1 in containers with one hostname).
+            id: format!(
+                "{host}-{}-{:04x}",
+                std::process::id(),
+                rand::random::<u16>()
+            ),
             admin,
             timeout,
             ttl,
@@ -253,7 +258,7 @@ impl Fleet {
         })
     }
 
-    /// This instance's name in the fleet: `<host>-<pid>`.
+    /// This instance's name in the fleet: `<host>-<pid>-<4 random hex digits>`.
     pub fn id(&self) -> &str {
         &self.id
     }

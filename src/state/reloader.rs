@@ -71,6 +71,9 @@ impl Reloader {
                     if snapshot.config.server != live.config.server {
                         log::warn!("reload of {path}: changes under server: take effect at the next restart or upgrade");
                     }
+                    if snapshot.config.store != live.config.store {
+                        log::warn!("reload of {path}: changes under store: take effect at the next restart or upgrade");
+                    }
                     for change in &replaced {
                         log::warn!("reload of {path} replaces an API change: {change}");
                     }
