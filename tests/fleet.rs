@@ -260,6 +260,30 @@ impl Instance {
     }
 }
 
+/// The status page's header line as headless Chromium shows it (tests/ui/check_ui.py --fleet).
+fn status_page_meta(i: &Instance, prefix: &str) -> String {
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/check_ui.py"))
+        .args(["--admin", &format!("http://{}", i.admin), "--token", OPS])
+        .args([
+            "--ctl",
+            env!("CARGO_BIN_EXE_switchyard"),
+            "--screenshot",
+            "/dev/null",
+        ])
+        .args(["--fleet", prefix])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    v["meta"].as_str().unwrap().to_string()
+}
+
 /// Waits until every instance is connected and serves the same revision; returns it.
 fn converged(fleet: &[&Instance], within: Duration) -> u64 {
     let mut last = Vec::new();
@@ -435,10 +459,20 @@ fn with_etcd_down_every_instance_serves_refuses_changes_and_converges_when_it_re
     assert_eq!(r.status, 200, "{}", r.body);
     let before = converged(&fleet.iter().collect::<Vec<_>>(), Duration::from_secs(5));
 
+    // The status page names the fleet and the instance.
+    let meta = status_page_meta(&fleet[2], "/switchyard/outage");
+    assert!(
+        meta.contains(&format!("fleet at revision {before}")),
+        "{meta}"
+    );
+
     etcd.stop();
     assert!(eventually(Duration::from_secs(10), || fleet
         .iter()
         .all(|i| !i.connected())));
+    let meta = status_page_meta(&fleet[2], "/switchyard/outage");
+    assert!(meta.contains("etcd unreachable since"), "{meta}");
+    assert!(meta.contains("changes refused"), "{meta}");
     for i in &fleet {
         // Serving goes on, at the revision applied last.
         for _ in 0..20 {

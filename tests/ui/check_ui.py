@@ -45,6 +45,22 @@ def fail(step, detail=""):
     sys.exit(1)
 
 
+def check_fleet(args):
+    """An instance of a fleet: the page says which fleet and instance, and whether it reaches etcd."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(args.admin + "/ui")
+        page.fill("#token", args.token)
+        page.click("#login-form button")
+        want = "fleet " + args.fleet + ", instance "
+        if not wait_until(lambda: want in page.locator("#meta").inner_text()):
+            fail("fleet", page.locator("#meta").inner_text())
+        meta = page.locator("#meta").inner_text()
+        browser.close()
+    print(json.dumps({"meta": meta}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--admin", required=True)
@@ -52,7 +68,10 @@ def main():
     ap.add_argument("--ctl", required=True)
     ap.add_argument("--screenshot", required=True)
     ap.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+    ap.add_argument("--fleet", help="only check that the page names this fleet prefix and its state")
     args = ap.parse_args()
+    if args.fleet:
+        return check_fleet(args)
     with urllib.request.urlopen(args.admin + "/ui", timeout=10) as r:
         page_bytes = len(r.read())
         csp = r.headers.get("content-security-policy", "")
