@@ -177,6 +177,15 @@ fn no_rollout(s: &Snapshot, route: &str) -> Response<Vec<u8>> {
     }
 }
 
+/// 503 with `Retry-After: SECONDS`: nothing was done, the same call may succeed shortly (`ctl`
+/// retries it).
+fn unavailable(code: &str, detail: &str, seconds: &'static str) -> Response<Vec<u8>> {
+    let mut r = super::problem(StatusCode::SERVICE_UNAVAILABLE, code, detail, None);
+    r.headers_mut()
+        .insert("retry-after", http::HeaderValue::from_static(seconds));
+    r
+}
+
 /// Marks a rollout control call one instance of a fleet hands to the route's leader.
 pub(crate) const FORWARDED_HEADER: &str = "x-switchyard-forwarded";
 
@@ -184,12 +193,7 @@ pub(crate) const FORWARDED_HEADER: &str = "x-switchyard-forwarded";
 /// the leader's admin API with the caller's credentials, and its answer returned as it is. A call
 /// already handed over once, or with no leader known, is refused (503, retried by `ctl`).
 fn to_leader(req: &Request, e: crate::rollout::ControlError) -> Response<Vec<u8>> {
-    let unavailable = |m: &str| {
-        let mut r = super::problem(StatusCode::SERVICE_UNAVAILABLE, "not_leader", m, None);
-        r.headers_mut()
-            .insert("retry-after", http::HeaderValue::from_static("1"));
-        r
-    };
+    let unavailable = |m: &str| unavailable("not_leader", m, "1");
     let crate::rollout::ControlError::Elsewhere {
         admin: Some(admin), ..
     } = &e
@@ -259,17 +263,11 @@ fn fleet(state: &State) -> Response<Vec<u8>> {
             body["instances"] = instances.into();
             json(StatusCode::OK, &body)
         }
-        Err(e) => {
-            let mut r = super::problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                &format!("the fleet's instances cannot be read from etcd: {e}"),
-                None,
-            );
-            r.headers_mut()
-                .insert("retry-after", http::HeaderValue::from_static("2"));
-            r
-        }
+        Err(e) => unavailable(
+            "store_unavailable",
+            &format!("the fleet's instances cannot be read from etcd: {e}"),
+            "2",
+        ),
     }
 }
 
@@ -846,27 +844,7 @@ pub(super) fn change_refused(e: ChangeError) -> Response<Vec<u8>> {
         ChangeError::NoSpace(m) => {
             super::problem(StatusCode::INSUFFICIENT_STORAGE, "no_space", &m, None)
         }
-        ChangeError::Unavailable(m) => {
-            let mut r = super::problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                &m,
-                None,
-            );
-            r.headers_mut()
-                .insert("retry-after", http::HeaderValue::from_static("2"));
-            r
-        }
-        e @ ChangeError::HandingOver => {
-            let mut r = super::problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "handing_over",
-                &e.to_string(),
-                None,
-            );
-            r.headers_mut()
-                .insert("retry-after", http::HeaderValue::from_static("1"));
-            r
-        }
+        ChangeError::Unavailable(m) => unavailable("store_unavailable", &m, "2"),
+        e @ ChangeError::HandingOver => unavailable("handing_over", &e.to_string(), "1"),
     }
 }

@@ -99,12 +99,27 @@ pub fn shared_yaml(config: &Config) -> String {
 /// This instance's configuration with the fleet's shared part: `server`, `admin`, `metrics` and
 /// `store` from `local`, the rest from `shared`.
 pub fn compose(local: &Config, shared: &str) -> Result<Config, String> {
-    let mut config = Config::parse_str(shared).map_err(|e| e.to_string())?;
+    let config = Config::parse_str(shared).map_err(|e| e.to_string())?;
+    Ok(with_local(config, local))
+}
+
+/// `config` with this instance's own sections (`server`, `admin`, `metrics`, `store`) as `local`
+/// has them.
+pub fn with_local(mut config: Config, local: &Config) -> Config {
     config.server = local.server.clone();
     config.admin = local.admin.clone();
     config.metrics = local.metrics.clone();
     config.store = local.store.clone();
-    Ok(config)
+    config
+}
+
+/// A `P/leaders/<route>` value: the leading instance's id and admin address.
+fn leader_value(bytes: &[u8]) -> Option<(String, Option<String>)> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    Some((
+        v["id"].as_str()?.to_string(),
+        v["admin"].as_str().map(str::to_string),
+    ))
 }
 
 /// Whether `next` keeps this instance's own sections as `local` has them (or leaves them out).
@@ -560,14 +575,11 @@ impl Fleet {
                 .map_err(|e| e.to_string())?;
             let mut led: HashMap<String, Vec<String>> = HashMap::new();
             for kv in leaders.kvs() {
-                let (Ok(key), Ok(value)) = (kv.key_str(), kv.value_str()) else {
-                    continue;
-                };
-                let id = serde_json::from_str::<Value>(value)
+                let route = kv
+                    .key_str()
                     .ok()
-                    .and_then(|v| v["id"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                if let Some(route) = key.strip_prefix(&leaders_prefix) {
+                    .and_then(|k| k.strip_prefix(&leaders_prefix));
+                if let (Some(route), Some((id, _))) = (route, leader_value(kv.value())) {
                     led.entry(id).or_default().push(route.to_string());
                 }
             }
@@ -654,33 +666,27 @@ impl Fleet {
                     .ok_or_else(|| format!("{} is not a revision number", self.key("revision")))
             })
             .transpose()?;
-        let number = |key: &str| key.rsplit('/').next().and_then(|n| n.parse::<u64>().ok());
         let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
+        fn entry<'a>(
+            entries: &'a mut BTreeMap<u64, Entry>,
+            kv: &etcd_client::KeyValue,
+        ) -> Option<&'a mut Entry> {
+            let n = kv.key_str().ok()?.rsplit('/').next()?.parse::<u64>().ok()?;
+            Some(entries.entry(n).or_insert(Entry {
+                revision: n,
+                shared: None,
+                audit: None,
+            }))
+        }
         for kv in revisions.kvs() {
-            let Some(n) = kv.key_str().ok().and_then(number) else {
-                continue;
-            };
-            entries
-                .entry(n)
-                .or_insert(Entry {
-                    revision: n,
-                    shared: None,
-                    audit: None,
-                })
-                .shared = kv.value_str().ok().map(str::to_string);
+            if let Some(e) = entry(&mut entries, kv) {
+                e.shared = kv.value_str().ok().map(str::to_string);
+            }
         }
         for kv in audit.kvs() {
-            let Some(n) = kv.key_str().ok().and_then(number) else {
-                continue;
-            };
-            entries
-                .entry(n)
-                .or_insert(Entry {
-                    revision: n,
-                    shared: None,
-                    audit: None,
-                })
-                .audit = serde_json::from_slice(kv.value()).ok();
+            if let Some(e) = entry(&mut entries, kv) {
+                e.audit = serde_json::from_slice(kv.value()).ok();
+            }
         }
         // Only what the live revision covers: a later commit comes with the watch.
         let entries = entries
@@ -1080,13 +1086,9 @@ impl Fleet {
                 Some((self.id.clone(), self.admin.clone()))
             } else {
                 resp.op_responses().into_iter().find_map(|o| match o {
-                    TxnOpResponse::Get(g) => g.kvs().first().and_then(|kv| {
-                        let v: Value = serde_json::from_slice(kv.value()).ok()?;
-                        Some((
-                            v["id"].as_str()?.to_string(),
-                            v["admin"].as_str().map(str::to_string),
-                        ))
-                    }),
+                    TxnOpResponse::Get(g) => {
+                        g.kvs().first().and_then(|kv| leader_value(kv.value()))
+                    }
                     _ => None,
                 })
             };

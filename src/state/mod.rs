@@ -424,10 +424,7 @@ impl State {
                     "{section} is this instance's own in a fleet (store.etcd): change it in the instance's config file; the fleet shares clients, upstreams and routes"
                 )));
             }
-            config.server = local.server.clone();
-            config.admin = local.admin.clone();
-            config.metrics = local.metrics.clone();
-            config.store = local.store.clone();
+            config = fleet::with_local(config, local);
         }
         let next = Snapshot::build(config, previous.revision + 1, Some(&previous))
             .map_err(ChangeError::Invalid)?;
@@ -613,13 +610,7 @@ impl State {
                 .map(|c| (p.revision, c))
         });
         let (revision, config) = match cached {
-            Some((n, mut c)) => {
-                c.server = file_config.server.clone();
-                c.admin = file_config.admin.clone();
-                c.metrics = file_config.metrics.clone();
-                c.store = file_config.store.clone();
-                (n, c)
-            }
+            Some((n, c)) => (n, fleet::with_local(c, &file_config)),
             None => (0, file_config.clone()),
         };
         let snapshot =
