@@ -659,6 +659,13 @@ pub struct RolloutConfig {
     /// Receives every verdict as JSON (POST), never blocking the controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<String>,
+    /// What `failure_limit` failed checks do: `rollback` (default) or `pause` (hold the step and
+    /// notify, for releases that cannot be rolled back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+    /// A step not judged within this time pauses the rollout with reason `starved` (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_timeout: Option<String>,
 }
 
 /// One step of a rollout (SPEC §6): what it does, and how long it is held (the rollout's `hold`
@@ -678,6 +685,8 @@ pub enum Step {
     Header(OrderedMap<String>),
     /// A dark phase: this share of traffic copied to the canary and compared.
     Mirror(PercentValue),
+    /// These API clients (names under `clients`) move to the canary, on top of earlier ones.
+    Clients(Vec<String>),
     /// Waits for a person's `promote`.
     Pause,
 }
@@ -689,7 +698,7 @@ impl StepConfig {
 }
 
 const STEP_FORMS: &str =
-    "a step is a number (a weight), {weight: N}, {header: {NAME: VALUE}}, {mirror: N} or {pause: {}}, the first three with an optional hold";
+    "a step is a number (a weight), {weight: N}, {header: {NAME: VALUE}}, {mirror: N}, {clients: [NAME, ...]} or {pause: {}}, all but the pause with an optional hold";
 
 impl schemars::JsonSchema for StepConfig {
     fn schema_name() -> std::borrow::Cow<'static, str> {
@@ -713,6 +722,8 @@ impl schemars::JsonSchema for StepConfig {
                  "properties": {"header": headers, "hold": hold}},
                 {"type": "object", "required": ["mirror"], "additionalProperties": false,
                  "properties": {"mirror": percent, "hold": hold}},
+                {"type": "object", "required": ["clients"], "additionalProperties": false,
+                 "properties": {"clients": {"type": "array", "items": {"type": "string"}, "minItems": 1}, "hold": hold}},
                 {"type": "object", "required": ["pause"], "additionalProperties": false,
                  "properties": {"pause": {"type": ["object", "null"], "maxProperties": 0}}}
             ]
@@ -728,6 +739,7 @@ impl Serialize for StepConfig {
             Step::Weight(w) => m.serialize_entry("weight", w)?,
             Step::Header(h) => m.serialize_entry("header", h)?,
             Step::Mirror(p) => m.serialize_entry("mirror", p)?,
+            Step::Clients(c) => m.serialize_entry("clients", c)?,
             Step::Pause => m.serialize_entry("pause", &OrderedMap::<String>::default())?,
         }
         if let Some(h) = &self.hold {
@@ -785,6 +797,14 @@ impl<'de> Deserialize<'de> for StepConfig {
                 }
                 Some("weight") => Step::Weight(percent(v)?),
                 Some("mirror") => Step::Mirror(percent(v)?),
+                Some("clients") => Vec::<String>::deserialize(v.clone())
+                    .map(Step::Clients)
+                    .map_err(|_| {
+                        D::Error::custom(format!(
+                            "clients: expected a list of client names like [globex], got {}",
+                            describe_value(v)
+                        ))
+                    })?,
                 Some("header") => OrderedMap::<String>::deserialize(v.clone())
                     .map(Step::Header)
                     .map_err(|_| {

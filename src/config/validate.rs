@@ -503,7 +503,7 @@ fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
         upstream_ref(e, format!("{path}.mirror.to"), &m.to);
     }
     if let Some(ro) = &r.rollout {
-        rollout(&format!("{path}.rollout"), ro, r, e);
+        rollout(&format!("{path}.rollout"), ro, r, config, e);
         upstream_ref(e, format!("{path}.rollout.canary"), &ro.canary);
     }
 }
@@ -586,7 +586,7 @@ fn mirror(path: &str, m: &MirrorConfig, e: &mut Errors) {
     }
 }
 
-fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
+fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, config: &Config, e: &mut Errors) {
     match &r.split {
         None => e.push(path, "a rollout needs the route to have a split"),
         Some(split) => {
@@ -639,10 +639,39 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, e: &mut Errors) {
                     e.check(format!("{at}.header.{name}"), parse::header_name(name));
                 }
             }
+            Step::Clients(names) => {
+                if names.is_empty() {
+                    e.push(format!("{at}.clients"), "no clients (e.g. [globex])");
+                }
+                let known = config.clients.as_ref();
+                for (j, name) in names.iter().enumerate() {
+                    if !known.is_some_and(|c| c.keys.contains_key(name)) {
+                        e.push(
+                            format!("{at}.clients[{j}]"),
+                            format!("no such client {name:?} in clients.keys"),
+                        );
+                    }
+                }
+            }
             Step::Pause => {}
         }
     }
     e.check(format!("{path}.hold"), parse::duration(&ro.hold));
+    if let Some(t) = &ro.step_timeout {
+        if let Some(d) = e.check(format!("{path}.step_timeout"), parse::duration(t)) {
+            if d.is_zero() {
+                e.push(format!("{path}.step_timeout"), "must be greater than 0");
+            }
+        }
+    }
+    if let Some(action) = ro.on_failure.as_deref() {
+        if !matches!(action, "rollback" | "pause") {
+            e.push(
+                format!("{path}.on_failure"),
+                format!("must be rollback or pause, got {action:?}"),
+            );
+        }
+    }
     if let Some(d) = e.check(format!("{path}.interval"), parse::duration(&ro.interval)) {
         if d.is_zero() {
             e.push(format!("{path}.interval"), "must be greater than 0");

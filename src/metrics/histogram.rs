@@ -121,6 +121,13 @@ impl Latencies {
             .sum()
     }
 
+    /// Values surely above `us`: those in buckets whose lower edge is at or above it (a bucket that
+    /// straddles `us` is not counted).
+    pub fn count_above(&self, us: u64) -> u64 {
+        let first = EDGES_US.partition_point(|&edge| edge < us) + 1;
+        self.buckets.get(first..).map_or(0, |b| b.iter().sum())
+    }
+
     /// The `q` quantile (0 < q ≤ 1) by nearest rank, interpolated inside its bucket; `None` when empty.
     /// Error bound: see the module documentation.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
@@ -163,6 +170,20 @@ impl Latencies {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn count_above_counts_only_buckets_wholly_above() {
+        let mut l = super::Latencies::default();
+        for us in [50, 900, 1_000, 1_001, 1_200, 5_000] {
+            l.buckets[super::bucket_of(us)] += 1;
+        }
+        // 1,001 and 1,200 lie in buckets above the 1,000 edge; 5,000 too.
+        assert_eq!(l.count_above(1_000), 3);
+        // 1,050 is inside the bucket (1,000, 1,120]: that bucket is not counted.
+        assert_eq!(l.count_above(1_050), 2);
+        assert_eq!(l.count_above(0), 5);
+        assert_eq!(l.count_above(20_000_000), 0);
+    }
+
     use super::*;
 
     #[test]

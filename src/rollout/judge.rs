@@ -1,20 +1,27 @@
-//! One check of a canary against its baseline over an interval (SPEC §6): the gates as Argo Rollouts
-//! and Flagger users know them, each backed by a significance test where chance could explain the
-//! difference ([`super::stats`]). Pure: the controller feeds it the interval's [`Stats`] of both.
+//! One check of a canary against its baseline (SPEC §6): the gates as Argo Rollouts and Flagger
+//! users know them, each backed by an anytime-valid test ([`super::stats`]) so that checking every
+//! second costs no power and never makes a false rollback likelier. Pure: the controller feeds it
+//! both arms' counts since the step began and the significance the step may spend.
 //!
-//! - Too few canary requests (`min_requests`) is inconclusive: neither pass nor fail.
-//! - `max_error_rate`: the canary's 5xx share above it fails (an absolute ceiling).
-//! - `max_error_rate_increase` (default 0.5 points): the canary's 5xx share above the baseline's by
-//!   more than this fails only when the excess is significant at `confidence`.
-//! - `max_p99_ratio` (default 1.5): the canary's p99 above the baseline's by more than this ratio fails
-//!   only when its latencies are significantly slower (Mann–Whitney U) at `confidence`.
-//! - `max_mirror_diff_rate`: in a mirror phase, the share of shadow answers that differed above it
-//!   fails (with at least `min_requests` compared).
-//! - `confidence` (default 0.99) sets how sure a significance test must be.
+//! - Too few canary requests (`min_requests`) is inconclusive, and says what the step needs.
+//! - `max_error_rate` (a ceiling): the canary's 5xx share is above it, by a sequential test of the
+//!   share against the limit.
+//! - `max_error_rate_increase` (default 0.5 points): the canary's errors are more than its share of
+//!   requests explains (conditional binomial mSPRT) *and* its 5xx share is above the baseline's by
+//!   more than the tolerated increase (an effect floor, so that a huge sample does not fail a
+//!   trivial difference).
+//! - `max_p99_ratio` (default 1.5), two tests: the tail (more than 1% of canary requests slower than
+//!   ratio × the baseline's p99, so a tail-only regression is caught) and the shift (more than half of
+//!   them slower than ratio × the baseline's median).
+//! - `max_mirror_diff_rate`: the share of shadow answers that differed is above it.
+//!
+//! The step's significance is split evenly over the tests a check runs (Bonferroni), so the chance
+//! that any gate ever fails an identical canary within the step stays below the step's share.
 
-use super::stats;
+use super::stats::{self, Evidence};
 use crate::config::{parse, GatesConfig};
 use crate::metrics::Stats;
+use serde::{Deserialize, Serialize};
 
 /// The gates of a rollout, compiled.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +32,7 @@ pub struct Gates {
     pub max_error_rate_increase: f64,
     pub max_p99_ratio: f64,
     pub max_mirror_diff_rate: Option<f64>,
-    /// 0–1: a difference counts when its one-sided p-value is below `1 - confidence`.
+    /// 0–1: the chance that an identical canary is ever failed stays below `1 - confidence`.
     pub confidence: f64,
 }
 
@@ -33,6 +40,11 @@ pub const DEFAULT_MIN_REQUESTS: u64 = 100;
 pub const DEFAULT_MAX_ERROR_RATE_INCREASE: f64 = 0.005;
 pub const DEFAULT_MAX_P99_RATIO: f64 = 1.5;
 pub const DEFAULT_CONFIDENCE: f64 = 0.99;
+/// The tail the p99 test looks at, and the share of requests expected in it.
+const TAIL: f64 = 0.01;
+/// Baseline requests needed before its p99 (and median) is a reference to judge against.
+const MIN_BASELINE_FOR_P99: u64 = 200;
+const MIN_BASELINE_FOR_MEDIAN: u64 = 20;
 
 impl Gates {
     /// From the config's `gates` (already validated: a percentage that does not parse is left out).
@@ -52,372 +64,506 @@ impl Gates {
             confidence: g.confidence.unwrap_or(DEFAULT_CONFIDENCE),
         }
     }
+
+    /// How many tests a check of a live step (or, with `mirror`, of a dark step) runs: the step's
+    /// significance is split over them.
+    pub fn tests(&self, mirror: bool) -> usize {
+        let base = if mirror { 1 } else { 3 };
+        base + usize::from(self.max_error_rate.is_some())
+            + usize::from(self.max_mirror_diff_rate.is_some())
+    }
 }
 
-/// The outcome of one check, with the figures it rests on in words.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
-    Pass(String),
-    Fail { gate: &'static str, reason: String },
-    Inconclusive(String),
+/// A check's (or one test's) outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Inconclusive,
 }
 
-/// The significance the `k`-th conclusive check of a rollout (from 1) requires: `1 - confidence`
-/// spent over all checks, `6 / (π² k²)` of it to check `k` (the shares add up to 1). However many
-/// times a rollout looks at a canary that is no worse than its baseline, each gate fails it by chance
-/// at most `1 - confidence` of the time; the first checks, which matter most, get the largest shares.
-pub fn alpha_for_check(gates: &Gates, k: u64) -> f64 {
-    let k = k.max(1) as f64;
-    (1.0 - gates.confidence) * 6.0 / (std::f64::consts::PI.powi(2) * k * k)
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::Inconclusive => "inconclusive",
+        }
+    }
 }
 
-/// Judges `canary` against `baseline` over the same interval, at significance `1 - confidence`.
-pub fn judge(gates: &Gates, canary: &Stats, baseline: &Stats) -> Verdict {
-    judge_at(gates, 1.0 - gates.confidence, canary, baseline)
+/// What one arm served since the step began.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
 }
 
-/// Like [`judge`], at significance `alpha` (see [`alpha_for_check`]).
-pub fn judge_at(gates: &Gates, alpha: f64, canary: &Stats, baseline: &Stats) -> Verdict {
-    let n = canary.requests();
-    if n < gates.min_requests {
-        return Verdict::Inconclusive(format!(
-            "canary served {n} requests, fewer than min_requests {}",
-            gates.min_requests
+impl Arm {
+    fn of(s: &Stats) -> Arm {
+        let ms = |d: std::time::Duration| round(d.as_secs_f64() * 1000.0, 3);
+        Arm {
+            requests: s.requests(),
+            errors: s.status[4],
+            error_rate: round(s.error_rate(), 6),
+            p50_ms: s.quantile(0.5).map(ms),
+            p99_ms: s.quantile(0.99).map(ms),
+        }
+    }
+}
+
+/// One test of a check, with every figure it rests on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Test {
+    /// The gate (config key) this test enforces.
+    pub gate: String,
+    /// `errors`, `error_ceiling`, `latency_tail`, `latency_shift`, `mirror_diffs`.
+    pub test: String,
+    pub outcome: Outcome,
+    /// The canary's figure and what it is held against (a rate, a share, or the baseline's).
+    pub canary: f64,
+    pub baseline: f64,
+    /// The effect (canary minus reference) and its anytime-valid confidence interval.
+    pub effect: f64,
+    pub interval: [f64; 2],
+    /// The tolerated effect (e.g. +0.5 points, or 1% of requests in the tail).
+    pub limit: f64,
+    /// The sequential test's Bayes factor (e-value) and the value it must reach to fail.
+    pub bayes_factor: f64,
+    pub threshold: f64,
+    /// The anytime-valid p-value (1 / Bayes factor) and the significance it must fall below.
+    pub p: f64,
+    pub alpha: f64,
+    pub words: String,
+}
+
+/// One check: the verdict, both arms, every test, and what an inconclusive step needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// Its number in the rollout (from 1); set by the controller.
+    #[serde(default)]
+    pub number: u64,
+    pub verdict: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
+    pub canary: Arm,
+    pub baseline: Arm,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<Test>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs: Option<String>,
+    /// The whole check in one line.
+    pub summary: String,
+}
+
+impl Check {
+    /// A check decided without the gates (the step's window begins, a webhook, etcd unreachable).
+    pub fn plain(verdict: Outcome, gate: Option<&str>, summary: String) -> Check {
+        Check {
+            number: 0,
+            verdict,
+            gate: gate.map(str::to_string),
+            canary: Arm::default(),
+            baseline: Arm::default(),
+            tests: Vec::new(),
+            needs: None,
+            summary,
+        }
+    }
+}
+
+/// Judges `canary` against `baseline` (both counted since the step began) at the step's
+/// significance `alpha`. `reach` says in words who reaches the canary in this step, for an
+/// inconclusive check's needs ("only requests with X-Version: beta reach the canary").
+pub fn judge(gates: &Gates, alpha: f64, canary: &Stats, baseline: &Stats, reach: &str) -> Check {
+    let (c, b) = (Arm::of(canary), Arm::of(baseline));
+    if c.requests < gates.min_requests {
+        return starved(gates, c, b, "canary requests", reach);
+    }
+    let a = alpha / gates.tests(false) as f64;
+    let mut tests = Vec::new();
+    if let Some(max) = gates.max_error_rate {
+        tests.push(ceiling(
+            "max_error_rate",
+            "error_ceiling",
+            c.errors,
+            c.requests,
+            max,
+            a,
         ));
     }
-    let (c_rate, b_rate) = (canary.error_rate(), baseline.error_rate());
-    if let Some(max) = gates.max_error_rate {
-        if c_rate > max {
-            return Verdict::Fail {
-                gate: "max_error_rate",
-                reason: format!("canary 5xx {} > max_error_rate {}", pct(c_rate), pct(max)),
-            };
-        }
+    if b.requests > 0 {
+        tests.push(errors(gates, &c, &b, a, "canary 5xx"));
     }
-    let errors_p =
-        stats::errors_worse(canary.status[4], n, baseline.status[4], baseline.requests());
-    if let Some(p) = errors_p {
-        if c_rate - b_rate > gates.max_error_rate_increase && p < alpha {
-            return Verdict::Fail {
-                gate: "max_error_rate_increase",
-                reason: format!(
-                    "canary 5xx {} vs baseline {} ({}) > max increase {}",
-                    pct(c_rate),
-                    pct(b_rate),
-                    p_value(p),
-                    points(gates.max_error_rate_increase)
-                ),
-            };
-        }
-    }
-    let latency_p = stats::latency_worse(&canary.latency.buckets, &baseline.latency.buckets);
-    let (c_p99, b_p99) = (canary.quantile(0.99), baseline.quantile(0.99));
-    if let (Some(p), Some(c99), Some(b99)) = (latency_p, c_p99, b_p99) {
-        let ratio = c99.as_secs_f64() / b99.as_secs_f64().max(1e-6);
-        if ratio > gates.max_p99_ratio && p < alpha {
-            return Verdict::Fail {
-                gate: "max_p99_ratio",
-                reason: format!(
-                    "canary p99 {} vs baseline {} = {ratio:.2}x ({}) > max_p99_ratio {}",
-                    ms(c99),
-                    ms(b99),
-                    p_value(p),
-                    gates.max_p99_ratio
-                ),
-            };
-        }
+    if b.requests >= MIN_BASELINE_FOR_P99 {
+        tests.extend(latency(gates, canary, baseline, a));
     }
     if let Some(max) = gates.max_mirror_diff_rate {
-        if canary.mirror_compared >= gates.min_requests && canary.mirror_diff_rate() > max {
-            return Verdict::Fail {
-                gate: "max_mirror_diff_rate",
-                reason: format!(
-                    "shadow answers differing {} of {} compared > max_mirror_diff_rate {}",
-                    pct(canary.mirror_diff_rate()),
-                    canary.mirror_compared,
-                    pct(max)
-                ),
-            };
+        if canary.mirror_compared > 0 {
+            tests.push(ceiling(
+                "max_mirror_diff_rate",
+                "mirror_diffs",
+                canary.mirror_diffs,
+                canary.mirror_compared,
+                max,
+                a,
+            ));
         }
     }
-    Verdict::Pass(format!(
-        "canary {n} requests, 5xx {} vs baseline {}{}; p99 {} vs {}",
-        pct(c_rate),
-        pct(b_rate),
-        errors_p
-            .map(|p| format!(" ({})", p_value(p)))
-            .unwrap_or_default(),
-        c_p99.map(ms).unwrap_or_else(|| "-".into()),
-        b_p99.map(ms).unwrap_or_else(|| "-".into()),
-    ))
+    conclude(c, b, tests, alpha)
 }
 
-/// Judges a dark (mirror) phase: the canary serves nobody, so it is judged on its shadow answers
-/// only: the share that failed (no answer, a timeout or a 5xx) against the baseline's 5xx share, with
-/// the same ceiling and significance test as live traffic, and the share that differed from the
-/// primary's answer (`max_mirror_diff_rate`).
-pub fn judge_mirror(gates: &Gates, alpha: f64, canary: &Stats, baseline: &Stats) -> Verdict {
+/// Judges a dark (mirror) step: the canary serves nobody, so it is judged on its shadow answers: the
+/// share that failed (no answer, a timeout or a 5xx) against the baseline's 5xx share, the ceiling,
+/// and the share that differed from the primary's answer.
+pub fn judge_mirror(
+    gates: &Gates,
+    alpha: f64,
+    canary: &Stats,
+    baseline: &Stats,
+    reach: &str,
+) -> Check {
     let n = canary.mirror_sent;
+    let errors_n = canary.mirror_errors.min(n);
+    let c = Arm {
+        requests: n,
+        errors: errors_n,
+        error_rate: if n == 0 {
+            0.0
+        } else {
+            round(errors_n as f64 / n as f64, 6)
+        },
+        p50_ms: None,
+        p99_ms: None,
+    };
+    let b = Arm::of(baseline);
     if n < gates.min_requests {
-        return Verdict::Inconclusive(format!(
-            "{n} shadow copies sent to the canary, fewer than min_requests {}",
-            gates.min_requests
+        return starved(gates, c, b, "shadow copies", reach);
+    }
+    let a = alpha / gates.tests(true) as f64;
+    let mut tests = Vec::new();
+    if let Some(max) = gates.max_error_rate {
+        tests.push(ceiling(
+            "max_error_rate",
+            "error_ceiling",
+            errors_n,
+            n,
+            max,
+            a,
         ));
     }
-    let errors = canary.mirror_errors.min(n);
-    let c_rate = errors as f64 / n as f64;
-    let b_rate = baseline.error_rate();
-    if let Some(max) = gates.max_error_rate {
-        if c_rate > max {
-            return Verdict::Fail {
-                gate: "max_error_rate",
-                reason: format!(
-                    "shadow errors {} of {n} copies > max_error_rate {}",
-                    pct(c_rate),
-                    pct(max)
-                ),
-            };
-        }
+    if b.requests > 0 {
+        tests.push(errors(gates, &c, &b, a, "shadow errors"));
     }
-    let errors_p = stats::errors_worse(errors, n, baseline.status[4], baseline.requests());
-    if let Some(p) = errors_p {
-        if c_rate - b_rate > gates.max_error_rate_increase && p < alpha {
-            return Verdict::Fail {
-                gate: "max_error_rate_increase",
-                reason: format!(
-                    "shadow errors {} vs baseline 5xx {} ({}) > max increase {}",
-                    pct(c_rate),
-                    pct(b_rate),
-                    p_value(p),
-                    points(gates.max_error_rate_increase)
-                ),
-            };
-        }
-    }
-    let diff = canary.mirror_diff_rate();
     if let Some(max) = gates.max_mirror_diff_rate {
-        if canary.mirror_compared > 0 && diff > max {
-            return Verdict::Fail {
-                gate: "max_mirror_diff_rate",
-                reason: format!(
-                    "shadow answers differing {} of {} compared > max_mirror_diff_rate {}",
-                    pct(diff),
-                    canary.mirror_compared,
-                    pct(max)
-                ),
-            };
-        }
+        tests.push(ceiling(
+            "max_mirror_diff_rate",
+            "mirror_diffs",
+            canary.mirror_diffs,
+            canary.mirror_compared,
+            max,
+            a,
+        ));
     }
-    Verdict::Pass(format!(
-        "{n} shadow copies, errors {} vs baseline 5xx {}; differing {} of {} compared",
-        pct(c_rate),
-        pct(b_rate),
-        pct(diff),
-        canary.mirror_compared
-    ))
+    conclude(c, b, tests, alpha)
+}
+
+fn starved(gates: &Gates, c: Arm, b: Arm, what: &str, reach: &str) -> Check {
+    let more = gates.min_requests - c.requests.min(gates.min_requests);
+    let needs = format!("{more} more {what}; {reach}");
+    let summary = format!(
+        "inconclusive: {} {what} of min_requests {}: {needs}",
+        c.requests, gates.min_requests
+    );
+    Check {
+        number: 0,
+        verdict: Outcome::Inconclusive,
+        gate: None,
+        canary: c,
+        baseline: b,
+        tests: Vec::new(),
+        needs: Some(needs),
+        summary,
+    }
+}
+
+fn conclude(c: Arm, b: Arm, tests: Vec<Test>, alpha: f64) -> Check {
+    let failed = tests.iter().find(|t| t.outcome == Outcome::Fail);
+    let verdict = if failed.is_some() {
+        Outcome::Fail
+    } else {
+        Outcome::Pass
+    };
+    let summary = match failed {
+        Some(t) => format!("{}: {}", t.gate, t.words),
+        None => format!(
+            "pass: canary {} requests, 5xx {} vs baseline {} of {}; p99 {} vs {}; no gate's evidence reached its threshold (step significance {})",
+            c.requests,
+            pct(c.error_rate),
+            pct(b.error_rate),
+            b.requests,
+            opt_ms(c.p99_ms),
+            opt_ms(b.p99_ms),
+            short(alpha)
+        ),
+    };
+    Check {
+        number: 0,
+        verdict,
+        gate: failed.map(|t| t.gate.clone()),
+        canary: c,
+        baseline: b,
+        tests,
+        needs: None,
+        summary,
+    }
+}
+
+/// `max_error_rate_increase`: the canary's share of errors against its share of requests, and the
+/// difference of the rates against the tolerated increase.
+fn errors(gates: &Gates, c: &Arm, b: &Arm, alpha: f64, label: &str) -> Test {
+    let w = c.requests as f64 / (c.requests + b.requests) as f64;
+    let m = c.errors + b.errors;
+    let evidence = stats::error_share(c.errors, m, w, alpha).unwrap_or(Evidence {
+        bayes_factor: 1.0,
+        threshold: 1.0 / alpha,
+    });
+    let (rc, rb) = (c.error_rate, b.error_rate);
+    let effect = rc - rb;
+    let (cl, ch) = stats::rate_interval(c.errors, c.requests, alpha / 2.0);
+    let (bl, bh) = stats::rate_interval(b.errors, b.requests, alpha / 2.0);
+    let interval = [cl - bh, ch - bl];
+    let limit = gates.max_error_rate_increase;
+    let fail = evidence.rejects() && effect > limit;
+    let outcome = if fail { Outcome::Fail } else { Outcome::Pass };
+    let words = format!(
+        "{label} {} ({}/{}) vs baseline {} ({}/{}): {} points, CS [{}, {}]; {} of {} errors from the canary where its {} share of requests expects {:.1}: {} (tolerated increase {} points)",
+        pct(rc),
+        c.errors,
+        c.requests,
+        pct(rb),
+        b.errors,
+        b.requests,
+        signed_points(effect),
+        signed_points(interval[0]),
+        signed_points(interval[1]),
+        c.errors,
+        m,
+        pct(w),
+        w * m as f64,
+        evidence_words(&evidence, fail),
+        signed_points(limit),
+    );
+    test(
+        "max_error_rate_increase",
+        "errors",
+        outcome,
+        (rc, rb),
+        (effect, interval),
+        limit,
+        &evidence,
+        words,
+    )
+}
+
+/// A share (`k` of `n`) against a ceiling: `max_error_rate`, `max_mirror_diff_rate`.
+fn ceiling(gate: &str, name: &str, k: u64, n: u64, max: f64, alpha: f64) -> Test {
+    let k = k.min(n);
+    let rate = if n == 0 { 0.0 } else { k as f64 / n as f64 };
+    let (lo, hi) = stats::rate_interval(k, n, alpha);
+    let evidence = stats::proportion_above(k, n, max, alpha).unwrap_or(Evidence {
+        // A ceiling of 0% or 100%: above 0% is any; nothing is above 100%.
+        bayes_factor: if max <= 0.0 && k > 0 {
+            f64::INFINITY
+        } else {
+            1.0
+        },
+        threshold: 1.0 / alpha,
+    });
+    let fail = evidence.rejects();
+    let what = if name == "mirror_diffs" {
+        "shadow answers differing"
+    } else {
+        "5xx"
+    };
+    let words = format!(
+        "{what} {} ({k}/{n}), CS [{}, {}], against {gate} {}: {}",
+        pct(rate),
+        pct(lo),
+        pct(hi),
+        pct(max),
+        evidence_words(&evidence, fail)
+    );
+    test(
+        gate,
+        name,
+        if fail { Outcome::Fail } else { Outcome::Pass },
+        (rate, max),
+        (rate - max, [lo - max, hi - max]),
+        0.0,
+        &evidence,
+        words,
+    )
+}
+
+/// `max_p99_ratio`: the tail (share of canary requests slower than ratio × the baseline's p99,
+/// against 1%) and, when the baseline has enough requests for a median, the shift (share slower than
+/// ratio × its median, against 50%).
+fn latency(gates: &Gates, canary: &Stats, baseline: &Stats, alpha: f64) -> Vec<Test> {
+    let r = gates.max_p99_ratio;
+    let n = canary.requests();
+    let mut out = Vec::new();
+    let references = [
+        ("latency_tail", 0.99, TAIL, MIN_BASELINE_FOR_P99),
+        ("latency_shift", 0.5, 0.5, MIN_BASELINE_FOR_MEDIAN),
+    ];
+    for (name, q, expected, min_baseline) in references {
+        if baseline.requests() < min_baseline {
+            continue;
+        }
+        let Some(reference) = baseline.quantile(q) else {
+            continue;
+        };
+        let bound_us = (reference.as_secs_f64() * 1e6 * r).ceil() as u64;
+        let k = canary.latency.count_above(bound_us).min(n);
+        let share = k as f64 / n.max(1) as f64;
+        let (lo, hi) = stats::rate_interval(k, n, alpha);
+        let evidence = stats::proportion_above(k, n, expected, alpha).unwrap_or(Evidence {
+            bayes_factor: 1.0,
+            threshold: 1.0 / alpha,
+        });
+        let fail = evidence.rejects();
+        let (label, figure) = if q > 0.9 {
+            ("p99", canary.quantile(0.99))
+        } else {
+            ("median", canary.quantile(0.5))
+        };
+        let words = format!(
+            "canary {label} {} vs baseline {} ({:.2}x); {} ({k}/{n}) of canary requests slower than {r} x the baseline's {label} ({}), CS [{}, {}], where at most {} may be: {}",
+            opt_ms(figure.map(|d| d.as_secs_f64() * 1000.0)),
+            ms_text(reference.as_secs_f64() * 1000.0),
+            figure.map_or(0.0, |d| d.as_secs_f64() / reference.as_secs_f64().max(1e-9)),
+            pct(share),
+            ms_text(bound_us as f64 / 1000.0),
+            pct(lo),
+            pct(hi),
+            pct(expected),
+            evidence_words(&evidence, fail),
+        );
+        out.push(test(
+            "max_p99_ratio",
+            name,
+            if fail { Outcome::Fail } else { Outcome::Pass },
+            (
+                figure.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                reference.as_secs_f64() * 1000.0,
+            ),
+            (share - expected, [lo - expected, hi - expected]),
+            expected,
+            &evidence,
+            words,
+        ));
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn test(
+    gate: &str,
+    name: &str,
+    outcome: Outcome,
+    (canary, baseline): (f64, f64),
+    (effect, interval): (f64, [f64; 2]),
+    limit: f64,
+    e: &Evidence,
+    words: String,
+) -> Test {
+    Test {
+        gate: gate.to_string(),
+        test: name.to_string(),
+        outcome,
+        canary: round(canary, 6),
+        baseline: round(baseline, 6),
+        effect: round(effect, 6),
+        interval: [round(interval[0], 6), round(interval[1], 6)],
+        limit,
+        bayes_factor: sci(e.bayes_factor.min(1e300)),
+        threshold: sci(e.threshold),
+        p: sci(e.p()),
+        alpha: sci(1.0 / e.threshold),
+        words,
+    }
+}
+
+fn evidence_words(e: &Evidence, fail: bool) -> String {
+    let verb = if e.rejects() { "≥" } else { "<" };
+    let tail = if e.rejects() && !fail {
+        ", but within the tolerance"
+    } else {
+        ""
+    };
+    format!(
+        "Bayes factor {} {verb} {} (anytime p = {} vs α {}){tail}",
+        short(e.bayes_factor),
+        short(e.threshold),
+        short(e.p()),
+        short(1.0 / e.threshold)
+    )
+}
+
+/// Four significant digits, for JSON.
+fn sci(x: f64) -> f64 {
+    if !x.is_finite() || x == 0.0 {
+        return if x.is_finite() { 0.0 } else { 1e300 };
+    }
+    let digits = 3 - x.abs().log10().floor() as i32;
+    let scale = 10f64.powi(digits);
+    if scale.is_finite() && scale > 0.0 {
+        (x * scale).round() / scale
+    } else {
+        x
+    }
+}
+
+fn round(x: f64, places: i32) -> f64 {
+    let s = 10f64.powi(places);
+    (x * s).round() / s
+}
+
+fn short(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&x.abs()) {
+        format!("{x:.2e}")
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.3}")
+    }
 }
 
 fn pct(f: f64) -> String {
-    format!("{:.1}%", f * 100.0)
+    format!("{:.2}%", f * 100.0)
 }
 
-fn points(f: f64) -> String {
-    format!("{:.1} points", f * 100.0)
+fn signed_points(f: f64) -> String {
+    format!("{:+.2}", f * 100.0)
 }
 
-fn ms(d: std::time::Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+fn ms_text(ms: f64) -> String {
+    format!("{ms:.1} ms")
 }
 
-fn p_value(p: f64) -> String {
-    if p < 0.001 {
-        "p < 0.001".into()
-    } else {
-        format!("p = {p:.3}")
-    }
+fn opt_ms(ms: Option<f64>) -> String {
+    ms.map(ms_text).unwrap_or_else(|| "-".into())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::metrics::{BUCKETS, EDGES_US};
-
-    /// `ok` 2xx and `errors` 5xx answers, all at about `latency_us`.
-    fn interval(ok: u64, errors: u64, latency_us: u64) -> Stats {
-        let mut s = Stats::default();
-        s.status[1] = ok;
-        s.status[4] = errors;
-        let bucket = EDGES_US
-            .iter()
-            .position(|e| *e >= latency_us)
-            .unwrap_or(BUCKETS - 1);
-        s.latency.buckets[bucket] = ok + errors;
-        s.latency.sum_us = (ok + errors) * latency_us;
-        s
-    }
-
-    fn gates() -> Gates {
-        Gates::from_config(&GatesConfig::default())
-    }
-
-    #[test]
-    fn too_few_requests_is_inconclusive() {
-        let v = judge(
-            &gates(),
-            &interval(50, 20, 1000),
-            &interval(10_000, 10, 1000),
-        );
-        assert!(matches!(v, Verdict::Inconclusive(_)), "{v:?}");
-    }
-
-    #[test]
-    fn a_canary_with_many_more_errors_fails_naming_the_gate_and_figures() {
-        let v = judge(
-            &gates(),
-            &interval(264, 36, 1000),
-            &interval(29_880, 120, 1000),
-        );
-        match v {
-            Verdict::Fail { gate, reason } => {
-                assert_eq!(gate, "max_error_rate_increase");
-                assert_eq!(
-                    reason,
-                    "canary 5xx 12.0% vs baseline 0.4% (p < 0.001) > max increase 0.5 points"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_mirror_phase_is_judged_on_shadow_errors_and_differences() {
-        let mut g = gates();
-        g.max_mirror_diff_rate = Some(0.01);
-        let baseline = interval(10_000, 10, 1000);
-        let mut shadow = Stats {
-            mirror_sent: 50,
-            ..Stats::default()
-        };
-        assert!(matches!(
-            judge_mirror(&g, 0.01, &shadow, &baseline),
-            Verdict::Inconclusive(_)
-        ));
-        shadow.mirror_sent = 400;
-        shadow.mirror_compared = 400;
-        assert!(matches!(
-            judge_mirror(&g, 0.01, &shadow, &baseline),
-            Verdict::Pass(_)
-        ));
-        shadow.mirror_errors = 40;
-        match judge_mirror(&g, 0.01, &shadow, &baseline) {
-            Verdict::Fail { gate, reason } => {
-                assert_eq!(gate, "max_error_rate_increase");
-                assert_eq!(
-                    reason,
-                    "shadow errors 10.0% vs baseline 5xx 0.1% (p < 0.001) > max increase 0.5 points"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        shadow.mirror_errors = 0;
-        shadow.mirror_diffs = 12;
-        assert!(matches!(
-            judge_mirror(&g, 0.01, &shadow, &baseline),
-            Verdict::Fail {
-                gate: "max_mirror_diff_rate",
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn the_significance_is_spent_over_a_rollouts_checks() {
-        let g = gates();
-        let total: f64 = (1..100_000).map(|k| alpha_for_check(&g, k)).sum();
-        assert!(total < 0.01 && total > 0.0099, "{total}");
-        assert!((alpha_for_check(&g, 1) - 0.00608).abs() < 1e-5);
-        assert!(alpha_for_check(&g, 10) < alpha_for_check(&g, 9));
-    }
-
-    #[test]
-    fn an_equal_noisy_canary_passes() {
-        // 2% errors on both sides: the canary's 7 of 300 is chance, not a regression.
-        let v = judge(
-            &gates(),
-            &interval(293, 7, 1000),
-            &interval(29_400, 600, 1000),
-        );
-        assert!(matches!(v, Verdict::Pass(_)), "{v:?}");
-    }
-
-    #[test]
-    fn a_slower_canary_fails_the_latency_gate() {
-        let v = judge(
-            &gates(),
-            &interval(300, 0, 5000),
-            &interval(30_000, 0, 1000),
-        );
-        match v {
-            Verdict::Fail { gate, reason } => {
-                assert_eq!(gate, "max_p99_ratio");
-                assert!(reason.contains("p < 0.001"), "{reason}");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn the_confidence_decides_a_borderline_difference() {
-        // 6.0% against 4.0% over 1,000 each: p = 0.02.
-        let (canary, baseline) = (interval(940, 60, 1000), interval(960, 40, 1000));
-        assert!(matches!(
-            judge(&gates(), &canary, &baseline),
-            Verdict::Pass(_)
-        ));
-        let lenient = Gates::from_config(&GatesConfig {
-            confidence: Some(0.9),
-            ..GatesConfig::default()
-        });
-        assert_eq!(lenient.confidence, 0.9);
-        assert!(matches!(
-            judge(&lenient, &canary, &baseline),
-            Verdict::Fail {
-                gate: "max_error_rate_increase",
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn an_absolute_ceiling_and_the_mirror_gate() {
-        let mut g = gates();
-        g.max_error_rate = Some(0.01);
-        let v = judge(&g, &interval(295, 5, 1000), &interval(29_500, 500, 1000));
-        assert!(
-            matches!(
-                v,
-                Verdict::Fail {
-                    gate: "max_error_rate",
-                    ..
-                }
-            ),
-            "{v:?}"
-        );
-        let mut g = gates();
-        g.max_mirror_diff_rate = Some(0.05);
-        let mut canary = interval(300, 0, 1000);
-        canary.mirror_compared = 200;
-        canary.mirror_diffs = 30;
-        let v = judge(&g, &canary, &interval(30_000, 0, 1000));
-        assert!(
-            matches!(
-                v,
-                Verdict::Fail {
-                    gate: "max_mirror_diff_rate",
-                    ..
-                }
-            ),
-            "{v:?}"
-        );
-    }
-}
+#[path = "judge_tests.rs"]
+mod tests;

@@ -4,13 +4,14 @@
 //!
 //! - the canary's share is the largest weight step up to `i` (0 before the first);
 //! - every header step up to `i` has its rule sending matching requests to the canary (internal users
-//!   keep the new version through the later phases), first among the route's rules;
+//!   keep the new version through the later phases), first among the route's rules; every clients
+//!   step up to `i` likewise sends its API clients (so they move cumulatively);
 //! - a mirror step copies its share of traffic to the canary, compared, for that step only; the route's
 //!   own `mirror` (if any) is put back afterwards.
 
 use crate::config::{
-    parse, CompareConfig, MirrorConfig, OrderedMap, PercentValue, RolloutConfig, RouteConfig,
-    RuleConfig, Step, StepConfig, WhenConfig,
+    parse, CompareConfig, MirrorConfig, PercentValue, RolloutConfig, RouteConfig, RuleConfig, Step,
+    StepConfig, WhenConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,7 @@ pub fn describe(step: &StepConfig) -> String {
             let pairs: Vec<String> = h.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             format!("header {}", pairs.join(", "))
         }
+        Step::Clients(c) => format!("clients {}", c.join(", ")),
         Step::Pause => "pause".into(),
     };
     match &step.hold {
@@ -70,14 +72,23 @@ pub fn describe(step: &StepConfig) -> String {
     }
 }
 
-fn header_rule(headers: &OrderedMap<String>, canary: &str) -> RuleConfig {
-    RuleConfig {
-        when: WhenConfig {
-            header: headers.clone(),
+/// The rule a header or clients step adds: matching requests (or those clients) go to the canary.
+fn step_rule(step: &Step, canary: &str) -> Option<RuleConfig> {
+    let when = match step {
+        Step::Header(h) => WhenConfig {
+            header: h.clone(),
             ..WhenConfig::default()
         },
+        Step::Clients(c) => WhenConfig {
+            client_in: Some(c.clone()),
+            ..WhenConfig::default()
+        },
+        _ => return None,
+    };
+    Some(RuleConfig {
+        when,
         to: canary.to_string(),
-    }
+    })
 }
 
 /// Sets the canary's share of the split to `percent`; the baseline takes the difference.
@@ -98,8 +109,7 @@ pub fn apply_step(
 ) -> Result<(), String> {
     set_canary_share(r, &ro.canary, weight_at(ro, i))?;
     for step in ro.steps.iter().take(i + 1) {
-        if let Step::Header(h) = &step.kind {
-            let rule = header_rule(h, &ro.canary);
+        if let Some(rule) = step_rule(&step.kind, &ro.canary) {
             if !r.rules.contains(&rule) {
                 r.rules.insert(0, rule.clone());
                 added.rules.push(rule);
