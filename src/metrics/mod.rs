@@ -12,7 +12,7 @@ mod histogram;
 pub mod prometheus;
 mod series;
 
-pub use histogram::{Latencies, BUCKETS, EDGES_US, PROMETHEUS_LE_US};
+pub use histogram::{bucket_of, Latencies, BUCKETS, EDGES_US, PROMETHEUS_LE_US};
 pub use series::{
     class_of, CompareResult, MirrorOutcome, Series, Stats, UpstreamDetail, UpstreamError,
     WINDOW_SECONDS,
