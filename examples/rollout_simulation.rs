@@ -140,17 +140,70 @@ fn main() {
     let one = rollout("[10]");
     let alpha = checks::step_alpha(&one);
     let scenarios = [
-        ("errors +1 point", 0.10, Canary { extra_errors: 0.01, ..SAME }),
-        ("errors +2 points", 0.10, Canary { extra_errors: 0.02, ..SAME }),
-        ("errors +5 points", 0.10, Canary { extra_errors: 0.05, ..SAME }),
-        ("errors +2 points at 1%", 0.01, Canary { extra_errors: 0.02, ..SAME }),
-        ("latency 1.2x", 0.10, Canary { slower: 1.2, ..SAME }),
-        ("latency 1.5x", 0.10, Canary { slower: 1.5, ..SAME }),
-        ("latency 2x", 0.10, Canary { slower: 2.0, ..SAME }),
+        (
+            "errors +1 point",
+            0.10,
+            Canary {
+                extra_errors: 0.01,
+                ..SAME
+            },
+        ),
+        (
+            "errors +2 points",
+            0.10,
+            Canary {
+                extra_errors: 0.02,
+                ..SAME
+            },
+        ),
+        (
+            "errors +5 points",
+            0.10,
+            Canary {
+                extra_errors: 0.05,
+                ..SAME
+            },
+        ),
+        (
+            "errors +2 points at 1%",
+            0.01,
+            Canary {
+                extra_errors: 0.02,
+                ..SAME
+            },
+        ),
+        (
+            "latency 1.2x",
+            0.10,
+            Canary {
+                slower: 1.2,
+                ..SAME
+            },
+        ),
+        (
+            "latency 1.5x",
+            0.10,
+            Canary {
+                slower: 1.5,
+                ..SAME
+            },
+        ),
+        (
+            "latency 2x",
+            0.10,
+            Canary {
+                slower: 2.0,
+                ..SAME
+            },
+        ),
         (
             "tail: 3% of canary +500 ms",
             0.10,
-            Canary { tail_share: 0.03, tail_us: 500_000.0, ..SAME },
+            Canary {
+                tail_share: 0.03,
+                tail_us: 500_000.0,
+                ..SAME
+            },
         ),
     ];
     println!("\nPower: one step, judged until the canary has served 10,000 requests, {power_runs} runs each; step significance {alpha:.4}");
@@ -159,7 +212,9 @@ fn main() {
             let mut rng = SmallRng::seed_from_u64(every * 7 + (w * 1000.0) as u64);
             let caught: Vec<u64> = (0..power_runs)
                 .filter_map(|_| {
-                    step(&mut rng, &gates, alpha, w, &canary, every, |_, n| n >= 10_000)
+                    step(&mut rng, &gates, alpha, w, &canary, every, |_, n| {
+                        n >= 10_000
+                    })
                 })
                 .collect();
             println!(

@@ -72,6 +72,10 @@ pub enum Command {
         /// The pid file, when not taken from a config file.
         #[arg(long, value_name = "PATH", conflicts_with = "conf")]
         pid_file: Option<PathBuf>,
+        /// Take the file's value where a setting was changed both in the file and live (by the admin
+        /// API or a rollout) since the file was last applied; the audit entry names what it undid.
+        #[arg(long, requires = "conf")]
+        force: bool,
     },
 }
 
@@ -92,7 +96,11 @@ pub fn main() -> ExitCode {
             println!("{}", config::json_schema());
             ExitCode::SUCCESS
         }
-        Command::Reload { conf, pid_file } => reload(conf, pid_file),
+        Command::Reload {
+            conf,
+            pid_file,
+            force,
+        } => reload(conf, pid_file, force),
         Command::Upgrade {
             conf,
             binary,
@@ -170,11 +178,11 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// How long `switchyard reload` waits for the instance to record the outcome.
 const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
-fn reload(conf: Option<PathBuf>, pid_file: Option<PathBuf>) -> ExitCode {
-    let (pid_file, state_dir) = match (pid_file, conf) {
+fn reload(conf: Option<PathBuf>, pid_file: Option<PathBuf>, force: bool) -> ExitCode {
+    let (pid_file, state_dir) = match (pid_file, conf.as_ref()) {
         (Some(p), _) => (p, None),
         // Validate first: a file the instance would refuse is reported here and nothing is signalled.
-        (None, Some(conf)) => match load(&conf) {
+        (None, Some(conf)) => match load(conf) {
             Ok((c, _)) => (
                 PathBuf::from(c.server.pid_file),
                 Some(PathBuf::from(c.server.state_dir)),
@@ -190,6 +198,15 @@ fn reload(conf: Option<PathBuf>, pid_file: Option<PathBuf>) -> ExitCode {
         crate::state::store::read_reload_outcome(dir).and_then(|v| v["seq"].as_u64())
     };
     let before = state_dir.as_deref().and_then(last_seq);
+    if let (Some(dir), Some(conf)) = (state_dir.as_deref(), conf.as_ref()) {
+        // The instance reloads the file it runs; it refuses if that is not this one.
+        let file = std::fs::canonicalize(conf).unwrap_or_else(|_| conf.clone());
+        let request = serde_json::json!({"file": file, "force": force});
+        if let Err(e) = crate::state::store::write_reload_request(dir, &request) {
+            eprintln!("switchyard reload: cannot write to {}: {e}", dir.display());
+            return ExitCode::from(3);
+        }
+    }
     let pid = match crate::server::signal_pid_file(&pid_file, nix::sys::signal::Signal::SIGHUP) {
         Ok(pid) => pid,
         Err(e) => {
@@ -224,12 +241,26 @@ fn reload(conf: Option<PathBuf>, pid_file: Option<PathBuf>) -> ExitCode {
     match outcome["result"].as_str() {
         Some("applied") => {
             println!("reloaded (pid {pid}): now serving revision {revision}");
-            for change in outcome["replaced"].as_array().into_iter().flatten() {
-                println!(
-                    "  replaces API change: {}",
-                    change.as_str().unwrap_or_default()
-                );
+            let lines = |key: &str| -> Vec<String> {
+                outcome[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            };
+            for place in lines("taken") {
+                println!("  from the file: {place}");
             }
+            for undone in lines("undone") {
+                println!("  undid (forced): {undone}");
+            }
+            ExitCode::SUCCESS
+        }
+        Some("same") => {
+            println!(
+                "nothing to change (pid {pid}): everything the file changes is live already; still serving revision {revision}"
+            );
             ExitCode::SUCCESS
         }
         Some("unchanged") => {

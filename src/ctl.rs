@@ -54,6 +54,9 @@ pub enum CtlCommand {
     Rollback { route: String },
     /// Set the mirrored share of a route's traffic.
     Mirror { route: String, percent: f64 },
+    /// The live config in the file's format (YAML), to commit: written to the config file and
+    /// reloaded, it changes no traffic.
+    Export,
     /// Revisions kept, newest last.
     Revisions,
     /// Make a new revision equal to revision REV.
@@ -178,6 +181,20 @@ impl Client {
         body: Option<Value>,
         if_match: Option<&str>,
     ) -> Result<(Value, Option<String>), Failure> {
+        let (text, etag) = self.call_text(method, path, body, if_match)?;
+        serde_json::from_str(&text).map(|v| (v, etag)).map_err(|e| {
+            Failure::Unreachable(format!("{}{path}: unreadable answer: {e}", self.base))
+        })
+    }
+
+    /// One call; returns the answer's text and its ETag.
+    fn call_text(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> Result<(String, Option<String>), Failure> {
         let url = format!("{}{path}", self.base);
         let mut tries = 0;
         loop {
@@ -197,14 +214,9 @@ impl Client {
             match result {
                 Ok(r) => {
                     let etag = r.header("etag").map(str::to_string);
-                    return r
-                        .into_string()
-                        .map_err(|e| e.to_string())
-                        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-                        .map(|v| (v, etag))
-                        .map_err(|e| {
-                            Failure::Unreachable(format!("{url}: unreadable answer: {e}"))
-                        });
+                    return r.into_string().map(|t| (t, etag)).map_err(|e| {
+                        Failure::Unreachable(format!("{url}: unreadable answer: {e}"))
+                    });
                 }
                 Err(ureq::Error::Status(503, r)) if tries < RETRIES_ON_503 => {
                     tries += 1;
@@ -561,6 +573,11 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             let table = rollout_table(&v);
             Ok((v, table))
         }
+        CtlCommand::Export => {
+            let (yaml, etag) = c.call_text("GET", "/v1/config", None, None)?;
+            let revision = etag.unwrap_or_default().trim_matches('"').to_string();
+            Ok((json!({"revision": revision, "config": yaml}), yaml))
+        }
         CtlCommand::Audit => {
             let v = c.get("/v1/audit")?;
             let mut t = format!(
@@ -632,6 +649,28 @@ fn rollout_table(v: &Value) -> String {
             text(&v["failures"]),
             text(&v["failure_limit"])
         );
+    }
+    if let Some(check) = v["last_check"].as_object() {
+        t += &format!(
+            "  check {} {}: {}\n",
+            text(&check["number"].clone()),
+            text(&check["verdict"]).to_uppercase(),
+            text(&check["summary"])
+        );
+        for test in check
+            .get("tests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            t += &format!(
+                "    {:<13} {:<24} {:<4}  {}\n",
+                text(&test["test"]),
+                text(&test["gate"]),
+                text(&test["outcome"]).to_uppercase(),
+                text(&test["words"])
+            );
+        }
     }
     let history = v["history"].as_array().cloned().unwrap_or_default();
     if !history.is_empty() {

@@ -86,7 +86,8 @@ fn reload_without_a_running_instance_exits_3() {
 }
 
 /// An emergency rollback through the API survives logrotate's nightly SIGHUP: a file equal to the one
-/// last applied changes nothing. A changed file wins, and its audit entry names what it replaced.
+/// last applied changes nothing. A file that changes the same setting conflicts and is refused;
+/// `--force` applies it, and its audit entry names what it undid.
 #[test]
 fn a_sighup_with_the_same_file_never_undoes_an_api_rollback() {
     let (v1, v2) = (backend("v1"), backend("v2"));
@@ -141,13 +142,35 @@ fn a_sighup_with_the_same_file_never_undoes_an_api_rollback() {
     assert!(versions().iter().all(|v| v == "v1"));
     assert_eq!(audit_lines(&proxy).len(), lines);
 
-    // An edited file wins, as a new revision that names the API change it replaced.
+    // An edit of the same setting conflicts with the live rollback: refused, naming the route, the
+    // setting, both values, and who changed it live; nothing changes.
     proxy.rewrite_config(&with_admin(100));
     let (code, out) = switchyard(&["reload", "-c", conf]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("routes[api].split.targets: file {\"v1\":0.0,\"v2\":100.0}, live {\"v1\":100.0,\"v2\":0.0} (changed live by ops (route.rollback at revision 2")
+            && out.contains("--force"),
+        "{out}"
+    );
+    assert!(versions().iter().all(|v| v == "v1"));
+    assert_eq!(audit_lines(&proxy).len(), lines);
+
+    // `-c` naming a file this instance does not run is refused, saying which one it runs.
+    let other = proxy.dir.join("other.yaml");
+    std::fs::copy(conf, &other).unwrap();
+    let (code, out) = switchyard(&["reload", "-c", other.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("this instance runs {conf}, not ")),
+        "{out}"
+    );
+
+    // --force takes the file's value, and its audit entry names what it undid.
+    let (code, out) = switchyard(&["reload", "-c", conf, "--force"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("now serving revision 3")
-            && out.contains("revision 2 route.rollback api by ops"),
+            && out.contains("undid (forced): routes[api].split.targets"),
         "{out}"
     );
     assert!(versions().iter().all(|v| v == "v2"));
@@ -159,7 +182,8 @@ fn a_sighup_with_the_same_file_never_undoes_an_api_rollback() {
     );
     let reason = last["reason"].as_str().unwrap();
     assert!(
-        reason.contains("revision 2 route.rollback api by ops (\"v2 returns 500s\")"),
+        reason.contains("forced, undoing: routes[api].split.targets")
+            && reason.contains("changed live by ops (route.rollback at revision 2"),
         "{reason}"
     );
 }

@@ -21,6 +21,9 @@ pub struct BackendControl {
     /// Share of non-health requests answered 500 at random, in millionths.
     error_ppm: AtomicU64,
     delay_ms: AtomicU64,
+    /// A slow tail: this share (in millionths) of non-health requests waits `tail_ms` more.
+    tail_ppm: AtomicU64,
+    tail_ms: AtomicU64,
     requests: AtomicU64,
     body: std::sync::Mutex<Option<String>>,
     received: std::sync::Mutex<Vec<Received>>,
@@ -53,6 +56,13 @@ impl BackendControl {
     /// Delay before every non-health response.
     pub fn set_delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+    /// A slow tail: this share (0–1) of non-health requests, at random, waits `extra` longer.
+    pub fn set_tail(&self, share: f64, extra: Duration) {
+        self.tail_ppm
+            .store((share.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
+        self.tail_ms
+            .store(extra.as_millis() as u64, Ordering::Relaxed);
     }
     /// Answer every non-health request with this body instead of the echo (`None`: echo again).
     pub fn set_body(&self, body: Option<&str>) {
@@ -91,6 +101,8 @@ impl RunningBackend {
             status: AtomicU16::new(200),
             error_ppm: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
+            tail_ppm: AtomicU64::new(0),
+            tail_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             body: std::sync::Mutex::new(None),
             received: std::sync::Mutex::new(Vec::new()),
@@ -238,7 +250,10 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
                     body: body.clone(),
                 });
             }
-            let delay = control.delay_ms.load(Ordering::Relaxed);
+            let mut delay = control.delay_ms.load(Ordering::Relaxed);
+            if rand::random::<u64>() % 1_000_000 < control.tail_ppm.load(Ordering::Relaxed) {
+                delay += control.tail_ms.load(Ordering::Relaxed);
+            }
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }

@@ -272,6 +272,7 @@ impl Rollouts {
             None
         };
         let recent: Vec<&Event> = rec.history.iter().rev().take(20).collect();
+        let last_check = rec.history.iter().rev().find_map(|e| e.check.as_ref());
         Some(json!({
             "route": route,
             "canary": rec.canary,
@@ -294,6 +295,9 @@ impl Rollouts {
             "started_at": rec.started_at,
             "step_started_at": rec.step_started_at,
             "history": recent.into_iter().rev().collect::<Vec<_>>(),
+            "last_check": last_check,
+            "step_timeout_seconds": ro.step_timeout.as_deref().map_or(super::checks::DEFAULT_STEP_TIMEOUT, |t| duration(t, super::checks::DEFAULT_STEP_TIMEOUT)).as_secs_f64(),
+            "on_failure": ro.on_failure.as_deref().unwrap_or("rollback"),
             "leader": leader,
         }))
     }

@@ -10,7 +10,10 @@
 //! resumes exactly what was serving, API changes included; if the file was edited since, the file wins
 //! and becomes a new revision by actor `file`.
 
+pub mod merge;
+mod reload;
 pub mod reloader;
+pub use reload::Reload;
 pub mod store;
 
 use crate::config::{Config, ConfigErrors};
@@ -133,6 +136,8 @@ struct Writer {
     cache_writes: bool,
     /// Digest of the config file the live revision was last loaded from.
     file_sha256: String,
+    /// The config file as last applied: a reload applies the file's changes since it (SPEC §1).
+    base: Config,
     /// A successor that serves its config file, changed since the previous process loaded it, has
     /// not made that a revision yet (why it is loaded, for the audit line): it does on taking over.
     unsaved_file: Option<&'static str>,
@@ -141,7 +146,7 @@ struct Writer {
 impl State {
     /// A state kept in memory only (no `state_dir`).
     pub fn new(config: Config) -> Result<State, ConfigErrors> {
-        let snapshot = Snapshot::build(config, 1, None)?;
+        let snapshot = Snapshot::build(config.clone(), 1, None)?;
         Ok(State {
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(Writer {
@@ -150,6 +155,7 @@ impl State {
                 local: None,
                 cache_writes: false,
                 file_sha256: String::new(),
+                base: config.clone(),
                 unsaved_file: None,
             }),
             metrics: Arc::default(),
@@ -213,6 +219,7 @@ impl State {
                         local: None,
                         cache_writes: false,
                         file_sha256,
+                        base: file_config.clone(),
                         unsaved_file: None,
                     };
                     return Ok(state(snapshot, writer));
@@ -228,14 +235,15 @@ impl State {
         } else {
             "first start"
         };
-        let snapshot =
-            Snapshot::build(file_config, revision, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let snapshot = Snapshot::build(file_config.clone(), revision, None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut writer = Writer {
             store: Some(store),
             state_dir: Some(PathBuf::from(&dir)),
             local: None,
             cache_writes: false,
             file_sha256,
+            base: file_config.clone(),
             unsaved_file: None,
         };
         if successor {
@@ -620,9 +628,10 @@ impl State {
             writer: Mutex::new(Writer {
                 store: Some(store),
                 state_dir: Some(PathBuf::from(&file_config.server.state_dir)),
-                local: Some(file_config),
+                local: Some(file_config.clone()),
                 cache_writes: !successor,
                 file_sha256: sha256_hex(file_text.as_bytes()),
+                base: file_config.clone(),
                 unsaved_file: None,
             }),
             metrics: Arc::default(),
@@ -657,52 +666,6 @@ impl State {
         Ok(state)
     }
 
-    /// Re-reads the config file (SIGHUP / `switchyard reload`). A file whose content equals the one last
-    /// applied changes nothing (so a signal never undoes what an operator changed through the API since).
-    /// A changed file becomes a new revision by actor `file`, whose audit entry names the API changes it
-    /// replaced; its digest is remembered for the start-up rule. An invalid file changes nothing.
-    pub fn reload_file(&self, text: &str) -> Result<Reload, ChangeError> {
-        let digest = sha256_hex(text.as_bytes());
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(ChangeError::HandingOver);
-        }
-        if digest == writer.file_sha256 {
-            return Ok(Reload::Unchanged(self.current.load_full()));
-        }
-        let config = Config::load_str(text).map_err(ChangeError::Invalid)?;
-        let replaced = api_changes_since_file(&writer);
-        let reason = if replaced.is_empty() {
-            "config file changed".to_string()
-        } else {
-            format!(
-                "config file changed; replaces {} API change(s) made since the file was last applied: {}",
-                replaced.len(),
-                replaced.join("; ")
-            )
-        };
-        let previous_sha = std::mem::replace(&mut writer.file_sha256, digest);
-        // In a fleet the file's own sections (server, admin, metrics, store) are this instance's.
-        let previous_local = writer.local.clone();
-        if previous_local.is_some() {
-            writer.local = Some(config.clone());
-        }
-        let change = Change {
-            actor: "file",
-            action: "config.reload",
-            route: None,
-            reason: Some(&reason),
-        };
-        match self.change_locked(&writer, change, |_| Ok(config)) {
-            Ok(snapshot) => Ok(Reload::Applied { snapshot, replaced }),
-            Err(e) => {
-                writer.file_sha256 = previous_sha;
-                writer.local = previous_local;
-                Err(e)
-            }
-        }
-    }
-
     /// Saves the rollouts' state in `state_dir/rollouts.json` (nothing without one). Refused once this
     /// instance hands over to a new process, which saves it from then on.
     pub fn save_rollouts(&self, bytes: &[u8]) -> Result<(), ChangeError> {
@@ -729,6 +692,12 @@ impl State {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let store = writer.store.as_ref()?;
         std::fs::read(store.dir().join("rollouts.json")).ok()
+    }
+
+    /// Takes what `switchyard reload` asked of this reload (`state_dir/reload-request.json`).
+    pub fn take_reload_request(&self) -> Option<serde_json::Value> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        store::take_reload_request(writer.state_dir.as_ref()?)
     }
 
     /// Records the outcome of a reload by signal in `state_dir/reload.json` (nothing without one).
@@ -766,58 +735,6 @@ impl State {
             .and_then(|s| s.audit().ok())
             .unwrap_or_default()
     }
-}
-
-/// The outcome of re-reading the config file.
-#[derive(Debug)]
-pub enum Reload {
-    /// The file equals the one last applied: nothing changed, no revision was made.
-    Unchanged(Arc<Snapshot>),
-    /// The file became this new revision, replacing these API changes (described one a line).
-    Applied {
-        snapshot: Arc<Snapshot>,
-        replaced: Vec<String>,
-    },
-}
-
-impl Reload {
-    pub fn snapshot(&self) -> &Arc<Snapshot> {
-        match self {
-            Reload::Unchanged(s) | Reload::Applied { snapshot: s, .. } => s,
-        }
-    }
-}
-
-/// The changes made by anyone but the file since the file was last applied, from the audit log, e.g.
-/// `revision 7 route.patch payments by ops ("raise to 5%")`.
-fn api_changes_since_file(writer: &Writer) -> Vec<String> {
-    let Some(entries) = writer.store.as_ref().and_then(|s| s.audit().ok()) else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = entries
-        .iter()
-        .rev()
-        .take_while(|e| e.actor != "file")
-        .map(|e| {
-            let route = e
-                .route
-                .as_deref()
-                .map(|r| format!(" {r}"))
-                .unwrap_or_default();
-            let reason = e
-                .reason
-                .as_deref()
-                .filter(|r| !r.is_empty())
-                .map(|r| format!(" ({r:?})"))
-                .unwrap_or_default();
-            format!(
-                "revision {} {}{route} by {}{reason}",
-                e.revision, e.action, e.actor
-            )
-        })
-        .collect();
-    out.reverse();
-    out
 }
 
 /// Writes the new revision and its audit line. Nothing is written for an in-memory state.

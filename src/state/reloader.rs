@@ -1,10 +1,11 @@
 //! Reload on SIGHUP: re-read the config file. A file equal to the one last applied changes nothing; a
-//! changed one becomes a new revision by actor `file`; an invalid one is refused with every error logged,
-//! and the running config stays. Each outcome is also written to `state_dir/reload.json`, which
+//! changed one is merged onto the live config ([`super::merge`]) as a new revision by actor `file`; an
+//! invalid one, or one that conflicts with live changes (unless `switchyard reload --force` asked), is
+//! refused with every error logged, and the running config stays. Each outcome is also written to `state_dir/reload.json`, which
 //! `switchyard reload` waits for. Handling SIGHUP here also keeps its default action (ending the
 //! process) from applying. SIGUSR1 reopens the access log file, as logrotate expects (as nginx does).
 
-use super::{ChangeError, Reload, State};
+use super::{ChangeError, Reload, Snapshot, State};
 use crate::proxy::AccessLog;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -49,59 +50,88 @@ impl Reloader {
             self.state.metrics().record_reload(false);
             json!({"result": "refused", "revision": live.revision, "errors": errors})
         };
-        let outcome = match std::fs::read_to_string(file) {
-            Err(e) => {
+        let request = self.state.take_reload_request().unwrap_or_default();
+        let force = request["force"].as_bool().unwrap_or(false);
+        let same_file = |asked: &str| {
+            let canonical = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+            canonical(std::path::Path::new(asked)) == canonical(file)
+        };
+        let outcome = match (request["file"].as_str(), std::fs::read_to_string(file)) {
+            (Some(asked), _) if !same_file(asked) => {
+                log::error!("reload refused: asked to reload {asked}, but this instance runs {path}; nothing was read");
+                refused(vec![format!(
+                    "this instance runs {path}, not {asked}; nothing was read (reload -c {path})"
+                )])
+            }
+            (_, Err(e)) => {
                 log::error!(
                     "reload refused: cannot read {path}: {e}; still serving revision {}",
                     live.revision
                 );
                 refused(vec![format!("cannot read {path}: {e}")])
             }
-            Ok(text) => match self.state.reload_file(&text) {
-                Ok(Reload::Unchanged(s)) => {
-                    self.state.metrics().record_reload(true);
-                    log::info!(
-                        "reload of {path}: unchanged since it was last applied; still serving revision {}",
-                        s.revision
-                    );
-                    json!({"result": "unchanged", "revision": s.revision})
-                }
-                Ok(Reload::Applied { snapshot, replaced }) => {
-                    self.state.metrics().record_reload(true);
-                    if snapshot.config.server != live.config.server {
-                        log::warn!("reload of {path}: changes under server: take effect at the next restart or upgrade");
-                    }
-                    if snapshot.config.store != live.config.store {
-                        log::warn!("reload of {path}: changes under store: take effect at the next restart or upgrade");
-                    }
-                    for change in &replaced {
-                        log::warn!("reload of {path} replaces an API change: {change}");
-                    }
-                    log::info!(
-                        "reloaded {path}: now serving revision {}",
-                        snapshot.revision
-                    );
-                    json!({"result": "applied", "revision": snapshot.revision, "replaced": replaced})
-                }
-                Err(e) => {
-                    log::error!(
-                        "reload of {path} refused, still serving revision {}: {e}",
-                        live.revision
-                    );
-                    let errors = match e {
-                        ChangeError::Invalid(errors) => {
-                            errors.0.iter().map(ToString::to_string).collect()
-                        }
-                        other => vec![other.to_string()],
-                    };
-                    refused(errors)
-                }
-            },
+            (_, Ok(text)) => self.apply(&text, force, &live),
         };
         let mut outcome = outcome;
         outcome["pid"] = std::process::id().into();
         outcome["at"] = super::store::now_rfc3339().into();
         self.state.record_reload_outcome(outcome);
+    }
+}
+
+impl Reloader {
+    /// Applies the file's text; the outcome as `switchyard reload` reads it.
+    fn apply(&self, text: &str, force: bool, live: &Snapshot) -> serde_json::Value {
+        let path = self
+            .path
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let result = self.state.reload_file(text, force);
+        self.state.metrics().record_reload(result.is_ok());
+        match result {
+            Ok(Reload::Unchanged(s)) => {
+                log::info!("reload of {path}: unchanged since it was last applied; still serving revision {}", s.revision);
+                json!({"result": "unchanged", "revision": s.revision})
+            }
+            Ok(Reload::Same(s)) => {
+                log::info!("reload of {path}: everything it changes is live already; still serving revision {}", s.revision);
+                json!({"result": "same", "revision": s.revision})
+            }
+            Ok(Reload::Applied {
+                snapshot,
+                taken,
+                undone,
+            }) => {
+                if snapshot.config.server != live.config.server {
+                    log::warn!("reload of {path}: changes under server: take effect at the next restart or upgrade");
+                }
+                if snapshot.config.store != live.config.store {
+                    log::warn!("reload of {path}: changes under store: take effect at the next restart or upgrade");
+                }
+                for u in &undone {
+                    log::warn!("reload of {path} (forced) undid a live change: {u}");
+                }
+                log::info!(
+                    "reloaded {path}: now serving revision {}",
+                    snapshot.revision
+                );
+                json!({"result": "applied", "revision": snapshot.revision, "taken": taken, "undone": undone})
+            }
+            Err(e) => {
+                log::error!(
+                    "reload of {path} refused, still serving revision {}: {e}",
+                    live.revision
+                );
+                let errors: Vec<String> = match e {
+                    ChangeError::Invalid(errors) => {
+                        errors.0.iter().map(ToString::to_string).collect()
+                    }
+                    other => other.to_string().lines().map(str::to_string).collect(),
+                };
+                json!({"result": "refused", "revision": live.revision, "errors": errors})
+            }
+        }
     }
 }
 

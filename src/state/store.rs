@@ -5,6 +5,8 @@
 //!   it was last loaded from;
 //! - `revisions/<n>.yaml`: the configuration of every revision, for history and restore;
 //! - `audit.jsonl`: one JSON object a line per change, newest last;
+//! - `reload-request.json`: what `switchyard reload` asks of the next reload (the file it means,
+//!   `--force`), taken by the instance when it handles the signal.
 //! - `reload.json`: the outcome of the last reload by signal (`seq` counts them), which `switchyard
 //!   reload` waits for.
 //!
@@ -287,6 +289,21 @@ pub fn write_reload_outcome(dir: &Path, mut outcome: serde_json::Value) -> io::R
     let bytes = serde_json::to_vec_pretty(&outcome).map_err(io::Error::other)?;
     write_atomic(&dir.join("reload.json"), &bytes)?;
     Ok(seq)
+}
+
+/// Asks the instance whose state directory is `dir` what its next reload by signal should do:
+/// `file` (the file the caller means; refused if the instance runs another) and `force`.
+pub fn write_reload_request(dir: &Path, request: &serde_json::Value) -> io::Result<()> {
+    let bytes = serde_json::to_vec(request).map_err(io::Error::other)?;
+    write_atomic(&dir.join("reload-request.json"), &bytes)
+}
+
+/// Takes (reads and removes) the request of [`write_reload_request`], if any.
+pub fn take_reload_request(dir: &Path) -> Option<serde_json::Value> {
+    let path = dir.join("reload-request.json");
+    let bytes = fs::read(&path).ok()?;
+    let _ = fs::remove_file(&path);
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// The outcome of the last reload by signal recorded in state directory `dir`, if any.

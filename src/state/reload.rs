@@ -1,0 +1,140 @@
+//! Re-reading the config file (SIGHUP / `switchyard reload`, SPEC §1): the file's own changes since
+//! the base (the file last applied) go onto the live config by a three-way merge ([`super::merge`]),
+//! so that nothing changed live — by the admin API or a rollout — is undone by an unrelated edit.
+
+use super::merge::{self, Conflict};
+use super::store::AuditEntry;
+use super::{sha256_hex, Change, ChangeError, Snapshot, State};
+use crate::config::Config;
+use std::sync::Arc;
+
+/// The outcome of re-reading the config file.
+#[derive(Debug)]
+pub enum Reload {
+    /// The file equals the one last applied: nothing changed, no revision was made.
+    Unchanged(Arc<Snapshot>),
+    /// The file differs from the one last applied, but everything it changed is live already (e.g.
+    /// the live config exported to it): it became the base, no revision was made.
+    Same(Arc<Snapshot>),
+    /// The file's changes became this new revision: the places it took, and (forced) those it undid
+    /// with who had changed them live.
+    Applied {
+        snapshot: Arc<Snapshot>,
+        taken: Vec<String>,
+        undone: Vec<String>,
+    },
+}
+
+impl Reload {
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        match self {
+            Reload::Unchanged(s) | Reload::Same(s) | Reload::Applied { snapshot: s, .. } => s,
+        }
+    }
+}
+
+impl State {
+    /// Re-reads the config file. A file whose content equals the base changes nothing. Otherwise
+    /// its changes since the base are merged onto the live config; a setting changed both in the file
+    /// and live since the base is a conflict: refused (one line each, naming who changed it live and
+    /// when) unless `force`, which takes the file's values and names what it undid in the audit
+    /// entry. An invalid file, or an invalid merge, changes nothing.
+    pub fn reload_file(&self, text: &str, force: bool) -> Result<Reload, ChangeError> {
+        let digest = sha256_hex(text.as_bytes());
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ChangeError::HandingOver);
+        }
+        let live = self.current.load_full();
+        if digest == writer.file_sha256 {
+            return Ok(Reload::Unchanged(live));
+        }
+        let file = Config::load_str(text).map_err(ChangeError::Invalid)?;
+        let merged = merge::three_way(&writer.base, &file, &live.config, force)
+            .map_err(ChangeError::Refused)?;
+        let audit = writer
+            .store
+            .as_ref()
+            .and_then(|s| s.audit().ok())
+            .unwrap_or_default();
+        let conflicts: Vec<String> = merged
+            .conflicts
+            .iter()
+            .map(|c| conflict_line(c, &audit))
+            .collect();
+        if !conflicts.is_empty() && !force {
+            return Err(ChangeError::Refused(format!(
+                "{} setting(s) changed both in the file and live since the file was last applied (reload --force takes the file's values):\n{}",
+                conflicts.len(),
+                conflicts.join("\n")
+            )));
+        }
+        // In a fleet the file's own sections (server, admin, metrics, store) are this instance's.
+        let local = writer.local.is_some().then(|| file.clone());
+        if merged.config == live.config {
+            writer.file_sha256 = digest;
+            writer.base = file;
+            if local.is_some() {
+                writer.local = local;
+            }
+            return Ok(Reload::Same(live));
+        }
+        let mut reason = if merged.taken.is_empty() {
+            "config file changed".to_string()
+        } else {
+            format!("config file changed: {}", merged.taken.join(", "))
+        };
+        if !conflicts.is_empty() {
+            reason.push_str(&format!("; forced, undoing: {}", conflicts.join("; ")));
+        }
+        let previous = (
+            std::mem::replace(&mut writer.file_sha256, digest),
+            writer.local.clone(),
+        );
+        if local.is_some() {
+            writer.local = local;
+        }
+        let change = Change {
+            actor: "file",
+            action: "config.reload",
+            route: None,
+            reason: Some(&reason),
+        };
+        let config = merged.config;
+        match self.change_locked(&writer, change, |_| Ok(config)) {
+            Ok(snapshot) => {
+                writer.base = file;
+                Ok(Reload::Applied {
+                    snapshot,
+                    taken: merged.taken,
+                    undone: conflicts,
+                })
+            }
+            Err(e) => {
+                (writer.file_sha256, writer.local) = previous;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One conflict in words: place, file value, live value, and who changed it live and when (the
+/// newest audit entry on that route, or on the whole config, since the file was last applied).
+fn conflict_line(c: &Conflict, audit: &[AuditEntry]) -> String {
+    let since_file = audit
+        .iter()
+        .rposition(|e| e.actor == "file")
+        .map_or(0, |i| i + 1);
+    let who = audit[since_file.min(audit.len())..]
+        .iter()
+        .rev()
+        .find(|e| e.route.is_none() || e.route == c.route)
+        .map(|e| {
+            format!(
+                "changed live by {} ({} at revision {}, {})",
+                e.actor, e.action, e.revision, e.at
+            )
+        })
+        .unwrap_or_else(|| "changed live".into());
+    format!("{}: file {}, live {} ({who})", c.place(), c.file, c.live)
+}
