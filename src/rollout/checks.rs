@@ -91,7 +91,7 @@ impl Rollouts {
             }
             Outcome::Inconclusive => counts[2] += 1,
         }
-        let summary = format!("check {}: {}", check.number, check.summary);
+        let summary = format!("{} (check {})", check.summary, check.number);
         let verdict = check.verdict;
         let gate = check.gate.clone();
         let event = Event {

@@ -164,7 +164,11 @@ pub struct Check {
 
 impl Check {
     /// A check decided without the gates (the step's window begins, a webhook, etcd unreachable).
-    pub fn plain(verdict: Outcome, gate: Option<&str>, summary: String) -> Check {
+    pub fn plain(verdict: Outcome, gate: Option<&str>, words: String) -> Check {
+        let summary = match gate {
+            Some(g) => format!("{g}: {words}"),
+            None => words,
+        };
         Check {
             number: 0,
             verdict,
@@ -216,7 +220,7 @@ pub fn judge(gates: &Gates, alpha: f64, canary: &Stats, baseline: &Stats, reach:
             ));
         }
     }
-    conclude(c, b, tests, alpha)
+    conclude(c, b, tests, alpha, "canary requests")
 }
 
 /// Judges a dark (mirror) step: the canary serves nobody, so it is judged on its shadow answers: the
@@ -271,7 +275,7 @@ pub fn judge_mirror(
             a,
         ));
     }
-    conclude(c, b, tests, alpha)
+    conclude(c, b, tests, alpha, "shadow copies")
 }
 
 fn starved(gates: &Gates, c: Arm, b: Arm, what: &str, reach: &str) -> Check {
@@ -293,7 +297,7 @@ fn starved(gates: &Gates, c: Arm, b: Arm, what: &str, reach: &str) -> Check {
     }
 }
 
-fn conclude(c: Arm, b: Arm, tests: Vec<Test>, alpha: f64) -> Check {
+fn conclude(c: Arm, b: Arm, tests: Vec<Test>, alpha: f64, what: &str) -> Check {
     let failed = tests.iter().find(|t| t.outcome == Outcome::Fail);
     let verdict = if failed.is_some() {
         Outcome::Fail
@@ -303,7 +307,7 @@ fn conclude(c: Arm, b: Arm, tests: Vec<Test>, alpha: f64) -> Check {
     let summary = match failed {
         Some(t) => format!("{}: {}", t.gate, t.words),
         None => format!(
-            "pass: canary {} requests, 5xx {} vs baseline {} of {}; p99 {} vs {}; no gate's evidence reached its threshold (step significance {})",
+            "pass: {} {what}, 5xx {} vs baseline {} of {}; p99 {} vs {}; no gate's evidence reached its threshold (step significance {})",
             c.requests,
             pct(c.error_rate),
             pct(b.error_rate),
