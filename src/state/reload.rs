@@ -119,15 +119,12 @@ impl State {
 }
 
 /// One conflict in words: place, file value, live value, and who changed it live and when (the
-/// newest audit entry on that route, or on the whole config, since the file was last applied).
+/// newest change on that route, or on the whole config, not made by the file).
 fn conflict_line(c: &Conflict, audit: &[AuditEntry]) -> String {
-    let since_file = audit
-        .iter()
-        .rposition(|e| e.actor == "file")
-        .map_or(0, |i| i + 1);
-    let who = audit[since_file.min(audit.len())..]
+    let who = audit
         .iter()
         .rev()
+        .filter(|e| e.actor != "file")
         .find(|e| e.route.is_none() || e.route == c.route)
         .map(|e| {
             format!(

@@ -8,6 +8,8 @@
     clippy::expect_used
 )]
 
+pub mod rollout;
+
 pub use switchyard::demo::backend::RunningBackend;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -323,6 +325,23 @@ pub fn switchyard(args: &[&str]) -> (i32, String) {
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Runs `switchyard ARGS...` with these environment variables; returns its exit code and its
+/// standard output alone (e.g. what `ctl export` writes).
+pub fn switchyard_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = if out.status.success() {
+        stdout
+    } else {
+        stdout + &String::from_utf8_lossy(&out.stderr)
+    };
     (out.status.code().unwrap_or(-1), text)
 }
 
