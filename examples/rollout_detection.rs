@@ -1,18 +1,18 @@
-//! How fast the rollout controller catches a bad canary at 1% of traffic, and how often it rolls back a
-//! good one — measured on the real binary with real upstreams and real HTTP on loopback.
+//! How fast the rollout controller catches a bad canary at 10% of traffic, and how often it rolls back
+//! a good one — measured on the real binary with real upstreams and real HTTP on loopback.
 //!
-//! Three scenarios, each run several times on a fresh instance (baseline v1 answers 1% 500s after
-//! 10 ms; the route's rollout puts v2 at 1%, judged every 200 ms with `min_requests: 50` and the
-//! default gates and confidence):
+//! Each scenario runs several times on a fresh instance. Baseline v1 answers 1% 500s after 10 ms; the
+//! route's rollout puts v2 at 10%, checked every 250 ms with `min_requests: 100`, `max_p99_ratio: 1.25`
+//! and the default increase (0.5 points) and confidence (0.99):
 //!
-//! - `errors`: v2 answers 6% 500s (+5 points). Reported: canary requests (and all requests) served
-//!   until the rollout failed, median over the runs.
-//! - `latency`: v2 answers after twice v1's delay (2x p99). Reported the same way.
-//! - `equal`: v2 is exactly like v1 (1% 500s, same delay), walked through 1% → 10% → 50% with a 5 s hold
-//!   each (about 75 checks per rollout). Reported: how many rollouts ended `failed` (false rollbacks).
+//! - `errors +2` / `errors +5`: v2 answers 3% / 6% 500s. Reported: canary requests (and all requests)
+//!   served until the rollout failed, median over the runs.
+//! - `latency 1.5x`: v2 answers after 15 ms. `tail`: 3% of v2's answers come 500 ms later.
+//! - `equal`: v2 is exactly like v1, walked through 10% → 50% with a 3 s hold each (about 25 checks per
+//!   rollout). Reported: how many rollouts ended other than `succeeded` (false rollbacks).
 //!
 //! Run: `cargo build --release && cargo run --release --example rollout_detection -- [RUNS] [EQUAL_RUNS]`
-//! (defaults 9 and 20; loopback only; each run stops by itself within 60 s.)
+//! (defaults 9 and 40; loopback only; each run stops by itself within 60 s.)
 
 use serde_json::Value;
 use std::net::{SocketAddr, TcpListener};
@@ -55,7 +55,7 @@ fn start(binary: &str, v1: SocketAddr, v2: SocketAddr, rollout: &str, n: usize) 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let config = format!(
-        "server:\n  listen: [\"{listen}\"]\n  threads: 1\n  pid_file: {d}/pid\n  upgrade_sock: {d}/upgrade.sock\n  state_dir: {d}/state\n  access_log: off\nadmin:\n  listen: \"{admin}\"\n  tokens: {{ops: {token}}}\nupstreams:\n  v1: {{backends: [\"{v1}\"]}}\n  v2: {{backends: [\"{v2}\"]}}\nroutes:\n  - name: api\n    match: {{path_prefix: /}}\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n    rollout: {{canary: v2, {rollout}, interval: 200ms, gates: {{min_requests: 50}}}}\n",
+        "server:\n  listen: [\"{listen}\"]\n  threads: 1\n  pid_file: {d}/pid\n  upgrade_sock: {d}/upgrade.sock\n  state_dir: {d}/state\n  access_log: off\nadmin:\n  listen: \"{admin}\"\n  tokens: {{ops: {token}}}\nupstreams:\n  v1: {{backends: [\"{v1}\"]}}\n  v2: {{backends: [\"{v2}\"]}}\nroutes:\n  - name: api\n    match: {{path_prefix: /}}\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n    rollout: {{canary: v2, {rollout}, interval: 250ms, gates: {{min_requests: 100, max_p99_ratio: 1.25}}}}\n",
         d = dir.display(),
         token = TOKEN_SHA256
     );
@@ -152,18 +152,19 @@ fn run(
     binary: &str,
     n: usize,
     rollout: &str,
-    v2_errors: f64,
-    v2_delay: Duration,
+    v2: &Canary,
     limit: Duration,
 ) -> (String, String, u64, u64) {
+    let canary = v2;
     let (v1, v2) = (
         RunningBackend::start("v1", "127.0.0.1:0").unwrap_or_else(|e| panic!("{e}")),
         RunningBackend::start("v2", "127.0.0.1:0").unwrap_or_else(|e| panic!("{e}")),
     );
     v1.control.set_error_rate(0.01);
     v1.control.set_delay(BASE_DELAY);
-    v2.control.set_error_rate(v2_errors);
-    v2.control.set_delay(v2_delay);
+    v2.control.set_error_rate(canary.errors);
+    v2.control.set_delay(canary.delay);
+    v2.control.set_tail(canary.tail, Duration::from_millis(500));
     let instance = start(binary, v1.addr, v2.addr, rollout, n);
     let load = Load::start(&instance);
     let deadline = Instant::now() + limit;
@@ -196,6 +197,14 @@ fn run(
     )
 }
 
+/// How v2 differs from v1.
+struct Canary {
+    errors: f64,
+    delay: Duration,
+    /// Share of answers 500 ms later.
+    tail: f64,
+}
+
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or(0)
@@ -204,24 +213,30 @@ fn median(mut v: Vec<u64>) -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(9);
-    let equal_runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let equal_runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(40);
     let binary = std::env::var("SWITCHYARD").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/switchyard").into()
     });
     let mut n = 0;
-    for (name, errors, delay) in [
-        ("errors +5 points (6% vs 1%)", 0.06, BASE_DELAY),
-        ("latency 2x", 0.01, BASE_DELAY * 2),
+    let same = |errors, delay, tail| Canary {
+        errors,
+        delay,
+        tail,
+    };
+    for (name, canary) in [
+        ("errors +2 points (3% vs 1%)", same(0.03, BASE_DELAY, 0.0)),
+        ("errors +5 points (6% vs 1%)", same(0.06, BASE_DELAY, 0.0)),
+        ("latency 1.5x", same(0.01, BASE_DELAY * 3 / 2, 0.0)),
+        ("tail: 3% of answers +500 ms", same(0.01, BASE_DELAY, 0.03)),
     ] {
-        let (mut canary, mut total, mut caught) = (Vec::new(), Vec::new(), 0);
+        let (mut canary_n, mut total, mut caught) = (Vec::new(), Vec::new(), 0);
         for _ in 0..runs {
             n += 1;
             let (state, reason, v2, v1) = run(
                 &binary,
                 n,
-                "steps: [1], hold: 10m",
-                errors,
-                delay,
+                "steps: [10], hold: 10m",
+                &canary,
                 Duration::from_secs(60),
             );
             println!(
@@ -230,13 +245,13 @@ fn main() {
             );
             if state == "failed" {
                 caught += 1;
-                canary.push(v2);
+                canary_n.push(v2);
                 total.push(v1 + v2);
             }
         }
         println!(
-            "{name}: caught in {caught} of {runs} runs; median {} canary requests ({} requests in all) at 1%",
-            median(canary),
+            "{name}: caught in {caught} of {runs} runs; median {} canary requests ({} requests in all) at 10%",
+            median(canary_n),
             median(total)
         );
     }
@@ -246,9 +261,8 @@ fn main() {
         let (state, reason, v2, v1) = run(
             &binary,
             n,
-            "steps: [1, 10, 50], hold: 5s",
-            0.01,
-            BASE_DELAY,
+            "steps: [10, 50], hold: 3s",
+            &same(0.01, BASE_DELAY, 0.0),
             Duration::from_secs(60),
         );
         println!(

@@ -36,6 +36,10 @@ routes:
         to: v2
     split: {{targets: {{v1: 100, v2: 0}}, baseline: v1, sticky: [header:X-User-Id]}}
     mirror: {{to: v2, percent: 10, compare: {{}}}}
+  - name: pay
+    match: {{path_prefix: /pay}}
+    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}
+    rollout: {{canary: v2, steps: [{{header: {{X-Canary: yes}}}}, 10], hold: 1h, interval: 200ms}}
   - name: web
     match: {{path_prefix: /}}
     blue_green: {{blue: blue, green: green, live: blue}}

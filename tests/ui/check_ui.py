@@ -102,6 +102,13 @@ def main():
         if "rule 0" not in page.locator('section[data-route="api"]').inner_text():
             fail("rules", page.locator('section[data-route="api"]').inner_text())
 
+        # A rollout's newest check, with its figures and what the step needs (nobody sends X-Canary).
+        check = page.locator('section[data-route="pay"] [data-testid="rollout-check"]')
+        if not wait_until(lambda: check.count() > 0 and "more canary requests; only requests with X-Canary: yes reach the canary" in check.inner_text()):
+            fail("rollout check", page.locator('section[data-route="pay"]').inner_text())
+        if "INCONCLUSIVE" not in check.inner_text().upper():
+            fail("rollout check verdict", check.inner_text())
+
         # A change made with ctl shows up without a reload.
         env = dict(os.environ, SWITCHYARD_ADMIN=args.admin, SWITCHYARD_TOKEN=args.token)
         out = subprocess.run([args.ctl, "ctl", "set-split", "api", "v2=25%", "--reason", "ui test: 25%"],
