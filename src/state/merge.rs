@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 pub struct Conflict {
     /// The route, or `None` for a top-level section.
     pub route: Option<String>,
-    /// The setting, e.g. `split.targets`, or a section such as `upstreams`.
+    /// The setting, e.g. `split.targets`, or a section such as `upstreams` (empty: the whole route).
     pub setting: String,
     pub file: String,
     pub live: String,
@@ -40,6 +40,7 @@ pub struct Merged {
 impl Conflict {
     pub fn place(&self) -> String {
         match &self.route {
+            Some(r) if self.setting.is_empty() => format!("routes[{r}]"),
             Some(r) => format!("routes[{r}].{}", self.setting),
             None => self.setting.clone(),
         }
@@ -90,7 +91,7 @@ impl Merger {
         let (Some(b), Some(l)) = (b, l) else {
             // New in the file (or in live): the route as a whole.
             return self
-                .pick(Some(name), "(the route)", b, Some(f), l)
+                .pick(Some(name), "", b, Some(f), l)
                 .unwrap_or(Value::Null);
         };
         let keys = union(&[b, f, l]);
@@ -178,7 +179,7 @@ impl Merger {
             if let Some(lr) = find(&l, name).filter(|lr| lr != br) {
                 self.conflicts.push(Conflict {
                     route: Some(name.clone()),
-                    setting: "(the route)".into(),
+                    setting: "".into(),
                     file: "removed".into(),
                     live: words(Some(&lr)),
                 });

@@ -85,5 +85,5 @@ fn routes_added_and_removed_by_the_file() {
     let without_api = Config::load_str(text_without_api).unwrap();
     let m = three_way(&with_web, &without_api, &config(10, "/api", true), false).unwrap();
     assert_eq!(m.conflicts.len(), 1, "{:?}", m.conflicts);
-    assert_eq!(m.conflicts[0].place(), "routes[api].(the route)");
+    assert_eq!(m.conflicts[0].place(), "routes[api]");
 }

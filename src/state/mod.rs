@@ -140,7 +140,7 @@ struct Writer {
     base: Config,
     /// A successor that serves its config file, changed since the previous process loaded it, has
     /// not made that a revision yet (why it is loaded, for the audit line): it does on taking over.
-    unsaved_file: Option<&'static str>,
+    unsaved_file: Option<String>,
 }
 
 impl State {
@@ -213,6 +213,8 @@ impl State {
                     let snapshot = Snapshot::build(config, p.revision, None)
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     log::info!("resuming revision {} from {dir}", p.revision);
+                    // The file is the one last applied: it is the base of the next reload.
+                    write_base(&store, &file_config);
                     let writer = Writer {
                         store: Some(store),
                         state_dir: Some(PathBuf::from(&dir)),
@@ -230,13 +232,22 @@ impl State {
             }
         }
         let revision = persisted.as_ref().map_or(1, |p| p.revision + 1);
-        let reason = if persisted.is_some() {
-            "config file changed while stopped"
-        } else {
-            "first start"
+        // A file changed while stopped (or since the previous process loaded it) is merged onto the
+        // state it left, as a reload would be (conflicts take the file's value: nobody is there to
+        // ask); without a base to merge against, the file is served as it is.
+        let merged = persisted
+            .as_ref()
+            .and_then(|p| merge_file_onto(&store, &file_config, p.revision));
+        let (config, reason) = match (merged, persisted.is_some()) {
+            (Some((config, reason)), _) => (config, reason),
+            (None, true) => (
+                file_config.clone(),
+                "config file changed while stopped".to_string(),
+            ),
+            (None, false) => (file_config.clone(), "first start".to_string()),
         };
-        let snapshot = Snapshot::build(file_config.clone(), revision, None)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let snapshot =
+            Snapshot::build(config, revision, None).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut writer = Writer {
             store: Some(store),
             state_dir: Some(PathBuf::from(&dir)),
@@ -248,15 +259,19 @@ impl State {
         };
         if successor {
             // Made a revision once this process is the writer.
-            writer.unsaved_file = Some("config file changed since the previous process loaded it");
+            writer.unsaved_file =
+                Some("config file changed since the previous process loaded it".to_string());
         } else {
             let change = Change {
                 actor: "file",
                 action: "config.reload",
                 route: None,
-                reason: Some(reason),
+                reason: Some(&reason),
             };
             persist(&writer, &change, None, &snapshot).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(store) = &writer.store {
+                write_base(store, &file_config);
+            }
         }
         Ok(state(snapshot, writer))
     }
@@ -318,24 +333,30 @@ impl State {
         let file_is_newer = persisted
             .as_ref()
             .is_none_or(|p| p.file_sha256 != writer.file_sha256);
-        if let (Some(reason), true) = (unsaved_file, file_is_newer) {
+        if let (Some(reason), true) = (unsaved_file.clone(), file_is_newer) {
             let revision = persisted.as_ref().map_or(1, |p| p.revision + 1);
-            let next = if revision == current.revision {
+            // Merged onto what the previous process committed last, up to the hand-over.
+            let merged = persisted
+                .as_ref()
+                .and_then(|p| merge_file_onto(store, &writer.base, p.revision));
+            let (config, reason) = merged.unwrap_or((current.config.clone(), reason));
+            let next = if revision == current.revision && config == current.config {
                 Ok(current.clone())
             } else {
-                Snapshot::build(current.config.clone(), revision, Some(&current)).map(Arc::new)
+                Snapshot::build(config, revision, Some(&current)).map(Arc::new)
             };
             let change = Change {
                 actor: "file",
                 action: "config.reload",
                 route: None,
-                reason: Some(reason),
+                reason: Some(&reason),
             };
             match next {
                 Ok(next) => {
                     if let Err(e) = persist(&writer, &change, None, &next) {
                         log::error!("revision {revision} (the config file): {e}");
                     }
+                    write_base(store, &writer.base);
                     self.current.store(next);
                 }
                 Err(e) => log::error!("revision {revision} (the config file): {e}"),
@@ -846,6 +867,55 @@ fn audit_entry(
 
 /// The config of committed revision `revision`: its revision file (or `effective.yaml`, from before
 /// revision files were read at start-up).
+/// Keeps `base` (the file last applied) in `state_dir/base.yaml`: what a reload, or a start with a
+/// changed file, merges against.
+fn write_base(store: &Store, base: &Config) {
+    let path = store.dir().join("base.yaml");
+    if let Err(e) = store::write_atomic(&path, base.to_yaml().as_bytes()) {
+        log::warn!(
+            "{}: {e}; the next reload merges against an older base",
+            path.display()
+        );
+    }
+}
+
+/// The config file merged onto revision `revision` (file minus the base in `state_dir/base.yaml`),
+/// conflicts taking the file's value, with the audit reason. `None` without a readable base.
+fn merge_file_onto(store: &Store, file: &Config, revision: u64) -> Option<(Config, String)> {
+    let base = std::fs::read_to_string(store.dir().join("base.yaml")).ok()?;
+    let base = Config::parse_str(&base).ok()?;
+    let live = committed_config(store, revision).ok()?;
+    let merged = merge::three_way(&base, file, &live, true)
+        .inspect_err(|e| {
+            log::warn!("the config file could not be merged onto revision {revision}: {e}")
+        })
+        .ok()?;
+    let mut reason = format!(
+        "config file changed while stopped: {}",
+        if merged.taken.is_empty() {
+            "nothing to take".to_string()
+        } else {
+            merged.taken.join(", ")
+        }
+    );
+    if !merged.conflicts.is_empty() {
+        let undone: Vec<String> = merged
+            .conflicts
+            .iter()
+            .map(|c| format!("{} (file {}, was {})", c.place(), c.file, c.live))
+            .collect();
+        log::warn!(
+            "the changed config file undoes live changes: {}",
+            undone.join("; ")
+        );
+        reason.push_str(&format!(
+            "; the file's values replace live ones at {}",
+            undone.join("; ")
+        ));
+    }
+    Some((merged.config, reason))
+}
+
 fn committed_config(store: &Store, revision: u64) -> Result<Config, String> {
     store
         .revision(revision)

@@ -73,6 +73,9 @@ impl State {
         let local = writer.local.is_some().then(|| file.clone());
         if merged.config == live.config {
             writer.file_sha256 = digest;
+            if let Some(store) = &writer.store {
+                super::write_base(store, &file);
+            }
             writer.base = file;
             if local.is_some() {
                 writer.local = local;
@@ -103,6 +106,9 @@ impl State {
         let config = merged.config;
         match self.change_locked(&writer, change, |_| Ok(config)) {
             Ok(snapshot) => {
+                if let Some(store) = &writer.store {
+                    super::write_base(store, &file);
+                }
                 writer.base = file;
                 Ok(Reload::Applied {
                     snapshot,

@@ -161,7 +161,7 @@ fn a_restart_resumes_api_changes_when_the_file_is_unchanged() {
 }
 
 #[test]
-fn an_edited_file_wins_at_start_as_a_new_revision() {
+fn an_edited_file_is_merged_at_start_and_wins_where_it_changed_the_same_setting() {
     let d = dir("edited");
     let state = open(&d, 1);
     set_canary(&state, "ops", 25.0).unwrap();
@@ -175,7 +175,30 @@ fn an_edited_file_wins_at_start_as_a_new_revision() {
     );
     assert_eq!(
         last.reason.as_deref(),
-        Some("config file changed while stopped")
+        Some("config file changed while stopped: nothing to take; the file's values replace live ones at routes[api].split.targets (file {\"v1\":50.0,\"v2\":50.0}, was {\"v1\":75.0,\"v2\":25.0})")
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn an_unrelated_edit_while_stopped_keeps_what_changed_live() {
+    let d = dir("unrelated");
+    let state = open(&d, 0);
+    set_canary(&state, "rollout", 100.0).unwrap();
+    drop(state);
+    let text = file_text(&d, 0)
+        + "  - name: web\n    match: {path_prefix: /web}\n    split: {targets: {v1: 100}}\n";
+    let again = State::open(Config::load_str(&text).unwrap(), &text).unwrap();
+    assert_eq!(canary_weight(&again), 100.0, "the release stays");
+    assert_eq!(
+        again.load().config.routes.len(),
+        2,
+        "the new route is taken"
+    );
+    let last = again.audit().pop().unwrap();
+    assert_eq!(
+        last.reason.as_deref(),
+        Some("config file changed while stopped: routes (their list and order), routes[web]")
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
