@@ -249,7 +249,7 @@ impl Rollouts {
             let reason = format!(
                 "{reason}; on_failure: pause: the step is held; `resume` judges it again, `promote` goes on, `abort` rolls back"
             );
-            return self.hold(state, ro, run, "failed", reason);
+            return self.hold(state, ro, run, Some("failed"), reason);
         }
         match self.commit(
             state,
@@ -305,18 +305,22 @@ impl Rollouts {
             step_words(ro, run.record.step),
             humantime::format_duration(timeout)
         );
-        self.hold(state, ro, run, "starved", reason)
+        self.hold(state, ro, run, Some("starved"), reason)
     }
 
-    /// Pauses the rollout at its step (routing unchanged) with `reason`, recorded and notified.
-    fn hold(
+    /// Pauses the rollout at its step (routing unchanged) with `reason`, recorded (an audit entry by
+    /// `rollout`) and notified; the event's verdict is `verdict` (`failed`, `starved`, or none for a
+    /// person's change). Paused even when the entry cannot be recorded.
+    pub(super) fn hold(
         &self,
         state: &State,
         ro: &RolloutConfig,
         run: &mut Run,
-        why: &str,
+        verdict: Option<&str>,
         reason: String,
     ) -> bool {
+        run.record.phase = Phase::Paused;
+        run.record.reason = Some(reason.clone());
         if let Err(e) = self.commit(
             state,
             ro,
@@ -331,15 +335,9 @@ impl Rollouts {
                 "route {}: recording the pause failed: {e}",
                 run.record.route
             );
-            return false;
         }
-        run.record.phase = Phase::Paused;
-        run.record.reason = Some(reason.clone());
-        log::warn!(
-            "route {}: rollout paused ({why}): {reason}",
-            run.record.route
-        );
-        self.event(ro, run, "pause", "rollout", Some(why), None, reason);
+        log::warn!("route {}: rollout paused: {reason}", run.record.route);
+        self.event(ro, run, "pause", "rollout", verdict, None, reason);
         true
     }
 }

@@ -191,34 +191,12 @@ pub fn judge(gates: &Gates, alpha: f64, canary: &Stats, baseline: &Stats, reach:
         return starved(gates, c, b, "canary requests", reach);
     }
     let a = alpha / gates.tests(false) as f64;
-    let mut tests = Vec::new();
-    if let Some(max) = gates.max_error_rate {
-        tests.push(ceiling(
-            "max_error_rate",
-            "error_ceiling",
-            c.errors,
-            c.requests,
-            max,
-            a,
-        ));
-    }
-    if b.requests > 0 {
-        tests.push(errors(gates, &c, &b, a, "canary 5xx"));
-    }
+    let mut tests = error_tests(gates, &c, &b, a, "canary 5xx");
     if b.requests >= MIN_BASELINE_FOR_P99 {
         tests.extend(latency(gates, canary, baseline, a));
     }
-    if let Some(max) = gates.max_mirror_diff_rate {
-        if canary.mirror_compared > 0 {
-            tests.push(ceiling(
-                "max_mirror_diff_rate",
-                "mirror_diffs",
-                canary.mirror_diffs,
-                canary.mirror_compared,
-                max,
-                a,
-            ));
-        }
+    if canary.mirror_compared > 0 {
+        tests.extend(diff_test(gates, canary, a));
     }
     conclude(c, b, tests, alpha, "canary requests")
 }
@@ -251,31 +229,42 @@ pub fn judge_mirror(
         return starved(gates, c, b, "shadow copies", reach);
     }
     let a = alpha / gates.tests(true) as f64;
+    let mut tests = error_tests(gates, &c, &b, a, "shadow errors");
+    tests.extend(diff_test(gates, canary, a));
+    conclude(c, b, tests, alpha, "shadow copies")
+}
+
+/// The error gates both kinds of step run: the ceiling (if set) and the increase over the baseline
+/// (when the baseline served anything).
+fn error_tests(gates: &Gates, c: &Arm, b: &Arm, alpha: f64, label: &str) -> Vec<Test> {
     let mut tests = Vec::new();
     if let Some(max) = gates.max_error_rate {
         tests.push(ceiling(
             "max_error_rate",
             "error_ceiling",
-            errors_n,
-            n,
+            c.errors,
+            c.requests,
             max,
-            a,
+            alpha,
         ));
     }
     if b.requests > 0 {
-        tests.push(errors(gates, &c, &b, a, "shadow errors"));
+        tests.push(errors(gates, c, b, alpha, label));
     }
-    if let Some(max) = gates.max_mirror_diff_rate {
-        tests.push(ceiling(
-            "max_mirror_diff_rate",
-            "mirror_diffs",
-            canary.mirror_diffs,
-            canary.mirror_compared,
-            max,
-            a,
-        ));
-    }
-    conclude(c, b, tests, alpha, "shadow copies")
+    tests
+}
+
+/// `max_mirror_diff_rate` on the shadow answers compared, if set.
+fn diff_test(gates: &Gates, canary: &Stats, alpha: f64) -> Option<Test> {
+    let max = gates.max_mirror_diff_rate?;
+    Some(ceiling(
+        "max_mirror_diff_rate",
+        "mirror_diffs",
+        canary.mirror_diffs,
+        canary.mirror_compared,
+        max,
+        alpha,
+    ))
 }
 
 fn starved(gates: &Gates, c: Arm, b: Arm, what: &str, reach: &str) -> Check {

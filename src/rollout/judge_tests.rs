@@ -25,6 +25,11 @@ fn gates() -> Gates {
 
 const ALPHA: f64 = 0.01;
 
+/// A check with the default gates at significance `ALPHA`.
+fn check(canary: &Stats, baseline: &Stats) -> Check {
+    judge(&gates(), ALPHA, canary, baseline, "")
+}
+
 #[test]
 fn too_few_requests_is_inconclusive_and_says_what_the_step_needs() {
     let c = judge(
@@ -44,13 +49,7 @@ fn too_few_requests_is_inconclusive_and_says_what_the_step_needs() {
 
 #[test]
 fn a_canary_with_many_more_errors_fails_with_every_figure() {
-    let c = judge(
-        &gates(),
-        ALPHA,
-        &interval(264, 36, 1000),
-        &interval(29_880, 120, 1000),
-        "",
-    );
+    let c = check(&interval(264, 36, 1000), &interval(29_880, 120, 1000));
     assert_eq!(c.verdict, Outcome::Fail);
     assert_eq!(c.gate.as_deref(), Some("max_error_rate_increase"));
     let t = c.tests.iter().find(|t| t.test == "errors").unwrap();
@@ -66,13 +65,7 @@ fn a_canary_with_many_more_errors_fails_with_every_figure() {
 #[test]
 fn an_equal_noisy_canary_passes() {
     // 2% errors on both sides: the canary's 7 of 300 is chance, not a regression.
-    let c = judge(
-        &gates(),
-        ALPHA,
-        &interval(293, 7, 1000),
-        &interval(29_400, 600, 1000),
-        "",
-    );
+    let c = check(&interval(293, 7, 1000), &interval(29_400, 600, 1000));
     assert_eq!(c.verdict, Outcome::Pass, "{c:?}");
     assert!(c.tests.iter().all(|t| t.bayes_factor < t.threshold));
 }
@@ -80,12 +73,9 @@ fn an_equal_noisy_canary_passes() {
 #[test]
 fn a_significant_difference_within_the_tolerated_increase_passes() {
     // 1.3% against 1.0% over 200,000 and 2,000,000: clear evidence, but only +0.3 points.
-    let c = judge(
-        &gates(),
-        ALPHA,
+    let c = check(
         &interval(197_400, 2_600, 1000),
         &interval(1_980_000, 20_000, 1000),
-        "",
     );
     assert_eq!(c.verdict, Outcome::Pass, "{}", c.summary);
     let t = c.tests.iter().find(|t| t.test == "errors").unwrap();
@@ -94,13 +84,7 @@ fn a_significant_difference_within_the_tolerated_increase_passes() {
 
 #[test]
 fn a_uniformly_slower_canary_fails_the_shift_test() {
-    let c = judge(
-        &gates(),
-        ALPHA,
-        &interval(300, 0, 5000),
-        &interval(30_000, 0, 1000),
-        "",
-    );
+    let c = check(&interval(300, 0, 5000), &interval(30_000, 0, 1000));
     assert_eq!(c.gate.as_deref(), Some("max_p99_ratio"));
     assert!(c
         .tests
@@ -117,7 +101,7 @@ fn a_tail_only_regression_fails_the_tail_test() {
     let mut canary = interval(960, 0, 10_000);
     add_latency(&mut canary, 40, 510_000);
     canary.status[1] += 40;
-    let c = judge(&gates(), ALPHA, &canary, &baseline, "");
+    let c = check(&canary, &baseline);
     assert_eq!(c.verdict, Outcome::Fail, "{}", c.summary);
     let tail = c.tests.iter().find(|t| t.test == "latency_tail").unwrap();
     assert_eq!(tail.outcome, Outcome::Fail);
@@ -198,13 +182,7 @@ fn a_mirror_step_is_judged_on_shadow_errors_and_differences() {
 
 #[test]
 fn a_check_serialises_with_every_figure() {
-    let c = judge(
-        &gates(),
-        ALPHA,
-        &interval(264, 36, 1000),
-        &interval(29_880, 120, 1000),
-        "",
-    );
+    let c = check(&interval(264, 36, 1000), &interval(29_880, 120, 1000));
     let v = serde_json::to_value(&c).unwrap();
     assert_eq!(v["verdict"], "fail");
     assert_eq!(v["canary"]["requests"], 300);

@@ -96,22 +96,8 @@ impl Rollouts {
                 "route changed by {who} ({action}, revision {revision}): rollout paused; `resume` puts step {} back, `abort` ends it",
                 run.record.step + 1
             );
-            run.record.phase = Phase::Paused;
-            run.record.reason = Some(reason.clone());
             run.record.expected = route_digest(r);
-            if let Err(e) = self.commit(
-                state,
-                ro,
-                run,
-                "rollout",
-                "rollout.pause",
-                &reason,
-                false,
-                |_, _, _| Ok(()),
-            ) {
-                log::error!("route {route}: recording the pause failed: {e}");
-            }
-            self.event(ro, run, "pause", "rollout", None, None, reason);
+            self.hold(state, ro, run, None, reason);
         }
         run.last_check = now;
         true
