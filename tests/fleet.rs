@@ -644,6 +644,36 @@ fn a_changed_file_reloaded_on_one_instance_becomes_the_fleets_revision() {
         (last["actor"].as_str(), last["action"].as_str()),
         (Some("file"), Some("config.reload"))
     );
+    // The merge is against the fleet's live revision: a change made on another instance is kept
+    // by an unrelated edit of this instance's file, and conflicts with an edit of the same setting.
+    assert_eq!(fleet[0].patch(r#"{"split":{"v1":70,"v2":30}}"#).status, 200);
+    let edited = fleet[1]
+        .body
+        .replace("{v1: 100, v2: 0}", "{v1: 0, v2: 100}");
+    let extra =
+        "  - name: other\n    match: {path_prefix: /other}\n    split: {targets: {v1: 100}}\n";
+    fleet[1].proxy.rewrite_config(&format!("{edited}{extra}"));
+    let (code, out) = switchyard(&["reload", "-c", conf]);
+    assert_eq!(code, 0, "{out}");
+    let head = converged(&fleet.iter().collect::<Vec<_>>(), Duration::from_secs(5));
+    let live = fleet[2].call("GET", "/v1/config", None, &[]).body;
+    assert!(
+        live.contains("name: other") && live.contains("v2: 30.0"),
+        "{live}"
+    );
+    fleet[1].proxy.rewrite_config(&format!(
+        "{}{extra}",
+        fleet[1]
+            .body
+            .replace("{v1: 100, v2: 0}", "{v1: 50, v2: 50}")
+    ));
+    let (code, out) = switchyard(&["reload", "-c", conf]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("routes[api].split.targets") && out.contains("route.patch"),
+        "{out}"
+    );
+    assert_eq!(fleet[0].revision(), head);
     // A PUT may not change what is each instance's own.
     let config = fleet[0].call("GET", "/v1/config", None, &[]).body;
     let put = fleet[0].call(
