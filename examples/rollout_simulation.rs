@@ -10,7 +10,9 @@
 //!   200,000 requests have passed. Reported: the share of rollouts ever failed (must be ≤ 1%).
 //! - Power: one step at `w`, judged until the canary has served 10,000 requests. Reported: the share
 //!   caught and the median canary requests until caught.
-//! - Both at several check intervals: detection must not fall as checks get more frequent.
+//! - A/A with rare errors and very unequal arms: 0.1% errors on both, the canary at 1%, one step judged
+//!   until 500,000 requests (where a two-proportion z-test fires too often).
+//! - All at several check intervals: detection must not fall as checks get more frequent.
 //!
 //! Run: `cargo run --release --example rollout_simulation -- [AA_RUNS] [POWER_RUNS]` (defaults 200
 //! and 200). No network; it stops by itself.
@@ -26,9 +28,10 @@ const BASE_ERRORS: f64 = 0.01;
 const MEDIAN_US: f64 = 10_000.0;
 const SIGMA: f64 = 0.3;
 
-/// How the canary differs from the baseline.
+/// How the canary differs from the baseline (and the baseline's error rate).
 #[derive(Clone, Copy)]
 struct Canary {
+    base_errors: f64,
     extra_errors: f64,
     slower: f64,
     /// Share of canary requests made `tail_us` slower.
@@ -37,6 +40,7 @@ struct Canary {
 }
 
 const SAME: Canary = Canary {
+    base_errors: BASE_ERRORS,
     extra_errors: 0.0,
     slower: 1.0,
     tail_share: 0.0,
@@ -84,9 +88,9 @@ fn step(
     loop {
         total += 1;
         if rng.gen::<f64>() < w {
-            record(&mut canary, rng, BASE_ERRORS + c.extra_errors, c);
+            record(&mut canary, rng, c.base_errors + c.extra_errors, c);
         } else {
-            record(&mut baseline, rng, BASE_ERRORS, &SAME);
+            record(&mut baseline, rng, c.base_errors, &SAME);
         }
         if total % every == 0 {
             let check = judge::judge(gates, alpha, &canary, &baseline, "");
@@ -132,6 +136,30 @@ fn main() {
             .count();
         println!(
             "  checked every {every:>5} requests: {failed} of {aa_runs} rollouts failed ({:.1}%, bound {:.1}%)",
+            100.0 * failed as f64 / aa_runs as f64,
+            100.0 * (1.0 - gates.confidence)
+        );
+    }
+
+    let rare = Canary {
+        base_errors: 0.001,
+        ..SAME
+    };
+    let one = rollout("[1]");
+    let alpha = checks::step_alpha(&one);
+    println!("\nA/A with rare errors and very unequal arms: both arms 0.1% errors, the canary at 1%, one step judged until 500,000 requests, {aa_runs} runs; step significance {alpha:.4}");
+    for every in intervals {
+        let mut rng = SmallRng::seed_from_u64(every + 99);
+        let failed = (0..aa_runs)
+            .filter(|_| {
+                step(&mut rng, &gates, alpha, 0.01, &rare, every, |t, _| {
+                    t >= 500_000
+                })
+                .is_some()
+            })
+            .count();
+        println!(
+            "  checked every {every:>5} requests: {failed} of {aa_runs} failed ({:.1}%, bound {:.1}%)",
             100.0 * failed as f64 / aa_runs as f64,
             100.0 * (1.0 - gates.confidence)
         );

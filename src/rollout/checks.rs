@@ -112,7 +112,7 @@ impl Rollouts {
         let hold = plan::hold_of(ro, step);
         if verdict == Outcome::Pass && run.record.held_ms >= hold.as_millis() as u64 {
             let reason = format!(
-                "step {}/{} ({}) held {} with {} passing check(s), the last {summary}",
+                "step {}/{} ({}) held {} with {} passing check(s), the last: {summary}",
                 step + 1,
                 ro.steps.len(),
                 step_words(ro, step),

@@ -271,7 +271,7 @@ fn starved(gates: &Gates, c: Arm, b: Arm, what: &str, reach: &str) -> Check {
     let more = gates.min_requests - c.requests.min(gates.min_requests);
     let needs = format!("{more} more {what}; {reach}");
     let summary = format!(
-        "inconclusive: {} {what} of min_requests {}: {needs}",
+        "{} {what} of min_requests {}: {needs}",
         c.requests, gates.min_requests
     );
     Check {
@@ -296,7 +296,7 @@ fn conclude(c: Arm, b: Arm, tests: Vec<Test>, alpha: f64, what: &str) -> Check {
     let summary = match failed {
         Some(t) => format!("{}: {}", t.gate, t.words),
         None => format!(
-            "pass: {} {what}, 5xx {} vs baseline {} of {}; p99 {} vs {}; no gate's evidence reached its threshold (step significance {})",
+            "{} {what}, 5xx {} vs baseline {} of {}; p99 {} vs {}; no gate's evidence reached its threshold (step significance {})",
             c.requests,
             pct(c.error_rate),
             pct(b.error_rate),
