@@ -1,12 +1,14 @@
-# Switchyard: multi-stage build. The build stage needs cmake (Pingora builds zlib-ng with it); the
-# runtime image holds the binary alone and runs it as a non-root user.
+# Switchyard: multi-stage build. The build stage installs the `build` packages of packages.txt (cmake,
+# protoc, gcc: the one list the README's ./dev and CI read too); the runtime image holds the binary
+# alone and runs it as a non-root user.
 #
 #   docker build -t switchyard .
 #   docker run -p 8080:8080 -p 127.0.0.1:9901:9901 -v "$PWD/conf/deploy/container.yaml:/etc/switchyard/switchyard.yaml:ro" switchyard
 
 FROM rust:1-bookworm AS build
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY packages.txt dev ./
+RUN ./dev deps build && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked && strip target/release/switchyard
 
