@@ -54,6 +54,11 @@ pub enum CtlCommand {
     Rollback { route: String },
     /// Set the mirrored share of a route's traffic.
     Mirror { route: String, percent: f64 },
+    /// The latest mirror differences (newest last): when, route, request, and what differed.
+    Diffs {
+        /// Only this route.
+        route: Option<String>,
+    },
     /// The live config in the file's format (YAML), to commit: written to the config file and
     /// reloaded, it changes no traffic.
     Export,
@@ -572,6 +577,29 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             };
             let table = rollout_table(&v);
             Ok((v, table))
+        }
+        CtlCommand::Diffs { route } => {
+            let v = c.get("/v1/mirror/diffs")?;
+            let mut t = format!(
+                "{:<24}  {:<12}  {:<12}  {:<24}  {}\n",
+                "AT", "ROUTE", "SHADOW", "REQUEST", "WHAT DIFFERED"
+            );
+            let shown = v["diffs"].as_array().into_iter().flatten().filter(|d| {
+                route
+                    .as_deref()
+                    .is_none_or(|r| d["route"].as_str() == Some(r))
+            });
+            for d in shown {
+                t += &format!(
+                    "{:<24}  {:<12}  {:<12}  {:<24}  {}\n",
+                    text(&d["at"]),
+                    text(&d["route"]),
+                    text(&d["target"]),
+                    format!("{} {}", text(&d["method"]), text(&d["path"])),
+                    text(&d["diff"])
+                );
+            }
+            Ok((v, t))
         }
         CtlCommand::Export => {
             let (yaml, etag) = c.call_text("GET", "/v1/config", None, None)?;

@@ -26,6 +26,10 @@ pub struct BackendControl {
     tail_ms: AtomicU64,
     requests: AtomicU64,
     body: std::sync::Mutex<Option<String>>,
+    /// Fields added to (or replacing those of) every echoed JSON body.
+    fields: std::sync::Mutex<serde_json::Map<String, serde_json::Value>>,
+    /// `GET|POST /_demo/errors?share=S` sets the error rate (the demo's knob; off elsewhere).
+    knobs: AtomicBool,
     received: std::sync::Mutex<Vec<Received>>,
 }
 
@@ -63,6 +67,16 @@ impl BackendControl {
             .store((share.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
         self.tail_ms
             .store(extra.as_millis() as u64, Ordering::Relaxed);
+    }
+    /// Adds these fields to every echoed JSON body (a version that answers differently).
+    pub fn set_fields(&self, fields: serde_json::Value) {
+        if let serde_json::Value::Object(map) = fields {
+            *self.fields.lock().unwrap_or_else(|p| p.into_inner()) = map;
+        }
+    }
+    /// Lets `/_demo/errors?share=S` set the error rate over HTTP (the demo's knob).
+    pub fn enable_knobs(&self) {
+        self.knobs.store(true, Ordering::Relaxed);
     }
     /// Answer every non-health request with this body instead of the echo (`None`: echo again).
     pub fn set_body(&self, body: Option<&str>) {
@@ -105,6 +119,8 @@ impl RunningBackend {
             tail_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             body: std::sync::Mutex::new(None),
+            fields: std::sync::Mutex::new(serde_json::Map::new()),
+            knobs: AtomicBool::new(false),
             received: std::sync::Mutex::new(Vec::new()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -236,6 +252,8 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
         let (status, payload) = if path == "/healthz" {
             let up = control.healthy.load(Ordering::Relaxed);
             (if up { 200 } else { 503 }, format!("{{\"healthy\":{up}}}"))
+        } else if path == "/_demo/errors" && control.knobs.load(Ordering::Relaxed) {
+            knob(&control, query.as_deref())
         } else {
             control.requests.fetch_add(1, Ordering::Relaxed);
             {
@@ -257,7 +275,7 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            let json = serde_json::json!({
+            let mut json = serde_json::json!({
                 "version": control.version,
                 "method": method,
                 "path": path,
@@ -265,6 +283,16 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
                 "headers": echoed,
                 "body_bytes": body.len(),
             });
+            if let Some(o) = json.as_object_mut() {
+                for (k, v) in control
+                    .fields
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                {
+                    o.insert(k.clone(), v.clone());
+                }
+            }
             let fixed = control
                 .body
                 .lock()
@@ -293,6 +321,32 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
         if close {
             return Ok(());
         }
+    }
+}
+
+/// `/_demo/errors?share=S`: answers this share (0–1) of requests with 500 from now on.
+fn knob(control: &BackendControl, query: Option<&str>) -> (u16, String) {
+    let share = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("share="))
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| (0.0..=1.0).contains(v));
+    match share {
+        Some(share) => {
+            control.set_error_rate(share);
+            (
+                200,
+                format!(
+                    "{{\"version\":\"{}\",\"error_rate\":{share}}}",
+                    control.version
+                ),
+            )
+        }
+        None => (
+            400,
+            "{\"error\":\"give share=S with S from 0 to 1, e.g. /_demo/errors?share=0.3\"}".into(),
+        ),
     }
 }
 
