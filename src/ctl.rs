@@ -309,9 +309,12 @@ pub fn run(opts: CtlOptions, command: CtlCommand) -> ExitCode {
     finish(&opts, result)
 }
 
-/// Prints the rollout every second until it ends.
+/// Prints the rollout every second until it ends: on a terminal redrawn in place, elsewhere (a pipe,
+/// a log, `--json`) appended each time it changes.
 fn watch_rollout(c: &Client, route: &str, as_json: bool) -> ExitCode {
+    use std::io::IsTerminal;
     let path = format!("/v1/routes/{}/rollout", encode(route));
+    let redraw = !as_json && std::io::stdout().is_terminal();
     let mut last = String::new();
     loop {
         let v = match c.get(&path) {
@@ -325,8 +328,14 @@ fn watch_rollout(c: &Client, route: &str, as_json: bool) -> ExitCode {
         };
         if shown != last {
             let mut out = std::io::stdout().lock();
+            // Home and clear the screen, then the whole view again.
+            let frame = if redraw {
+                format!("\x1b[H\x1b[2J{shown}")
+            } else {
+                format!("{shown}\n")
+            };
             if out
-                .write_all(format!("{shown}\n").as_bytes())
+                .write_all(frame.as_bytes())
                 .and_then(|()| out.flush())
                 .is_err()
             {
@@ -919,8 +928,8 @@ fn fleet_table(v: &Value) -> String {
 
 fn status_table(v: &Value) -> String {
     let mut t = format!(
-        "revision {}\n{:<20}  {}\n",
-        v["revision"], "ROUTE", "TRAFFIC"
+        "revision {}\n{:<20}  {:<32}  {}\n",
+        v["revision"], "ROUTE", "ROLLOUT", "TRAFFIC"
     );
     for r in v["routes"].as_array().into_iter().flatten() {
         let mirror = mirror_text(r);
@@ -929,7 +938,21 @@ fn status_table(v: &Value) -> String {
         } else {
             format!("; {mirror}")
         };
-        t += &format!("{:<20}  {}{mirror}\n", text(&r["name"]), traffic(r));
+        let ro = &r["rollout_state"];
+        let rollout = match (ro["state"].as_str(), ro["step"].as_u64()) {
+            (Some(state), Some(step)) => format!(
+                "{state} {step}/{} ({})",
+                text(&ro["steps"]),
+                text(&ro["phase"])
+            ),
+            (Some(state), None) => state.to_string(),
+            _ => "-".into(),
+        };
+        t += &format!(
+            "{:<20}  {rollout:<32}  {}{mirror}\n",
+            text(&r["name"]),
+            traffic(r)
+        );
     }
     t += &format!(
         "\n{:<20}  {:<22}  {:<5}  {:<24}  {}\n",

@@ -230,3 +230,42 @@ fn a_finished_rollout_survives_an_unrelated_edit_and_the_exported_config_reloads
     assert_eq!(r.audit().len(), before);
     assert_eq!(r.share("v2"), 10.0);
 }
+
+#[test]
+fn ctl_status_shows_each_rollout_and_watch_redraws_in_place_on_a_terminal() {
+    let r = start("steps: [50], hold: 2s, interval: 250ms, gates: {min_requests: 20}");
+    let admin = format!("http://{}", r.admin);
+    let env = [
+        ("SWITCHYARD_ADMIN", admin.as_str()),
+        ("SWITCHYARD_TOKEN", OPS),
+    ];
+    let (code, out) = switchyard_env(&["ctl", "status"], &env);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ROLLOUT") && out.contains("running 1/1 (weight 50%)"),
+        "{out}"
+    );
+    // On a terminal (a pseudo-terminal from util-linux's `script`) the view is redrawn in place.
+    let load = r.load(0);
+    let watch = std::process::Command::new("script")
+        .args([
+            "-qefc",
+            &format!(
+                "{} ctl rollout api --watch",
+                env!("CARGO_BIN_EXE_switchyard")
+            ),
+            "/dev/null",
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    drop(load);
+    let shown = String::from_utf8_lossy(&watch.stdout);
+    assert!(watch.status.success(), "{shown}");
+    assert!(shown.contains("\u{1b}[H\u{1b}[2J"), "not redrawn: {shown}");
+    assert!(shown.contains("SUCCEEDED"), "{shown}");
+    // Piped, it appends instead.
+    let (code, piped) = switchyard_env(&["ctl", "rollout", "api", "--watch"], &env);
+    assert_eq!(code, 0, "{piped}");
+    assert!(!piped.contains('\u{1b}'), "{piped}");
+}
