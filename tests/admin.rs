@@ -87,10 +87,19 @@ impl Admin {
 fn auth_healthz_and_tokens() {
     let a = start();
     assert_eq!(a.call("GET", "/healthz", None, None).status, 200);
-    for token in [None, Some("wrong"), Some("")] {
+    for (token, says) in [
+        (None, "no token"),
+        (Some("wrong"), "unknown token"),
+        (Some(""), "no token"),
+    ] {
         let r = a.call("GET", "/v1/status", token, None);
         assert_eq!(r.status, 401, "{token:?}");
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        assert!(
+            r.json()["detail"].as_str().unwrap().contains(says),
+            "{token:?}: {}",
+            r.body
+        );
     }
     for token in [OPS, CI] {
         assert_eq!(a.call("GET", "/v1/status", Some(token), None).status, 200);
@@ -452,7 +461,7 @@ fn a_request_in_flight_finishes_on_the_config_it_started_with() {
 }
 
 #[test]
-fn a_restart_serves_the_api_made_split_until_the_file_is_edited() {
+fn a_restart_serves_the_api_made_split_and_an_edit_while_stopped_changes_only_what_it_edits() {
     let mut a = start();
     let agent = client();
     assert_eq!(
@@ -476,7 +485,8 @@ fn a_restart_serves_the_api_made_split_until_the_file_is_edited() {
     );
     assert_eq!(a.revision(), revision);
 
-    // Editing the file while stopped: the file wins, as a new revision by actor `file`.
+    // Editing the file while stopped: its edit is merged onto the state left behind, as a new
+    // revision by actor `file`; the API-made split, which the edit did not touch, stays.
     let text = std::fs::read_to_string(a.proxy.config_path()).unwrap();
     std::fs::write(
         a.proxy.config_path(),
@@ -493,15 +503,18 @@ fn a_restart_serves_the_api_made_split_until_the_file_is_edited() {
     assert_eq!(get(&agent, &a.proxy.url("/"), &[]).version(), "green");
     assert_eq!(
         get(&agent, &a.proxy.url("/api"), &[]).version(),
-        "v1",
-        "the file's split is back"
+        "v2",
+        "the API-made split stays"
     );
     assert_eq!(a.revision(), revision + 1);
     let audit = a.ops("GET", "/v1/audit", None).json();
     let last = audit["entries"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         (last["actor"].as_str(), last["reason"].as_str()),
-        (Some("file"), Some("config file changed while stopped"))
+        (
+            Some("file"),
+            Some("config file changed while stopped: routes[web].blue_green.live")
+        )
     );
 }
 
@@ -545,6 +558,13 @@ fn explain_agrees_with_what_the_proxy_serves() {
     let e = a.ops("GET", "/v1/routes/api/explain", None).json();
     assert_eq!(e["reason"], "split:random");
     assert_eq!(a.ops("GET", "/v1/routes/nope/explain", None).status, 404);
+    // An unknown route is named with the closest one and the list.
+    let missing = a.ops("GET", "/v1/routes/apj", None);
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.json()["detail"],
+        "no such route \"apj\"; did you mean \"api\"? (routes: api, web)"
+    );
     assert_eq!(
         a.ops("GET", "/v1/routes/api/explain?client=nobody", None)
             .status,

@@ -64,7 +64,7 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
                     }
                     with_etag(json(StatusCode::OK, &r), live.revision)
                 }
-                None => error(StatusCode::NOT_FOUND, &format!("no such route {route:?}")),
+                None => error(StatusCode::NOT_FOUND, &live.config.no_such_route(route)),
             }
         }
         (&Method::GET, ["v1", "config"]) => get_config(&state.load()),
@@ -103,9 +103,14 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
             explain(&state.load(), route, req.query.as_deref())
         }
         (&Method::GET, ["v1", "stats"]) => {
-            match super::stats::stats(state.metrics(), &state.load(), req.query.as_deref()) {
+            let live = state.load();
+            match super::stats::stats(state.metrics(), &live, req.query.as_deref()) {
                 Some(v) => json(StatusCode::OK, &v),
-                None => error(StatusCode::NOT_FOUND, "no such route"),
+                None => {
+                    let route =
+                        super::query_param(req.query.as_deref(), "route").unwrap_or_default();
+                    error(StatusCode::NOT_FOUND, &live.config.no_such_route(&route))
+                }
             }
         }
         (&Method::GET, ["v1", "mirror", "diffs"]) => {
@@ -173,7 +178,7 @@ fn no_rollout(s: &Snapshot, route: &str) -> Response<Vec<u8>> {
             &format!("route {route:?} has no rollout configured"),
         )
     } else {
-        error(StatusCode::NOT_FOUND, &format!("no such route {route:?}"))
+        error(StatusCode::NOT_FOUND, &s.config.no_such_route(route))
     }
 }
 
@@ -710,7 +715,7 @@ fn restore(w: &Writer<'_>, n: &str) -> Response<Vec<u8>> {
 fn explain(s: &Snapshot, route: &str, query: Option<&str>) -> Response<Vec<u8>> {
     let table = &s.table;
     let Some(route_id) = table.route_id(route) else {
-        return error(StatusCode::NOT_FOUND, &format!("no such route {route:?}"));
+        return error(StatusCode::NOT_FOUND, &s.config.no_such_route(route));
     };
     let mut headers = http::HeaderMap::new();
     let (mut cookies, mut params) = (Vec::new(), Vec::new());
@@ -798,16 +803,17 @@ fn explain(s: &Snapshot, route: &str, query: Option<&str>) -> Response<Vec<u8>> 
             StatusCode::OK,
             &json!({"route": route, "target": null, "reason": "client_required", "explanation": "the route requires a known API client (401)", "revision": s.revision}),
         ),
-        Outcome::NoRoute => error(StatusCode::NOT_FOUND, &format!("no such route {route:?}")),
+        Outcome::NoRoute => error(StatusCode::NOT_FOUND, &s.config.no_such_route(route)),
     }
 }
 
 fn route_mut<'a>(config: &'a mut Config, name: &str) -> Result<&'a mut RouteConfig, ChangeError> {
+    let missing = config.no_such_route(name);
     config
         .routes
         .iter_mut()
         .find(|r| r.name == name)
-        .ok_or_else(|| ChangeError::NotFound(format!("no such route {name:?}")))
+        .ok_or(ChangeError::NotFound(missing))
 }
 
 fn refused(message: String) -> ChangeError {

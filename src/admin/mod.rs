@@ -91,10 +91,15 @@ impl ServeHttp for AdminApi {
             return api::change_refused(crate::state::ChangeError::HandingOver);
         }
         let Some(actor) = self.actor(authorization.as_deref()) else {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized: send Authorization: Bearer <admin token>",
-            );
+            // A missing token and a wrong one are told apart (never which tokens exist).
+            let why = match authorization.as_deref().map(<[u8]>::trim_ascii) {
+                None | Some(b"Bearer") => "unauthorized: no token; send Authorization: Bearer <admin token> (ctl: --token or SWITCHYARD_TOKEN)",
+                Some(a) if !a.starts_with(b"Bearer ") => {
+                    "unauthorized: the Authorization header is not \"Bearer <admin token>\""
+                }
+                Some(_) => "unauthorized: unknown token (its sha256 is not listed under admin.tokens)",
+            };
+            let mut r = error(StatusCode::UNAUTHORIZED, why);
             r.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),

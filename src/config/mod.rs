@@ -114,6 +114,10 @@ pub struct ServerConfig {
     pub grace_period: String,
     pub shutdown_timeout: String,
     pub state_dir: String,
+    /// `stdout`, `off` or a file path; `false` (what YAML 1.1 tools such as Helm and PyYAML make of an
+    /// unquoted `off`) means `off`, `true` means `stdout`.
+    #[serde(deserialize_with = "access_log_setting")]
+    #[schemars(with = "AccessLogSetting")]
     pub access_log: String,
     /// The fields each access log line has (all when empty), e.g. `[ts, route, target, status,
     /// duration_ms]`.
@@ -156,6 +160,25 @@ impl Default for LimitsConfig {
             max_connections: 100_000,
             max_requests_per_connection: 10_000,
         }
+    }
+}
+
+/// `server.access_log` as written: text, or a boolean (`false` = `off`, `true` = `stdout`).
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+enum AccessLogSetting {
+    Text(String),
+    Switch(bool),
+}
+
+fn access_log_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error;
+    match AccessLogSetting::deserialize(d) {
+        Ok(AccessLogSetting::Text(t)) => Ok(t),
+        Ok(AccessLogSetting::Switch(on)) => Ok(if on { "stdout" } else { "off" }.into()),
+        Err(_) => Err(D::Error::custom(
+            "expected stdout, off, or a file path (false means off)",
+        )),
     }
 }
 
@@ -894,7 +917,35 @@ pub struct GatesConfig {
     pub confidence: Option<f64>,
 }
 
+/// `; did you mean "payments"? (routes: payments, orders, web)` for a `name` that is none of `known`
+/// (`what` names them): the closest by edit distance when it is close, and the list.
+pub fn suggestion(name: &str, known: &[&str], what: &str) -> String {
+    let closest = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(name, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d);
+    let list = if known.is_empty() {
+        format!("(no {what})")
+    } else {
+        format!("({what}: {})", known.join(", "))
+    };
+    match closest {
+        Some((_, k)) => format!("; did you mean {k:?}? {list}"),
+        None => format!(" {list}"),
+    }
+}
+
 impl Config {
+    /// `no such route "paymnts"; did you mean "payments"? (routes: …)`.
+    pub fn no_such_route(&self, name: &str) -> String {
+        let names: Vec<&str> = self.routes.iter().map(|r| r.name.as_str()).collect();
+        format!(
+            "no such route {name:?}{}",
+            suggestion(name, &names, "routes")
+        )
+    }
+
     /// Parses YAML text, reporting every structural problem (YAML syntax with line and column, unknown
     /// keys with a "did you mean", wrong types), each with its path. Semantics are checked by
     /// [`validate`] (which [`Config::load_str`] and table compilation run).

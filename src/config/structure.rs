@@ -65,7 +65,7 @@ pub(super) fn read(text: &str) -> Read {
         let path = display(&at);
         let message = match unknown {
             Some((key, expected)) => unknown_message(&key, &expected),
-            None => plain(&message),
+            None => with_hint(plain(&message), at.last()),
         };
         out.errors.push(ConfigError::new(path, message));
         match take_out(&mut tree, &mut at) {
@@ -215,6 +215,40 @@ fn unknown_message(key: &str, expected: &[String]) -> String {
     }
 }
 
+/// Keys whose value is a duration written with its unit (`2s`, `250ms`, `1m30s`).
+const DURATION_KEYS: [&str; 15] = [
+    "grace_period",
+    "shutdown_timeout",
+    "lease_ttl",
+    "timeout",
+    "interval",
+    "hold",
+    "step_timeout",
+    "header_timeout",
+    "body_timeout",
+    "send_timeout",
+    "keepalive_timeout",
+    "connect",
+    "read",
+    "write",
+    "idle",
+];
+
+/// What to do, where the plain message alone does not say: a duration given as a bare number needs
+/// its unit.
+fn with_hint(message: String, at: Option<&Segment>) -> String {
+    let key = match at {
+        Some(Segment::Map { key }) => key.as_str(),
+        _ => return message,
+    };
+    match message.strip_prefix("expected text, got the number ") {
+        Some(n) if DURATION_KEYS.contains(&key) => format!(
+            "a duration needs its unit: write \"{n}s\" (or ms, m, h; e.g. 250ms, 1m30s), got the number {n}"
+        ),
+        _ => message,
+    }
+}
+
 /// serde's wording in plain words: "invalid type: string \"x\", expected usize" becomes "expected a
 /// whole number, got the text \"x\"".
 fn plain(message: &str) -> String {
@@ -281,6 +315,22 @@ mod tests {
 
     fn errors(text: &str) -> Vec<String> {
         read(text).errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_duration_without_its_unit_says_what_to_write_and_access_log_false_is_off() {
+        let text = "server: {grace_period: 2, access_log: false}\nupstreams:\n  v1: {backends: [\"127.0.0.1:1\"]}\nroutes:\n  - name: a\n    split: {targets: {v1: 1}}\n    rollout: {canary: v1, steps: [10], hold: 30}\n";
+        assert_eq!(
+            errors(text),
+            [
+                "server.grace_period: a duration needs its unit: write \"2s\" (or ms, m, h; e.g. 250ms, 1m30s), got the number 2",
+                "routes[0].rollout.hold: a duration needs its unit: write \"30s\" (or ms, m, h; e.g. 250ms, 1m30s), got the number 30",
+            ]
+        );
+        let text = "server: {access_log: false}\nupstreams:\n  v1: {backends: [\"127.0.0.1:1\"]}\nroutes:\n  - name: a\n    split: {targets: {v1: 1}}\n";
+        assert_eq!(read(text).config.unwrap().server.access_log, "off");
+        let text = text.replace("false", "true");
+        assert_eq!(read(&text).config.unwrap().server.access_log, "stdout");
     }
 
     #[test]

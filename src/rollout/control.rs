@@ -40,7 +40,7 @@ impl Rollouts {
         self.sync(&mut inner, state, now);
         let live = state.load();
         let r = find(&live, route)
-            .ok_or_else(|| ControlError::NotFound(format!("no such route {route:?}")))?;
+            .ok_or_else(|| ControlError::NotFound(live.config.no_such_route(route)))?;
         let ro = r.rollout.clone().ok_or_else(|| {
             ControlError::NotFound(format!("route {route:?} has no rollout configured"))
         })?;
