@@ -195,3 +195,44 @@ fn the_published_schema_is_the_generated_one_and_every_example_fits_it() {
         );
     }
 }
+
+/// The systemd unit as shipped works with the config it ships: under `ProtectSystem=strict` only the
+/// directories the unit creates are writable, and `conf/deploy/systemd.yaml` writes nowhere else.
+#[test]
+fn the_systemd_unit_leaves_writable_every_path_its_config_writes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("conf/deploy/switchyard.service")).unwrap();
+    let setting = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+    };
+    assert_eq!(setting("ProtectSystem").as_deref(), Some("strict"));
+    let mut writable: Vec<String> = Vec::new();
+    for (key, parent) in [
+        ("RuntimeDirectory", "/run"),
+        ("StateDirectory", "/var/lib"),
+        ("LogsDirectory", "/var/log"),
+    ] {
+        let name = setting(key).unwrap_or_else(|| panic!("the unit has no {key}="));
+        writable.push(format!("{parent}/{name}"));
+    }
+    let rw = setting("ReadWritePaths").unwrap_or_default();
+    writable.extend(rw.split_whitespace().map(str::to_string));
+    let text = std::fs::read_to_string(root.join("conf/deploy/systemd.yaml")).unwrap();
+    let config = switchyard::config::Config::load_str(&text).unwrap();
+    let s = &config.server;
+    let mut written = vec![s.pid_file.clone(), s.upgrade_sock.clone(), format!("{}/", s.state_dir)];
+    if !matches!(s.access_log.as_str(), "stdout" | "off") {
+        written.push(s.access_log.clone());
+    }
+    for path in written {
+        assert!(
+            writable.iter().any(|w| path.starts_with(&format!("{w}/"))),
+            "{path} is not writable under the unit (writable: {writable:?})"
+        );
+    }
+    // The unit's ExecStart and the README's paths name that config's place.
+    assert!(unit.contains("-c /etc/switchyard/switchyard.yaml"));
+    assert!(unit.contains("conf/deploy/systemd.yaml /etc/switchyard/switchyard.yaml"));
+}
