@@ -39,7 +39,7 @@ routes:
   - name: pay
     match: {{path_prefix: /pay}}
     split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}
-    rollout: {{canary: v2, steps: [{{header: {{X-Canary: yes}}}}, 10], hold: 1h, interval: 200ms}}
+    rollout: {{canary: v2, steps: [{{header: {{X-Canary: yes}}}}, 10], hold: 1h, interval: 200ms, step_timeout: 2s}}
   - name: web
     match: {{path_prefix: /}}
     blue_green: {{blue: blue, green: green, live: blue}}
@@ -51,6 +51,8 @@ routes:
         green.addr
     ));
     wait_listening(admin);
+    // v2 fails half its requests: the page colours it against the baseline once it gets traffic.
+    v2.control.set_error_rate(0.5);
     // Traffic while the page watches.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {

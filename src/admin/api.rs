@@ -25,9 +25,9 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
     };
     match (&req.method, segments.as_slice()) {
         (&Method::GET, ["v1", "stats" | "mirror" | "audit" | "revisions", ..])
-            if unknown_param(req.query.as_deref(), &["route", "after", "limit"]).is_some() =>
+            if unknown_param(req.query.as_deref(), &["route", "after", "limit", "series"]).is_some() =>
         {
-            let name = unknown_param(req.query.as_deref(), &["route", "after", "limit"]);
+            let name = unknown_param(req.query.as_deref(), &["route", "after", "limit", "series"]);
             error(
                 StatusCode::BAD_REQUEST,
                 &format!("unknown query parameter {:?}", name.unwrap_or_default()),

@@ -1,4 +1,5 @@
-//! `GET /v1/stats`: per route × target, the last 60 seconds and since start, as SPEC §4 lists them.
+//! `GET /v1/stats`: per route × target, the last 60 seconds and since start, as SPEC §4 lists them;
+//! with `?series=1` also the last minute second by second (`per_second`, oldest first).
 
 use crate::metrics::{Metrics, Stats, WINDOW_SECONDS};
 use crate::state::Snapshot;
@@ -8,6 +9,8 @@ use serde_json::{json, Value};
 /// other target that served it since start. `None` when the named route does not exist.
 pub(crate) fn stats(metrics: &Metrics, s: &Snapshot, query: Option<&str>) -> Option<Value> {
     let only = super::query_param(query, "route");
+    // `?series=1`: each target's last minute second by second, for plots that start full.
+    let per_second = super::query_param(query, "series").is_some_and(|v| v != "0");
     let uptime = metrics.uptime();
     let window = uptime.min(WINDOW_SECONDS as f64);
     let series = metrics.all_series();
@@ -31,12 +34,22 @@ pub(crate) fn stats(metrics: &Metrics, s: &Snapshot, query: Option<&str>) -> Opt
             .iter()
             .map(|t| {
                 let (last, total) = metrics.stats(&route.name, t);
-                json!({
+                let mut v = json!({
                     "target": t,
                     "baseline": *t == baseline,
                     "last_60s": window_json(&last, window),
                     "since_start": window_json(&total, uptime),
-                })
+                });
+                if per_second {
+                    v["per_second"] = metrics
+                        .per_second(&route.name, t, WINDOW_SECONDS)
+                        .iter()
+                        .map(|s| {
+                            json!({"requests": s.requests(), "status_5xx": s.status[4], "p99_ms": ms(s.quantile(0.99))})
+                        })
+                        .collect();
+                }
+                v
             })
             .collect();
         let mirrored = route.mirror.is_some();

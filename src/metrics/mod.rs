@@ -194,6 +194,20 @@ impl Metrics {
             .unwrap_or_default()
     }
 
+    /// Each of the last `seconds` whole seconds (at most 60, the current one left out) of `route` ×
+    /// `target`, oldest first: what a plot of the last minute starts from.
+    pub fn per_second(&self, route: &str, target: &str, seconds: u64) -> Vec<Stats> {
+        let now = self.now();
+        let Some(series) = self.find(route, target) else {
+            return Vec::new();
+        };
+        (1..=seconds.min(WINDOW_SECONDS - 1))
+            .rev()
+            .filter(|k| *k < now)
+            .map(|k| series.last(now - k, 1))
+            .collect()
+    }
+
     /// Everything `route` × `target` served since start.
     pub fn totals(&self, route: &str, target: &str) -> Stats {
         self.find(route, target)

@@ -83,6 +83,11 @@ def main():
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        dialogs = []
+        def confirm(d):
+            dialogs.append(d.message)
+            d.accept()
+        page.on("dialog", confirm)
         page.goto(args.admin + "/ui")
         if not page.locator("#login").is_visible():
             fail("login", "no login box before a token is given")
@@ -102,12 +107,33 @@ def main():
         if "rule 0" not in page.locator('section[data-route="api"]').inner_text():
             fail("rules", page.locator('section[data-route="api"]').inner_text())
 
+        # The plan with the current step marked.
+        current = page.locator('section[data-route="pay"] ol.plan li.current')
+        if not wait_until(lambda: current.count() == 1 and "1. header X-Canary: yes" in current.inner_text()):
+            fail("plan", page.locator('section[data-route="pay"]').inner_text())
+
         # A rollout's newest check, with its figures and what the step needs (nobody sends X-Canary).
         check = page.locator('section[data-route="pay"] [data-testid="rollout-check"]')
         if not wait_until(lambda: check.count() > 0 and "more canary requests; only requests with X-Canary: yes reach the canary" in check.inner_text()):
             fail("rollout check", page.locator('section[data-route="pay"]').inner_text())
         if "INCONCLUSIVE" not in check.inner_text().upper():
             fail("rollout check verdict", check.inner_text())
+
+        # The banner names what needs a person: the starved rollout paused.
+        banner = page.locator('[data-testid="banner"]')
+        if not wait_until(lambda: "pay: rollout paused" in banner.inner_text() and "starved" in banner.inner_text()):
+            fail("banner", banner.inner_text())
+        if banner.get_attribute("class") != "warn":
+            fail("banner colour", banner.get_attribute("class"))
+        # The newest event first: the pause, above the checks before it.
+        events = page.locator('section[data-route="pay"] [data-testid="rollout-events"] li')
+        if "pause" not in events.first.inner_text():
+            fail("newest event first", events.first.inner_text())
+
+        # Mirror differences say what differed.
+        diffs = page.locator('section[data-route="api"] [data-testid="mirror-diffs"]')
+        if not wait_until(lambda: diffs.count() > 0 and "body at /" in diffs.inner_text()):
+            fail("mirror diffs", page.locator('section[data-route="api"]').inner_text())
 
         # A change made with ctl shows up without a reload.
         env = dict(os.environ, SWITCHYARD_ADMIN=args.admin, SWITCHYARD_TOKEN=args.token)
@@ -118,9 +144,35 @@ def main():
         api_bar = page.locator('section[data-route="api"] [data-testid="split-bar"]')
         if not wait_until(lambda: "v2 25.00%" in api_bar.inner_text()):
             fail("split change by ctl", page.locator('section[data-route="api"]').inner_text())
-        # Live numbers: each target has a row once traffic came through.
+        # Live numbers: each target has a row once traffic came through; v2, failing half its requests,
+        # is coloured against the baseline by the route's gates.
         page.wait_for_selector('section[data-route="api"] tr[data-target="v1"]', timeout=10000)
+        v2_errors = page.locator('section[data-route="api"] tr[data-target="v2"] [data-testid="error-rate"]')
+        if not wait_until(lambda: v2_errors.count() == 1 and "bad" in (v2_errors.get_attribute("class") or ""), timeout=20):
+            fail("error colour", page.locator('section[data-route="api"]').inner_text())
+        v1_errors = page.locator('section[data-route="api"] tr[data-target="v1"] [data-testid="error-rate"]')
+        if "bad" in (v1_errors.get_attribute("class") or ""):
+            fail("the baseline is not judged against itself", v1_errors.get_attribute("class"))
+        # Plots start full: right after a reload the sparklines already hold the last seconds (the
+        # instance has been up for a while by now), before the page has sampled anything itself.
+        page.reload()
+        page.wait_for_selector('section[data-route="api"] tr[data-target="v1"]', timeout=10000)
+        if page.locator('section[data-route="api"] tr[data-target="v1"] svg.spark path').count() == 0:
+            fail("plots on first load", page.locator('section[data-route="api"] tr[data-target="v1"]').inner_html())
         page.screenshot(path=args.screenshot, full_page=True)
+
+        # On a phone (390 px wide) nothing is wider than the screen.
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(args.admin + "/ui")
+        phone.fill("#token", args.token)
+        phone.click("#login-form button")
+        phone.wait_for_selector('section[data-route="api"] [data-testid="split-bar"]', timeout=10000)
+        phone.screenshot(path=args.screenshot.replace(".png", "-phone.png"), full_page=True)
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        if width > 390:
+            wide = phone.evaluate("Array.from(document.querySelectorAll('body *')).filter((e) => e.getBoundingClientRect().right > 391).slice(0, 8).map((e) => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))")
+            fail("phone width", "the page is %d px wide at 390 px: %s" % (width, wide))
+        phone.close()
 
         # A rollback needs a reason; with one, clicking reaches the proxy.
         page.click('section[data-route="api"] button[data-action="rollback"]')
@@ -131,6 +183,8 @@ def main():
         if not wait_until(lambda: message.get_attribute("class") == "info"
                           and "v1 100.00%" in api_bar.inner_text()):
             fail("rollback click", message.inner_text() + "\n" + api_bar.inner_text())
+        if not dialogs or "Roll back api?" not in dialogs[-1]:
+            fail("rollback confirmation", dialogs)
         if errors:
             fail("script errors", errors)
         browser.close()
