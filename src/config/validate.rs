@@ -427,7 +427,14 @@ fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
     }
     let upstream_ref = |e: &mut Errors, at: String, name: &str| {
         if !config.upstreams.contains_key(name) {
-            e.push(at, format!("no such upstream {name:?}"));
+            let known: Vec<&str> = config.upstreams.keys().collect();
+            e.push(
+                at,
+                format!(
+                    "no such upstream {name:?}{}",
+                    super::suggestion(name, &known, "upstreams")
+                ),
+            );
         }
     };
     if r.require_client && config.clients.as_ref().is_none_or(|c| c.keys.is_empty()) {
