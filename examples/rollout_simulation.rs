@@ -104,6 +104,15 @@ fn step(
     }
 }
 
+/// One line of an A/A: how many identical canaries were failed, against the bound.
+fn false_alarms(every: u64, failed: usize, runs: u64, gates: &Gates) {
+    println!(
+        "  checked every {every:>5} requests: {failed} of {runs} rollouts failed ({:.1}%, bound {:.1}%)",
+        100.0 * failed as f64 / runs as f64,
+        100.0 * (1.0 - gates.confidence)
+    );
+}
+
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or(0)
@@ -134,11 +143,7 @@ fn main() {
                 })
             })
             .count();
-        println!(
-            "  checked every {every:>5} requests: {failed} of {aa_runs} rollouts failed ({:.1}%, bound {:.1}%)",
-            100.0 * failed as f64 / aa_runs as f64,
-            100.0 * (1.0 - gates.confidence)
-        );
+        false_alarms(every, failed, aa_runs, &gates);
     }
 
     let rare = Canary {
@@ -158,11 +163,7 @@ fn main() {
                 .is_some()
             })
             .count();
-        println!(
-            "  checked every {every:>5} requests: {failed} of {aa_runs} failed ({:.1}%, bound {:.1}%)",
-            100.0 * failed as f64 / aa_runs as f64,
-            100.0 * (1.0 - gates.confidence)
-        );
+        false_alarms(every, failed, aa_runs, &gates);
     }
 
     let one = rollout("[10]");

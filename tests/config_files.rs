@@ -222,7 +222,11 @@ fn the_systemd_unit_leaves_writable_every_path_its_config_writes() {
     let text = std::fs::read_to_string(root.join("conf/deploy/systemd.yaml")).unwrap();
     let config = switchyard::config::Config::load_str(&text).unwrap();
     let s = &config.server;
-    let mut written = vec![s.pid_file.clone(), s.upgrade_sock.clone(), format!("{}/", s.state_dir)];
+    let mut written = vec![
+        s.pid_file.clone(),
+        s.upgrade_sock.clone(),
+        format!("{}/", s.state_dir),
+    ];
     if !matches!(s.access_log.as_str(), "stdout" | "off") {
         written.push(s.access_log.clone());
     }

@@ -25,9 +25,9 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
     };
     match (&req.method, segments.as_slice()) {
         (&Method::GET, ["v1", "stats" | "mirror" | "audit" | "revisions", ..])
-            if unknown_param(req.query.as_deref(), &["route", "after", "limit", "series"]).is_some() =>
+            if unknown_param(req.query.as_deref(), &LIST_PARAMS).is_some() =>
         {
-            let name = unknown_param(req.query.as_deref(), &["route", "after", "limit", "series"]);
+            let name = unknown_param(req.query.as_deref(), &LIST_PARAMS);
             error(
                 StatusCode::BAD_REQUEST,
                 &format!("unknown query parameter {:?}", name.unwrap_or_default()),
@@ -806,6 +806,9 @@ fn explain(s: &Snapshot, route: &str, query: Option<&str>) -> Response<Vec<u8>> 
         Outcome::NoRoute => error(StatusCode::NOT_FOUND, &s.config.no_such_route(route)),
     }
 }
+
+/// The query parameters of the listing calls (stats, mirror diffs, audit, revisions).
+const LIST_PARAMS: [&str; 4] = ["route", "after", "limit", "series"];
 
 fn route_mut<'a>(config: &'a mut Config, name: &str) -> Result<&'a mut RouteConfig, ChangeError> {
     let missing = config.no_such_route(name);
