@@ -126,7 +126,7 @@ routes:
         [
             "routes[0].match.hots: unknown key \"hots\"; did you mean \"host\"?",
             "routes[0].split.baseline: missing: a split with two or more targets needs `baseline: NAME`, the target that rollback and fallback send traffic to (one of v1, v2)",
-            "routes[1].blue_green.green: no such upstream \"v3\"",
+            "routes[1].blue_green.green: no such upstream \"v3\"; did you mean \"v1\"? (upstreams: v1, v2)",
             "routes[1].blue_green.live: must be blue or green, got \"red\"",
         ],
         "{output}"
