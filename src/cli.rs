@@ -210,6 +210,10 @@ fn reload(conf: Option<PathBuf>, pid_file: Option<PathBuf>, force: bool) -> Exit
     let pid = match crate::server::signal_pid_file(&pid_file, nix::sys::signal::Signal::SIGHUP) {
         Ok(pid) => pid,
         Err(e) => {
+            // Nothing was signalled: the request must not wait for a later SIGHUP.
+            if let Some(dir) = state_dir.as_deref() {
+                let _ = crate::state::store::take_reload_request(dir);
+            }
             eprintln!("switchyard reload: {e:#}");
             return ExitCode::from(3);
         }

@@ -100,7 +100,7 @@ pub(super) fn rollout_table(v: &Value) -> String {
     if let Some(check) = v["last_check"].as_object() {
         t += &format!(
             "  check {} {}: {}\n",
-            text(&check["number"].clone()),
+            text(&check["number"]),
             text(&check["verdict"]).to_uppercase(),
             text(&check["summary"])
         );

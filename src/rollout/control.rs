@@ -271,7 +271,12 @@ impl Rollouts {
         } else {
             None
         };
-        let recent: Vec<&Event> = rec.history.iter().rev().take(20).collect();
+        let recent: Vec<&Event> = rec
+            .history
+            .iter()
+            .rev()
+            .take(super::record::FIGURES_KEPT)
+            .collect();
         let last_check = rec.history.iter().rev().find_map(|e| e.check.as_ref());
         Some(json!({
             "route": route,

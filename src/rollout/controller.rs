@@ -17,8 +17,8 @@
 
 use super::hooks::{self, Notifier, PreStep};
 use super::plan::{self, Added};
-use super::record::HISTORY;
 pub use super::record::{Event, Phase, Record};
+use super::record::{FIGURES_KEPT, HISTORY};
 use crate::config::{parse, RolloutConfig, RouteConfig, Step};
 use crate::metrics::Stats;
 use crate::state::{sha256_hex, store, Change, ChangeError, Snapshot, State};
@@ -546,9 +546,19 @@ impl Rollouts {
             body["event"] = json!(e);
             self.notifier.send(url, body);
         }
-        run.record.history.push_back(e);
-        while run.record.history.len() > HISTORY {
-            run.record.history.pop_front();
+        let history = &mut run.record.history;
+        history.push_back(e);
+        while history.len() > HISTORY {
+            history.pop_front();
+        }
+        // Only the newest events keep a check's full figures (a few KB each): the record is saved
+        // every second, to state_dir or to etcd. Older ones keep their summary in `reason`.
+        if let Some(old) = history
+            .len()
+            .checked_sub(FIGURES_KEPT + 1)
+            .and_then(|i| history.get_mut(i))
+        {
+            old.check = None;
         }
     }
 

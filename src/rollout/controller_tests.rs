@@ -97,3 +97,42 @@ fn a_new_leader_adopts_a_step_its_predecessor_committed_but_did_not_record() {
     assert_ne!(run.record.expected, route_digest(&r));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The record is saved every second: only the newest events keep a check's full figures.
+#[test]
+fn only_the_newest_events_keep_a_checks_figures() {
+    let (state, dir) = state("figures");
+    let live = state.load();
+    let r = find(&live, "api").expect("route").clone();
+    let ro = r.rollout.clone().expect("rollout");
+    let rollouts = Rollouts::default();
+    let mut run = Run::new(&r, &ro, Instant::now());
+    for n in 0..30 {
+        let check = super::super::judge::Check::plain(
+            super::super::judge::Outcome::Inconclusive,
+            None,
+            format!("check {n}"),
+        );
+        let e = Event {
+            at: String::new(),
+            step: 1,
+            event: "check".into(),
+            verdict: None,
+            gate: None,
+            reason: format!("check {n}"),
+            actor: "rollout".into(),
+            check: Some(check),
+        };
+        rollouts.record_event(&ro, &mut run, e);
+    }
+    let kept: Vec<bool> = run
+        .record
+        .history
+        .iter()
+        .map(|e| e.check.is_some())
+        .collect();
+    assert_eq!(kept.len(), 30);
+    assert!(kept[..10].iter().all(|k| !k), "{kept:?}");
+    assert!(kept[10..].iter().all(|k| *k), "{kept:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

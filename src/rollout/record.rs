@@ -62,6 +62,8 @@ pub struct Event {
 
 /// Events kept per rollout.
 pub const HISTORY: usize = 200;
+/// Newest events that keep a check's full figures (the view shows as many).
+pub const FIGURES_KEPT: usize = 20;
 
 /// What is persisted of one route's rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -294,16 +294,30 @@ pub fn write_reload_outcome(dir: &Path, mut outcome: serde_json::Value) -> io::R
 /// Asks the instance whose state directory is `dir` what its next reload by signal should do:
 /// `file` (the file the caller means; refused if the instance runs another) and `force`.
 pub fn write_reload_request(dir: &Path, request: &serde_json::Value) -> io::Result<()> {
-    let bytes = serde_json::to_vec(request).map_err(io::Error::other)?;
+    let mut request = request.clone();
+    request["at_unix"] = unix_now().into();
+    let bytes = serde_json::to_vec(&request).map_err(io::Error::other)?;
     write_atomic(&dir.join("reload-request.json"), &bytes)
 }
 
-/// Takes (reads and removes) the request of [`write_reload_request`], if any.
+/// How long a reload request waits for its signal: one older than this (its `switchyard reload`
+/// gave up, or never signalled) is ignored, so a later SIGHUP never inherits its `--force`.
+const RELOAD_REQUEST_TTL_SECONDS: u64 = 60;
+
+/// Takes (reads and removes) the request of [`write_reload_request`], if any and recent.
 pub fn take_reload_request(dir: &Path) -> Option<serde_json::Value> {
     let path = dir.join("reload-request.json");
     let bytes = fs::read(&path).ok()?;
     let _ = fs::remove_file(&path);
-    serde_json::from_slice(&bytes).ok()
+    let request: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let at = request["at_unix"].as_u64()?;
+    (unix_now().saturating_sub(at) <= RELOAD_REQUEST_TTL_SECONDS).then_some(request)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The outcome of the last reload by signal recorded in state directory `dir`, if any.
@@ -366,6 +380,31 @@ pub fn rfc3339(t: SystemTime) -> String {
         rem % 60,
         d.subsec_millis()
     )
+}
+
+#[cfg(test)]
+mod reload_request_tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_request_is_taken_once_and_a_stale_one_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("switchyard-request-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        let request = serde_json::json!({"file": "/etc/switchyard.yaml", "force": true});
+        write_reload_request(&dir, &request).expect("write");
+        let taken = take_reload_request(&dir).expect("taken");
+        assert_eq!(taken["force"], true);
+        assert!(take_reload_request(&dir).is_none(), "taken once");
+        let stale = serde_json::json!({"force": true, "at_unix": 1});
+        fs::write(dir.join("reload-request.json"), stale.to_string()).expect("write");
+        assert!(
+            take_reload_request(&dir).is_none(),
+            "a stale request is ignored"
+        );
+        assert!(!dir.join("reload-request.json").exists(), "and removed");
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
 
 #[cfg(test)]
