@@ -5,6 +5,7 @@
 //! [`State::change`], so it is validated, persisted, audited, and refused whole on any error.
 
 mod api;
+mod explain;
 mod stats;
 
 use crate::config::parse;

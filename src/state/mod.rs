@@ -14,6 +14,7 @@ pub mod merge;
 mod reload;
 pub mod reloader;
 pub use reload::Reload;
+use reload::{merge_file_onto, write_base};
 pub mod store;
 
 use crate::config::{Config, ConfigErrors};
@@ -867,56 +868,7 @@ fn audit_entry(
 
 /// The config of committed revision `revision`: its revision file (or `effective.yaml`, from before
 /// revision files were read at start-up).
-/// Keeps `base` (the file last applied) in `state_dir/base.yaml`: what a reload, or a start with a
-/// changed file, merges against.
-fn write_base(store: &Store, base: &Config) {
-    let path = store.dir().join("base.yaml");
-    if let Err(e) = store::write_atomic(&path, base.to_yaml().as_bytes()) {
-        log::warn!(
-            "{}: {e}; the next reload merges against an older base",
-            path.display()
-        );
-    }
-}
-
-/// The config file merged onto revision `revision` (file minus the base in `state_dir/base.yaml`),
-/// conflicts taking the file's value, with the audit reason. `None` without a readable base.
-fn merge_file_onto(store: &Store, file: &Config, revision: u64) -> Option<(Config, String)> {
-    let base = std::fs::read_to_string(store.dir().join("base.yaml")).ok()?;
-    let base = Config::parse_str(&base).ok()?;
-    let live = committed_config(store, revision).ok()?;
-    let merged = merge::three_way(&base, file, &live, true)
-        .inspect_err(|e| {
-            log::warn!("the config file could not be merged onto revision {revision}: {e}")
-        })
-        .ok()?;
-    let mut reason = format!(
-        "config file changed while stopped: {}",
-        if merged.taken.is_empty() {
-            "nothing to take".to_string()
-        } else {
-            merged.taken.join(", ")
-        }
-    );
-    if !merged.conflicts.is_empty() {
-        let undone: Vec<String> = merged
-            .conflicts
-            .iter()
-            .map(|c| format!("{} (file {}, was {})", c.place(), c.file, c.live))
-            .collect();
-        log::warn!(
-            "the changed config file undoes live changes: {}",
-            undone.join("; ")
-        );
-        reason.push_str(&format!(
-            "; the file's values replace live ones at {}",
-            undone.join("; ")
-        ));
-    }
-    Some((merged.config, reason))
-}
-
-fn committed_config(store: &Store, revision: u64) -> Result<Config, String> {
+pub(super) fn committed_config(store: &Store, revision: u64) -> Result<Config, String> {
     store
         .revision(revision)
         .or_else(|_| store.effective())

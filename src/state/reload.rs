@@ -2,8 +2,10 @@
 //! the base (the file last applied) go onto the live config by a three-way merge ([`super::merge`]),
 //! so that nothing changed live — by the admin API or a rollout — is undone by an unrelated edit.
 
+use super::committed_config;
 use super::merge::{self, Conflict};
 use super::store::AuditEntry;
+use super::store::{self, Store};
 use super::{sha256_hex, Change, ChangeError, Snapshot, State};
 use crate::config::Config;
 use std::sync::Arc;
@@ -74,7 +76,7 @@ impl State {
         if merged.config == live.config {
             writer.file_sha256 = digest;
             if let Some(store) = &writer.store {
-                super::write_base(store, &file);
+                write_base(store, &file);
             }
             writer.base = file;
             if local.is_some() {
@@ -107,7 +109,7 @@ impl State {
         match self.change_locked(&writer, change, |_| Ok(config)) {
             Ok(snapshot) => {
                 if let Some(store) = &writer.store {
-                    super::write_base(store, &file);
+                    write_base(store, &file);
                 }
                 writer.base = file;
                 Ok(Reload::Applied {
@@ -140,4 +142,57 @@ fn conflict_line(c: &Conflict, audit: &[AuditEntry]) -> String {
         })
         .unwrap_or_else(|| "changed live".into());
     format!("{}: file {}, live {} ({who})", c.place(), c.file, c.live)
+}
+
+/// Keeps `base` (the file last applied) in `state_dir/base.yaml`: what a reload, or a start with a
+/// changed file, merges against.
+pub(super) fn write_base(store: &Store, base: &Config) {
+    let path = store.dir().join("base.yaml");
+    if let Err(e) = store::write_atomic(&path, base.to_yaml().as_bytes()) {
+        log::warn!(
+            "{}: {e}; the next reload merges against an older base",
+            path.display()
+        );
+    }
+}
+
+/// The config file merged onto revision `revision` (file minus the base in `state_dir/base.yaml`),
+/// conflicts taking the file's value, with the audit reason. `None` without a readable base.
+pub(super) fn merge_file_onto(
+    store: &Store,
+    file: &Config,
+    revision: u64,
+) -> Option<(Config, String)> {
+    let base = std::fs::read_to_string(store.dir().join("base.yaml")).ok()?;
+    let base = Config::parse_str(&base).ok()?;
+    let live = committed_config(store, revision).ok()?;
+    let merged = merge::three_way(&base, file, &live, true)
+        .inspect_err(|e| {
+            log::warn!("the config file could not be merged onto revision {revision}: {e}")
+        })
+        .ok()?;
+    let mut reason = format!(
+        "config file changed while stopped: {}",
+        if merged.taken.is_empty() {
+            "nothing to take".to_string()
+        } else {
+            merged.taken.join(", ")
+        }
+    );
+    if !merged.conflicts.is_empty() {
+        let undone: Vec<String> = merged
+            .conflicts
+            .iter()
+            .map(|c| format!("{} (file {}, was {})", c.place(), c.file, c.live))
+            .collect();
+        log::warn!(
+            "the changed config file undoes live changes: {}",
+            undone.join("; ")
+        );
+        reason.push_str(&format!(
+            "; the file's values replace live ones at {}",
+            undone.join("; ")
+        ));
+    }
+    Some((merged.config, reason))
 }
