@@ -15,8 +15,9 @@
 //!   them slower than ratio × the baseline's median).
 //! - `max_mirror_diff_rate`: the share of shadow answers that differed is above it.
 //!
-//! The step's significance is split evenly over the tests a check runs (Bonferroni), so the chance
-//! that any gate ever fails an identical canary within the step stays below the step's share.
+//! The step's significance is split evenly over the tests its gates configure ([`Gates::tests`], the
+//! same at every check of the step; Bonferroni), so the chance that any gate ever fails an identical
+//! canary within the step stays below the step's share.
 
 use super::stats::{self, Evidence};
 use crate::config::{parse, GatesConfig};
