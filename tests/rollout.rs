@@ -479,7 +479,8 @@ fn a_reload_that_leaves_the_route_alone_keeps_the_step_and_a_changed_rollout_sta
     let mut v = Value::Null;
     assert!(eventually(Duration::from_secs(5), || {
         v = r.view();
-        v["plan"][1] == "weight 30%"
+        // A pending rollout shows its plan too: wait until the controller has taken it up.
+        v["plan"][1] == "weight 30%" && v["state"] != "pending"
     }));
     assert_eq!(
         (v["state"].as_str(), v["step"].as_u64()),

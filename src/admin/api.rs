@@ -1,11 +1,15 @@
 //! The `/v1/*` endpoints. Each handler either answers from the live snapshot or makes exactly one
 //! change through [`State::change`]; every refusal is a 4xx with a JSON body naming the problem.
 
+use super::body::{
+    AuditBody, ChangeResult, ConfigProblem, DiffsBody, ListedRoute, RevisionItem, RevisionsBody,
+    RouteChange, RouteDetail, RouteView, RoutesBody, StatusBody, UpstreamView,
+};
 use super::{error, json, respond, Request};
-use crate::config::{Config, PercentValue, RouteConfig, SplitConfig};
+use crate::config::{Config, PercentValue, RouteConfig};
 use crate::state::{Change, ChangeError, Snapshot, State};
 use http::{Method, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<u8>> {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
@@ -34,34 +38,32 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         }
         (&Method::GET, ["v1", "status"]) => {
             let live = state.load();
-            let mut body = status(&live);
-            with_rollout_states(state, &mut body["routes"]);
-            if let Some(fleet) = state.fleet() {
-                body["fleet"] = fleet.status();
-            }
+            let body = StatusBody {
+                revision: live.revision,
+                routes: listed_routes(state, &live),
+                upstreams: upstreams(&live),
+                fleet: state.fleet().map(|f| f.status()),
+            };
             with_etag(json(StatusCode::OK, &body), live.revision)
         }
         (&Method::GET, ["v1", "fleet"]) => fleet(state),
         (&Method::GET, ["v1", "routes"]) => {
             let live = state.load();
-            let mut routes = status(&live)["routes"].take();
-            with_rollout_states(state, &mut routes);
-            with_etag(
-                json(
-                    StatusCode::OK,
-                    &json!({ "routes": routes, "revision": live.revision }),
-                ),
-                live.revision,
-            )
+            let body = RoutesBody {
+                routes: listed_routes(state, &live),
+                revision: live.revision,
+            };
+            with_etag(json(StatusCode::OK, &body), live.revision)
         }
         (&Method::GET, ["v1", "routes", route]) => {
             let live = state.load();
             match route_status(&live, route) {
-                Some(mut r) => {
-                    if let Some(v) = state.rollouts.view(state, route) {
-                        r["rollout_state"] = v;
-                    }
-                    with_etag(json(StatusCode::OK, &r), live.revision)
+                Some(r) => {
+                    let body = RouteDetail {
+                        route: r,
+                        rollout_state: state.rollouts.view(state, route),
+                    };
+                    with_etag(json(StatusCode::OK, &body), live.revision)
                 }
                 None => error(StatusCode::NOT_FOUND, &live.config.no_such_route(route)),
             }
@@ -95,7 +97,7 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         (&Method::GET, ["v1", "openapi.json"]) => super::respond(
             StatusCode::OK,
             "application/json",
-            OPENAPI.as_bytes().to_vec(),
+            super::openapi::document().to_vec(),
         ),
         (&Method::POST, ["v1", "revisions", n, "restore"]) => restore(&w, n),
         (&Method::GET, ["v1", "routes", route, "explain"]) => {
@@ -115,14 +117,17 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         (&Method::GET, ["v1", "mirror", "diffs"]) => {
             let route = super::query_param(req.query.as_deref(), "route");
             let diffs = state.metrics().mirror_diffs.list(route.as_deref());
-            json(StatusCode::OK, &json!({ "diffs": diffs }))
+            json(StatusCode::OK, &DiffsBody { diffs })
         }
         (&Method::GET, ["v1", "audit"]) => match Page::from_query(req.query.as_deref()) {
             Ok(page) => {
-                let (entries, next) = page.take(state.audit(), |e| e.revision);
+                let (entries, next_after) = page.take(state.audit(), |e| e.revision);
                 json(
                     StatusCode::OK,
-                    &json!({ "entries": entries, "next_after": next }),
+                    &AuditBody {
+                        entries,
+                        next_after,
+                    },
                 )
             }
             Err(m) => error(StatusCode::BAD_REQUEST, &m),
@@ -147,27 +152,16 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
     }
 }
 
-/// Adds each route's rollout state (phase, step, reason) next to its `rollout` settings.
-fn with_rollout_states(state: &State, routes: &mut Value) {
-    let Some(routes) = routes.as_array_mut() else {
-        return;
-    };
-    for r in routes {
-        let Some(name) = r["name"].as_str().map(str::to_string) else {
-            continue;
-        };
-        if let Some(v) = state.rollouts.view(state, &name) {
-            r["rollout_state"] = json!({
-                "state": v["state"],
-                "step": v["step"],
-                "steps": v["steps"],
-                "phase": v["phase"],
-                "reason": v["reason"],
-                "canary_share": v["canary_share"],
-                "left_seconds": v["left_seconds"],
-            });
-        }
-    }
+/// Every route as status shows it, each with its rollout's state in one line.
+fn listed_routes(state: &State, s: &Snapshot) -> Vec<ListedRoute> {
+    s.config
+        .routes
+        .iter()
+        .map(|r| ListedRoute {
+            route: RouteView::of(r),
+            rollout_state: state.rollouts.view(state, &r.name).map(|v| v.summary()),
+        })
+        .collect()
 }
 
 fn no_rollout(s: &Snapshot, route: &str) -> Response<Vec<u8>> {
@@ -260,13 +254,15 @@ fn fleet(state: &State) -> Response<Vec<u8>> {
             None,
         );
     };
-    let mut body = fleet.status();
-    body["revision"] = state.load().revision.into();
     match fleet.instances() {
-        Ok(instances) => {
-            body["instances"] = instances.into();
-            json(StatusCode::OK, &body)
-        }
+        Ok(instances) => json(
+            StatusCode::OK,
+            &crate::fleet::FleetView {
+                status: fleet.status(),
+                revision: state.load().revision,
+                instances,
+            },
+        ),
         Err(e) => unavailable(
             "store_unavailable",
             &format!("the fleet's instances cannot be read from etcd: {e}"),
@@ -275,65 +271,27 @@ fn fleet(state: &State) -> Response<Vec<u8>> {
     }
 }
 
-/// Routes with their current split / live colour / mirror / rollout, every backend's health, and the
-/// revision.
-fn status(s: &Snapshot) -> Value {
-    let routes: Vec<Value> = s.config.routes.iter().map(route_json).collect();
-    let upstreams: Vec<Value> = s
-        .pools
+/// Every upstream with its backends' health.
+fn upstreams(s: &Snapshot) -> Vec<UpstreamView> {
+    s.pools
         .iter()
         .map(|p| {
-            json!({
-                "name": p.name,
-                "health_check": p.backend_health().first().is_some_and(|b| b.checked),
-                "backends": p.backend_health(),
-            })
+            let backends = p.backend_health();
+            UpstreamView {
+                name: p.name.to_string(),
+                health_check: backends.first().is_some_and(|b| b.checked),
+                backends,
+            }
         })
-        .collect();
-    json!({ "revision": s.revision, "routes": routes, "upstreams": upstreams })
+        .collect()
 }
 
-/// One route as status shows it.
-fn route_json(r: &RouteConfig) -> Value {
-    json!({
-        "name": r.name,
-        "match": r.matcher,
-        "rules": r.rules.len(),
-        // Each rule in order: its `when` and the target it sends to.
-        "rule_list": r.rules,
-        "split": r.split.as_ref().map(split_json),
-        "blue_green": r.blue_green,
-        "mirror": r.mirror,
-        "rollout": r.rollout,
-    })
-}
-
-fn route_status(s: &Snapshot, name: &str) -> Option<Value> {
+fn route_status(s: &Snapshot, name: &str) -> Option<RouteView> {
     s.config
         .routes
         .iter()
         .find(|r| r.name == name)
-        .map(route_json)
-}
-
-/// A split as status shows it: targets in bucket order (baseline first, marked), weights and shares.
-pub(crate) fn split_json(sp: &SplitConfig) -> Value {
-    let total: f64 = sp.targets.iter().map(|(_, w)| *w).sum();
-    let baseline = sp.baseline_name();
-    let targets: Vec<Value> = sp
-        .ordered_targets()
-        .into_iter()
-        .map(|(name, w)| {
-            let share = if total > 0.0 { w / total * 100.0 } else { 0.0 };
-            json!({
-                "target": name,
-                "weight": w,
-                "share": (share * 100.0).round() / 100.0,
-                "baseline": Some(name) == baseline,
-            })
-        })
-        .collect();
-    json!({ "baseline": baseline, "targets": targets, "sticky": sp.sticky, "salt": sp.salt })
+        .map(RouteView::of)
 }
 
 fn etag(revision: u64) -> String {
@@ -380,10 +338,6 @@ fn unknown_param(query: Option<&str>, known: &[&str]) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The OpenAPI 3.1 description of this API (`GET /v1/openapi.json`), kept true by a schemathesis run
-/// against a live instance (tests/openapi.rs).
-const OPENAPI: &str = include_str!("openapi.json");
-
 /// Who makes an API change, why, and the revision the caller based it on (`If-Match`).
 struct Writer<'a> {
     state: &'a State,
@@ -408,7 +362,7 @@ impl Writer<'_> {
             route,
             reason: self.reason.as_deref(),
         };
-        let mut before = Value::Null;
+        let mut before = None;
         let result = self.state.change(change, |live| {
             if let Some(tag) = self.if_match.map(str::trim) {
                 let tag = tag.strip_prefix("W/").unwrap_or(tag);
@@ -420,19 +374,20 @@ impl Writer<'_> {
                 }
             }
             if let Some(name) = route {
-                before = route_status(live, name).unwrap_or(Value::Null);
+                before = route_status(live, name);
             }
             edit(live)
         });
         match result {
             Ok(s) => {
-                let after = route.and_then(|name| route_status(&s, name));
-                let mut body = json!({ "revision": s.revision });
-                if let Some(name) = route {
-                    body["route"] = json!(name);
-                    body["before"] = before;
-                    body["after"] = after.unwrap_or(Value::Null);
-                }
+                let body = ChangeResult {
+                    revision: s.revision,
+                    route: route.map(|name| RouteChange {
+                        route: name.to_string(),
+                        before,
+                        after: route_status(&s, name),
+                    }),
+                };
                 with_etag(json(StatusCode::OK, &body), s.revision)
             }
             Err(e) => change_refused(e),
@@ -663,24 +618,28 @@ fn revisions(state: &State, query: Option<&str>) -> Response<Vec<u8>> {
     };
     let live = state.load().revision;
     let audit = state.audit();
-    let (numbers, next) = page.take(state.revisions(), |n| *n);
-    let list: Vec<Value> = numbers
+    let (numbers, next_after) = page.take(state.revisions(), |n| *n);
+    let revisions = numbers
         .into_iter()
         .map(|n| {
             let entry = audit.iter().rev().find(|e| e.revision == n);
-            json!({
-                "revision": n,
-                "live": n == live,
-                "at": entry.map(|e| e.at.clone()),
-                "actor": entry.map(|e| e.actor.clone()),
-                "action": entry.map(|e| e.action.clone()),
-                "route": entry.and_then(|e| e.route.clone()),
-            })
+            RevisionItem {
+                revision: n,
+                live: n == live,
+                at: entry.map(|e| e.at.clone()),
+                actor: entry.map(|e| e.actor.clone()),
+                action: entry.map(|e| e.action.clone()),
+                route: entry.and_then(|e| e.route.clone()),
+            }
         })
         .collect();
     json(
         StatusCode::OK,
-        &json!({ "live": live, "revisions": list, "next_after": next }),
+        &RevisionsBody {
+            live,
+            revisions,
+            next_after,
+        },
     )
 }
 
@@ -730,9 +689,13 @@ fn invalid(errors: &[crate::config::ConfigError]) -> Response<Vec<u8>> {
         [one] => one.to_string(),
         _ => format!("{} problems in the configuration", errors.len()),
     };
-    let listed: Vec<Value> = errors
+    let listed = errors
         .iter()
-        .map(|e| json!({"path": e.path, "message": e.message, "text": e.to_string()}))
+        .map(|e| ConfigProblem {
+            path: e.path.clone(),
+            message: e.message.clone(),
+            text: e.to_string(),
+        })
         .collect();
     super::problem(
         StatusCode::BAD_REQUEST,

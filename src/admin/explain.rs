@@ -1,11 +1,11 @@
 //! `GET /v1/routes/{name}/explain`: which target a request with given attributes gets, and why —
 //! the pure decision the proxy makes, run on a request described by query parameters.
 
+use super::body::ExplainBody;
 use super::{error, json};
 use crate::release::{self, percent_decode, Outcome, Reason, RequestView};
 use crate::state::Snapshot;
 use http::{Response, StatusCode};
-use serde_json::{json, Value};
 
 /// Which target a request with the given attributes gets on `route`, and why. Query parameters:
 /// `header.NAME=V`, `cookie.NAME=V`, `query.NAME=V`, `client=ID`, `ip=ADDR`, `method=M`.
@@ -70,6 +70,9 @@ pub(crate) fn explain(s: &Snapshot, route: &str, query: Option<&str>) -> Respons
         client_ip: ip,
     };
     let mut random = || 0u32;
+    let baseline = table
+        .route(route_id)
+        .map(|r| table.upstream_name(r.baseline()).to_string());
     match release::decide_for_client(table, route_id, &view, client, &mut random) {
         Outcome::Routed(d) => {
             let why = match d.reason {
@@ -84,21 +87,30 @@ pub(crate) fn explain(s: &Snapshot, route: &str, query: Option<&str>) -> Respons
                 Reason::Live(c) => format!("live colour {}", c.as_str()),
             };
             let random = matches!(d.reason, Reason::Split { sticky: None, .. });
-            json(
-                StatusCode::OK,
-                &json!({
-                    "route": route,
-                    "target": if random { Value::Null } else { json!(table.upstream_name(d.target)) },
-                    "reason": if random { "split:random".to_string() } else { d.reason.to_string() },
-                    "explanation": why,
-                    "baseline": table.route(route_id).map(|r| table.upstream_name(r.baseline())),
-                    "revision": s.revision,
-                }),
-            )
+            let body = ExplainBody {
+                route: route.to_string(),
+                target: (!random).then(|| table.upstream_name(d.target).to_string()),
+                reason: if random {
+                    "split:random".to_string()
+                } else {
+                    d.reason.to_string()
+                },
+                explanation: why,
+                baseline,
+                revision: s.revision,
+            };
+            json(StatusCode::OK, &body)
         }
         Outcome::ClientRequired { .. } => json(
             StatusCode::OK,
-            &json!({"route": route, "target": null, "reason": "client_required", "explanation": "the route requires a known API client (401)", "revision": s.revision}),
+            &ExplainBody {
+                route: route.to_string(),
+                target: None,
+                reason: "client_required".into(),
+                explanation: "the route requires a known API client (401)".into(),
+                baseline,
+                revision: s.revision,
+            },
         ),
         Outcome::NoRoute => error(StatusCode::NOT_FOUND, &s.config.no_such_route(route)),
     }

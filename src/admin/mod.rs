@@ -5,7 +5,9 @@
 //! [`State::change`], so it is validated, persisted, audited, and refused whole on any error.
 
 mod api;
+pub mod body;
 mod explain;
+pub mod openapi;
 mod stats;
 
 use crate::config::parse;
@@ -385,7 +387,7 @@ fn too_large() -> Response<Vec<u8>> {
     )
 }
 
-pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Vec<u8>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     respond(status, "application/json", body)
 }
@@ -413,18 +415,16 @@ pub(crate) fn problem(
     status: StatusCode,
     code: &str,
     detail: &str,
-    errors: Option<Vec<serde_json::Value>>,
+    errors: Option<Vec<body::ConfigProblem>>,
 ) -> Response<Vec<u8>> {
-    let mut body = serde_json::json!({
-        "type": format!("urn:switchyard:problem:{code}"),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-        "code": code,
-    });
-    if let Some(errors) = errors {
-        body["errors"] = serde_json::Value::Array(errors);
-    }
+    let body = body::Problem {
+        kind: format!("urn:switchyard:problem:{code}"),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+        status: status.as_u16(),
+        detail: detail.to_string(),
+        code: code.to_string(),
+        errors,
+    };
     let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
     respond(status, "application/problem+json", body)
 }

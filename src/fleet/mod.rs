@@ -23,6 +23,9 @@
 //! reconnects with backoff; back, it reads what it missed (or everything, after a compaction) before
 //! it takes changes again.
 
+mod view;
+pub use view::{FleetStatus, FleetView, Instance, Registration};
+
 use crate::config::{parse, Config, EtcdConfig};
 use crate::metrics::Stats;
 use crate::state::store::AuditEntry;
@@ -333,18 +336,18 @@ impl Fleet {
     }
 
     /// For `/v1/status`.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> FleetStatus {
         let (since, error) = self.since.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        json!({
-            "instance": self.id,
-            "prefix": self.prefix,
-            "endpoints": self.cfg.endpoints,
-            "connected": self.connected(),
-            "since": since,
-            "last_error": error,
-            "fleet_revision": self.fleet_revision.load(SeqCst),
-            "leads": self.led_routes(),
-        })
+        FleetStatus {
+            instance: self.id.clone(),
+            prefix: self.prefix.clone(),
+            endpoints: self.cfg.endpoints.clone(),
+            connected: self.connected(),
+            since,
+            last_error: error,
+            fleet_revision: self.fleet_revision.load(SeqCst),
+            leads: self.led_routes(),
+        }
     }
 
     /// The routes whose rollout this instance leads.
@@ -557,7 +560,7 @@ impl Fleet {
     }
 
     /// The live instances of the fleet, as they registered. Blocking.
-    pub fn instances(&self) -> Result<Vec<Value>, String> {
+    pub fn instances(&self) -> Result<Vec<Instance>, String> {
         let mut client = self.client()?;
         let prefix = self.key("instances/");
         let leaders_prefix = self.key("leaders/");
@@ -586,13 +589,14 @@ impl Fleet {
             Ok(resp
                 .kvs()
                 .iter()
-                .filter_map(|kv| serde_json::from_slice::<Value>(kv.value()).ok())
-                .map(|mut v| {
-                    let id = v["id"].as_str().unwrap_or_default().to_string();
-                    let mut routes = led.remove(&id).unwrap_or_default();
-                    routes.sort();
-                    v["leads"] = json!(routes);
-                    v
+                .filter_map(|kv| serde_json::from_slice::<Registration>(kv.value()).ok())
+                .map(|registration| {
+                    let mut leads = led.remove(&registration.id).unwrap_or_default();
+                    leads.sort();
+                    Instance {
+                        registration,
+                        leads,
+                    }
                 })
                 .collect())
         })
@@ -1013,15 +1017,15 @@ impl Fleet {
     async fn beat(&self, state: &Arc<State>, client: &mut Client) -> Result<(), String> {
         let lease = self.lease.load(SeqCst);
         let live = state.load();
-        let registration = json!({
-            "id": self.id,
-            "admin": self.admin,
-            "revision": live.revision,
-            "pid": std::process::id(),
-            "version": env!("CARGO_PKG_VERSION"),
-            "started_at": self.started_at,
-            "updated_at": crate::state::store::now_rfc3339(),
-        });
+        let registration = Registration {
+            id: self.id.clone(),
+            admin: self.admin.clone(),
+            revision: live.revision,
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.started_at.clone(),
+            updated_at: crate::state::store::now_rfc3339(),
+        };
         let mut published = Published::default();
         let metrics = state.metrics();
         for r in live.config.routes.iter().filter(|r| r.rollout.is_some()) {
@@ -1041,7 +1045,7 @@ impl Fleet {
         let txn = Txn::new().and_then([
             TxnOp::put(
                 self.key(&format!("instances/{}", self.id)),
-                registration.to_string(),
+                serde_json::to_string(&registration).unwrap_or_default(),
                 Some(put.clone()),
             ),
             TxnOp::put(

@@ -22,7 +22,8 @@ const REDACTED: [&str; 7] = [
 ];
 
 /// One response of a differing pair, as shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "DiffSide")]
 pub struct Side {
     pub status: u16,
     pub headers: BTreeMap<String, String>,
@@ -54,7 +55,8 @@ impl Side {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Diff")]
 pub struct DiffSample {
     pub at: String,
     pub route: String,

@@ -99,7 +99,7 @@ impl MirrorOutcome {
 
 /// How a shadow's answer compared with the primary's: the `result` label of
 /// `switchyard_mirror_compare_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CompareResult {
     Match,

@@ -1,16 +1,13 @@
 //! Control calls by a person or a script (`start`, `pause`, `resume`, `abort`, `promote`, `retry`)
 //! and the views of a rollout the admin API, `ctl` and the metrics read.
 
-use super::controller::{
-    duration, find, rollout_digest, step_words, ControlError, Event, Phase, Record, Rollouts, Run,
-    Summary, ACTIONS,
-};
+use super::controller::{find, step_words, ControlError, Phase, Rollouts, Run, Summary, ACTIONS};
 use super::hooks;
 use super::plan;
+use super::view::RolloutView;
 use crate::config::Step;
 use crate::state::{ChangeError, State};
-use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 impl Rollouts {
     /// A control call by a person (or a script): `start`, `pause`, `resume`, `abort`, `promote`,
@@ -22,7 +19,7 @@ impl Rollouts {
         action: &str,
         actor: &str,
         reason: Option<&str>,
-    ) -> Result<Value, ControlError> {
+    ) -> Result<RolloutView, ControlError> {
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if state.is_handing_over() {
@@ -223,88 +220,6 @@ impl Rollouts {
         drop(inner);
         self.view(state, route)
             .ok_or_else(|| ControlError::NotFound(format!("no such route {route:?}")))
-    }
-
-    /// A route's rollout: phase, step, time held and left, counts and recent history. `None` when the
-    /// route does not exist or has no rollout.
-    pub fn view(&self, state: &State, route: &str) -> Option<Value> {
-        let live = state.load();
-        let r = find(&live, route)?;
-        let ro = r.rollout.as_ref()?;
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let share = r.split.as_ref().map_or(0.0, |s| s.share(&ro.canary));
-        // A rollout block the controller has not taken up yet (within its next turn) is pending.
-        let digest = rollout_digest(ro);
-        let own = inner
-            .runs
-            .get(route)
-            .map(|run| run.record.clone())
-            .filter(|r| r.digest == digest);
-        drop(inner);
-        // In a fleet, an instance that does not lead the rollout shows it as its leader last
-        // saved it.
-        let record = own.or_else(|| {
-            let bytes = state.fleet()?.followed(route)?;
-            serde_json::from_slice::<Record>(&bytes)
-                .ok()
-                .filter(|r| r.digest == digest)
-        });
-        let leader = state
-            .fleet()
-            .and_then(|f| f.leader_of(route))
-            .map(|l| json!({"instance": l.0, "admin": l.1}));
-        let Some(rec) = record else {
-            return Some(json!({
-                "route": route,
-                "canary": ro.canary,
-                "state": "pending",
-                "steps": ro.steps.len(),
-                "canary_share": share,
-            }));
-        };
-        let rec = &rec;
-        let hold = plan::hold_of(ro, rec.step);
-        let held = Duration::from_millis(rec.held_ms);
-        let waiting = matches!(ro.steps.get(rec.step).map(|s| &s.kind), Some(Step::Pause));
-        let left = if rec.phase == Phase::Running && !waiting {
-            Some(hold.saturating_sub(held).as_secs_f64())
-        } else {
-            None
-        };
-        let recent: Vec<&Event> = rec
-            .history
-            .iter()
-            .rev()
-            .take(super::record::FIGURES_KEPT)
-            .collect();
-        let last_check = rec.history.iter().rev().find_map(|e| e.check.as_ref());
-        Some(json!({
-            "route": route,
-            "canary": rec.canary,
-            "baseline": rec.baseline,
-            "state": rec.phase.as_str(),
-            "reason": rec.reason,
-            "step": rec.step + 1,
-            "steps": ro.steps.len(),
-            "phase": step_words(ro, rec.step),
-            "plan": ro.steps.iter().map(plan::describe).collect::<Vec<_>>(),
-            "canary_share": (share * 1e4).round() / 1e4,
-            "hold_seconds": hold.as_secs_f64(),
-            "held_seconds": held.as_secs_f64(),
-            "left_seconds": left,
-            "interval_seconds": duration(&ro.interval, Duration::from_secs(30)).as_secs_f64(),
-            "passes": rec.passes,
-            "failures": rec.failures,
-            "failure_limit": ro.failure_limit,
-            "checks": {"pass": rec.checks[0], "fail": rec.checks[1], "inconclusive": rec.checks[2]},
-            "started_at": rec.started_at,
-            "step_started_at": rec.step_started_at,
-            "history": recent.into_iter().rev().collect::<Vec<_>>(),
-            "last_check": last_check,
-            "step_timeout_seconds": ro.step_timeout.as_deref().map_or(super::checks::DEFAULT_STEP_TIMEOUT, |t| duration(t, super::checks::DEFAULT_STEP_TIMEOUT)).as_secs_f64(),
-            "on_failure": ro.on_failure.as_deref().unwrap_or("rollback"),
-            "leader": leader,
-        }))
     }
 
     /// Every rollout's phase, step and counts, for the metrics.

@@ -76,7 +76,8 @@ impl Gates {
 }
 
 /// A check's (or one test's) outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Verdict")]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Pass,
@@ -95,7 +96,8 @@ impl Outcome {
 }
 
 /// What one arm served since the step began.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "RolloutArm")]
 pub struct Arm {
     pub requests: u64,
     pub errors: u64,
@@ -120,7 +122,8 @@ impl Arm {
 }
 
 /// One test of a check, with every figure it rests on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "RolloutTest")]
 pub struct Test {
     /// The gate (config key) this test enforces.
     pub gate: String,
@@ -145,7 +148,8 @@ pub struct Test {
 }
 
 /// One check: the verdict, both arms, every test, and what an inconclusive step needs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "RolloutCheck")]
 pub struct Check {
     /// Its number in the rollout (from 1); set by the controller.
     #[serde(default)]

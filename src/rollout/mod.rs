@@ -13,5 +13,6 @@ pub mod others;
 pub mod plan;
 pub mod record;
 pub mod stats;
+pub mod view;
 
 pub use controller::{ControlError, Controller, Phase, Rollouts};

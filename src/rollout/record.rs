@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// Where a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "RolloutPhase")]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Running,
@@ -42,7 +43,8 @@ impl Phase {
 }
 
 /// One line of a rollout's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "RolloutEvent")]
 pub struct Event {
     pub at: String,
     /// 1-based step number.

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use store::{AuditEntry, Persisted, Store};
+use store::{AuditEntry, AuditSide, Persisted, Store};
 
 /// Everything a request needs, immutable once published.
 #[derive(Debug)]
@@ -820,8 +820,8 @@ fn missing_audit(revision: u64) -> AuditEntry {
         actor: "unknown".into(),
         action: "unknown".into(),
         route: None,
-        before: serde_json::Value::Null,
-        after: serde_json::Value::Null,
+        before: None,
+        after: None,
         reason: Some("the fleet's store has no audit line for this revision".into()),
     }
 }
@@ -839,20 +839,19 @@ fn audit_entry(
             .routes
             .iter()
             .find(|r| r.name == route)
-            .and_then(|r| serde_json::to_value(r).ok())
-            .unwrap_or(serde_json::Value::Null),
-        (Some(s), None) => serde_json::json!({
-            "revision": s.revision,
-            "routes": s.config.routes.len(),
-            "upstreams": s.config.upstreams.len(),
+            .map(|r| AuditSide::Route(Box::new(r.clone()))),
+        (Some(s), None) => Some(AuditSide::Config(store::ConfigSummary {
+            revision: s.revision,
+            routes: s.config.routes.len(),
+            upstreams: s.config.upstreams.len(),
             // The new config was serialised above; only the previous one needs it here.
-            "sha256": if std::ptr::eq(s, next) {
+            sha256: if std::ptr::eq(s, next) {
                 sha256_hex(yaml.as_bytes())
             } else {
                 sha256_hex(s.config.to_yaml().as_bytes())
             },
-        }),
-        (None, _) => serde_json::Value::Null,
+        })),
+        (None, _) => None,
     };
     AuditEntry {
         revision: next.revision,

@@ -29,16 +29,47 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One line of `audit.jsonl` (SPEC §4).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub revision: u64,
     pub at: String,
     pub actor: String,
     pub action: String,
     pub route: Option<String>,
-    pub before: serde_json::Value,
-    pub after: serde_json::Value,
+    /// The route (or, for a whole-config change, the config) before and after the change.
+    #[serde(default, deserialize_with = "side_or_none")]
+    pub before: Option<AuditSide>,
+    #[serde(default, deserialize_with = "side_or_none")]
+    pub after: Option<AuditSide>,
     pub reason: Option<String>,
+}
+
+/// What an audit line shows of one side of a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum AuditSide {
+    /// A change of the whole config (file, `PUT /v1/config`, restore): its revision and size.
+    Config(ConfigSummary),
+    /// A change of one route: its settings.
+    Route(Box<crate::config::RouteConfig>),
+}
+
+/// A whole config as an audit line names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSummary {
+    pub revision: u64,
+    /// How many routes and upstreams it has.
+    pub routes: usize,
+    pub upstreams: usize,
+    /// SHA-256 of its YAML.
+    pub sha256: String,
+}
+
+/// An audit side as written, or nothing when a line from another version does not read as one.
+fn side_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<AuditSide>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
 }
 
 /// `state.json`.
@@ -432,8 +463,8 @@ mod tests {
             actor: "test".into(),
             action: "route.patch".into(),
             route: None,
-            before: serde_json::Value::Null,
-            after: serde_json::Value::Null,
+            before: None,
+            after: None,
             reason: None,
         }
     }
