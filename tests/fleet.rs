@@ -11,11 +11,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+use common::etcd::Etcd;
 use common::*;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -23,136 +23,6 @@ use std::time::{Duration, Instant};
 const OPS: &str = "ops-token";
 /// Short leases, so that a dead leader is replaced within seconds.
 const LEASE_TTL: Duration = Duration::from_secs(2);
-
-/// A one-member etcd cluster in a temporary directory.
-struct Etcd {
-    dir: PathBuf,
-    client: SocketAddr,
-    peer: SocketAddr,
-    child: Option<Child>,
-    /// Serving its clients over TLS with the tests' `localhost` certificate.
-    tls: bool,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        Etcd::start_as(false)
-    }
-
-    fn start_as(tls: bool) -> Etcd {
-        let client = free_addr();
-        let peer = free_addr();
-        let dir = std::env::temp_dir().join(format!(
-            "switchyard-etcd-{}-{}",
-            std::process::id(),
-            client.port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut etcd = Etcd {
-            dir,
-            client,
-            peer,
-            child: None,
-            tls,
-        };
-        etcd.resume();
-        etcd
-    }
-
-    fn url(&self) -> String {
-        if self.tls {
-            format!("https://localhost:{}", self.client.port())
-        } else {
-            format!("http://{}", self.client)
-        }
-    }
-
-    /// Starts etcd (again) on its data directory and waits until it answers.
-    fn resume(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("etcd.log"))
-            .unwrap();
-        let listen = if self.tls {
-            format!("https://{}", self.client)
-        } else {
-            self.url()
-        };
-        let (_, cert, key) = test_pki();
-        let tls_args: Vec<String> = if self.tls {
-            vec![
-                format!("--cert-file={}", cert.display()),
-                format!("--key-file={}", key.display()),
-            ]
-        } else {
-            Vec::new()
-        };
-        let child = Command::new("etcd")
-            .args(&tls_args)
-            .args([
-                "--name",
-                "default",
-                "--data-dir",
-                &self.dir.join("data").display().to_string(),
-                "--listen-client-urls",
-                &listen,
-                "--advertise-client-urls",
-                &self.url(),
-                "--listen-peer-urls",
-                &format!("http://{}", self.peer),
-                "--initial-advertise-peer-urls",
-                &format!("http://{}", self.peer),
-                "--initial-cluster",
-                &format!("default=http://{}", self.peer),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("etcd (Debian's etcd-server) must be installed: .ci/run installs it");
-        self.child = Some(child);
-        let health = format!("{}/health", self.url());
-        assert!(
-            eventually(Duration::from_secs(20), || client()
-                .get(&health)
-                .call()
-                .is_ok_and(|r| r
-                    .into_string()
-                    .unwrap_or_default()
-                    .contains("true"))),
-            "etcd did not become healthy"
-        );
-    }
-
-    /// Kills etcd (SIGKILL: nothing is said to its clients).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn ctl(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new("etcdctl");
-        cmd.env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(self.url());
-        if self.tls {
-            cmd.arg(format!("--cacert={}", test_pki().0.display()));
-        }
-        let out = cmd.args(args).output().expect("etcdctl");
-        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// One Switchyard of the fleet.
 struct Instance {

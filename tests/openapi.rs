@@ -1,23 +1,39 @@
 //! `GET /v1/openapi.json` is kept true by schemathesis (PyPI) run against a live instance: every
 //! operation it describes is called with generated input, valid and invalid, and every answer must be
 //! documented (status, content type, headers, body schema), no input may cause a 5xx, and no call may
-//! succeed without the token. `.ci/run` installs schemathesis; without it this test fails.
+//! succeed without the token. Run on a lone instance and on one in a fleet (a real etcd), so the
+//! fleet's answers are checked too. `.ci/run` installs schemathesis; without it this test fails.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 use common::*;
+use std::time::Duration;
 
 const OPS: &str = "ops-token-for-schemathesis";
 
 #[test]
 fn schemathesis_finds_every_answer_documented_and_no_server_error() {
+    schemathesis("");
+}
+
+#[test]
+fn schemathesis_finds_every_answer_of_a_fleet_instance_documented() {
+    let etcd = common::etcd::Etcd::start();
+    schemathesis(&format!(
+        "store:\n  etcd: {{endpoints: [\"{}\"], prefix: /openapi, lease_ttl: 2s, timeout: 1s}}\n",
+        etcd.url()
+    ));
+}
+
+/// Starts an instance with `extra` config and runs schemathesis against it.
+fn schemathesis(extra: &str) {
     let (v1, v2) = (backend("v1"), backend("v2"));
     let admin = free_addr();
     let proxy = ProxyProcess::start(&format!(
         r#"admin:
   listen: "{admin}"
   tokens: {{ops: {}}}
-upstreams:
+{extra}upstreams:
   v1: {{backends: ["{}"]}}
   v2: {{backends: ["{}"]}}
 routes:
@@ -38,6 +54,21 @@ routes:
         v2.addr
     ));
     wait_listening(admin);
+    let auth = format!("Bearer {OPS}");
+    if !extra.is_empty() {
+        // In a fleet, rollout control calls need a leader: wait until this instance leads.
+        let fleet = format!("http://{admin}/v1/fleet");
+        assert!(
+            eventually(Duration::from_secs(15), || get(
+                &client(),
+                &fleet,
+                &[("Authorization", &auth)]
+            )
+            .json()["leads"]
+                == serde_json::json!(["api"])),
+            "the instance never led the rollout"
+        );
+    }
     let spec = get(
         &client(),
         &format!("http://{admin}/v1/openapi.json"),

@@ -25,6 +25,17 @@ impl Rollouts {
         if state.is_handing_over() {
             return Err(ControlError::Change(ChangeError::HandingOver));
         }
+        // A route that does not exist, or has no rollout, is 404 on every instance, leader or not.
+        {
+            let live = state.load();
+            let r = find(&live, route)
+                .ok_or_else(|| ControlError::NotFound(live.config.no_such_route(route)))?;
+            if r.rollout.is_none() {
+                return Err(ControlError::NotFound(format!(
+                    "route {route:?} has no rollout configured"
+                )));
+            }
+        }
         if let Some(fleet) = state.fleet() {
             if !fleet.leads(route) {
                 let leader = fleet.leader_of(route);

@@ -8,6 +8,7 @@
     clippy::expect_used
 )]
 
+pub mod etcd;
 pub mod rollout;
 
 pub use switchyard::demo::backend::RunningBackend;
