@@ -297,6 +297,53 @@ fn backend_health_shows_in_status_metrics_and_the_log() {
     assert!(down_lines[0].contains("HTTP 503"), "{log}");
 }
 
+/// A request whose backend refuses the connection, in a pool whose other backend its health check
+/// has marked down: the retry finds no healthy backend left. Both paths answer the same JSON 502
+/// `upstream_unavailable` (the backend tried could not be reached), not an internal error.
+fn a_retry_that_finds_no_healthy_backend_left_is_a_json_502() {
+    let (a, b) = (backend("v1"), backend("v1"));
+    b.control.set_healthy(false);
+    let admin = free_addr();
+    let body = format!(
+        r#"admin: {{listen: "{admin}", tokens: {{ops: {}}}}}
+upstreams:
+  v1:
+    backends: ["{}", "{}"]
+    health_check: {{path: /healthz, interval: 30s, timeout: 500ms}}
+routes:
+  - name: api
+    split: {{targets: {{v1: 1}}}}
+"#,
+        sha256_hex("ops-token"),
+        a.addr,
+        b.addr
+    );
+    let proxy = ProxyProcess::start(&body);
+    let up = || {
+        let text = get(&client(), &format!("http://{admin}/metrics"), &[]).body;
+        [&a, &b].map(|x| {
+            text.contains(&format!(
+                "switchyard_upstream_backend_up{{upstream=\"v1\",backend=\"{}\"}} 1",
+                x.addr
+            ))
+        })
+    };
+    // The first probes mark b down and a up; the next come 30 s later.
+    assert!(eventually(Duration::from_secs(10), || up() == [true, false]));
+    // a stops listening: it is still up for the pool until its next probe.
+    let a_addr = a.addr;
+    drop(a);
+    assert!(std::net::TcpStream::connect(a_addr).is_err());
+    let r = get(&client(), &proxy.url("/x"), &[]);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "upstream_unavailable"})
+    );
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(b.control.requests(), 0, "b is down: never tried");
+}
+
 on_every_path!(
     a_down_pool_falls_back_to_the_baseline_and_recovers,
     nothing_healthy_is_a_json_502,
@@ -304,4 +351,5 @@ on_every_path!(
     a_backend_refusing_connections_is_skipped_without_health_checks,
     a_health_check_added_by_a_reload_starts_checking,
     backend_health_shows_in_status_metrics_and_the_log,
+    a_retry_that_finds_no_healthy_backend_left_is_a_json_502,
 );

@@ -283,6 +283,8 @@ fn client_sent_switchyard_headers_never_reach_upstream() {
             ("X-Switchyard-Client", "globex"),
             ("X-Switchyard-Shadow", "1"),
             ("x-switchyard-anything", "x"),
+            // The bare prefix is in the namespace too.
+            ("X-Switchyard-", "bare"),
         ],
     );
     assert_eq!(r.status, 200);

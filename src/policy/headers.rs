@@ -2,6 +2,16 @@
 //! describe one connection and are never forwarded, nor is any field the `Connection` field names.
 //! Pingora's pipeline strips the same ones itself (`proxy_common.rs`); the engine calls these.
 
+/// The namespace of the proxy's own request fields (`X-Switchyard-Client`, `X-Switchyard-Shadow`).
+pub const INTERNAL_PREFIX: &str = "x-switchyard-";
+
+/// A field in the proxy's own namespace: only the proxy speaks in it, so a client's is dropped on
+/// both request paths (the bare prefix `X-Switchyard-` included).
+pub fn internal(name: &[u8]) -> bool {
+    name.len() >= INTERNAL_PREFIX.len()
+        && name[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX.as_bytes())
+}
+
 /// Request fields that are the proxy's own business and never forwarded.
 pub fn hop_by_hop_request(name: &[u8]) -> bool {
     const NAMES: [&[u8]; 10] = [

@@ -22,6 +22,7 @@ pub use h1::Engine;
 pub use listener::TcpListeners;
 
 use crate::metrics::{Metrics, Rejection, Series, UpstreamError};
+use crate::policy::headers;
 use crate::policy::limits::Limits;
 use crate::policy::request::{self, Refusal};
 use crate::policy::retry;
@@ -38,7 +39,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-pub const HEADER_PREFIX: &str = "x-switchyard-";
 pub const CLIENT_HEADER: &str = "x-switchyard-client";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
@@ -506,11 +506,15 @@ impl ProxyHttp for Proxy {
                 _ => None,
             };
             let Some((target, b)) = picked else {
+                // The upstream side failed (the backends tried could not be reached, the rest are
+                // down): the same 502 the engine gives.
                 self.record_upstream_error(ctx, UpstreamError::NoHealthyUpstream);
-                return Error::e_explain(
+                return Error::explain(
                     ErrorType::ConnectNoRoute,
                     "no healthy backend left to retry",
-                );
+                )
+                .into_up()
+                .into_err();
             };
             ctx.target = Some(target);
             ctx.backend = Some(b);
@@ -846,16 +850,11 @@ fn random_bucket() -> u32 {
 
 /// Removes every client-sent `X-Switchyard-*` header: only the proxy speaks in that namespace.
 fn strip_internal_headers(session: &mut Session) {
-    let headers = &session.req_header().headers;
-    if !headers
+    let names: Vec<http::HeaderName> = session
+        .req_header()
+        .headers
         .keys()
-        .any(|k| k.as_str().starts_with(HEADER_PREFIX))
-    {
-        return;
-    }
-    let names: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(HEADER_PREFIX))
+        .filter(|k| headers::internal(k.as_str().as_bytes()))
         .cloned()
         .collect();
     let req = session.req_header_mut();

@@ -4,10 +4,11 @@
 use super::body::{self, Framing};
 use super::MAX_RESPONSE_FIELDS;
 use crate::metrics::UpstreamError;
+use crate::policy::headers;
 use crate::policy::headers::{hop_by_hop_request, hop_by_hop_response, Nominated};
 use crate::policy::request::{self, Refusal};
 use crate::proxy::mirror::Captured;
-use crate::proxy::{CLIENT_HEADER, HEADER_PREFIX, REQUEST_ID_HEADER};
+use crate::proxy::{CLIENT_HEADER, REQUEST_ID_HEADER};
 use std::mem::MaybeUninit;
 
 /// The fields httparse found, as the decision reads raw fields.
@@ -94,12 +95,7 @@ impl<'a> RequestFields<'a> {
                     }
                     f.coding_count += 1;
                 }
-                n if n > HEADER_PREFIX.len()
-                    && name[..HEADER_PREFIX.len()]
-                        .eq_ignore_ascii_case(HEADER_PREFIX.as_bytes()) =>
-                {
-                    continue;
-                }
+                _ if headers::internal(name) => continue,
                 _ => {}
             }
             fields[f.kept] = h;
