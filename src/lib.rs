@@ -17,5 +17,6 @@ pub mod release;
 pub mod rollout;
 pub mod server;
 pub mod state;
+pub mod time;
 pub mod upgrade;
 pub mod upstream;

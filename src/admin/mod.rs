@@ -270,8 +270,8 @@ impl AdminGate {
 
 #[async_trait]
 impl crate::proxy::gate::Front for AdminGate {
-    fn limits(&self) -> crate::policy::limits::Limits {
-        crate::policy::limits::Limits::from_config(&self.state.load().config.server.limits)
+    fn limits(&self) -> crate::config::Limits {
+        crate::config::Limits::from_config(&self.state.load().config.server.limits)
             .unwrap_or_default()
     }
     fn h2c(&self) -> bool {
@@ -281,7 +281,7 @@ impl crate::proxy::gate::Front for AdminGate {
         &self,
         stream: &mut pingora::protocols::Stream,
         (why, _): crate::proxy::gate::Refused,
-        limits: &crate::policy::limits::Limits,
+        limits: &crate::config::Limits,
     ) {
         use tokio::io::AsyncWriteExt;
         let status = StatusCode::from_u16(why.status()).unwrap_or(StatusCode::BAD_REQUEST);

@@ -4,6 +4,8 @@
 //! text the operator wrote, so that serde only fails on *structure* (unknown keys, wrong types) and the
 //! validation pass in [`validate`] can report every semantic problem at once, each with its path.
 
+mod access_log;
+pub mod limits;
 mod ordered;
 pub mod parse;
 mod step;
@@ -11,6 +13,8 @@ mod structure;
 mod suggest;
 mod validate;
 
+pub use access_log::ACCESS_LOG_FIELDS;
+pub use limits::Limits;
 pub use ordered::OrderedMap;
 pub use step::{Step, StepConfig};
 pub use suggest::suggestion;
@@ -140,7 +144,7 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
 }
 
-/// `server.limits`, as written; checked and compiled by [`crate::policy::limits::Limits`].
+/// `server.limits`, as written; read into [`Limits`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {

@@ -121,19 +121,19 @@ fn server(config: &Config, e: &mut Errors) {
             e.push(format!("server.{key}"), "must not be empty");
         }
     }
-    if let Err(errors) = crate::policy::limits::Limits::from_config(&s.limits) {
+    if let Err(errors) = crate::config::Limits::from_config(&s.limits) {
         e.0.extend(errors);
     }
     if s.access_log.trim().is_empty() {
         e.push("server.access_log", "must be stdout, off or a file path");
     }
     for (i, f) in s.access_log_fields.iter().enumerate() {
-        if !crate::proxy::access_log::FIELDS.contains(&f.as_str()) {
+        if !super::ACCESS_LOG_FIELDS.contains(&f.as_str()) {
             e.push(
                 format!("server.access_log_fields[{i}]"),
                 format!(
                     "unknown field {f:?}; the fields are: {}",
-                    crate::proxy::access_log::FIELDS.join(", ")
+                    super::ACCESS_LOG_FIELDS.join(", ")
                 ),
             );
         }

@@ -267,12 +267,12 @@ impl Fleet {
             fleet_revision: AtomicU64::new(0),
             applied_etcd: AtomicI64::new(0),
             lease: AtomicI64::new(0),
-            since: Mutex::new((crate::state::store::now_rfc3339(), None)),
+            since: Mutex::new((crate::time::now_rfc3339(), None)),
             leaders: Mutex::default(),
             followed: Mutex::default(),
             campaign_now: tokio::sync::Notify::new(),
             stop: tokio::sync::watch::channel(false).0,
-            started_at: crate::state::store::now_rfc3339(),
+            started_at: crate::time::now_rfc3339(),
         })
     }
 
@@ -328,7 +328,7 @@ impl Fleet {
         let was = self.connected.swap(up, SeqCst);
         let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
         if was != up {
-            since.0 = crate::state::store::now_rfc3339();
+            since.0 = crate::time::now_rfc3339();
         }
         if error.is_some() || up {
             since.1 = error;
@@ -1024,7 +1024,7 @@ impl Fleet {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: self.started_at.clone(),
-            updated_at: crate::state::store::now_rfc3339(),
+            updated_at: crate::time::now_rfc3339(),
         };
         let mut published = Published::default();
         let metrics = state.metrics();

@@ -3,6 +3,5 @@
 //! a parser's types; it takes bytes and strings.
 
 pub mod headers;
-pub mod limits;
 pub mod request;
 pub mod retry;

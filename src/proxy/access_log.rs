@@ -7,8 +7,8 @@
 
 use crate::metrics::{Metrics, Rejection};
 use crate::release::{Decision, RouteId, UpstreamId};
-use crate::state::store::rfc3339;
 use crate::state::Snapshot;
+use crate::time::rfc3339;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -98,34 +98,6 @@ pub fn valid_traceparent(v: &[u8]) -> Option<String> {
         && (parts.len() == 4 || parts[0] != b"00");
     ok.then(|| String::from_utf8_lossy(v.trim_ascii()).into_owned())
 }
-
-/// Every field of a line, in order: what `server.access_log_fields` may select from.
-pub const FIELDS: [&str; 24] = [
-    "ts",
-    "request_id",
-    "route",
-    "target",
-    "reason",
-    "client",
-    "method",
-    "path",
-    "protocol",
-    "status",
-    "upstream",
-    "duration_ms",
-    "mirrored",
-    "fallback_from",
-    "error",
-    "client_addr",
-    "x_forwarded_for",
-    "host",
-    "user_agent",
-    "request_bytes",
-    "response_bytes",
-    "upstream_ttfb_ms",
-    "tls_version",
-    "traceparent",
-];
 
 /// RFC 3339 timestamps with milliseconds, formatted once per second: lines of the same second reuse
 /// the date and time and only write their milliseconds.
@@ -508,7 +480,7 @@ mod tests {
             .write_json(&mut out, &mut Timestamps::default(), None)
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        for f in FIELDS {
+        for f in crate::config::ACCESS_LOG_FIELDS {
             assert!(v.get(f).is_some(), "{f} missing in {v}");
         }
         assert_eq!(v["upstream_ttfb_ms"], 0.7);

@@ -21,9 +21,9 @@ pub use gate::Pipeline;
 pub use h1::Engine;
 pub use listener::TcpListeners;
 
+use crate::config::Limits;
 use crate::metrics::{Metrics, Rejection, Series, UpstreamError};
 use crate::policy::headers;
-use crate::policy::limits::Limits;
 use crate::policy::request::{self, Refusal};
 use crate::policy::retry;
 use crate::release::{self, Decision, Outcome, RequestView, RouteId, UpstreamId};

@@ -14,7 +14,7 @@ use super::plan;
 use super::record::Event;
 use crate::config::{parse, RolloutConfig, Step};
 use crate::metrics::Stats;
-use crate::state::{store, State};
+use crate::state::State;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -95,7 +95,7 @@ impl Rollouts {
         let verdict = check.verdict;
         let gate = check.gate.clone();
         let event = Event {
-            at: store::now_rfc3339(),
+            at: crate::time::now_rfc3339(),
             step: step + 1,
             event: "check".into(),
             verdict: Some(verdict.as_str().into()),

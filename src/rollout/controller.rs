@@ -21,7 +21,7 @@ pub use super::record::{Event, Phase, Record};
 use super::record::{FIGURES_KEPT, HISTORY};
 use crate::config::{parse, RolloutConfig, RouteConfig, Step};
 use crate::metrics::Stats;
-use crate::state::{sha256_hex, store, Change, ChangeError, Snapshot, State};
+use crate::state::{sha256_hex, Change, ChangeError, Snapshot, State};
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
@@ -123,7 +123,7 @@ pub(super) fn duration(text: &str, default: Duration) -> Duration {
 
 impl Run {
     pub(super) fn new(r: &RouteConfig, ro: &RolloutConfig, now: Instant) -> Run {
-        let at = store::now_rfc3339();
+        let at = crate::time::now_rfc3339();
         Run {
             record: Record {
                 route: r.name.clone(),
@@ -177,7 +177,7 @@ impl Run {
         r.passes = 0;
         r.failures = 0;
         r.starved_ms = 0;
-        r.step_started_at = store::now_rfc3339();
+        r.step_started_at = crate::time::now_rfc3339();
         self.marks = None;
         self.last_check = now;
         self.pre_step = None;
@@ -519,7 +519,7 @@ impl Rollouts {
         reason: String,
     ) {
         let e = Event {
-            at: store::now_rfc3339(),
+            at: crate::time::now_rfc3339(),
             step: run.record.step + 1,
             event: event.to_string(),
             verdict: verdict.map(str::to_string),

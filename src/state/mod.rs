@@ -816,7 +816,7 @@ fn cache(writer: &Writer, entry: &AuditEntry, yaml: Option<&str>) {
 fn missing_audit(revision: u64) -> AuditEntry {
     AuditEntry {
         revision,
-        at: store::now_rfc3339(),
+        at: crate::time::now_rfc3339(),
         actor: "unknown".into(),
         action: "unknown".into(),
         route: None,
@@ -855,7 +855,7 @@ fn audit_entry(
     };
     AuditEntry {
         revision: next.revision,
-        at: store::now_rfc3339(),
+        at: crate::time::now_rfc3339(),
         actor: change.actor.to_string(),
         action: change.action.to_string(),
         route: change.route.map(str::to_string),

@@ -74,7 +74,7 @@ impl Reloader {
         };
         let mut outcome = outcome;
         outcome["pid"] = std::process::id().into();
-        outcome["at"] = super::store::now_rfc3339().into();
+        outcome["at"] = crate::time::now_rfc3339().into();
         self.state.record_reload_outcome(outcome);
     }
 }

@@ -317,7 +317,7 @@ fn fleet_revision(n: u64, canary: u32) -> crate::fleet::Entry {
         shared: Some(crate::fleet::shared_yaml(&config)),
         audit: Some(store::AuditEntry {
             revision: n,
-            at: store::now_rfc3339(),
+            at: crate::time::now_rfc3339(),
             actor: "ops".into(),
             action: "route.patch".into(),
             route: Some("api".into()),

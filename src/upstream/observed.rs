@@ -2,7 +2,7 @@
 //! last failed probe's error. The HTTP health check is wrapped so each probe and each transition is
 //! recorded; a transition is logged as one line in words naming the upstream and the backend.
 
-use crate::state::store::rfc3339;
+use crate::time::rfc3339;
 use async_trait::async_trait;
 use pingora::lb::health_check::HealthCheck;
 use pingora::lb::Backend;

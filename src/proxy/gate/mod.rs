@@ -19,8 +19,8 @@
 mod fence;
 
 use super::{drain, request_id, Answer, Ctx, Proxy, REQUEST_ID_HEADER};
+use crate::config::Limits;
 use crate::metrics::Rejection;
-use crate::policy::limits::Limits;
 use crate::policy::request::{self, Refusal};
 use async_trait::async_trait;
 use bytes::BytesMut;

@@ -484,7 +484,7 @@ pub fn judge(
     series.record_compare(metrics.now(), verdict.result);
     if verdict.result != crate::metrics::CompareResult::Match {
         metrics.mirror_diffs.push(DiffSample {
-            at: crate::state::store::rfc3339(SystemTime::now()),
+            at: crate::time::rfc3339(SystemTime::now()),
             route: meta.route,
             target: meta.target,
             request_id: meta.request_id,

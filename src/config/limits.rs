@@ -1,10 +1,10 @@
-//! Per-connection limits of `server.limits` (SPEC §2), compiled once at start-up and applied by both
-//! request paths: how long a request head may take to arrive, how long a body or a response may stall,
+//! Per-connection limits of `server.limits` (SPEC §2), as typed values read once from the config and
+//! applied by both request paths: how long a request head may take to arrive, how long a body or a response may stall,
 //! how long an idle keep-alive connection is kept, how large a head may be, how many connections and
 //! how many requests per connection are served. A stalled client never pins an upstream connection
 //! past them.
 
-use crate::config::{parse, ConfigError, LimitsConfig};
+use super::{parse, ConfigError, LimitsConfig};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
