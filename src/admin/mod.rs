@@ -8,6 +8,7 @@ mod api;
 pub mod body;
 mod explain;
 pub mod openapi;
+pub mod prometheus;
 mod stats;
 
 use crate::config::parse;
@@ -155,7 +156,7 @@ fn open_endpoint(state: &State, session: &ServerSession) -> Option<Response<Vec<
                 ));
             }
             let live = state.load();
-            let text = match crate::metrics::prometheus::render(
+            let text = match prometheus::render(
                 state.metrics(),
                 live.revision,
                 &live.config,
@@ -184,7 +185,7 @@ fn open_endpoint(state: &State, session: &ServerSession) -> Option<Response<Vec<
             let is_zipped = zipped.is_some();
             let mut r = respond(
                 StatusCode::OK,
-                crate::metrics::prometheus::CONTENT_TYPE,
+                prometheus::CONTENT_TYPE,
                 zipped.unwrap_or(text),
             );
             if is_zipped {

@@ -9,8 +9,7 @@
 
 pub mod diffs;
 mod histogram;
-pub mod prometheus;
-mod series;
+pub mod series;
 
 pub use histogram::{bucket_of, Latencies, BUCKETS, EDGES_US, PROMETHEUS_LE_US};
 pub use series::{

@@ -12,7 +12,6 @@
 
 pub mod merge;
 mod reload;
-pub mod reloader;
 pub use reload::Reload;
 use reload::{merge_file_onto, write_base};
 pub mod store;

@@ -3,8 +3,7 @@
 //! once a second), so pools added by a config change are checked within a second, and removed ones
 //! stop being checked.
 
-use super::monotonic_ms;
-use crate::state::State;
+use super::{monotonic_ms, Pool};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -18,27 +17,28 @@ const TICK: Duration = Duration::from_millis(50);
 /// (the process is often pinned to one core) next to nothing.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
+/// The pools of the live config, read each time the checker wakes.
+pub type LivePools = Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>;
+
 pub struct HealthChecker {
-    state: Arc<State>,
+    pools: LivePools,
 }
 
 impl HealthChecker {
-    pub fn new(state: Arc<State>) -> Self {
-        HealthChecker { state }
+    pub fn new(pools: LivePools) -> Self {
+        HealthChecker { pools }
     }
 
     /// Starts the checks that are due, each on its own task so a slow backend never delays others,
     /// and says how long to wait before looking again.
     fn run_due_checks(&self) -> Duration {
-        let snapshot = self.state.load();
         let now = monotonic_ms();
         let mut wait = IDLE_TICK;
-        for pool in snapshot.pools.iter() {
+        for pool in (self.pools)() {
             let Some(due_in) = pool.health_check_due_in(now) else {
                 continue;
             };
             if due_in == 0 && pool.claim_health_check() {
-                let pool = pool.clone();
                 tokio::spawn(async move { pool.run_health_check().await });
             }
             wait = wait.min(Duration::from_millis(due_in));

@@ -2,10 +2,12 @@
 //! (`pingora_prometheus::prometheus`): our series are read into metric families at scrape time and
 //! encoded with its `TextEncoder`, followed by anything registered in its default registry.
 
-use super::histogram::{Latencies, PROMETHEUS_LE_US};
-use super::series::{class_of, CompareResult, MirrorOutcome, UpstreamError, CLASS_NAMES};
-use super::{Metrics, Rejection};
 use crate::config::Config;
+use crate::metrics::series::CLASS_NAMES;
+use crate::metrics::{
+    class_of, CompareResult, Latencies, Metrics, MirrorOutcome, Rejection, UpstreamError,
+    PROMETHEUS_LE_US,
+};
 use pingora_prometheus::prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
@@ -435,7 +437,7 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
         "Requests being answered now.",
         GAUGE,
     );
-    in_flight.gauge(&[], super::requests_in_flight() as f64);
+    in_flight.gauge(&[], crate::metrics::requests_in_flight() as f64);
 
     let mut weights = Family::new(
         "switchyard_split_weight",

@@ -1,12 +1,12 @@
 //! Reload on SIGHUP: re-read the config file. A file equal to the one last applied changes nothing; a
-//! changed one is merged onto the live config ([`super::merge`]) as a new revision by actor `file`; an
+//! changed one is merged onto the live config ([`crate::state::merge`]) as a new revision by actor `file`; an
 //! invalid one, or one that conflicts with live changes (unless `switchyard reload --force` asked), is
 //! refused with every error logged, and the running config stays. Each outcome is also written to `state_dir/reload.json`, which
 //! `switchyard reload` waits for. Handling SIGHUP here also keeps its default action (ending the
 //! process) from applying. SIGUSR1 reopens the access log file, as logrotate expects (as nginx does).
 
-use super::{ChangeError, Reload, Snapshot, State};
 use crate::proxy::AccessLog;
+use crate::state::{ChangeError, Reload, Snapshot, State};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;

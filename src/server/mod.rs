@@ -4,7 +4,7 @@
 use crate::config::{parse, Config};
 use crate::proxy::access_log::{AccessLog, Destination};
 use crate::proxy::{Drain, Engine, Pipeline, Proxy, TcpListeners};
-use crate::state::reloader::Reloader;
+mod reloader;
 use crate::state::State;
 use crate::upstream::HealthChecker;
 use anyhow::Context;
@@ -12,6 +12,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use reloader::Reloader;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,7 +132,10 @@ pub fn build(
     }
     server.add_service(background_service(
         "health checks",
-        HealthChecker::new(state.clone()),
+        HealthChecker::new({
+            let state = state.clone();
+            Box::new(move || state.load().pools.iter().cloned().collect())
+        }),
     ));
     if let Some(admin) = state.load().config.admin.clone() {
         let mut api = Service::new(
