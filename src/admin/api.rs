@@ -7,11 +7,17 @@ use super::body::{
 };
 use super::{error, json, respond, Request};
 use crate::config::{Config, PercentValue, RouteConfig};
+use crate::rollout::Rollouts;
 use crate::state::{Change, ChangeError, Snapshot, State};
 use http::{Method, Response, StatusCode};
 use serde_json::Value;
 
-pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<u8>> {
+pub(crate) fn handle(
+    state: &State,
+    rollouts: &Rollouts,
+    actor: &str,
+    req: &Request,
+) -> Response<Vec<u8>> {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     let reason = match req.method {
         Method::GET => None,
@@ -40,7 +46,7 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
             let live = state.load();
             let body = StatusBody {
                 revision: live.revision,
-                routes: listed_routes(state, &live),
+                routes: listed_routes(state, rollouts, &live),
                 upstreams: upstreams(&live),
                 fleet: state.fleet().map(|f| f.status()),
             };
@@ -50,7 +56,7 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         (&Method::GET, ["v1", "routes"]) => {
             let live = state.load();
             let body = RoutesBody {
-                routes: listed_routes(state, &live),
+                routes: listed_routes(state, rollouts, &live),
                 revision: live.revision,
             };
             with_etag(json(StatusCode::OK, &body), live.revision)
@@ -61,7 +67,7 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
                 Some(r) => {
                     let body = RouteDetail {
                         route: r,
-                        rollout_state: state.rollouts.view(state, route),
+                        rollout_state: rollouts.view(state, route),
                     };
                     with_etag(json(StatusCode::OK, &body), live.revision)
                 }
@@ -72,17 +78,12 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
         (&Method::PUT, ["v1", "config"]) => put_config(&w, req),
         (&Method::PATCH, ["v1", "routes", route]) => patch_route(&w, route, &req.body),
         (&Method::POST, ["v1", "routes", route, "rollback"]) => rollback(&w, route),
-        (&Method::GET, ["v1", "routes", route, "rollout"]) => {
-            match state.rollouts.view(state, route) {
-                Some(v) => json(StatusCode::OK, &v),
-                None => no_rollout(&state.load(), route),
-            }
-        }
+        (&Method::GET, ["v1", "routes", route, "rollout"]) => match rollouts.view(state, route) {
+            Some(v) => json(StatusCode::OK, &v),
+            None => no_rollout(&state.load(), route),
+        },
         (&Method::POST, ["v1", "routes", route, "rollout", action]) => {
-            match state
-                .rollouts
-                .control(state, route, action, actor, w.reason.as_deref())
-            {
+            match rollouts.control(state, route, action, actor, w.reason.as_deref()) {
                 Ok(v) => {
                     let revision = state.load().revision;
                     with_etag(json(StatusCode::OK, &v), revision)
@@ -153,13 +154,13 @@ pub(crate) fn handle(state: &State, actor: &str, req: &Request) -> Response<Vec<
 }
 
 /// Every route as status shows it, each with its rollout's state in one line.
-fn listed_routes(state: &State, s: &Snapshot) -> Vec<ListedRoute> {
+fn listed_routes(state: &State, rollouts: &Rollouts, s: &Snapshot) -> Vec<ListedRoute> {
     s.config
         .routes
         .iter()
         .map(|r| ListedRoute {
             route: RouteView::of(r),
-            rollout_state: state.rollouts.view(state, &r.name).map(|v| v.summary()),
+            rollout_state: rollouts.view(state, &r.name).map(|v| v.summary()),
         })
         .collect()
 }

@@ -12,6 +12,7 @@ pub mod prometheus;
 mod stats;
 
 use crate::config::parse;
+use crate::rollout::Rollouts;
 use crate::state::State;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -25,11 +26,12 @@ pub const MAX_BODY: usize = 4 << 20;
 
 pub struct AdminApi {
     state: Arc<State>,
+    rollouts: Arc<Rollouts>,
 }
 
 impl AdminApi {
-    pub fn new(state: Arc<State>) -> Self {
-        AdminApi { state }
+    pub fn new(state: Arc<State>, rollouts: Arc<Rollouts>) -> Self {
+        AdminApi { state, rollouts }
     }
 
     /// The name of the admin token presented, if it is one of the configured tokens. Every configured
@@ -83,7 +85,7 @@ impl ServeHttp for AdminApi {
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes().to_vec());
 
-        if let Some(r) = open_endpoint(&self.state, session) {
+        if let Some(r) = open_endpoint(&self.state, &self.rollouts, session) {
             return r;
         }
         if path == "/ui" || path == "/ui/" {
@@ -132,8 +134,10 @@ impl ServeHttp for AdminApi {
         };
         // Off the service's threads: a slow call (stats over thousands of routes, a large config)
         // never holds up /healthz or /metrics, which are answered above without waiting.
-        let state = self.state.clone();
-        match tokio::task::spawn_blocking(move || api::handle(&state, &actor, &req)).await {
+        let (state, rollouts) = (self.state.clone(), self.rollouts.clone());
+        match tokio::task::spawn_blocking(move || api::handle(&state, &rollouts, &actor, &req))
+            .await
+        {
             Ok(response) => response,
             Err(e) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -145,7 +149,11 @@ impl ServeHttp for AdminApi {
 
 /// `/metrics` and `/healthz`, open on the admin listener and on `metrics.listen`; `None` for any
 /// other path.
-fn open_endpoint(state: &State, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+fn open_endpoint(
+    state: &State,
+    rollouts: &Rollouts,
+    session: &ServerSession,
+) -> Option<Response<Vec<u8>>> {
     let head = session.req_header();
     match head.uri.path() {
         "/metrics" => {
@@ -161,7 +169,7 @@ fn open_endpoint(state: &State, session: &ServerSession) -> Option<Response<Vec<
                 live.revision,
                 &live.config,
                 &live.pools,
-                &state.rollouts,
+                rollouts,
                 state.fleet().map(|f| f.as_ref()),
             ) {
                 Ok(text) => text,
@@ -259,10 +267,11 @@ pub struct AdminGate {
 }
 
 impl AdminGate {
-    pub fn new(state: Arc<State>) -> Self {
+    pub fn new(state: Arc<State>, rollouts: Arc<Rollouts>) -> Self {
         AdminGate {
             inner: Arc::new(pingora::apps::http_app::HttpServer::new_app(AdminApi::new(
                 state.clone(),
+                rollouts,
             ))),
             state,
         }
@@ -320,18 +329,19 @@ impl pingora::apps::ServerApp for AdminGate {
 /// `metrics.listen`: `/metrics` and `/healthz` only, no token.
 pub struct MetricsEndpoint {
     state: Arc<State>,
+    rollouts: Arc<Rollouts>,
 }
 
 impl MetricsEndpoint {
-    pub fn new(state: Arc<State>) -> Self {
-        MetricsEndpoint { state }
+    pub fn new(state: Arc<State>, rollouts: Arc<Rollouts>) -> Self {
+        MetricsEndpoint { state, rollouts }
     }
 }
 
 #[async_trait]
 impl ServeHttp for MetricsEndpoint {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        open_endpoint(&self.state, session).unwrap_or_else(|| {
+        open_endpoint(&self.state, &self.rollouts, session).unwrap_or_else(|| {
             error(
                 StatusCode::NOT_FOUND,
                 "this listener serves /metrics and /healthz only",

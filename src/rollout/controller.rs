@@ -619,11 +619,12 @@ pub(super) fn step_words(ro: &RolloutConfig, i: usize) -> String {
 /// Drives [`Rollouts::tick`] while the server runs.
 pub struct Controller {
     state: std::sync::Arc<State>,
+    rollouts: std::sync::Arc<Rollouts>,
 }
 
 impl Controller {
-    pub fn new(state: std::sync::Arc<State>) -> Controller {
-        Controller { state }
+    pub fn new(state: std::sync::Arc<State>, rollouts: std::sync::Arc<Rollouts>) -> Controller {
+        Controller { state, rollouts }
     }
 }
 
@@ -639,8 +640,8 @@ impl pingora::services::background::BackgroundService for Controller {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = ticker.tick() => {
-                    let state = self.state.clone();
-                    if let Err(e) = tokio::task::spawn_blocking(move || state.rollouts.tick(&state)).await {
+                    let (state, rollouts) = (self.state.clone(), self.rollouts.clone());
+                    if let Err(e) = tokio::task::spawn_blocking(move || rollouts.tick(&state)).await {
                         log::error!("rollout controller: {e}");
                     }
                 }

@@ -137,10 +137,13 @@ pub fn build(
             Box::new(move || state.load().pools.iter().cloned().collect())
         }),
     ));
+    // The rollouts of this instance's routes (SPEC §6): walked by the controller, shown and
+    // controlled through the admin API.
+    let rollouts = Arc::new(crate::rollout::Rollouts::default());
     if let Some(admin) = state.load().config.admin.clone() {
         let mut api = Service::new(
             "switchyard admin".to_string(),
-            crate::admin::AdminGate::new(state.clone()),
+            crate::admin::AdminGate::new(state.clone(), rollouts.clone()),
         );
         api.add_tcp(&admin.listen);
         server.add_service(api);
@@ -148,7 +151,7 @@ pub fn build(
     if let Some(metrics) = state.load().config.metrics.clone() {
         let mut endpoint = Service::new(
             "switchyard metrics".to_string(),
-            crate::admin::MetricsEndpoint::new(state.clone()),
+            crate::admin::MetricsEndpoint::new(state.clone(), rollouts.clone()),
         );
         endpoint.add_tcp(&metrics.listen);
         server.add_service(endpoint);
@@ -164,7 +167,7 @@ pub fn build(
     }
     server.add_service(background_service(
         "rollouts",
-        crate::rollout::Controller::new(state.clone()),
+        crate::rollout::Controller::new(state.clone(), rollouts),
     ));
     server.add_service(background_service("drain", Drain));
     Ok((server, state))

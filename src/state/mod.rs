@@ -117,8 +117,6 @@ pub struct State {
     /// Set when the listening sockets go to a new process: from then on that process is the only
     /// writer, and changes here are refused (503, retried by `ctl`).
     handing_over: std::sync::atomic::AtomicBool,
-    /// The rollouts of this instance's routes (SPEC §6).
-    pub rollouts: crate::rollout::Rollouts,
     /// The fleet this instance belongs to (`store.etcd`), if any.
     fleet: Option<Arc<Fleet>>,
 }
@@ -160,7 +158,6 @@ impl State {
             }),
             metrics: Arc::default(),
             handing_over: Default::default(),
-            rollouts: Default::default(),
             fleet: None,
         })
     }
@@ -204,7 +201,6 @@ impl State {
             writer: Mutex::new(writer),
             metrics: Arc::default(),
             handing_over: Default::default(),
-            rollouts: Default::default(),
             fleet: None,
         };
         if let Some(p) = persisted.as_ref().filter(|p| p.file_sha256 == file_sha256) {
@@ -657,7 +653,6 @@ impl State {
             }),
             metrics: Arc::default(),
             handing_over: Default::default(),
-            rollouts: Default::default(),
             fleet: Some(fleet.clone()),
         };
         match fleet.read_at_start(revision) {
