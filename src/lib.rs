@@ -3,6 +3,17 @@
 //! Data flows one way: [`config`] (YAML) → [`release::ReleaseTable::compile`] → [`state`] publishes a
 //! snapshot → [`proxy`] reads one snapshot per request and calls the pure [`release::decide`], then
 //! counts what happened in [`metrics`].
+//!
+//! Modules sit on floors and import only from their own floor or below (`.ci/layers.py` fails CI
+//! on an upward import or a cycle):
+//!
+//! 1. [`time`], [`config`]: timestamps; the configuration read into typed values.
+//! 2. [`policy`], [`release`]: the rules both request paths share; the pure release decision.
+//! 3. [`state`], [`upstream`], [`metrics`]: the live snapshot and its single writer (a fleet's
+//!    store plugs in as a [`state::shared::SharedStore`]); backend pools and health; counters.
+//! 4. [`rollout`], [`fleet`]: the rollout controller; the fleet on etcd.
+//! 5. [`proxy`], [`admin`]: the request paths; the admin API, status page and Prometheus exposition.
+//! 6. [`server`], [`upgrade`], [`demo`], [`ctl`], [`cli`]: assembling and running it all.
 
 pub mod admin;
 pub mod cli;

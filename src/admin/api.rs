@@ -48,7 +48,7 @@ pub(crate) fn handle(
                 revision: live.revision,
                 routes: listed_routes(state, rollouts, &live),
                 upstreams: upstreams(&live),
-                fleet: state.fleet().map(|f| f.status()),
+                fleet: crate::fleet::of(state).map(|f| f.status()),
             };
             with_etag(json(StatusCode::OK, &body), live.revision)
         }
@@ -247,7 +247,7 @@ fn to_leader(req: &Request, e: crate::rollout::ControlError) -> Response<Vec<u8>
 /// `GET /v1/fleet`: this instance in its fleet, and every live instance with the revision it serves
 /// and the rollouts it leads.
 fn fleet(state: &State) -> Response<Vec<u8>> {
-    let Some(fleet) = state.fleet() else {
+    let Some(fleet) = crate::fleet::of(state) else {
         return super::problem(
             StatusCode::NOT_FOUND,
             "not_in_a_fleet",

@@ -170,7 +170,7 @@ fn open_endpoint(
                 &live.config,
                 &live.pools,
                 rollouts,
-                state.fleet().map(|f| f.as_ref()),
+                crate::fleet::of(state),
             ) {
                 Ok(text) => text,
                 Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, &e)),

@@ -24,6 +24,9 @@
 //! it takes changes again.
 
 mod view;
+pub use crate::state::shared::{
+    changes_local, compose, shared_yaml, with_local, CatchUp, CommitError, Entry, SharedStore,
+};
 pub use view::{FleetStatus, FleetView, Instance, Registration};
 
 use crate::config::{parse, Config, EtcdConfig};
@@ -43,78 +46,16 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The fleet `state` belongs to, if any.
+pub fn of(state: &State) -> Option<&Fleet> {
+    state.shared()?.as_any().downcast_ref::<Fleet>()
+}
+
 /// Longest pause between two attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often an instance publishes its counts, renews its registration and looks for leaderless
 /// rollouts.
 const BEAT: Duration = Duration::from_secs(1);
-
-/// Why a change could not be committed to the fleet.
-#[derive(Debug)]
-pub enum CommitError {
-    /// Another instance committed a revision since this one's (the fleet is at this one).
-    Conflict(u64),
-    /// etcd could not be reached, or did not answer in time.
-    Unavailable(String),
-}
-
-/// One revision read from etcd.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub revision: u64,
-    /// The shared configuration (`None` once pruned from etcd).
-    pub shared: Option<String>,
-    pub audit: Option<AuditEntry>,
-}
-
-/// What an instance missed: the fleet's live revision and every revision after the one it has.
-#[derive(Debug, Clone)]
-pub struct CatchUp {
-    /// The fleet's live revision (`None`: nothing was ever committed under the prefix).
-    pub head: Option<u64>,
-    /// Ascending; the head's own entry is always there when `head` is.
-    pub entries: Vec<Entry>,
-    /// etcd's own revision of this read: the watch starts after it.
-    pub etcd_revision: i64,
-    /// Rollout records as their leaders saved them, by route.
-    pub rollouts: Vec<(String, Vec<u8>)>,
-}
-
-/// The shared part of a configuration, as kept in `P/revisions/<n>`.
-#[derive(Serialize)]
-struct Shared<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    clients: &'a Option<crate::config::ClientsConfig>,
-    upstreams: &'a crate::config::OrderedMap<crate::config::UpstreamConfig>,
-    routes: &'a Vec<crate::config::RouteConfig>,
-}
-
-/// The shared part of `config` as YAML.
-pub fn shared_yaml(config: &Config) -> String {
-    serde_yaml::to_string(&Shared {
-        clients: &config.clients,
-        upstreams: &config.upstreams,
-        routes: &config.routes,
-    })
-    .unwrap_or_default()
-}
-
-/// This instance's configuration with the fleet's shared part: `server`, `admin`, `metrics` and
-/// `store` from `local`, the rest from `shared`.
-pub fn compose(local: &Config, shared: &str) -> Result<Config, String> {
-    let config = Config::parse_str(shared).map_err(|e| e.to_string())?;
-    Ok(with_local(config, local))
-}
-
-/// `config` with this instance's own sections (`server`, `admin`, `metrics`, `store`) as `local`
-/// has them.
-pub fn with_local(mut config: Config, local: &Config) -> Config {
-    config.server = local.server.clone();
-    config.admin = local.admin.clone();
-    config.metrics = local.metrics.clone();
-    config.store = local.store.clone();
-    config
-}
 
 /// A `P/leaders/<route>` value: the leading instance's id and admin address.
 fn leader_value(bytes: &[u8]) -> Option<(String, Option<String>)> {
@@ -123,22 +64,6 @@ fn leader_value(bytes: &[u8]) -> Option<(String, Option<String>)> {
         v["id"].as_str()?.to_string(),
         v["admin"].as_str().map(str::to_string),
     ))
-}
-
-/// Whether `next` keeps this instance's own sections as `local` has them (or leaves them out).
-/// Returns the first one it changes.
-pub fn changes_local(local: &Config, next: &Config) -> Option<&'static str> {
-    if next.server != local.server && next.server != Default::default() {
-        Some("server")
-    } else if next.admin.is_some() && next.admin != local.admin {
-        Some("admin")
-    } else if next.metrics.is_some() && next.metrics != local.metrics {
-        Some("metrics")
-    } else if next.store.is_some() && next.store != local.store {
-        Some("store")
-    } else {
-        None
-    }
 }
 
 /// Counts as an instance publishes them (the histogram as a list).
@@ -1116,20 +1041,19 @@ fn hostname() -> String {
 /// Runs the fleet's thread while the server runs; leaves the fleet when it stops.
 pub struct FleetService {
     state: Arc<State>,
+    fleet: Arc<Fleet>,
 }
 
 impl FleetService {
-    pub fn new(state: Arc<State>) -> FleetService {
-        FleetService { state }
+    pub fn new(state: Arc<State>, fleet: Arc<Fleet>) -> FleetService {
+        FleetService { state, fleet }
     }
 }
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for FleetService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let Some(fleet) = self.state.fleet().cloned() else {
-            return;
-        };
+        let fleet = self.fleet.clone();
         if let Err(e) = fleet.spawn(self.state.clone()) {
             log::error!(
                 "fleet: cannot start its thread: {e}; this instance stays on its cached revision"
@@ -1145,5 +1069,41 @@ impl pingora::services::background::BackgroundService for FleetService {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl SharedStore for Fleet {
+    fn prefix(&self) -> &str {
+        Fleet::prefix(self)
+    }
+    fn id(&self) -> &str {
+        Fleet::id(self)
+    }
+    fn connected(&self) -> bool {
+        Fleet::connected(self)
+    }
+    fn unavailable(&self) -> String {
+        Fleet::unavailable(self)
+    }
+    fn commit(
+        &self,
+        base: u64,
+        next: u64,
+        shared: String,
+        audit: &AuditEntry,
+    ) -> Result<(), CommitError> {
+        Fleet::commit(self, base, next, shared, audit)
+    }
+    fn read_at_start(&self, from: u64) -> Result<CatchUp, String> {
+        Fleet::read_at_start(self, from)
+    }
+    fn is_stale(&self, store_revision: i64) -> bool {
+        Fleet::is_stale(self, store_revision)
+    }
+    fn note_applied(&self, store_revision: i64) {
+        Fleet::note_applied(self, store_revision)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -177,7 +177,7 @@ impl Rollouts {
                 metrics.totals(route, baseline),
             ),
         );
-        if let Some(fleet) = state.fleet() {
+        if let Some(fleet) = crate::fleet::of(state) {
             // The fleet's traffic: every instance's counts as it published them (each second).
             match fleet.peer_counts(route) {
                 Ok(peers) => {

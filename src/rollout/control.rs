@@ -36,7 +36,7 @@ impl Rollouts {
                 )));
             }
         }
-        if let Some(fleet) = state.fleet() {
+        if let Some(fleet) = crate::fleet::of(state) {
             if !fleet.leads(route) {
                 let leader = fleet.leader_of(route);
                 return Err(ControlError::Elsewhere {

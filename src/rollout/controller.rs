@@ -204,7 +204,7 @@ impl Rollouts {
         let revision = state.load().revision;
         let mut changed =
             inner.seen_revision != Some(revision) || std::mem::take(&mut inner.resync);
-        if let Some(fleet) = state.fleet() {
+        if let Some(fleet) = crate::fleet::of(state) {
             // In a fleet, this instance walks only the rollouts it leads; one it stops leading is
             // forgotten here (its leader keeps it in etcd), one it starts leading is read from there.
             let before = inner.runs.len();
@@ -285,10 +285,10 @@ impl Rollouts {
             .config
             .routes
             .iter()
-            .filter(|r| state.fleet().is_none_or(|f| f.leads(&r.name)))
+            .filter(|r| crate::fleet::of(state).is_none_or(|f| f.leads(&r.name)))
             .filter_map(|r| r.rollout.clone().map(|ro| (r.clone(), ro)))
             .collect();
-        if let Some(fleet) = state.fleet() {
+        if let Some(fleet) = crate::fleet::of(state) {
             for (r, ro) in &configured {
                 if inner.runs.contains_key(&r.name) {
                     continue;
@@ -579,7 +579,7 @@ impl Rollouts {
     }
 
     pub(super) fn save(&self, inner: &mut Inner, state: &State, now: Instant) {
-        if let Some(fleet) = state.fleet() {
+        if let Some(fleet) = crate::fleet::of(state) {
             let mut all = true;
             for (route, run) in &inner.runs {
                 let Ok(bytes) = serde_json::to_vec(&run.record) else {

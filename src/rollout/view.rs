@@ -118,13 +118,12 @@ impl Rollouts {
         // In a fleet, an instance that does not lead the rollout shows it as its leader last
         // saved it.
         let record = own.or_else(|| {
-            let bytes = state.fleet()?.followed(route)?;
+            let bytes = crate::fleet::of(state)?.followed(route)?;
             serde_json::from_slice::<Record>(&bytes)
                 .ok()
                 .filter(|r| r.digest == digest)
         });
-        let leader = state
-            .fleet()
+        let leader = crate::fleet::of(state)
             .and_then(|f| f.leader_of(route))
             .map(|(instance, admin)| Leader { instance, admin });
         let mut view = RolloutView {

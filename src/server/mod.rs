@@ -79,15 +79,13 @@ pub fn build(
 
     let listen = config.server.listen.clone();
     let tls = config.server.tls.clone();
-    let state = Arc::new(match file {
-        Some(f) => {
-            if opts.upgrade {
-                State::open_successor(config, &f.text)?
-            } else {
-                State::open(config, &f.text)?
-            }
-        }
-        None => State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?,
+    // In a fleet (`store.etcd`), the state's revisions are shared through etcd.
+    let fleet = crate::fleet::Fleet::from_config(&config).map(Arc::new);
+    let state = Arc::new(match (file, fleet.clone()) {
+        (Some(f), Some(fleet)) => State::open_shared(config, &f.text, opts.upgrade, fleet)?,
+        (Some(f), None) if opts.upgrade => State::open_successor(config, &f.text)?,
+        (Some(f), None) => State::open(config, &f.text)?,
+        (None, _) => State::new(config).map_err(|e| anyhow::anyhow!("{e}"))?,
     });
 
     let access_log = match Destination::from_setting(&state.load().config.server.access_log) {
@@ -159,10 +157,10 @@ pub fn build(
     let reloader =
         Reloader::new(file.and_then(|f| f.path.clone()), state.clone()).reopening(access_log);
     server.add_service(background_service("config reload", reloader));
-    if state.fleet().is_some() {
+    if let Some(fleet) = fleet {
         server.add_service(background_service(
             "fleet",
-            crate::fleet::FleetService::new(state.clone()),
+            crate::fleet::FleetService::new(state.clone(), fleet),
         ));
     }
     server.add_service(background_service(

@@ -12,17 +12,18 @@
 
 pub mod merge;
 mod reload;
+pub mod shared;
 pub use reload::Reload;
 use reload::{merge_file_onto, write_base};
 pub mod store;
 
 use crate::config::{Config, ConfigErrors};
-use crate::fleet::{self, CatchUp, CommitError, Fleet};
 use crate::metrics::{Metrics, SeriesCells};
 use crate::release::ReleaseTable;
 use crate::upstream::Pools;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
+use shared::{CatchUp, CommitError, SharedStore};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -118,7 +119,7 @@ pub struct State {
     /// writer, and changes here are refused (503, retried by `ctl`).
     handing_over: std::sync::atomic::AtomicBool,
     /// The fleet this instance belongs to (`store.etcd`), if any.
-    fleet: Option<Arc<Fleet>>,
+    fleet: Option<Arc<dyn SharedStore>>,
 }
 
 struct Writer {
@@ -165,7 +166,18 @@ impl State {
     /// Opens the persisted state in `config.server.state_dir`, following the start-up rule above.
     /// `file_text` is the config file as read from disk (its digest decides the rule).
     pub fn open(file_config: Config, file_text: &str) -> anyhow::Result<State> {
-        Self::open_as(file_config, file_text, false)
+        Self::open_as(file_config, file_text, false, None)
+    }
+
+    /// As [`State::open`], for an instance of a fleet (`store.etcd`): its revisions are shared
+    /// through `shared` (the fleet's store), and `state_dir/fleet` keeps a copy.
+    pub fn open_shared(
+        file_config: Config,
+        file_text: &str,
+        successor: bool,
+        shared: Arc<dyn SharedStore>,
+    ) -> anyhow::Result<State> {
+        Self::open_as(file_config, file_text, successor, Some(shared))
     }
 
     /// As [`State::open`], for a process that will take the listening sockets over from a running
@@ -173,12 +185,21 @@ impl State {
     /// and may commit at any moment, so this one only reads `state_dir`: no repair (it would see the
     /// previous process's commit half done and undo it) and no revision of its own.
     pub fn open_successor(file_config: Config, file_text: &str) -> anyhow::Result<State> {
-        Self::open_as(file_config, file_text, true)
+        Self::open_as(file_config, file_text, true, None)
     }
 
-    fn open_as(file_config: Config, file_text: &str, successor: bool) -> anyhow::Result<State> {
-        if file_config.store.is_some() {
-            return Self::open_fleet(file_config, file_text, successor);
+    fn open_as(
+        file_config: Config,
+        file_text: &str,
+        successor: bool,
+        shared: Option<Arc<dyn SharedStore>>,
+    ) -> anyhow::Result<State> {
+        match (file_config.store.is_some(), shared) {
+            (true, Some(shared)) => {
+                return Self::open_fleet(file_config, file_text, successor, shared)
+            }
+            (true, None) => anyhow::bail!("store.etcd is configured but no fleet store was opened"),
+            (false, _) => {}
         }
         let dir = file_config.server.state_dir.clone();
         let store = Store::open(Path::new(&dir))
@@ -417,7 +438,7 @@ impl State {
             return Err(ChangeError::HandingOver);
         }
         if let Some(fleet) = &self.fleet {
-            return self.change_fleet(fleet, writer, change, edit);
+            return self.change_fleet(fleet.as_ref(), writer, change, edit);
         }
         let previous = self.current.load_full();
         let config = edit(&previous)?;
@@ -433,7 +454,7 @@ impl State {
     /// (compare-and-swap), then applied here; the others apply it from their watch.
     fn change_fleet(
         &self,
-        fleet: &Fleet,
+        fleet: &dyn SharedStore,
         writer: &Writer,
         change: Change<'_>,
         edit: impl FnOnce(&Snapshot) -> Result<Config, ChangeError>,
@@ -444,19 +465,19 @@ impl State {
         let previous = self.current.load_full();
         let mut config = edit(&previous)?;
         if let Some(local) = &writer.local {
-            if let Some(section) = fleet::changes_local(local, &config) {
+            if let Some(section) = shared::changes_local(local, &config) {
                 return Err(ChangeError::Refused(format!(
                     "{section} is this instance's own in a fleet (store.etcd): change it in the instance's config file; the fleet shares clients, upstreams and routes"
                 )));
             }
-            config = fleet::with_local(config, local);
+            config = shared::with_local(config, local);
         }
         let next = Snapshot::build(config, previous.revision + 1, Some(&previous))
             .map_err(ChangeError::Invalid)?;
         let next = Arc::new(next);
         let yaml = next.config.to_yaml();
         let entry = audit_entry(&change, Some(&previous), &next, &yaml);
-        let shared = fleet::shared_yaml(&next.config);
+        let shared = shared::shared_yaml(&next.config);
         fleet
             .commit(previous.revision, next.revision, shared, &entry)
             .map_err(|e| match e {
@@ -496,7 +517,7 @@ impl State {
         };
         let yaml = next.config.to_yaml();
         let entry = audit_entry(&change, None, &next, &yaml);
-        match fleet.commit(0, 1, fleet::shared_yaml(&next.config), &entry) {
+        match fleet.commit(0, 1, shared::shared_yaml(&next.config), &entry) {
             Ok(()) => {
                 log::info!("fleet: {reason}");
                 Ok(())
@@ -557,7 +578,7 @@ impl State {
             let composed = e
                 .shared
                 .as_deref()
-                .map(|shared| fleet::compose(&local, shared));
+                .map(|shared| shared::compose(&local, shared));
             if e.revision == head {
                 let config = match composed {
                     Some(Ok(c)) => c,
@@ -604,15 +625,20 @@ impl State {
         Ok(())
     }
 
-    /// The fleet this instance belongs to, if any.
-    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+    /// The store shared with the fleet this instance belongs to, if any.
+    pub fn shared(&self) -> Option<&Arc<dyn SharedStore>> {
         self.fleet.as_ref()
     }
 
     /// Opens an instance of a fleet (`store.etcd`): it serves the fleet's live revision, read from
     /// etcd at start; with etcd unreachable, the revision last copied to `state_dir/fleet` (or, with
     /// none, its config file) until etcd is back.
-    fn open_fleet(file_config: Config, file_text: &str, successor: bool) -> anyhow::Result<State> {
+    fn open_fleet(
+        file_config: Config,
+        file_text: &str,
+        successor: bool,
+        fleet: Arc<dyn SharedStore>,
+    ) -> anyhow::Result<State> {
         let dir = PathBuf::from(&file_config.server.state_dir).join("fleet");
         let store = Store::open(&dir)
             .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", dir.display()))?
@@ -625,17 +651,13 @@ impl State {
                 log::warn!("state_dir {}: {note}", dir.display());
             }
         }
-        let fleet = Arc::new(
-            Fleet::from_config(&file_config)
-                .ok_or_else(|| anyhow::anyhow!("store.etcd is not configured"))?,
-        );
         let cached = store.persisted().ok().flatten().and_then(|p| {
             committed_config(&store, p.revision)
                 .ok()
                 .map(|c| (p.revision, c))
         });
         let (revision, config) = match cached {
-            Some((n, c)) => (n, fleet::with_local(c, &file_config)),
+            Some((n, c)) => (n, shared::with_local(c, &file_config)),
             None => (0, file_config.clone()),
         };
         let snapshot =

@@ -307,7 +307,9 @@ fn fleet_member(state_dir: &Path) -> State {
         "{}store:\n  etcd: {{endpoints: [\"http://127.0.0.1:1\"], prefix: /test, timeout: 200ms}}\n",
         file_text(state_dir, 0)
     );
-    State::open(Config::load_str(&text).unwrap(), &text).unwrap()
+    let config = Config::load_str(&text).unwrap();
+    let fleet = std::sync::Arc::new(crate::fleet::Fleet::from_config(&config).unwrap());
+    State::open_shared(config, &text, false, fleet).unwrap()
 }
 
 fn fleet_revision(n: u64, canary: u32) -> crate::fleet::Entry {

@@ -1,0 +1,121 @@
+//! A store the configuration is shared through with other instances: a fleet (`store.etcd`, SPEC
+//! §8). [`State`](super::State) commits every change to it before serving it and applies what the
+//! other instances committed; the fleet module implements it on etcd. Which sections are shared
+//! (clients, upstreams, routes) and which stay each instance's own (server, admin, metrics, store)
+//! is decided here.
+
+use super::store::AuditEntry;
+use crate::config::Config;
+use serde::Serialize;
+
+/// Where a fleet's revisions are committed and read.
+pub trait SharedStore: Send + Sync + 'static {
+    /// The key prefix the fleet shares.
+    fn prefix(&self) -> &str;
+    /// This instance's id in the fleet.
+    fn id(&self) -> &str;
+    /// Connected, caught up and watching: changes can be committed.
+    fn connected(&self) -> bool;
+    /// Why changes are refused while not connected.
+    fn unavailable(&self) -> String;
+    /// Commits revision `next` made against `base` (0: the fleet's first), with its shared
+    /// configuration and audit line, all or nothing. Blocking.
+    fn commit(
+        &self,
+        base: u64,
+        next: u64,
+        shared: String,
+        audit: &AuditEntry,
+    ) -> Result<(), CommitError>;
+    /// What was committed after revision `from`, read at start-up. Blocking.
+    fn read_at_start(&self, from: u64) -> Result<CatchUp, String>;
+    /// Whether a read at this store revision is older than one already applied.
+    fn is_stale(&self, store_revision: i64) -> bool;
+    /// Notes the store revision of a read just applied.
+    fn note_applied(&self, store_revision: i64);
+    /// The concrete store, for the layers above that know it.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Why a change could not be committed to the fleet.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Another instance committed a revision since this one's (the fleet is at this one).
+    Conflict(u64),
+    /// etcd could not be reached, or did not answer in time.
+    Unavailable(String),
+}
+
+/// One revision read from etcd.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub revision: u64,
+    /// The shared configuration (`None` once pruned from etcd).
+    pub shared: Option<String>,
+    pub audit: Option<AuditEntry>,
+}
+
+/// What an instance missed: the fleet's live revision and every revision after the one it has.
+#[derive(Debug, Clone)]
+pub struct CatchUp {
+    /// The fleet's live revision (`None`: nothing was ever committed under the prefix).
+    pub head: Option<u64>,
+    /// Ascending; the head's own entry is always there when `head` is.
+    pub entries: Vec<Entry>,
+    /// etcd's own revision of this read: the watch starts after it.
+    pub etcd_revision: i64,
+    /// Rollout records as their leaders saved them, by route.
+    pub rollouts: Vec<(String, Vec<u8>)>,
+}
+
+/// The shared part of a configuration, as kept in `P/revisions/<n>`.
+#[derive(Serialize)]
+struct Shared<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clients: &'a Option<crate::config::ClientsConfig>,
+    upstreams: &'a crate::config::OrderedMap<crate::config::UpstreamConfig>,
+    routes: &'a Vec<crate::config::RouteConfig>,
+}
+
+/// The shared part of `config` as YAML.
+pub fn shared_yaml(config: &Config) -> String {
+    serde_yaml::to_string(&Shared {
+        clients: &config.clients,
+        upstreams: &config.upstreams,
+        routes: &config.routes,
+    })
+    .unwrap_or_default()
+}
+
+/// This instance's configuration with the fleet's shared part: `server`, `admin`, `metrics` and
+/// `store` from `local`, the rest from `shared`.
+pub fn compose(local: &Config, shared: &str) -> Result<Config, String> {
+    let config = Config::parse_str(shared).map_err(|e| e.to_string())?;
+    Ok(with_local(config, local))
+}
+
+/// `config` with this instance's own sections (`server`, `admin`, `metrics`, `store`) as `local`
+/// has them.
+pub fn with_local(mut config: Config, local: &Config) -> Config {
+    config.server = local.server.clone();
+    config.admin = local.admin.clone();
+    config.metrics = local.metrics.clone();
+    config.store = local.store.clone();
+    config
+}
+
+/// Whether `next` keeps this instance's own sections as `local` has them (or leaves them out).
+/// Returns the first one it changes.
+pub fn changes_local(local: &Config, next: &Config) -> Option<&'static str> {
+    if next.server != local.server && next.server != Default::default() {
+        Some("server")
+    } else if next.admin.is_some() && next.admin != local.admin {
+        Some("admin")
+    } else if next.metrics.is_some() && next.metrics != local.metrics {
+        Some("metrics")
+    } else if next.store.is_some() && next.store != local.store {
+        Some("store")
+    } else {
+        None
+    }
+}
