@@ -8,6 +8,8 @@
 //! that served it, and handed to the access log.
 
 pub mod access_log;
+mod answer;
+mod checked;
 mod drain;
 pub(crate) mod gate;
 mod h1;
@@ -39,92 +41,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+pub(crate) use answer::{
+    grpc_status_in, is_grpc, respond_json, respond_json_as, upstream_error_kind, Answer,
+};
+pub(crate) use checked::check_request;
+
 pub const CLIENT_HEADER: &str = "x-switchyard-client";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
-
-/// The responses Switchyard makes itself, the same on the HTTP/1 engine and on Pingora's pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Answer {
-    NoRoute,
-    ClientRequired,
-    NoHealthyUpstream,
-    UpstreamUnavailable,
-    UpstreamTimeout,
-    BadRequest,
-    InternalError,
-    /// Refused by the shared request rules (SPEC §3 step 0).
-    Refused(crate::policy::request::Refusal),
-}
-
-impl Answer {
-    /// What a request whose upstream exchange failed with `kind` is told.
-    pub(crate) fn for_upstream(kind: UpstreamError) -> Answer {
-        match kind {
-            UpstreamError::ConnectTimeout | UpstreamError::Timeout => Answer::UpstreamTimeout,
-            _ => Answer::UpstreamUnavailable,
-        }
-    }
-
-    /// The answer whose body goes with an error status some other part decided.
-    fn for_status(status: u16) -> Answer {
-        match status {
-            502 => Answer::UpstreamUnavailable,
-            504 => Answer::UpstreamTimeout,
-            400 => Answer::BadRequest,
-            _ => Answer::InternalError,
-        }
-    }
-
-    /// Whether the client's connection closes after this answer: after a failed upstream exchange
-    /// it does, on both paths (Pingora's pipeline never reuses it), so the answer says so.
-    pub(crate) fn closes_connection(self) -> bool {
-        matches!(
-            self,
-            Answer::UpstreamUnavailable | Answer::UpstreamTimeout | Answer::InternalError
-        )
-    }
-
-    pub(crate) fn status(self) -> u16 {
-        match self {
-            Answer::NoRoute => 404,
-            Answer::ClientRequired => 401,
-            Answer::NoHealthyUpstream | Answer::UpstreamUnavailable => 502,
-            Answer::UpstreamTimeout => 504,
-            Answer::BadRequest => 400,
-            Answer::InternalError => 500,
-            Answer::Refused(why) => why.status(),
-        }
-    }
-
-    /// Why, in one word: the body's `error` (the rule, for a refusal), and a gRPC answer's message.
-    pub(crate) fn reason(self) -> &'static str {
-        match self {
-            Answer::NoRoute => "no_route",
-            Answer::ClientRequired => "client_required",
-            Answer::NoHealthyUpstream => "no_healthy_upstream",
-            Answer::UpstreamUnavailable => "upstream_unavailable",
-            Answer::UpstreamTimeout => "upstream_timeout",
-            Answer::BadRequest => "bad_request",
-            Answer::InternalError => "internal_error",
-            Answer::Refused(why) => why.code(),
-        }
-    }
-
-    /// The JSON body.
-    pub(crate) fn body(self) -> &'static str {
-        match self {
-            Answer::NoRoute => r#"{"error":"no_route"}"#,
-            Answer::ClientRequired => r#"{"error":"client_required"}"#,
-            Answer::NoHealthyUpstream => r#"{"error":"no_healthy_upstream"}"#,
-            Answer::UpstreamUnavailable => r#"{"error":"upstream_unavailable"}"#,
-            Answer::UpstreamTimeout => r#"{"error":"upstream_timeout"}"#,
-            Answer::BadRequest => r#"{"error":"bad_request"}"#,
-            Answer::InternalError => r#"{"error":"internal_error"}"#,
-            Answer::Refused(why) => why.body(),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct Proxy {
@@ -826,24 +750,6 @@ fn pick_backend(
     Some((baseline, b))
 }
 
-/// The `kind` label of an upstream error.
-fn upstream_error_kind(e: &Error) -> UpstreamError {
-    use ErrorType::*;
-    match e.etype() {
-        ConnectTimedout => UpstreamError::ConnectTimeout,
-        ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
-        | ConnectProxyFailure => UpstreamError::ConnectFailure,
-        TLSWantX509Lookup | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
-        | HandshakeError => UpstreamError::Tls,
-        ReadTimedout | WriteTimedout => UpstreamError::Timeout,
-        ReadError | WriteError | ConnectionClosed => UpstreamError::Closed,
-        InvalidHTTPHeader | H1Error | H2Error | H2Downgrade | InvalidH2 => {
-            UpstreamError::InvalidResponse
-        }
-        _ => UpstreamError::Other,
-    }
-}
-
 fn random_bucket() -> u32 {
     rand::random::<u32>()
 }
@@ -861,164 +767,4 @@ fn strip_internal_headers(session: &mut Session) {
     for name in names {
         req.remove_header(&name);
     }
-}
-
-/// Writes one of the proxy's own answers.
-async fn respond_json(session: &mut Session, answer: Answer, ctx: &mut Ctx) -> Result<()> {
-    respond_json_as(session, answer.status(), answer, ctx).await
-}
-
-/// The gRPC status a client is told for an HTTP error status of the proxy's own (gRPC's HTTP to
-/// gRPC status mapping; a timeout is DEADLINE_EXCEEDED).
-fn grpc_status_for(status: u16) -> u8 {
-    match status {
-        400 => 13,             // INTERNAL
-        401 => 16,             // UNAUTHENTICATED
-        403 => 7,              // PERMISSION_DENIED
-        404 => 12,             // UNIMPLEMENTED
-        408 | 504 => 4,        // DEADLINE_EXCEEDED
-        413 | 414 | 431 => 8,  // RESOURCE_EXHAUSTED
-        429 | 502 | 503 => 14, // UNAVAILABLE
-        _ => 2,                // UNKNOWN
-    }
-}
-
-/// A gRPC error made by the proxy itself: HTTP 200 with only headers (`grpc-status`, and
-/// `grpc-message` naming the reason, e.g. `switchyard: no_healthy_upstream`), as gRPC servers send a
-/// call that fails before any message.
-async fn respond_grpc(
-    session: &mut Session,
-    status: u16,
-    answer: Answer,
-    ctx: &mut Ctx,
-) -> Result<()> {
-    let code = grpc_status_for(status);
-    ctx.grpc_status = Some(code);
-    let reason = answer.reason();
-    let mut resp = ResponseHeader::build(200, Some(5))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
-    resp.insert_header("grpc-status", code.to_string())?;
-    resp.insert_header("grpc-message", format!("switchyard: {reason}"))?;
-    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
-    if !ctx.request_id.is_empty() {
-        resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
-    }
-    session.write_response_header(Box::new(resp), true).await
-}
-
-/// Whether a request is a gRPC call (`content-type: application/grpc`, `application/grpc+proto`...).
-fn is_grpc(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// The `grpc-status` of a response's headers or trailers.
-fn grpc_status_in(headers: &http::HeaderMap) -> Option<u8> {
-    let v = headers.get("grpc-status")?;
-    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
-}
-
-/// A request that passed the shared rules: the path to route on when normalisation changed it, and the
-/// URI to send upstream instead of the client's.
-pub(crate) struct Checked {
-    pub(crate) route_path: Option<String>,
-    pub(crate) uri: Option<http::Uri>,
-}
-
-/// The shared request rules ([`crate::policy::request`]) over a head Pingora parsed: the target
-/// (origin-form, or absolute-form and HTTP/2's scheme and authority), the Host, the framing, and the
-/// head's size.
-pub(crate) fn check_request(
-    req: &pingora::http::RequestHeader,
-    max_head_bytes: usize,
-) -> std::result::Result<Checked, Refusal> {
-    let headers = &req.headers;
-    if headers.len() > request::MAX_FIELDS {
-        return Err(Refusal::HeadTooLarge);
-    }
-    let head_bytes: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req.raw_path().len();
-    if head_bytes > max_head_bytes {
-        return Err(Refusal::HeadTooLarge);
-    }
-    let raw = std::str::from_utf8(req.raw_path()).map_err(|_| Refusal::InvalidCharacter)?;
-    let absolute;
-    let raw = match (req.uri.scheme_str(), req.uri.authority()) {
-        (Some(scheme), Some(authority)) if raw.starts_with('/') => {
-            absolute = format!("{scheme}://{authority}{raw}");
-            absolute.as_str()
-        }
-        _ => raw,
-    };
-    let target = request::target(raw)?;
-    // Up to four values of a field, on the stack (more Host or framing fields than that are refused
-    // anyway); `None` when there are more.
-    fn values(
-        headers: &http::HeaderMap,
-        name: http::header::HeaderName,
-    ) -> Option<([&[u8]; 4], usize)> {
-        let mut out: [&[u8]; 4] = [b""; 4];
-        let mut n = 0;
-        for v in headers.get_all(name) {
-            *out.get_mut(n)? = v.as_bytes();
-            n += 1;
-        }
-        Some((out, n))
-    }
-    let http10 = req.version == http::Version::HTTP_10;
-    let (hosts, n) = values(headers, http::header::HOST).ok_or(Refusal::DuplicateHost)?;
-    request::host(&hosts[..n], target.authority, http10)?;
-    let (lengths, l) =
-        values(headers, http::header::CONTENT_LENGTH).ok_or(Refusal::InvalidLength)?;
-    let (codings, c) =
-        values(headers, http::header::TRANSFER_ENCODING).ok_or(Refusal::InvalidTransferEncoding)?;
-    request::framing(&lengths[..l], &codings[..c])?;
-    if target.unchanged() {
-        return Ok(Checked {
-            route_path: None,
-            uri: None,
-        });
-    }
-    let uri = match target.authority {
-        Some(authority) => {
-            let scheme = req.uri.scheme_str().unwrap_or("http");
-            format!("{scheme}://{authority}{}", target.forward)
-        }
-        None => target.forward.to_string(),
-    };
-    let uri = uri
-        .parse::<http::Uri>()
-        .map_err(|_| Refusal::InvalidTarget)?;
-    Ok(Checked {
-        route_path: Some(target.route_path.into_owned()),
-        uri: Some(uri),
-    })
-}
-
-/// Writes a complete response made by the proxy itself: JSON, or to a gRPC call a gRPC status.
-async fn respond_json_as(
-    session: &mut Session,
-    status: u16,
-    answer: Answer,
-    ctx: &mut Ctx,
-) -> Result<()> {
-    if ctx.grpc {
-        return respond_grpc(session, status, answer, ctx).await;
-    }
-    let body = answer.body();
-    let request_id = ctx.request_id.as_str();
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    if !request_id.is_empty() {
-        resp.insert_header(REQUEST_ID_HEADER, request_id)?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await
 }

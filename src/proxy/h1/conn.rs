@@ -1,0 +1,201 @@
+//! One client connection on the engine: its buffers (given back while idle), reading a request head
+//! within the limits, lingering over an unread body, and writing to the client.
+
+use super::*;
+
+/// One client connection on the engine.
+pub(super) struct Conn {
+    pub(super) stream: Stream,
+    /// Bytes read from the client and not yet used.
+    pub(super) buf: BytesMut,
+    /// Bytes read from the upstream.
+    pub(super) up_buf: BytesMut,
+    /// The upstream request head (and the part of the body that came with it).
+    pub(super) req_out: Vec<u8>,
+    /// The response head (and the part of the body that came with it).
+    pub(super) resp_out: Vec<u8>,
+    /// The client's address, looked up (`getpeername`) the first time a decision needs it.
+    pub(super) client_ip: Option<Option<IpAddr>>,
+    pub(super) served: u32,
+    pub(super) limits: Limits,
+    /// The buffers were given back while idle (see [`IDLE_RELEASE`]).
+    pub(super) lean: bool,
+}
+
+impl Conn {
+    pub(super) fn new(stream: Stream, limits: Limits) -> Self {
+        Conn {
+            limits,
+            lean: false,
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            up_buf: BytesMut::new(),
+            req_out: Vec::with_capacity(OUT_CAPACITY),
+            resp_out: Vec::with_capacity(OUT_CAPACITY),
+            client_ip: None,
+            served: 0,
+        }
+    }
+}
+
+impl Conn {
+    /// Gives back every buffer of an idle connection; they are taken again when its next request
+    /// arrives.
+    pub(super) fn release_buffers(&mut self) {
+        self.buf = BytesMut::new();
+        self.up_buf = BytesMut::new();
+        self.req_out = Vec::new();
+        self.resp_out = Vec::new();
+        self.lean = true;
+    }
+}
+
+pub(super) enum HeadRead {
+    Complete,
+    Closed,
+    /// Larger than [`request::MAX_HEAD_BYTES`] and not complete.
+    TooLarge,
+}
+
+/// Reads until `c.buf` holds a whole request head. The head must arrive within
+/// `limits.header_timeout` of its first byte (of accept, for a connection's first request): a client
+/// sending it a byte at a time is closed (slowloris). An idle keep-alive connection waits up to
+/// `limits.keepalive_timeout` for its next request, during a drain too (SPEC §1: a connection that may
+/// have a request in flight is never closed under it).
+pub(super) async fn read_head(c: &mut Conn) -> HeadRead {
+    let mut deadline = (c.served == 0).then(|| Instant::now() + c.limits.header_timeout);
+    let idle_since = Instant::now();
+    loop {
+        if !c.buf.is_empty() && head_complete(&c.buf) {
+            return HeadRead::Complete;
+        }
+        if c.buf.len() > c.limits.max_head_bytes {
+            return HeadRead::TooLarge;
+        }
+        let idle = c.buf.is_empty();
+        if c.buf.capacity() - c.buf.len() < 1024 {
+            // A lean idle connection waits with a few bytes of buffer, not a head's worth.
+            c.buf.reserve(if idle && c.lean { 64 } else { 4096 });
+        }
+        if !idle && deadline.is_none() {
+            deadline = Some(Instant::now() + c.limits.header_timeout);
+        }
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => c
+                .limits
+                .keepalive_timeout
+                .saturating_sub(idle_since.elapsed()),
+        };
+        let read = if !idle {
+            fast_timeout(wait, c.stream.read_buf(&mut c.buf)).await
+        } else {
+            // Between requests, also once shutdown has begun: a request may already be on its way,
+            // so the connection is not closed under it; its answer will say `Connection: close`.
+            // After IDLE_RELEASE the buffers are given back.
+            let release = deadline.is_none() && !c.lean && wait > IDLE_RELEASE;
+            let wait = if release { IDLE_RELEASE } else { wait };
+            let r = fast_timeout(wait, c.stream.read_buf(&mut c.buf)).await;
+            if release && r.is_err() && c.buf.is_empty() {
+                c.release_buffers();
+                continue;
+            }
+            r
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => c.lean = false,
+            _ => return HeadRead::Closed,
+        }
+    }
+}
+
+/// Whether the request being served is the last `limits.max_requests_per_connection` allows: its
+/// response then says `Connection: close`.
+pub(super) fn last_request(c: &Conn) -> bool {
+    c.served.saturating_add(1) >= c.limits.max_requests_per_connection
+}
+
+/// Closes our side of a connection whose request body is still arriving, then reads and discards
+/// the rest of it for a while: closing with unread bytes would reset the connection, and a reset can
+/// destroy the answer before the client has read it. Bounded by the body's length, [`LINGER_IDLE`]
+/// without data and [`LINGER_TOTAL`] in all.
+pub(super) async fn linger(c: &mut Conn, mut unread: u64) {
+    const LINGER_IDLE: Duration = Duration::from_secs(1);
+    const LINGER_TOTAL: Duration = Duration::from_secs(5);
+    if c.stream.shutdown().await.is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER_TOTAL;
+    // The connection's own buffer is the sink: an array here would be part of every request's
+    // future.
+    while unread > 0 && Instant::now() < until {
+        c.buf.clear();
+        c.buf.reserve(READ_CHUNK);
+        match fast_timeout(LINGER_IDLE, c.stream.read_buf(&mut c.buf)).await {
+            Ok(Ok(n)) if n > 0 => unread = unread.saturating_sub(n as u64),
+            _ => return,
+        }
+    }
+    c.buf.clear();
+}
+
+/// Writes all of `data` to the client; false when the client is gone. `last`: nothing more is
+/// written on this connection, which closes after it.
+///
+/// Any other write goes out with Nagle's algorithm off, so that a small write never waits for the
+/// ACK of the one before it. The last write does not need it (closing sends what is queued at
+/// once), so a connection answered in one write and closed saves the system call, as with nginx.
+///
+/// A client that does not read for `send_timeout` is taken as gone.
+pub(super) async fn write_client(
+    stream: &mut Stream,
+    data: &[u8],
+    last: bool,
+    send_timeout: Duration,
+) -> bool {
+    if data.is_empty() {
+        return true;
+    }
+    if !last {
+        nodelay(stream);
+    }
+    let write = async { stream.write_all(data).await.is_ok() && stream.flush().await.is_ok() };
+    fast_timeout(send_timeout, write).await.unwrap_or(false)
+}
+
+/// TCP_NODELAY on a client connection. Pingora's listeners set it on what they accept (TLS); the
+/// engine's own plain-TCP connections get it here, once.
+pub(super) fn nodelay(stream: &Stream) {
+    if let Some(tcp) = stream.as_any().downcast_ref::<PlainTcp>() {
+        tcp.nodelay();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn nodelay_goes_on_before_a_write_that_is_not_the_last() {
+        let (stream, mut client) = PlainTcp::accepted().await;
+        let mut stream: Stream = Box::new(stream);
+        let on = |s: &Stream| {
+            s.as_any()
+                .downcast_ref::<PlainTcp>()
+                .unwrap()
+                .nodelay_is_on()
+        };
+        assert!(!on(&stream));
+        // A connection's last write goes out as it is.
+        assert!(write_client(&mut stream, b"a", true, Duration::from_secs(5)).await);
+        assert!(!on(&stream));
+        // Any other turns Nagle's algorithm off first, and it stays off.
+        assert!(write_client(&mut stream, b"b", false, Duration::from_secs(5)).await);
+        assert!(on(&stream));
+        assert!(write_client(&mut stream, b"c", true, Duration::from_secs(5)).await);
+        assert!(on(&stream));
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abc");
+    }
+}
