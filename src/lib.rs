@@ -15,6 +15,9 @@
 //! 5. [`proxy`], [`admin`]: the request paths; the admin API, status page and Prometheus exposition.
 //! 6. [`server`], [`upgrade`], [`demo`], [`ctl`], [`cli`]: assembling and running it all.
 
+// Rooms of a readable size (thresholds in clippy.toml): tests may be longer.
+#![deny(clippy::too_many_lines, clippy::cognitive_complexity)]
+
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -61,19 +61,7 @@ pub(crate) fn handle(
             };
             with_etag(json(StatusCode::OK, &body), live.revision)
         }
-        (&Method::GET, ["v1", "routes", route]) => {
-            let live = state.load();
-            match route_status(&live, route) {
-                Some(r) => {
-                    let body = RouteDetail {
-                        route: r,
-                        rollout_state: rollouts.view(state, route),
-                    };
-                    with_etag(json(StatusCode::OK, &body), live.revision)
-                }
-                None => error(StatusCode::NOT_FOUND, &live.config.no_such_route(route)),
-            }
-        }
+        (&Method::GET, ["v1", "routes", route]) => route_detail(state, rollouts, route),
         (&Method::GET, ["v1", "config"]) => get_config(&state.load()),
         (&Method::PUT, ["v1", "config"]) => put_config(&w, req),
         (&Method::PATCH, ["v1", "routes", route]) => patch_route(&w, route, &req.body),
@@ -83,16 +71,7 @@ pub(crate) fn handle(
             None => no_rollout(&state.load(), route),
         },
         (&Method::POST, ["v1", "routes", route, "rollout", action]) => {
-            match rollouts.control(state, route, action, actor, w.reason.as_deref()) {
-                Ok(v) => {
-                    let revision = state.load().revision;
-                    with_etag(json(StatusCode::OK, &v), revision)
-                }
-                Err(crate::rollout::ControlError::NotFound(m)) => error(StatusCode::NOT_FOUND, &m),
-                Err(crate::rollout::ControlError::Conflict(m)) => error(StatusCode::CONFLICT, &m),
-                Err(crate::rollout::ControlError::Change(e)) => change_refused(e),
-                Err(e @ crate::rollout::ControlError::Elsewhere { .. }) => to_leader(req, e),
-            }
+            control_rollout(&w, rollouts, req, route, action)
         }
         (&Method::GET, ["v1", "revisions"]) => revisions(state, req.query.as_deref()),
         (&Method::GET, ["v1", "openapi.json"]) => super::respond(
@@ -104,52 +83,111 @@ pub(crate) fn handle(
         (&Method::GET, ["v1", "routes", route, "explain"]) => {
             super::explain::explain(&state.load(), route, req.query.as_deref())
         }
-        (&Method::GET, ["v1", "stats"]) => {
-            let live = state.load();
-            match super::stats::stats(state.metrics(), &live, req.query.as_deref()) {
-                Some(v) => json(StatusCode::OK, &v),
-                None => {
-                    let route =
-                        super::query_param(req.query.as_deref(), "route").unwrap_or_default();
-                    error(StatusCode::NOT_FOUND, &live.config.no_such_route(&route))
-                }
-            }
-        }
+        (&Method::GET, ["v1", "stats"]) => stats(state, req),
         (&Method::GET, ["v1", "mirror", "diffs"]) => {
             let route = super::query_param(req.query.as_deref(), "route");
             let diffs = state.metrics().mirror_diffs.list(route.as_deref());
             json(StatusCode::OK, &DiffsBody { diffs })
         }
-        (&Method::GET, ["v1", "audit"]) => match Page::from_query(req.query.as_deref()) {
-            Ok(page) => {
-                let (entries, next_after) = page.take(state.audit(), |e| e.revision);
-                json(
-                    StatusCode::OK,
-                    &AuditBody {
-                        entries,
-                        next_after,
-                    },
-                )
-            }
-            Err(m) => error(StatusCode::BAD_REQUEST, &m),
-        },
-        (
-            _,
-            ["v1", "status" | "config" | "revisions" | "audit" | "stats" | "routes" | "openapi.json"
-            | "fleet"],
-        )
-        | (_, ["v1", "mirror", "diffs"])
-        | (_, ["v1", "routes", _])
-        | (_, ["v1", "routes", _, "rollback" | "explain" | "rollout"])
-        | (_, ["v1", "routes", _, "rollout", _])
-        | (_, ["v1", "revisions", _, "restore"]) => error(
+        (&Method::GET, ["v1", "audit"]) => audit(state, req),
+        (_, path) => not_here(req, path),
+    }
+}
+
+/// A path this API has, with a method it does not take (405), or a path it does not have (404).
+fn not_here(req: &Request, path: &[&str]) -> Response<Vec<u8>> {
+    let known = matches!(
+        path,
+        [
+            "v1",
+            "status"
+                | "config"
+                | "revisions"
+                | "audit"
+                | "stats"
+                | "routes"
+                | "openapi.json"
+                | "fleet"
+        ] | ["v1", "mirror", "diffs"]
+            | ["v1", "routes", _]
+            | ["v1", "routes", _, "rollback" | "explain" | "rollout"]
+            | ["v1", "routes", _, "rollout", _]
+            | ["v1", "revisions", _, "restore"]
+    );
+    if known {
+        error(
             StatusCode::METHOD_NOT_ALLOWED,
             &format!("{} is not allowed on {}", req.method, req.path),
-        ),
-        _ => error(
+        )
+    } else {
+        error(
             StatusCode::NOT_FOUND,
             &format!("no such endpoint: {} {}", req.method, req.path),
-        ),
+        )
+    }
+}
+
+/// `GET /v1/routes/{name}`: the route as status shows it, with its rollout in full.
+fn route_detail(state: &State, rollouts: &Rollouts, route: &str) -> Response<Vec<u8>> {
+    let live = state.load();
+    match route_status(&live, route) {
+        Some(r) => {
+            let body = RouteDetail {
+                route: r,
+                rollout_state: rollouts.view(state, route),
+            };
+            with_etag(json(StatusCode::OK, &body), live.revision)
+        }
+        None => error(StatusCode::NOT_FOUND, &live.config.no_such_route(route)),
+    }
+}
+
+/// `POST /v1/routes/{name}/rollout/{action}`: here, or handed to the rollout's leader in a fleet.
+fn control_rollout(
+    w: &Writer<'_>,
+    rollouts: &Rollouts,
+    req: &Request,
+    route: &str,
+    action: &str,
+) -> Response<Vec<u8>> {
+    match rollouts.control(w.state, route, action, w.actor, w.reason.as_deref()) {
+        Ok(v) => {
+            let revision = w.state.load().revision;
+            with_etag(json(StatusCode::OK, &v), revision)
+        }
+        Err(crate::rollout::ControlError::NotFound(m)) => error(StatusCode::NOT_FOUND, &m),
+        Err(crate::rollout::ControlError::Conflict(m)) => error(StatusCode::CONFLICT, &m),
+        Err(crate::rollout::ControlError::Change(e)) => change_refused(e),
+        Err(e @ crate::rollout::ControlError::Elsewhere { .. }) => to_leader(req, e),
+    }
+}
+
+/// `GET /v1/stats`.
+fn stats(state: &State, req: &Request) -> Response<Vec<u8>> {
+    let live = state.load();
+    match super::stats::stats(state.metrics(), &live, req.query.as_deref()) {
+        Some(v) => json(StatusCode::OK, &v),
+        None => {
+            let route = super::query_param(req.query.as_deref(), "route").unwrap_or_default();
+            error(StatusCode::NOT_FOUND, &live.config.no_such_route(&route))
+        }
+    }
+}
+
+/// `GET /v1/audit`.
+fn audit(state: &State, req: &Request) -> Response<Vec<u8>> {
+    match Page::from_query(req.query.as_deref()) {
+        Ok(page) => {
+            let (entries, next_after) = page.take(state.audit(), |e| e.revision);
+            json(
+                StatusCode::OK,
+                &AuditBody {
+                    entries,
+                    next_after,
+                },
+            )
+        }
+        Err(m) => error(StatusCode::BAD_REQUEST, &m),
     }
 }
 

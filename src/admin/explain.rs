@@ -14,52 +14,11 @@ pub(crate) fn explain(s: &Snapshot, route: &str, query: Option<&str>) -> Respons
     let Some(route_id) = table.route_id(route) else {
         return error(StatusCode::NOT_FOUND, &s.config.no_such_route(route));
     };
-    let mut headers = http::HeaderMap::new();
-    let (mut cookies, mut params) = (Vec::new(), Vec::new());
-    let (mut client, mut ip, mut method) = (None, None, "GET".to_string());
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (percent_decode(k), percent_decode(v));
-        if let Some(name) = k.strip_prefix("header.") {
-            let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name.as_bytes()),
-                http::HeaderValue::from_str(&v),
-            ) else {
-                return error(StatusCode::BAD_REQUEST, &format!("invalid header {name:?}"));
-            };
-            headers.append(n, v);
-        } else if let Some(name) = k.strip_prefix("cookie.") {
-            cookies.push(format!("{name}={v}"));
-        } else if let Some(name) = k.strip_prefix("query.") {
-            params.push(format!("{name}={v}"));
-        } else {
-            match k.as_ref() {
-                "client" => match table.client_id(&v) {
-                    Some(id) => client = Some(id),
-                    None => {
-                        return error(StatusCode::BAD_REQUEST, &format!("no such client {v:?}"))
-                    }
-                },
-                "ip" => match v.parse() {
-                    Ok(addr) => ip = Some(addr),
-                    Err(_) => return error(StatusCode::BAD_REQUEST, &format!("invalid ip {v:?}")),
-                },
-                "method" => method = v.to_ascii_uppercase(),
-                other => {
-                    let hint = "use header.NAME, cookie.NAME, query.NAME, client, ip or method";
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("unknown parameter {other:?}: {hint}"),
-                    );
-                }
-            }
-        }
-    }
-    if !cookies.is_empty() {
-        if let Ok(v) = http::HeaderValue::from_str(&cookies.join("; ")) {
-            headers.insert(http::header::COOKIE, v);
-        }
-    }
+    let d = match Described::from_query(s, query) {
+        Ok(d) => d,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+    };
+    let (headers, params, client, ip, method) = (d.headers, d.params, d.client, d.ip, d.method);
     let query_string = params.join("&");
     let view = RequestView {
         method: &method,
@@ -113,5 +72,67 @@ pub(crate) fn explain(s: &Snapshot, route: &str, query: Option<&str>) -> Respons
             },
         ),
         Outcome::NoRoute => error(StatusCode::NOT_FOUND, &s.config.no_such_route(route)),
+    }
+}
+
+/// The request `explain` is asked about, from its query parameters.
+struct Described {
+    headers: http::HeaderMap,
+    params: Vec<String>,
+    client: Option<crate::release::ClientId>,
+    ip: Option<std::net::IpAddr>,
+    method: String,
+}
+
+impl Described {
+    fn from_query(s: &Snapshot, query: Option<&str>) -> Result<Described, String> {
+        let mut headers = http::HeaderMap::new();
+        let (mut cookies, mut params) = (Vec::new(), Vec::new());
+        let (mut client, mut ip, mut method) = (None, None, "GET".to_string());
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let (k, v) = (percent_decode(k), percent_decode(v));
+            if let Some(name) = k.strip_prefix("header.") {
+                let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    http::HeaderValue::from_str(&v),
+                ) else {
+                    return Err(format!("invalid header {name:?}"));
+                };
+                headers.append(n, v);
+            } else if let Some(name) = k.strip_prefix("cookie.") {
+                cookies.push(format!("{name}={v}"));
+            } else if let Some(name) = k.strip_prefix("query.") {
+                params.push(format!("{name}={v}"));
+            } else {
+                match k.as_ref() {
+                    "client" => match s.table.client_id(&v) {
+                        Some(id) => client = Some(id),
+                        None => return Err(format!("no such client {v:?}")),
+                    },
+                    "ip" => match v.parse() {
+                        Ok(addr) => ip = Some(addr),
+                        Err(_) => return Err(format!("invalid ip {v:?}")),
+                    },
+                    "method" => method = v.to_ascii_uppercase(),
+                    other => {
+                        let hint = "use header.NAME, cookie.NAME, query.NAME, client, ip or method";
+                        return Err(format!("unknown parameter {other:?}: {hint}"));
+                    }
+                }
+            }
+        }
+        if !cookies.is_empty() {
+            if let Ok(v) = http::HeaderValue::from_str(&cookies.join("; ")) {
+                headers.insert(http::header::COOKIE, v);
+            }
+        }
+        Ok(Described {
+            headers,
+            params,
+            client,
+            ip,
+            method,
+        })
     }
 }

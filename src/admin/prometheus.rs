@@ -5,8 +5,8 @@
 use crate::config::Config;
 use crate::metrics::series::CLASS_NAMES;
 use crate::metrics::{
-    class_of, CompareResult, Latencies, Metrics, MirrorOutcome, Rejection, UpstreamError,
-    PROMETHEUS_LE_US,
+    class_of, CompareResult, Latencies, Metrics, MirrorOutcome, Rejection, Series, Stats,
+    UpstreamError, PROMETHEUS_LE_US,
 };
 use pingora_prometheus::prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
@@ -208,65 +208,156 @@ fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
 }
 
 fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFamily> {
-    use MetricType::{COUNTER, GAUGE, HISTOGRAM};
-    let mut requests = Family::new(
-        "switchyard_requests_total",
-        "Requests answered, by route, the target that served them, exact status (code) and its class (code_class); gRPC calls also by grpc_status.",
-        COUNTER,
-    );
-    let mut duration = Family::new(
-        "switchyard_request_duration_seconds",
-        "Time from a request's arrival to the end of its response.",
-        HISTOGRAM,
-    );
-    let mut errors = Family::new(
-        "switchyard_upstream_errors_total",
-        "Failed upstream attempts (connect failures are counted per attempt, retried or not).",
-        COUNTER,
-    );
-    let mut ttfb = Family::new(
-        "switchyard_upstream_ttfb_seconds",
-        "Time from the upstream connection being ready to the upstream's response header.",
-        HISTOGRAM,
-    );
-    let mut connections = Family::new(
-        "switchyard_upstream_connections_total",
-        "Upstream connections used by requests, newly made or reused from the pool.",
-        COUNTER,
-    );
-    let mut mirror = Family::new(
-        "switchyard_mirror_total",
-        "Shadow copies of a route's traffic towards a target: sent, or dropped, skipped_body, error, timeout.",
-        COUNTER,
-    );
-    let mut compare = Family::new(
-        "switchyard_mirror_compare_total",
-        "Shadow answers compared with the primary's: match, or the first difference (status, body, headers).",
-        COUNTER,
-    );
-    let mut bytes_in = Family::new(
-        "switchyard_request_bytes_total",
-        "Request body bytes received from clients.",
-        COUNTER,
-    );
-    let mut bytes_out = Family::new(
-        "switchyard_response_bytes_total",
-        "Response body bytes sent to clients.",
-        COUNTER,
-    );
-    // A mirrored route's shadow series exist from the start, at 0.
-    let mut mirrored: std::collections::BTreeSet<(String, String)> = config
-        .routes
-        .iter()
-        .filter_map(|r| Some((r.name.clone(), r.mirror.as_ref()?.to.clone())))
-        .collect();
-    for (route, target, s) in metrics.all_series() {
-        let labels = [("route", route.as_str()), ("target", target.as_str())];
+    let t = Traffic::of(metrics, config);
+    let fallbacks = fallback_family(metrics, config);
+    let p = Process::of(metrics, revision);
+    let weights = weight_family(config);
+    let (log_lines, log_dropped) = access_log_families(metrics);
+    [
+        t.requests,
+        t.bytes_in,
+        t.bytes_out,
+        p.in_flight,
+        t.duration,
+        t.errors,
+        fallbacks,
+        t.ttfb,
+        t.connections,
+        t.mirror,
+        t.compare,
+        p.rejected,
+        p.revision,
+        p.reloads,
+        p.reload_ok,
+        p.reload_at,
+        weights,
+        log_lines,
+        log_dropped,
+        p.uptime,
+    ]
+    .into_iter()
+    .map(|f| f.0)
+    .collect()
+}
+
+/// The families of each route × target series.
+struct Traffic {
+    requests: Family,
+    duration: Family,
+    errors: Family,
+    ttfb: Family,
+    connections: Family,
+    mirror: Family,
+    compare: Family,
+    bytes_in: Family,
+    bytes_out: Family,
+}
+
+impl Traffic {
+    fn of(metrics: &Metrics, config: &Config) -> Traffic {
+        use MetricType::{COUNTER, HISTOGRAM};
+        let mut t = Traffic {
+            requests: Family::new(
+                "switchyard_requests_total",
+                "Requests answered, by route, the target that served them, exact status (code) and its class (code_class); gRPC calls also by grpc_status.",
+                COUNTER,
+            ),
+            duration: Family::new(
+                "switchyard_request_duration_seconds",
+                "Time from a request's arrival to the end of its response.",
+                HISTOGRAM,
+            ),
+            errors: Family::new(
+                "switchyard_upstream_errors_total",
+                "Failed upstream attempts (connect failures are counted per attempt, retried or not).",
+                COUNTER,
+            ),
+            ttfb: Family::new(
+                "switchyard_upstream_ttfb_seconds",
+                "Time from the upstream connection being ready to the upstream's response header.",
+                HISTOGRAM,
+            ),
+            connections: Family::new(
+                "switchyard_upstream_connections_total",
+                "Upstream connections used by requests, newly made or reused from the pool.",
+                COUNTER,
+            ),
+            mirror: Family::new(
+                "switchyard_mirror_total",
+                "Shadow copies of a route's traffic towards a target: sent, or dropped, skipped_body, error, timeout.",
+                COUNTER,
+            ),
+            compare: Family::new(
+                "switchyard_mirror_compare_total",
+                "Shadow answers compared with the primary's: match, or the first difference (status, body, headers).",
+                COUNTER,
+            ),
+            bytes_in: Family::new(
+                "switchyard_request_bytes_total",
+                "Request body bytes received from clients.",
+                COUNTER,
+            ),
+            bytes_out: Family::new(
+                "switchyard_response_bytes_total",
+                "Response body bytes sent to clients.",
+                COUNTER,
+            ),
+        };
+        // A mirrored route's shadow series exist from the start, at 0.
+        let mut mirrored: std::collections::BTreeSet<(String, String)> = config
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.name.clone(), r.mirror.as_ref()?.to.clone())))
+            .collect();
+        for (route, target, s) in metrics.all_series() {
+            let configured = mirrored.remove(&(route.clone(), target.clone()));
+            t.add(&route, &target, &s, configured);
+        }
+        for (route, target) in &mirrored {
+            t.add_mirror(
+                &[("route", route), ("target", target)],
+                &[0; MirrorOutcome::ALL.len()],
+                &[0; CompareResult::ALL.len()],
+            );
+        }
+        t
+    }
+
+    /// One series; its mirror samples when the route mirrors to its target or it ever got one.
+    fn add(&mut self, route: &str, target: &str, s: &Series, mirrored: bool) {
+        let labels = [("route", route), ("target", target)];
         let totals = s.totals();
+        self.add_requests(&labels, s, &totals);
+        let (received, sent) = s.bytes();
+        self.bytes_in.counter(&labels, received);
+        self.bytes_out.counter(&labels, sent);
+        self.duration.histogram(&labels, &totals.latency);
+        let detail = s.upstream_detail();
+        for kind in UpstreamError::ALL {
+            self.errors.counter(
+                &[labels[0], labels[1], ("kind", kind.as_str())],
+                detail.errors[kind as usize],
+            );
+        }
+        self.ttfb.histogram(&labels, &detail.ttfb);
+        self.connections.counter(
+            &[labels[0], labels[1], ("reused", "false")],
+            detail.connections_new,
+        );
+        self.connections.counter(
+            &[labels[0], labels[1], ("reused", "true")],
+            detail.connections_reused,
+        );
+        if mirrored || detail.mirror.iter().any(|n| *n > 0) {
+            self.add_mirror(&labels, &detail.mirror, &detail.compare);
+        }
+    }
+
+    /// gRPC calls are their own samples, with `grpc_status`; the plain samples count the rest, by
+    /// exact status (`code`) and its class (`code_class`). A series's statuses past the first 16
+    /// distinct ones are counted under `code` = their class.
+    fn add_requests(&mut self, labels: &[(&str, &str); 2], s: &Series, totals: &Stats) {
         let codes = s.codes();
-        // gRPC calls are their own samples, with `grpc_status`; the plain samples count the rest, by
-        // exact status (`code`) and its class (`code_class`). A series's statuses past the first 16
-        // distinct ones are counted under `code` = their class.
         let grpc = s.grpc_totals();
         for (i, class) in CLASS_NAMES.iter().enumerate() {
             let calls: u64 = grpc.iter().map(|c| c[i]).sum();
@@ -275,13 +366,13 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
             for (code, n) in codes.iter().filter(|(c, _)| class_of(*c) == i) {
                 exact += n;
                 let code = code.to_string();
-                requests.counter(
+                self.requests.counter(
                     &[labels[0], labels[1], ("code", &code), ("code_class", class)],
                     *n,
                 );
             }
             if plain > exact {
-                requests.counter(
+                self.requests.counter(
                     &[labels[0], labels[1], ("code", class), ("code_class", class)],
                     plain - exact,
                 );
@@ -289,83 +380,44 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
             for (code, by_class) in grpc.iter().enumerate() {
                 if by_class[i] > 0 {
                     let code = code.to_string();
-                    requests.counter(
-                        &[
-                            labels[0],
-                            labels[1],
-                            ("code", "200"),
-                            ("code_class", class),
-                            ("grpc_status", &code),
-                        ],
-                        by_class[i],
-                    );
+                    let grpc_labels = [
+                        labels[0],
+                        labels[1],
+                        ("code", "200"),
+                        ("code_class", class),
+                        ("grpc_status", code.as_str()),
+                    ];
+                    self.requests.counter(&grpc_labels, by_class[i]);
                 }
             }
         }
-        let (received, sent) = s.bytes();
-        bytes_in.counter(&labels, received);
-        bytes_out.counter(&labels, sent);
-        duration.histogram(&labels, &totals.latency);
-        let detail = s.upstream_detail();
-        for kind in UpstreamError::ALL {
-            errors.counter(
-                &[labels[0], labels[1], ("kind", kind.as_str())],
-                detail.errors[kind as usize],
-            );
-        }
-        ttfb.histogram(&labels, &detail.ttfb);
-        connections.counter(
-            &[labels[0], labels[1], ("reused", "false")],
-            detail.connections_new,
-        );
-        connections.counter(
-            &[labels[0], labels[1], ("reused", "true")],
-            detail.connections_reused,
-        );
-        let configured = mirrored.remove(&(route.clone(), target.clone()));
-        if configured || detail.mirror.iter().any(|n| *n > 0) {
-            for o in MirrorOutcome::ALL {
-                mirror.counter(
-                    &[labels[0], labels[1], ("outcome", o.as_str())],
-                    detail.mirror[o as usize],
-                );
-            }
-            for r in CompareResult::ALL {
-                compare.counter(
-                    &[labels[0], labels[1], ("result", r.as_str())],
-                    detail.compare[r as usize],
-                );
-            }
-        }
     }
 
-    for (route, target) in &mirrored {
+    fn add_mirror(&mut self, labels: &[(&str, &str); 2], outcomes: &[u64], compared: &[u64]) {
         for o in MirrorOutcome::ALL {
-            mirror.counter(
-                &[
-                    ("route", route),
-                    ("target", target),
-                    ("outcome", o.as_str()),
-                ],
-                0,
+            self.mirror.counter(
+                &[labels[0], labels[1], ("outcome", o.as_str())],
+                outcomes[o as usize],
             );
         }
         for r in CompareResult::ALL {
-            compare.counter(
-                &[("route", route), ("target", target), ("result", r.as_str())],
-                0,
+            self.compare.counter(
+                &[labels[0], labels[1], ("result", r.as_str())],
+                compared[r as usize],
             );
         }
     }
+}
 
+/// `switchyard_fallbacks_total`. Every fallback a route can make exists from the start (at 0), so a
+/// dashboard's query has a series before the first one happens: each non-baseline target of a split
+/// to its baseline, and each colour of a blue/green route to the other.
+fn fallback_family(metrics: &Metrics, config: &Config) -> Family {
     let mut fallbacks = Family::new(
         "switchyard_fallbacks_total",
         "Requests decided for a target whose pool was down, served by the route's baseline instead.",
-        COUNTER,
+        MetricType::COUNTER,
     );
-    // Every fallback a route can make exists from the start (at 0), so a dashboard's query has a
-    // series before the first one happens: each non-baseline target of a split to its baseline, and
-    // each colour of a blue/green route to the other.
     let mut seen = std::collections::BTreeMap::new();
     for route in &config.routes {
         if let Some(split) = &route.split {
@@ -390,59 +442,92 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
     for ((route, from, to), n) in seen {
         fallbacks.counter(&[("route", &route), ("from", &from), ("to", &to)], n);
     }
+    fallbacks
+}
 
-    let mut rejected = Family::new(
-        "switchyard_rejected_total",
-        "Requests answered by the proxy before any target was chosen.",
-        COUNTER,
-    );
-    for why in [
-        Rejection::NoRoute,
-        Rejection::ClientRequired,
-        Rejection::InvalidRequest,
-    ] {
-        rejected.counter(&[("reason", why.as_str())], metrics.rejected(why));
+/// The process's own families: rejections, the revision, reloads, requests in flight, uptime.
+struct Process {
+    rejected: Family,
+    revision: Family,
+    reloads: Family,
+    reload_ok: Family,
+    reload_at: Family,
+    in_flight: Family,
+    uptime: Family,
+}
+
+impl Process {
+    fn of(metrics: &Metrics, revision: u64) -> Process {
+        use MetricType::{COUNTER, GAUGE};
+        let mut rejected = Family::new(
+            "switchyard_rejected_total",
+            "Requests answered by the proxy before any target was chosen.",
+            COUNTER,
+        );
+        for why in [
+            Rejection::NoRoute,
+            Rejection::ClientRequired,
+            Rejection::InvalidRequest,
+        ] {
+            rejected.counter(&[("reason", why.as_str())], metrics.rejected(why));
+        }
+        let mut rev = Family::new(
+            "switchyard_config_revision",
+            "The revision of the configuration being served.",
+            GAUGE,
+        );
+        rev.gauge(&[], revision as f64);
+        let mut reloads = Family::new(
+            "switchyard_reloads_total",
+            "Reloads of the config file (SIGHUP or `switchyard reload`), applied or refused.",
+            COUNTER,
+        );
+        let (ok, refused) = metrics.reloads();
+        reloads.counter(&[("result", "ok")], ok);
+        reloads.counter(&[("result", "error")], refused);
+        let (last_ok, last_success) = metrics.last_reload();
+        let mut reload_ok = Family::new(
+            "switchyard_config_last_reload_successful",
+            "Whether the last reload of the config file was applied (1) or refused (0); 1 before any.",
+            GAUGE,
+        );
+        reload_ok.gauge(&[], if last_ok { 1.0 } else { 0.0 });
+        let mut reload_at = Family::new(
+            "switchyard_config_last_reload_success_timestamp_seconds",
+            "When the config was last loaded successfully, at start or by a reload (Unix time).",
+            GAUGE,
+        );
+        reload_at.gauge(&[], last_success as f64);
+        let mut in_flight = Family::new(
+            "switchyard_requests_in_flight",
+            "Requests being answered now.",
+            GAUGE,
+        );
+        in_flight.gauge(&[], crate::metrics::requests_in_flight() as f64);
+        let mut uptime = Family::new(
+            "switchyard_uptime_seconds",
+            "Seconds since this process started.",
+            GAUGE,
+        );
+        uptime.gauge(&[], metrics.uptime_seconds() as f64);
+        Process {
+            rejected,
+            revision: rev,
+            reloads,
+            reload_ok,
+            reload_at,
+            in_flight,
+            uptime,
+        }
     }
+}
 
-    let mut rev = Family::new(
-        "switchyard_config_revision",
-        "The revision of the configuration being served.",
-        GAUGE,
-    );
-    rev.gauge(&[], revision as f64);
-
-    let mut reloads = Family::new(
-        "switchyard_reloads_total",
-        "Reloads of the config file (SIGHUP or `switchyard reload`), applied or refused.",
-        COUNTER,
-    );
-    let (ok, refused) = metrics.reloads();
-    reloads.counter(&[("result", "ok")], ok);
-    reloads.counter(&[("result", "error")], refused);
-    let (last_ok, last_success) = metrics.last_reload();
-    let mut reload_ok = Family::new(
-        "switchyard_config_last_reload_successful",
-        "Whether the last reload of the config file was applied (1) or refused (0); 1 before any.",
-        GAUGE,
-    );
-    reload_ok.gauge(&[], if last_ok { 1.0 } else { 0.0 });
-    let mut reload_at = Family::new(
-        "switchyard_config_last_reload_success_timestamp_seconds",
-        "When the config was last loaded successfully, at start or by a reload (Unix time).",
-        GAUGE,
-    );
-    reload_at.gauge(&[], last_success as f64);
-    let mut in_flight = Family::new(
-        "switchyard_requests_in_flight",
-        "Requests being answered now.",
-        GAUGE,
-    );
-    in_flight.gauge(&[], crate::metrics::requests_in_flight() as f64);
-
+/// `switchyard_split_weight`: each target's configured weight (blue/green: 100 for the live colour).
+fn weight_family(config: &Config) -> Family {
     let mut weights = Family::new(
         "switchyard_split_weight",
         "Configured weight of each target of a route (blue/green: 100 for the live colour, 0 else).",
-        GAUGE,
+        MetricType::GAUGE,
     );
     for route in &config.routes {
         if let Some(split) = &route.split {
@@ -461,17 +546,21 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
             }
         }
     }
+    weights
+}
 
+/// The access log's lines written and dropped.
+fn access_log_families(metrics: &Metrics) -> (Family, Family) {
     let mut log_lines = Family::new(
         "switchyard_access_log_lines_total",
         "Access log lines written.",
-        COUNTER,
+        MetricType::COUNTER,
     );
     log_lines.counter(&[], metrics.access_log.written.load(Relaxed));
     let mut log_dropped = Family::new(
         "switchyard_access_log_dropped_total",
         "Access log lines dropped instead of delaying requests: queue full, or the write failed.",
-        COUNTER,
+        MetricType::COUNTER,
     );
     log_dropped.counter(
         &[("reason", "queue_full")],
@@ -481,37 +570,5 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
         &[("reason", "write_error")],
         metrics.access_log.dropped_write_error.load(Relaxed),
     );
-
-    let mut uptime = Family::new(
-        "switchyard_uptime_seconds",
-        "Seconds since this process started.",
-        GAUGE,
-    );
-    uptime.gauge(&[], metrics.uptime_seconds() as f64);
-
-    [
-        requests,
-        bytes_in,
-        bytes_out,
-        in_flight,
-        duration,
-        errors,
-        fallbacks,
-        ttfb,
-        connections,
-        mirror,
-        compare,
-        rejected,
-        rev,
-        reloads,
-        reload_ok,
-        reload_at,
-        weights,
-        log_lines,
-        log_dropped,
-        uptime,
-    ]
-    .into_iter()
-    .map(|f| f.0)
-    .collect()
+    (log_lines, log_dropped)
 }

@@ -425,18 +425,7 @@ fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
     for (i, m) in r.matcher.methods.iter().enumerate() {
         e.check(format!("{path}.match.methods[{i}]"), parse::method(m));
     }
-    let upstream_ref = |e: &mut Errors, at: String, name: &str| {
-        if !config.upstreams.contains_key(name) {
-            let known: Vec<&str> = config.upstreams.keys().collect();
-            e.push(
-                at,
-                format!(
-                    "no such upstream {name:?}{}",
-                    super::suggestion(name, &known, "upstreams")
-                ),
-            );
-        }
-    };
+    let upstream_ref = |e: &mut Errors, at: String, name: &str| upstream_ref(config, e, at, name);
     if r.require_client && config.clients.as_ref().is_none_or(|c| c.keys.is_empty()) {
         e.push(
             format!("{path}.require_client"),
@@ -453,47 +442,8 @@ fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
         (None, None) => e.push(path, "needs a split or a blue_green"),
         _ => {}
     }
-    if let Some(split) = &r.split {
-        if split.targets.is_empty() {
-            e.push(format!("{path}.split.targets"), "no targets");
-        }
-        let mut sum = 0.0;
-        for (name, w) in split.targets.iter() {
-            let tpath = format!("{path}.split.targets.{name}");
-            upstream_ref(e, tpath.clone(), name);
-            if !w.is_finite() || *w < 0.0 {
-                e.push(tpath, format!("weight must be a number >= 0, got {w}"));
-            } else {
-                sum += w;
-            }
-        }
-        if !split.targets.is_empty() && sum <= 0.0 {
-            e.push(format!("{path}.split.targets"), "weights sum to 0");
-        }
-        match &split.baseline {
-            None if split.targets.len() >= 2 => {
-                let names: Vec<&str> = split.targets.keys().collect();
-                e.push(
-                    format!("{path}.split.baseline"),
-                    format!(
-                        "missing: a split with two or more targets needs `baseline: NAME`, the target that rollback and fallback send traffic to (one of {})",
-                        names.join(", ")
-                    ),
-                );
-            }
-            Some(b) if !split.targets.contains_key(b) => {
-                let names: Vec<&str> = split.targets.keys().collect();
-                e.push(
-                    format!("{path}.split.baseline"),
-                    format!(
-                        "{b:?} is not one of the split's targets ({})",
-                        names.join(", ")
-                    ),
-                );
-            }
-            _ => {}
-        }
-        sticky_keys(&format!("{path}.split.sticky"), &split.sticky, e);
+    if let Some(sp) = &r.split {
+        split(&format!("{path}.split"), sp, config, e);
     }
     if let Some(bg) = &r.blue_green {
         upstream_ref(e, format!("{path}.blue_green.blue"), &bg.blue);
@@ -513,6 +463,65 @@ fn route(path: &str, r: &RouteConfig, config: &Config, e: &mut Errors) {
         rollout(&format!("{path}.rollout"), ro, r, config, e);
         upstream_ref(e, format!("{path}.rollout.canary"), &ro.canary);
     }
+}
+
+/// An upstream a route names: it must exist (the nearest name is suggested).
+fn upstream_ref(config: &Config, e: &mut Errors, at: String, name: &str) {
+    if !config.upstreams.contains_key(name) {
+        let known: Vec<&str> = config.upstreams.keys().collect();
+        e.push(
+            at,
+            format!(
+                "no such upstream {name:?}{}",
+                super::suggestion(name, &known, "upstreams")
+            ),
+        );
+    }
+}
+
+/// A route's split: known targets with finite weights that do not sum to 0, a baseline among them
+/// (needed with two or more), and valid sticky keys.
+fn split(path: &str, split: &crate::config::SplitConfig, config: &Config, e: &mut Errors) {
+    if split.targets.is_empty() {
+        e.push(format!("{path}.targets"), "no targets");
+    }
+    let mut sum = 0.0;
+    for (name, w) in split.targets.iter() {
+        let tpath = format!("{path}.targets.{name}");
+        upstream_ref(config, e, tpath.clone(), name);
+        if !w.is_finite() || *w < 0.0 {
+            e.push(tpath, format!("weight must be a number >= 0, got {w}"));
+        } else {
+            sum += w;
+        }
+    }
+    if !split.targets.is_empty() && sum <= 0.0 {
+        e.push(format!("{path}.targets"), "weights sum to 0");
+    }
+    match &split.baseline {
+        None if split.targets.len() >= 2 => {
+            let names: Vec<&str> = split.targets.keys().collect();
+            e.push(
+                format!("{path}.baseline"),
+                format!(
+                    "missing: a split with two or more targets needs `baseline: NAME`, the target that rollback and fallback send traffic to (one of {})",
+                    names.join(", ")
+                ),
+            );
+        }
+        Some(b) if !split.targets.contains_key(b) => {
+            let names: Vec<&str> = split.targets.keys().collect();
+            e.push(
+                format!("{path}.baseline"),
+                format!(
+                    "{b:?} is not one of the split's targets ({})",
+                    names.join(", ")
+                ),
+            );
+        }
+        _ => {}
+    }
+    sticky_keys(&format!("{path}.sticky"), &split.sticky, e);
 }
 
 fn when(path: &str, w: &WhenConfig, config: &Config, e: &mut Errors) {
@@ -611,6 +620,54 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, config: &Config, e: 
     if ro.steps.is_empty() {
         e.push(format!("{path}.steps"), "no steps");
     }
+    steps(path, ro, config, e);
+    e.check(format!("{path}.hold"), parse::duration(&ro.hold));
+    if let Some(t) = &ro.step_timeout {
+        if let Some(d) = e.check(format!("{path}.step_timeout"), parse::duration(t)) {
+            if d.is_zero() {
+                e.push(format!("{path}.step_timeout"), "must be greater than 0");
+            }
+        }
+    }
+    if let Some(action) = ro.on_failure.as_deref() {
+        if !matches!(action, "rollback" | "pause") {
+            e.push(
+                format!("{path}.on_failure"),
+                format!("must be rollback or pause, got {action:?}"),
+            );
+        }
+    }
+    if let Some(d) = e.check(format!("{path}.interval"), parse::duration(&ro.interval)) {
+        if d.is_zero() {
+            e.push(format!("{path}.interval"), "must be greater than 0");
+        }
+    }
+    gates(path, &ro.gates, e);
+    if ro.failure_limit == 0 {
+        e.push(format!("{path}.failure_limit"), "must be at least 1, got 0");
+    }
+    for (i, h) in ro.webhooks.iter().enumerate() {
+        let at = format!("{path}.webhooks[{i}]");
+        if !matches!(h.when.as_str(), "pre_step" | "post_rollout" | "rollback") {
+            e.push(
+                format!("{at}.when"),
+                format!(
+                    "expected pre_step, post_rollout or rollback, got {:?}",
+                    h.when
+                ),
+            );
+        }
+        e.check(format!("{at}.url"), parse::http_url(&h.url));
+        e.check(format!("{at}.timeout"), parse::duration(&h.timeout));
+    }
+    if let Some(url) = &ro.notify {
+        e.check(format!("{path}.notify"), parse::http_url(url));
+    }
+}
+
+/// A rollout's steps: weights above 0% and increasing, mirrors above 0%, headers named, clients
+/// known.
+fn steps(path: &str, ro: &RolloutConfig, config: &Config, e: &mut Errors) {
     let mut last: Option<f64> = None;
     for (i, s) in ro.steps.iter().enumerate() {
         let at = format!("{path}.steps[{i}]");
@@ -663,28 +720,10 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, config: &Config, e: 
             Step::Pause => {}
         }
     }
-    e.check(format!("{path}.hold"), parse::duration(&ro.hold));
-    if let Some(t) = &ro.step_timeout {
-        if let Some(d) = e.check(format!("{path}.step_timeout"), parse::duration(t)) {
-            if d.is_zero() {
-                e.push(format!("{path}.step_timeout"), "must be greater than 0");
-            }
-        }
-    }
-    if let Some(action) = ro.on_failure.as_deref() {
-        if !matches!(action, "rollback" | "pause") {
-            e.push(
-                format!("{path}.on_failure"),
-                format!("must be rollback or pause, got {action:?}"),
-            );
-        }
-    }
-    if let Some(d) = e.check(format!("{path}.interval"), parse::duration(&ro.interval)) {
-        if d.is_zero() {
-            e.push(format!("{path}.interval"), "must be greater than 0");
-        }
-    }
-    let g = &ro.gates;
+}
+
+/// A rollout's gates: percentages, a positive latency ratio, a confidence from 0.5 to 0.9999.
+fn gates(path: &str, g: &crate::config::GatesConfig, e: &mut Errors) {
     for (key, v) in [
         ("max_error_rate", &g.max_error_rate),
         ("max_error_rate_increase", &g.max_error_rate_increase),
@@ -709,26 +748,6 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, config: &Config, e: 
                 format!("must be from 0.5 to 0.9999 (e.g. 0.99), got {c}"),
             );
         }
-    }
-    if ro.failure_limit == 0 {
-        e.push(format!("{path}.failure_limit"), "must be at least 1, got 0");
-    }
-    for (i, h) in ro.webhooks.iter().enumerate() {
-        let at = format!("{path}.webhooks[{i}]");
-        if !matches!(h.when.as_str(), "pre_step" | "post_rollout" | "rollback") {
-            e.push(
-                format!("{at}.when"),
-                format!(
-                    "expected pre_step, post_rollout or rollback, got {:?}",
-                    h.when
-                ),
-            );
-        }
-        e.check(format!("{at}.url"), parse::http_url(&h.url));
-        e.check(format!("{at}.timeout"), parse::duration(&h.timeout));
-    }
-    if let Some(url) = &ro.notify {
-        e.check(format!("{path}.notify"), parse::http_url(url));
     }
 }
 

@@ -449,26 +449,7 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             let split = split_patch(&weights)?;
             route_change(&route, json!({ "split": split }))
         }
-        CtlCommand::Flip { route } => {
-            let (current, etag) = read_route(c, &route)?;
-            let next = match current["blue_green"]["live"].as_str() {
-                Some("blue") => "green",
-                Some("green") => "blue",
-                _ => {
-                    return Err(Failure::Refused(format!(
-                        "route {route:?} is not a blue/green route"
-                    )))
-                }
-            };
-            let v = c.change(
-                "PATCH",
-                &format!("/v1/routes/{}", encode(&route)),
-                json!({ "live": next }),
-                etag.as_deref(),
-            )?;
-            let table = change_table(&v);
-            Ok((v, table))
-        }
+        CtlCommand::Flip { route } => flip(c, &route),
         CtlCommand::Rollback { route } => {
             let (_, etag) = read_route(c, &route)?;
             let v = c.change(
@@ -485,82 +466,11 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
         }
         CtlCommand::Revisions => {
             let v = c.get("/v1/revisions")?;
-            let mut t = format!(
-                "{:>8}  {:<24}  {:<10}  {:<18}  {}\n",
-                "REVISION", "AT", "ACTOR", "ACTION", "ROUTE"
-            );
-            for r in v["revisions"].as_array().into_iter().flatten() {
-                let live = if r["live"] == true { " (live)" } else { "" };
-                t += &format!(
-                    "{:>8}  {:<24}  {:<10}  {:<18}  {}{live}\n",
-                    text(&r["revision"]),
-                    text(&r["at"]),
-                    text(&r["actor"]),
-                    text(&r["action"]),
-                    text(&r["route"])
-                );
-            }
-            Ok((v, t))
-        }
-        CtlCommand::Restore { revision } => {
-            let (_, etag) = c.call("GET", "/v1/status", None, None)?;
-            let v = c.change(
-                "POST",
-                &format!("/v1/revisions/{revision}/restore"),
-                json!({}),
-                etag.as_deref(),
-            )?;
-            let table = format!(
-                "revision {revision} restored: now serving revision {}\n",
-                v["revision"]
-            );
+            let table = revisions_table(&v);
             Ok((v, table))
         }
-        CtlCommand::Explain {
-            route,
-            headers,
-            cookies,
-            queries,
-            client,
-            ip,
-            method,
-        } => {
-            let mut params = Vec::new();
-            for (prefix, list) in [
-                ("header.", &headers),
-                ("cookie.", &cookies),
-                ("query.", &queries),
-            ] {
-                for kv in list {
-                    let Some((k, v)) = kv.split_once('=') else {
-                        return Err(Failure::Usage(format!("{kv:?}: expected NAME=VALUE")));
-                    };
-                    params.push(format!("{}={}", encode(&format!("{prefix}{k}")), encode(v)));
-                }
-            }
-            for (key, value) in [("client", client), ("ip", ip), ("method", method)] {
-                if let Some(v) = value {
-                    params.push(format!("{key}={}", encode(&v)));
-                }
-            }
-            let v = c.get(&format!(
-                "/v1/routes/{}/explain?{}",
-                encode(&route),
-                params.join("&")
-            ))?;
-            let baseline = if v["target"] == v["baseline"] {
-                " (baseline)"
-            } else {
-                ""
-            };
-            let table = format!(
-                "{} -> {}{baseline} ({})\n",
-                text(&v["route"]),
-                text(&v["target"]),
-                text(&v["explanation"])
-            );
-            Ok((v, table))
-        }
+        CtlCommand::Restore { revision } => restore(c, revision),
+        explain @ CtlCommand::Explain { .. } => explain_call(c, explain),
         CtlCommand::Stats { route, since_start } => {
             let path = match &route {
                 Some(r) => format!("/v1/stats?route={}", encode(r)),
@@ -603,6 +513,95 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             Ok((v, table))
         }
     }
+}
+
+/// `restore N`: a new revision equal to revision N.
+fn restore(c: &Client, revision: u64) -> Result<(Value, String), Failure> {
+    let (_, etag) = c.call("GET", "/v1/status", None, None)?;
+    let v = c.change(
+        "POST",
+        &format!("/v1/revisions/{revision}/restore"),
+        json!({}),
+        etag.as_deref(),
+    )?;
+    let table = format!(
+        "revision {revision} restored: now serving revision {}\n",
+        v["revision"]
+    );
+    Ok((v, table))
+}
+
+/// `flip ROUTE`: the other colour of a blue/green route goes live.
+fn flip(c: &Client, route: &str) -> Result<(Value, String), Failure> {
+    let (current, etag) = read_route(c, route)?;
+    let next = match current["blue_green"]["live"].as_str() {
+        Some("blue") => "green",
+        Some("green") => "blue",
+        _ => {
+            return Err(Failure::Refused(format!(
+                "route {route:?} is not a blue/green route"
+            )))
+        }
+    };
+    let v = c.change(
+        "PATCH",
+        &format!("/v1/routes/{}", encode(route)),
+        json!({ "live": next }),
+        etag.as_deref(),
+    )?;
+    let table = change_table(&v);
+    Ok((v, table))
+}
+
+/// `explain ROUTE --header ... --client ...`: which target such a request gets, and why.
+fn explain_call(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> {
+    let CtlCommand::Explain {
+        route,
+        headers,
+        cookies,
+        queries,
+        client,
+        ip,
+        method,
+    } = command
+    else {
+        return Err(Failure::Usage("not an explain command".into()));
+    };
+    let mut params = Vec::new();
+    for (prefix, list) in [
+        ("header.", &headers),
+        ("cookie.", &cookies),
+        ("query.", &queries),
+    ] {
+        for kv in list {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(Failure::Usage(format!("{kv:?}: expected NAME=VALUE")));
+            };
+            params.push(format!("{}={}", encode(&format!("{prefix}{k}")), encode(v)));
+        }
+    }
+    for (key, value) in [("client", client), ("ip", ip), ("method", method)] {
+        if let Some(v) = value {
+            params.push(format!("{key}={}", encode(&v)));
+        }
+    }
+    let v = c.get(&format!(
+        "/v1/routes/{}/explain?{}",
+        encode(&route),
+        params.join("&")
+    ))?;
+    let baseline = if v["target"] == v["baseline"] {
+        " (baseline)"
+    } else {
+        ""
+    };
+    let table = format!(
+        "{} -> {}{baseline} ({})\n",
+        text(&v["route"]),
+        text(&v["target"]),
+        text(&v["explanation"])
+    );
+    Ok((v, table))
 }
 
 /// Percent-encodes everything but unreserved characters.

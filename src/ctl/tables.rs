@@ -376,3 +376,23 @@ pub(super) fn status_table(v: &Value) -> String {
     t += "(up*: no health check; counted up)\n";
     t
 }
+
+/// The revisions kept, oldest first, the live one marked.
+pub(super) fn revisions_table(v: &Value) -> String {
+    let mut t = format!(
+        "{:>8}  {:<24}  {:<10}  {:<18}  {}\n",
+        "REVISION", "AT", "ACTOR", "ACTION", "ROUTE"
+    );
+    for r in v["revisions"].as_array().into_iter().flatten() {
+        let live = if r["live"] == true { " (live)" } else { "" };
+        t += &format!(
+            "{:>8}  {:<24}  {:<10}  {:<18}  {}{live}\n",
+            text(&r["revision"]),
+            text(&r["at"]),
+            text(&r["actor"]),
+            text(&r["action"]),
+            text(&r["route"])
+        );
+    }
+    t
+}

@@ -255,56 +255,16 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
         } else if path == "/_demo/errors" && control.knobs.load(Ordering::Relaxed) {
             knob(&control, query.as_deref())
         } else {
-            control.requests.fetch_add(1, Ordering::Relaxed);
-            {
-                let mut received = control.received.lock().unwrap_or_else(|p| p.into_inner());
-                if received.len() >= 1000 {
-                    received.remove(0);
-                }
-                received.push(Received {
-                    method: method.clone(),
-                    target: target.clone(),
-                    headers: raw_headers,
-                    body: body.clone(),
-                });
-            }
-            let mut delay = control.delay_ms.load(Ordering::Relaxed);
-            if rand::random::<u64>() % 1_000_000 < control.tail_ppm.load(Ordering::Relaxed) {
-                delay += control.tail_ms.load(Ordering::Relaxed);
-            }
-            if delay > 0 {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-            }
-            let mut json = serde_json::json!({
-                "version": control.version,
-                "method": method,
-                "path": path,
-                "query": query,
-                "headers": echoed,
-                "body_bytes": body.len(),
-            });
-            if let Some(o) = json.as_object_mut() {
-                for (k, v) in control
-                    .fields
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                {
-                    o.insert(k.clone(), v.clone());
-                }
-            }
-            let fixed = control
-                .body
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let ppm = control.error_ppm.load(Ordering::Relaxed);
-            let status = if ppm > 0 && rand::random::<u64>() % 1_000_000 < ppm {
-                500
-            } else {
-                control.status.load(Ordering::Relaxed)
+            let served = Served {
+                method: &method,
+                target: &target,
+                path: &path,
+                query: query.as_deref(),
+                headers: raw_headers,
+                echoed,
+                body: &body,
             };
-            (status, fixed.unwrap_or_else(|| json.to_string()))
+            served.answer(&control).await
         };
         let head = format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-served-by: {}\r\n{}\r\n",
@@ -321,6 +281,74 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
         if close {
             return Ok(());
         }
+    }
+}
+
+/// A request the backend answers itself (not a health check or a knob).
+struct Served<'a> {
+    method: &'a str,
+    target: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: Vec<(String, String)>,
+    echoed: serde_json::Map<String, serde_json::Value>,
+    body: &'a [u8],
+}
+
+impl Served<'_> {
+    /// Records the request, waits the configured delay, and answers with its echo (or the fixed
+    /// body), or a 500 for the configured share.
+    async fn answer(self, control: &BackendControl) -> (u16, String) {
+        control.requests.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut received = control.received.lock().unwrap_or_else(|p| p.into_inner());
+            if received.len() >= 1000 {
+                received.remove(0);
+            }
+            received.push(Received {
+                method: self.method.to_string(),
+                target: self.target.to_string(),
+                headers: self.headers,
+                body: self.body.to_vec(),
+            });
+        }
+        let mut delay = control.delay_ms.load(Ordering::Relaxed);
+        if rand::random::<u64>() % 1_000_000 < control.tail_ppm.load(Ordering::Relaxed) {
+            delay += control.tail_ms.load(Ordering::Relaxed);
+        }
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let mut json = serde_json::json!({
+            "version": control.version,
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "headers": self.echoed,
+            "body_bytes": self.body.len(),
+        });
+        if let Some(o) = json.as_object_mut() {
+            for (k, v) in control
+                .fields
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        let fixed = control
+            .body
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let ppm = control.error_ppm.load(Ordering::Relaxed);
+        let status = if ppm > 0 && rand::random::<u64>() % 1_000_000 < ppm {
+            500
+        } else {
+            control.status.load(Ordering::Relaxed)
+        };
+        (status, fixed.unwrap_or_else(|| json.to_string()))
     }
 }
 

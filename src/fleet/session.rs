@@ -105,26 +105,7 @@ impl Fleet {
     /// instance hands over to a new process (`Ok`).
     async fn session(&self, state: &Arc<State>) -> Result<(), String> {
         let mut client = self.connect().await?;
-        // A lease still alive from before a short outage keeps this instance's leaderships.
-        let mut lease = self.lease.load(SeqCst);
-        if lease != 0 {
-            let alive = client
-                .lease_time_to_live(lease, None)
-                .await
-                .is_ok_and(|r| r.ttl() > 0);
-            if !alive {
-                lease = 0;
-            }
-        }
-        if lease == 0 {
-            let ttl = self.ttl.as_secs().max(2) as i64;
-            lease = client
-                .lease_grant(ttl, None)
-                .await
-                .map_err(|e| format!("granting a lease: {e}"))?
-                .id();
-            self.lease.store(lease, SeqCst);
-        }
+        let lease = self.lease(&mut client).await?;
         let (mut keeper, mut kept) = client
             .lease_keep_alive(lease)
             .await
@@ -175,31 +156,7 @@ impl Fleet {
                     if resp.canceled() {
                         return Err(format!("etcd cancelled the watch: {}", resp.cancel_reason()));
                     }
-                    let mut revision_changed = false;
-                    for event in resp.events() {
-                        let Some(kv) = event.kv() else { continue };
-                        let Ok(key) = kv.key_str() else { continue };
-                        let Some(rest) = key.strip_prefix(&self.key("")) else { continue };
-                        let deleted = event.event_type() == EventType::Delete;
-                        if rest == "revision" {
-                            let n = kv.value_str().ok().and_then(|v| v.parse::<u64>().ok());
-                            if n.is_some_and(|n| n > state.load().revision) {
-                                revision_changed = true;
-                            }
-                        } else if let Some(route) = rest.strip_prefix("rollouts/") {
-                            let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
-                            if deleted {
-                                followed.remove(route);
-                            } else {
-                                followed.insert(route.to_string(), kv.value().to_vec());
-                            }
-                        } else if let Some(route) = rest.strip_prefix("leaders/") {
-                            if deleted {
-                                self.leaders.lock().unwrap_or_else(|p| p.into_inner()).remove(route);
-                                self.campaign_now.notify_one();
-                            }
-                        }
-                    }
+                    let revision_changed = self.on_watch(state, &resp);
                     if revision_changed {
                         watch_from = self.catch_up(state, &mut client).await?.max(watch_from);
                         // The registration says at once which revision this instance serves.
@@ -229,6 +186,65 @@ impl Fleet {
                 }
             }
         }
+    }
+
+    /// This instance's lease: the one still alive from before a short outage (it keeps this
+    /// instance's leaderships), or a new one.
+    async fn lease(&self, client: &mut Client) -> Result<i64, String> {
+        let lease = self.lease.load(SeqCst);
+        if lease != 0 {
+            let alive = client
+                .lease_time_to_live(lease, None)
+                .await
+                .is_ok_and(|r| r.ttl() > 0);
+            if alive {
+                return Ok(lease);
+            }
+        }
+        let ttl = self.ttl.as_secs().max(2) as i64;
+        let lease = client
+            .lease_grant(ttl, None)
+            .await
+            .map_err(|e| format!("granting a lease: {e}"))?
+            .id();
+        self.lease.store(lease, SeqCst);
+        Ok(lease)
+    }
+
+    /// Takes in what the watch saw: rollout records and leaders that went. Returns whether the
+    /// fleet's revision moved past the one served here.
+    fn on_watch(&self, state: &Arc<State>, resp: &etcd_client::WatchResponse) -> bool {
+        let mut revision_changed = false;
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let Ok(key) = kv.key_str() else { continue };
+            let Some(rest) = key.strip_prefix(&self.key("")) else {
+                continue;
+            };
+            let deleted = event.event_type() == EventType::Delete;
+            if rest == "revision" {
+                let n = kv.value_str().ok().and_then(|v| v.parse::<u64>().ok());
+                if n.is_some_and(|n| n > state.load().revision) {
+                    revision_changed = true;
+                }
+            } else if let Some(route) = rest.strip_prefix("rollouts/") {
+                let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+                if deleted {
+                    followed.remove(route);
+                } else {
+                    followed.insert(route.to_string(), kv.value().to_vec());
+                }
+            } else if let Some(route) = rest.strip_prefix("leaders/") {
+                if deleted {
+                    self.leaders
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(route);
+                    self.campaign_now.notify_one();
+                }
+            }
+        }
+        revision_changed
     }
 
     /// Reads what this instance missed and applies it. Returns etcd's revision of the read.

@@ -297,25 +297,8 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if let Some(tag) = mirror::shadow_tag(session) {
-            let snapshot = tag.snapshot.clone();
-            ctx.shadow = true;
-            ctx.route = Some(tag.route);
-            ctx.target = Some(tag.target);
-            ctx.request_id = tag.request_id.clone();
-            ctx.shadow_client = tag.client.clone();
-            let backend = snapshot.pools.get(tag.target).and_then(|p| p.select(&[]));
-            strip_internal_headers(session);
-            ctx.snapshot = Some(snapshot);
-            return match backend {
-                Some(b) => {
-                    ctx.backend = Some(b);
-                    Ok(false)
-                }
-                None => Error::e_explain(
-                    ErrorType::ConnectNoRoute,
-                    "mirror target has no healthy backend",
-                ),
-            };
+            let tag = mirror::ShadowTag::clone(tag);
+            return shadow_request(session, ctx, &tag);
         }
         let snapshot = self.state.load();
         strip_internal_headers(session);
@@ -352,33 +335,7 @@ impl ProxyHttp for Proxy {
             }
         };
 
-        let mut mirror_wanted = false;
-        let outcome = {
-            let req = session.req_header();
-            let host = req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.authority().map(|a| a.as_str()))
-                .unwrap_or("");
-            let view = RequestView {
-                method: req.method.as_str(),
-                host,
-                path: route_path.as_deref().unwrap_or(req.uri.path()),
-                query: req.uri.query(),
-                headers: (&req.headers).into(),
-                client_ip: session
-                    .client_addr()
-                    .and_then(PeerAddr::as_inet)
-                    .map(|a| a.ip()),
-            };
-            let outcome = release::decide(&snapshot.table, &view, &mut random_bucket);
-            if let Outcome::Routed(d) = &outcome {
-                mirror_wanted =
-                    release::mirror_for(&snapshot.table, d, &view, &mut random_bucket).is_some();
-            }
-            outcome
-        };
+        let (outcome, mirror_wanted) = decide(session, &snapshot, route_path.as_deref());
         let decision = match outcome {
             Outcome::Routed(d) => d,
             Outcome::NoRoute => {
@@ -729,6 +686,61 @@ impl ProxyHttp for Proxy {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// A shadow copy's own request (a subrequest): its route, target and request id come with it; it
+/// goes to a healthy backend of the mirror's target.
+fn shadow_request(session: &mut Session, ctx: &mut Ctx, tag: &mirror::ShadowTag) -> Result<bool> {
+    let snapshot = tag.snapshot.clone();
+    ctx.shadow = true;
+    ctx.route = Some(tag.route);
+    ctx.target = Some(tag.target);
+    ctx.request_id = tag.request_id.clone();
+    ctx.shadow_client = tag.client.clone();
+    let backend = snapshot.pools.get(tag.target).and_then(|p| p.select(&[]));
+    strip_internal_headers(session);
+    ctx.snapshot = Some(snapshot);
+    match backend {
+        Some(b) => {
+            ctx.backend = Some(b);
+            Ok(false)
+        }
+        None => Error::e_explain(
+            ErrorType::ConnectNoRoute,
+            "mirror target has no healthy backend",
+        ),
+    }
+}
+
+/// The release decision for the request Pingora parsed (routed on `route_path` when the request
+/// rules normalised it), and whether it is mirrored.
+fn decide(session: &Session, snapshot: &Snapshot, route_path: Option<&str>) -> (Outcome, bool) {
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let view = RequestView {
+        method: req.method.as_str(),
+        host,
+        path: route_path.unwrap_or(req.uri.path()),
+        query: req.uri.query(),
+        headers: (&req.headers).into(),
+        client_ip: session
+            .client_addr()
+            .and_then(PeerAddr::as_inet)
+            .map(|a| a.ip()),
+    };
+    let outcome = release::decide(&snapshot.table, &view, &mut random_bucket);
+    let mirrored = match &outcome {
+        Outcome::Routed(d) => {
+            release::mirror_for(&snapshot.table, d, &view, &mut random_bucket).is_some()
+        }
+        _ => false,
+    };
+    (outcome, mirrored)
 }
 
 /// A healthy backend for the decision's target, or for the route's baseline when the target's pool is

@@ -269,16 +269,7 @@ impl Rollouts {
     pub(super) fn sync(&self, inner: &mut Inner, state: &State, now: Instant) {
         if !inner.loaded {
             inner.loaded = true;
-            if let Some(saved) = state.load_rollouts() {
-                match serde_json::from_slice::<BTreeMap<String, Record>>(&saved) {
-                    Ok(records) => {
-                        for (name, record) in records {
-                            inner.runs.insert(name, Run::resumed(record, now));
-                        }
-                    }
-                    Err(e) => log::error!("rollouts.json cannot be read ({e}); rollouts start again from their first step"),
-                }
-            }
+            load_saved(inner, state, now);
         }
         let live = state.load();
         let configured: Vec<(RouteConfig, RolloutConfig)> = live
@@ -288,47 +279,9 @@ impl Rollouts {
             .filter(|r| crate::fleet::of(state).is_none_or(|f| f.leads(&r.name)))
             .filter_map(|r| r.rollout.clone().map(|ro| (r.clone(), ro)))
             .collect();
-        if let Some(fleet) = crate::fleet::of(state) {
-            for (r, ro) in &configured {
-                if inner.runs.contains_key(&r.name) {
-                    continue;
-                }
-                match fleet.load_rollout(&r.name) {
-                    Ok(Some(bytes)) => match serde_json::from_slice::<Record>(&bytes) {
-                        Ok(record) => {
-                            let mut run = Run::resumed(record, now);
-                            if run.record.digest == rollout_digest(ro) {
-                                self.adopt(state, r, ro, &mut run);
-                            }
-                            log::info!(
-                                "route {}: leading its rollout from step {} ({}), {} held",
-                                r.name,
-                                run.record.step + 1,
-                                run.record.phase.as_str(),
-                                humantime::format_duration(Duration::from_secs(
-                                    run.record.held_ms / 1000
-                                ))
-                            );
-                            inner.runs.insert(r.name.clone(), run);
-                            inner.dirty = true;
-                        }
-                        Err(e) => log::error!(
-                            "route {}: the rollout state in etcd cannot be read ({e}); it starts again",
-                            r.name
-                        ),
-                    },
-                    Ok(None) => {}
-                    Err(e) => {
-                        // Not known yet whether a rollout is under way: wait for etcd rather than
-                        // start one again.
-                        log::warn!("route {}: reading its rollout from etcd: {e}", r.name);
-                        inner.resync = true;
-                        return;
-                    }
-                }
-            }
+        if !self.take_over_led(inner, state, &configured, now) {
+            return;
         }
-
         inner.runs.retain(|name, _| {
             let keep = configured.iter().any(|(r, _)| &r.name == name);
             if !keep {
@@ -345,50 +298,109 @@ impl Rollouts {
                 Some(_) => inner.runs.remove(&r.name),
                 None => None,
             };
-            let mut run = Run::new(&r, &ro, now);
-            if let Some(old) = &previous {
-                run.record.added = old.record.added.clone();
-                run.record.history = old.record.history.clone();
-                run.record.checks = old.record.checks;
-            }
-            let why = if previous.is_some() {
-                format!(
-                    "rollout block changed (revision {}): starting again",
-                    live.revision
-                )
-            } else {
-                format!(
-                    "rollout of {} configured (revision {})",
-                    ro.canary, live.revision
-                )
-            };
-            run.enter_step(&ro, 0, now);
-            let reason = format!("{why}; step 1/{}: {}", ro.steps.len(), step_words(&ro, 0));
-            match self.commit(
-                state,
-                &ro,
-                &mut run,
-                "rollout",
-                "rollout.start",
-                &reason,
-                false,
-                |r, ro, a| {
-                    plan::take_back(r, a);
-                    plan::apply_step(r, ro, 0, a)
-                },
-            ) {
-                Ok(()) => {
-                    self.event(&ro, &mut run, "start", "rollout", None, None, reason);
-                }
-                Err(e) => {
-                    run.record.phase = Phase::Paused;
-                    run.record.reason = Some(format!("could not start: {e}"));
-                    log::error!("route {}: rollout could not start: {e}", r.name);
-                }
-            }
+            let run = self.start_configured(state, &r, &ro, previous, live.revision, now);
             inner.runs.insert(r.name.clone(), run);
             inner.dirty = true;
         }
+    }
+
+    /// In a fleet: the rollouts this instance has come to lead, taken up where their previous leader
+    /// saved them. `false` when etcd cannot say whether one is under way (wait rather than start it
+    /// again).
+    fn take_over_led(
+        &self,
+        inner: &mut Inner,
+        state: &State,
+        configured: &[(RouteConfig, RolloutConfig)],
+        now: Instant,
+    ) -> bool {
+        let Some(fleet) = crate::fleet::of(state) else {
+            return true;
+        };
+        for (r, ro) in configured {
+            if inner.runs.contains_key(&r.name) {
+                continue;
+            }
+            match fleet.load_rollout(&r.name) {
+                Ok(Some(bytes)) => match serde_json::from_slice::<Record>(&bytes) {
+                    Ok(record) => {
+                        let mut run = Run::resumed(record, now);
+                        if run.record.digest == rollout_digest(ro) {
+                            self.adopt(state, r, ro, &mut run);
+                        }
+                        log::info!(
+                            "route {}: leading its rollout from step {} ({}), {} held",
+                            r.name,
+                            run.record.step + 1,
+                            run.record.phase.as_str(),
+                            humantime::format_duration(Duration::from_secs(
+                                run.record.held_ms / 1000
+                            ))
+                        );
+                        inner.runs.insert(r.name.clone(), run);
+                        inner.dirty = true;
+                    }
+                    Err(e) => log::error!(
+                        "route {}: the rollout state in etcd cannot be read ({e}); it starts again",
+                        r.name
+                    ),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    log::warn!("route {}: reading its rollout from etcd: {e}", r.name);
+                    inner.resync = true;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// A rollout block configured (or changed: `previous` is the rollout it replaces, whose
+    /// history and counts go on) starts at its first step.
+    fn start_configured(
+        &self,
+        state: &State,
+        r: &RouteConfig,
+        ro: &RolloutConfig,
+        previous: Option<Run>,
+        revision: u64,
+        now: Instant,
+    ) -> Run {
+        let mut run = Run::new(r, ro, now);
+        if let Some(old) = &previous {
+            run.record.added = old.record.added.clone();
+            run.record.history = old.record.history.clone();
+            run.record.checks = old.record.checks;
+        }
+        let why = if previous.is_some() {
+            format!("rollout block changed (revision {revision}): starting again")
+        } else {
+            format!("rollout of {} configured (revision {revision})", ro.canary)
+        };
+        run.enter_step(ro, 0, now);
+        let reason = format!("{why}; step 1/{}: {}", ro.steps.len(), step_words(ro, 0));
+        match self.commit(
+            state,
+            ro,
+            &mut run,
+            "rollout",
+            "rollout.start",
+            &reason,
+            false,
+            |r, ro, a| {
+                plan::take_back(r, a);
+                plan::apply_step(r, ro, 0, a)
+            },
+        ) {
+            Ok(()) => self.event(ro, &mut run, "start", "rollout", None, None, reason),
+            Err(e) => {
+                run.record.phase = Phase::Paused;
+                run.record.reason = Some(format!("could not start: {e}"));
+                log::error!("route {}: rollout could not start: {e}", r.name);
+            }
+        }
+        run
     }
 
     /// Moves to the next step, or ends the rollout with the canary at 100% after the last.
@@ -625,6 +637,23 @@ pub struct Controller {
 impl Controller {
     pub fn new(state: std::sync::Arc<State>, rollouts: std::sync::Arc<Rollouts>) -> Controller {
         Controller { state, rollouts }
+    }
+}
+
+/// The rollouts as last saved in `state_dir`, taken up where they were.
+fn load_saved(inner: &mut Inner, state: &State, now: Instant) {
+    let Some(saved) = state.load_rollouts() else {
+        return;
+    };
+    match serde_json::from_slice::<BTreeMap<String, Record>>(&saved) {
+        Ok(records) => {
+            for (name, record) in records {
+                inner.runs.insert(name, Run::resumed(record, now));
+            }
+        }
+        Err(e) => log::error!(
+            "rollouts.json cannot be read ({e}); rollouts start again from their first step"
+        ),
     }
 }
 

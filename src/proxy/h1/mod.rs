@@ -385,13 +385,12 @@ impl Engine {
                     idempotent,
                     request_id: &ctx.request_id,
                 };
-                if let Some((s, t)) =
-                    ShadowCopy::start(&self.proxy.metrics, snapshot, m, d.route, primary)
-                {
-                    ctx.mirrored = true;
-                    shadow = Some(s);
-                    tap = t;
-                }
+                (shadow, tap) =
+                    match ShadowCopy::start(&self.proxy.metrics, snapshot, m, d.route, primary) {
+                        Some((s, t)) => (Some(s), t),
+                        None => (None, None),
+                    };
+                ctx.mirrored = shadow.is_some();
             }
         }
         let req = Request {
@@ -401,24 +400,11 @@ impl Engine {
             head: method == "HEAD",
             idempotent,
             client_close: h.close,
-            logged: self.proxy.access_log.as_ref().map(|_| {
-                let field = |name: &str| {
-                    parsed_headers[..h.kept]
-                        .iter()
-                        .find(|f| f.name.eq_ignore_ascii_case(name))
-                        .map(|f| f.value)
-                };
-                Box::new(RequestLog {
-                    method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
-                    path: path.to_string(),
-                    host: Some(host.to_string()),
-                    user_agent: field("user-agent").and_then(access_log::logged_value),
-                    forwarded_for: field("x-forwarded-for").and_then(access_log::logged_value),
-                    traceparent: field("traceparent").and_then(access_log::valid_traceparent),
-                    client_addr: c.client_ip.flatten(),
-                    tls_version: c.stream.get_ssl_digest().map(|d| d.version.to_string()),
-                })
-            }),
+            logged: self
+                .proxy
+                .access_log
+                .as_ref()
+                .map(|_| request_log(c, method, path, host, &parsed_headers[..h.kept])),
             shadow,
             tap,
         };
@@ -435,103 +421,18 @@ impl Engine {
         decision: Decision,
         shutdown: &ShutdownWatch,
     ) -> Next {
-        let mut picked = pick_backend(snapshot, &decision, &[]);
-        let mut fresh_only = false;
-        let (mut up, addr, timeouts) = loop {
-            let Some((target, backend)) = picked.take() else {
-                self.proxy
-                    .record_upstream_error(&mut ctx, UpstreamError::NoHealthyUpstream);
-                let answer = if ctx.failed.is_empty() {
-                    Answer::NoHealthyUpstream
-                } else {
-                    Answer::UpstreamUnavailable
-                };
-                return self.answer(c, ctx, req, shutdown, answer).await;
-            };
-            ctx.target = Some(target);
-            let (Some(pool), Some(addr)) = (snapshot.pools.get(target), backend.addr.as_inet())
-            else {
-                return self
-                    .answer(c, ctx, req, shutdown, Answer::InternalError)
-                    .await;
-            };
-            let addr = *addr;
-            ctx.backend = Some(backend);
-            let timeouts = pool.timeouts();
-            let idle = timeouts.idle.unwrap_or(pool::DEFAULT_IDLE);
-            let pooled = if fresh_only {
-                None
-            } else {
-                pool::take(addr, idle)
-            };
-            let reused = pooled.is_some();
-            let mut up = match pooled {
-                Some(up) => up,
-                None => match connect(addr, timeouts.connect).await {
-                    Ok(up) => up,
-                    Err(kind) => {
-                        self.proxy.record_upstream_error(&mut ctx, kind);
-                        ctx.failed.push(addr);
-                        ctx.backend = None;
-                        if retry::after_connect_failure(ctx.failed.len(), pool.backend_count()) {
-                            picked = pick_backend(snapshot, &decision, &ctx.failed);
-                            continue;
-                        }
-                        let answer = Answer::for_upstream(kind);
-                        return self.answer(c, ctx, req, shutdown, answer).await;
-                    }
-                },
-            };
-            let ready = Instant::now();
-            if let Some(series) = self.proxy.series(&ctx, target) {
-                series.record_connection(reused);
-            }
-            let sent = send_request(
-                c,
-                &mut up,
-                &mut req.body_unread,
-                &mut req.shadow,
-                timeouts.write,
-            )
-            .await;
-            let head = match sent {
-                Ok(()) => read_response_head(c, &mut up, timeouts.read).await,
-                Err(e) => Err(e),
-            };
-            match head {
-                Ok(()) => {
-                    let us = ready.elapsed().as_micros() as u64;
-                    ctx.upstream_ttfb_us = Some(us);
-                    if let Some(series) = self.proxy.series(&ctx, target) {
-                        series.record_ttfb(us);
-                    }
-                    break (up, addr, timeouts);
-                }
-                Err(Some(f)) => {
-                    self.proxy.record_upstream_error(&mut ctx, f.kind);
-                    if reused
-                        && retry::after_reused_connection_failure(
-                            f.retry,
-                            req.idempotent,
-                            req.body_unread == 0,
-                            fresh_only,
-                        )
-                    {
-                        // A kept-alive connection the upstream had closed: once more, on a new one.
-                        fresh_only = true;
-                        picked = ctx.backend.take().map(|b| (target, b));
-                        continue;
-                    }
-                    let answer = Answer::for_upstream(f.kind);
-                    return self.answer(c, ctx, req, shutdown, answer).await;
-                }
-                Err(None) => {
-                    // The client went away while its body was being sent.
-                    self.proxy.record(&mut ctx, 499, || {
-                        req.logged.take().map(|l| *l).unwrap_or_default()
-                    });
-                    return Next::Close;
-                }
+        let (mut up, addr, timeouts) = match self
+            .exchange(c, &mut ctx, &mut req, snapshot, &decision)
+            .await
+        {
+            Exchanged::Ready(up, addr, timeouts) => (up, addr, timeouts),
+            Exchanged::Answer(answer) => return self.answer(c, ctx, req, shutdown, answer).await,
+            Exchanged::ClientGone => {
+                // The client went away while its body was being sent.
+                self.proxy.record(&mut ctx, 499, || {
+                    req.logged.take().map(|l| *l).unwrap_or_default()
+                });
+                return Next::Close;
             }
         };
 
@@ -576,6 +477,106 @@ impl Engine {
             Next::KeepAlive
         } else {
             Next::Close
+        }
+    }
+
+    /// Connects (another backend after a connect failure; a new connection once after a kept-alive
+    /// one the upstream had closed), sends the request and reads the response head.
+    async fn exchange(
+        &self,
+        c: &mut Conn,
+        ctx: &mut Ctx,
+        req: &mut Request,
+        snapshot: &Snapshot,
+        decision: &Decision,
+    ) -> Exchanged {
+        let mut picked = pick_backend(snapshot, decision, &[]);
+        let mut fresh_only = false;
+        loop {
+            let Some((target, backend)) = picked.take() else {
+                self.proxy
+                    .record_upstream_error(ctx, UpstreamError::NoHealthyUpstream);
+                return Exchanged::Answer(if ctx.failed.is_empty() {
+                    Answer::NoHealthyUpstream
+                } else {
+                    Answer::UpstreamUnavailable
+                });
+            };
+            ctx.target = Some(target);
+            let (Some(pool), Some(addr)) = (snapshot.pools.get(target), backend.addr.as_inet())
+            else {
+                return Exchanged::Answer(Answer::InternalError);
+            };
+            let addr = *addr;
+            ctx.backend = Some(backend);
+            let timeouts = pool.timeouts();
+            let idle = timeouts.idle.unwrap_or(pool::DEFAULT_IDLE);
+            let pooled = if fresh_only {
+                None
+            } else {
+                pool::take(addr, idle)
+            };
+            let reused = pooled.is_some();
+            let mut up = match pooled {
+                Some(up) => up,
+                None => match connect(addr, timeouts.connect).await {
+                    Ok(up) => up,
+                    Err(kind) => {
+                        self.proxy.record_upstream_error(ctx, kind);
+                        ctx.failed.push(addr);
+                        ctx.backend = None;
+                        if retry::after_connect_failure(ctx.failed.len(), pool.backend_count()) {
+                            picked = pick_backend(snapshot, decision, &ctx.failed);
+                            continue;
+                        }
+                        return Exchanged::Answer(Answer::for_upstream(kind));
+                    }
+                },
+            };
+            let ready = Instant::now();
+            if let Some(series) = self.proxy.series(ctx, target) {
+                series.record_connection(reused);
+            }
+            let sent = send_request(
+                c,
+                &mut up,
+                &mut req.body_unread,
+                &mut req.shadow,
+                timeouts.write,
+            )
+            .await;
+            let head = match sent {
+                Ok(()) => read_response_head(c, &mut up, timeouts.read).await,
+                Err(e) => Err(e),
+            };
+            match head {
+                Ok(()) => {
+                    let us = ready.elapsed().as_micros() as u64;
+                    ctx.upstream_ttfb_us = Some(us);
+                    if let Some(series) = self.proxy.series(ctx, target) {
+                        series.record_ttfb(us);
+                    }
+                    return Exchanged::Ready(up, addr, timeouts);
+                }
+                Err(Some(f)) => {
+                    self.proxy.record_upstream_error(ctx, f.kind);
+                    if reused
+                        && retry::after_reused_connection_failure(
+                            f.retry,
+                            req.idempotent,
+                            req.body_unread == 0,
+                            fresh_only,
+                        )
+                    {
+                        // A kept-alive connection the upstream had closed: once more, on a new one.
+                        fresh_only = true;
+                        picked = ctx.backend.take().map(|b| (target, b));
+                        continue;
+                    }
+                    return Exchanged::Answer(Answer::for_upstream(f.kind));
+                }
+                Err(None) => return Exchanged::ClientGone,
+            }
         }
     }
 
@@ -661,6 +662,44 @@ impl Engine {
         };
         gate::serve(&self.proxy, &self.full, c, shutdown).await
     }
+}
+
+/// How an upstream exchange went: a response head is in, or the answer the client gets, or the
+/// client went away.
+enum Exchanged {
+    Ready(
+        tokio::net::TcpStream,
+        std::net::SocketAddr,
+        crate::upstream::Timeouts,
+    ),
+    Answer(Answer),
+    ClientGone,
+}
+
+/// What the access log keeps of a request the engine parsed (never its query string).
+fn request_log(
+    c: &Conn,
+    method: &str,
+    path: &str,
+    host: &str,
+    fields: &[httparse::Header<'_>],
+) -> Box<RequestLog> {
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    };
+    Box::new(RequestLog {
+        method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
+        path: path.to_string(),
+        host: Some(host.to_string()),
+        user_agent: field("user-agent").and_then(access_log::logged_value),
+        forwarded_for: field("x-forwarded-for").and_then(access_log::logged_value),
+        traceparent: field("traceparent").and_then(access_log::valid_traceparent),
+        client_addr: c.client_ip.flatten(),
+        tls_version: c.stream.get_ssl_digest().map(|d| d.version.to_string()),
+    })
 }
 
 /// Whether every upstream this request may reach (its target, the baseline it falls back to, its

@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 /// Marks a subrequest as the shadow copy of a primary request.
+#[derive(Clone)]
 pub struct ShadowTag {
     pub snapshot: Arc<Snapshot>,
     pub route: RouteId,
@@ -220,35 +221,7 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
             BodyMode::NoBody
         })
         .build();
-    // The copy is made from the request's HTTP/1 form: an HTTP/2 request is written as HTTP/1.1 for
-    // it, and a body HTTP/2 frames without a length is read to its end as a chunked one would be.
-    let unframed = h2 && has_body && declared.is_none() && !chunked;
-    let mut added_host = false;
-    if h2 {
-        let req = session.req_header_mut();
-        req.set_version(http::Version::HTTP_11);
-        if unframed {
-            let _ = req.insert_header(http::header::TRANSFER_ENCODING, "chunked");
-        }
-        // HTTP/2's :authority becomes the Host line the HTTP/1 form needs.
-        if !req.headers.contains_key(http::header::HOST) {
-            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_string()) {
-                added_host = req.insert_header(http::header::HOST, authority).is_ok();
-            }
-        }
-    }
-    let spawner = session.subrequest_spawner.as_ref()?;
-    let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub);
-    if h2 {
-        let req = session.req_header_mut();
-        req.set_version(http::Version::HTTP_2);
-        if unframed {
-            req.remove_header(&http::header::TRANSFER_ENCODING);
-        }
-        if added_host {
-            req.remove_header(&http::header::HOST);
-        }
-    }
+    let (prepared, handle) = spawn_in_http1_form(session, sub, h2, has_body, declared, chunked)?;
 
     let pingora::protocols::http::subrequest::server::SubrequestHandle {
         tx: shadow_tx,
@@ -259,19 +232,7 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
     // The subrequest's input must stay open until it ends: once its body is complete it watches the
     // input as an idle client connection, and a closed input reads as the client going away.
     let keep_input = shadow_tx.clone();
-    let body = if has_body {
-        let (tx, mut rx) = mpsc::unbounded_channel::<HttpTask>();
-        tokio::spawn(async move {
-            while let Some(task) = rx.recv().await {
-                if shadow_tx.send(task).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Some(tx)
-    } else {
-        None
-    };
+    let body = has_body.then(|| forward_body(shadow_tx));
     let (capture, primary_rx) = match &mirror.compare {
         Some(c) => {
             let (tx, rx) = oneshot::channel();
@@ -314,6 +275,63 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
         series,
         metrics: metrics.clone(),
     })
+}
+
+/// Creates the subrequest from the request's HTTP/1 form: an HTTP/2 request is written as HTTP/1.1
+/// for it (its `:authority` as Host, a body without a length as chunked), and put back as it was.
+fn spawn_in_http1_form(
+    session: &mut Session,
+    sub: SubCtx,
+    h2: bool,
+    has_body: bool,
+    declared: Option<u64>,
+    chunked: bool,
+) -> Option<(
+    pingora::proxy::PreparedSubrequest,
+    pingora::protocols::http::subrequest::server::SubrequestHandle,
+)> {
+    let unframed = h2 && has_body && declared.is_none() && !chunked;
+    let mut added_host = false;
+    if h2 {
+        let req = session.req_header_mut();
+        req.set_version(http::Version::HTTP_11);
+        if unframed {
+            let _ = req.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        }
+        // HTTP/2's :authority becomes the Host line the HTTP/1 form needs.
+        if !req.headers.contains_key(http::header::HOST) {
+            if let Some(authority) = req.uri.authority().map(|a| a.as_str().to_string()) {
+                added_host = req.insert_header(http::header::HOST, authority).is_ok();
+            }
+        }
+    }
+    let spawner = session.subrequest_spawner.as_ref()?;
+    let (prepared, handle) = spawner.create_subrequest(session.as_downstream(), sub);
+    if h2 {
+        let req = session.req_header_mut();
+        req.set_version(http::Version::HTTP_2);
+        if unframed {
+            req.remove_header(&http::header::TRANSFER_ENCODING);
+        }
+        if added_host {
+            req.remove_header(&http::header::HOST);
+        }
+    }
+
+    Some((prepared, handle))
+}
+
+/// The task that passes the request's body on to the shadow copy, and its input.
+fn forward_body(shadow_tx: mpsc::Sender<HttpTask>) -> mpsc::UnboundedSender<HttpTask> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<HttpTask>();
+    tokio::spawn(async move {
+        while let Some(task) = rx.recv().await {
+            if shadow_tx.send(task).await.is_err() {
+                break;
+            }
+        }
+    });
+    tx
 }
 
 /// Holds one of `max_in_flight` until the shadow task ends, however it ends.
