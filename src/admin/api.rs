@@ -761,3 +761,7 @@ pub(super) fn change_refused(e: ChangeError) -> Response<Vec<u8>> {
         e @ ChangeError::HandingOver => unavailable("handing_over", &e.to_string(), "1"),
     }
 }
+
+#[cfg(test)]
+#[path = "api_tests.rs"]
+mod tests;

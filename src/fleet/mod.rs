@@ -709,3 +709,6 @@ impl SharedStore for Fleet {
         self
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -119,3 +119,62 @@ pub fn changes_local(local: &Config, next: &Config) -> Option<&'static str> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const LOCAL: &str = r#"
+server: {listen: ["127.0.0.1:8080"], state_dir: /var/lib/a}
+admin: {listen: "127.0.0.1:9901"}
+store:
+  etcd: {endpoints: ["http://127.0.0.1:2379"], prefix: /sy}
+upstreams:
+  v1: {backends: ["127.0.0.1:9001"]}
+routes:
+  - name: r
+    split: {targets: {v1: 1}}
+"#;
+
+    #[test]
+    fn the_fleet_shares_clients_upstreams_and_routes_and_each_instance_keeps_the_rest() {
+        let local = Config::load_str(LOCAL).unwrap();
+        let shared = shared_yaml(&local);
+        for own in ["server", "admin", "store", "metrics"] {
+            assert!(!shared.contains(&format!("{own}:")), "{shared}");
+        }
+        assert!(
+            shared.contains("upstreams:") && shared.contains("routes:"),
+            "{shared}"
+        );
+        let other = LOCAL
+            .replace("/var/lib/a", "/var/lib/b")
+            .replace("9001", "9002");
+        let other = Config::load_str(&other).unwrap();
+        // The other instance's shared sections, with this instance's own.
+        let composed = compose(&local, &shared_yaml(&other)).unwrap();
+        assert_eq!(composed.server.state_dir, "/var/lib/a");
+        assert_eq!(composed.upstreams, other.upstreams);
+        assert_eq!(composed.admin, local.admin);
+    }
+
+    #[test]
+    fn a_change_of_an_instances_own_section_is_named() {
+        let local = Config::load_str(LOCAL).unwrap();
+        assert_eq!(changes_local(&local, &local), None);
+        let mut next = local.clone();
+        next.server.state_dir = "/elsewhere".into();
+        assert_eq!(changes_local(&local, &next), Some("server"));
+        let mut next = local.clone();
+        next.admin = None;
+        assert_eq!(changes_local(&local, &next), None, "left out: kept");
+        next.store = None;
+        next.server = Default::default();
+        assert_eq!(changes_local(&local, &next), None);
+        let mut next = local.clone();
+        next.routes.clear();
+        assert_eq!(changes_local(&local, &next), None, "routes are shared");
+        assert!(with_local(next, &local).routes.is_empty());
+    }
+}

@@ -409,3 +409,6 @@ fn monotonic_ms() -> u64 {
     static EPOCH: once_cell::sync::Lazy<Instant> = once_cell::sync::Lazy::new(Instant::now);
     EPOCH.elapsed().as_millis() as u64
 }
+
+#[cfg(test)]
+mod tests;
