@@ -241,6 +241,12 @@ fn reload(conf: Option<PathBuf>, pid_file: Option<PathBuf>, force: bool) -> Exit
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
+    report_reload(pid, &outcome)
+}
+
+/// Says how the reload recorded in `outcome` went: applied (what the file changed, what a force
+/// undid), nothing to change, or refused with every problem.
+fn report_reload(pid: i32, outcome: &serde_json::Value) -> ExitCode {
     let revision = &outcome["revision"];
     match outcome["result"].as_str() {
         Some("applied") => {

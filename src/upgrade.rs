@@ -80,35 +80,7 @@ fn upgrade(u: &Upgrade<'_>) -> Result<String, String> {
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     let new_started = child.id() as i32;
 
-    // Ready: it waits for the sockets on upgrade_sock.
-    let deadline = Instant::now() + u.timeout;
-    loop {
-        if crate::server::successor_waiting(upgrade_sock) {
-            break;
-        }
-        match child.try_wait() {
-            // A daemon's first process exits once it has forked; the daemon goes on.
-            Ok(Some(status)) if !(daemon && status.success()) => {
-                return Err(format!(
-                    "the new process ({} run -c {} -u) exited with {status} before it was ready; pid {old} keeps serving (the new process's log says why)",
-                    binary.display(),
-                    conf.display()
-                ));
-            }
-            Err(e) => return Err(format!("cannot watch the new process: {e}")),
-            _ => {}
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "the new process did not wait for the sockets on {} within {} s; stopped it; pid {old} keeps serving",
-                upgrade_sock.display(),
-                u.timeout.as_secs()
-            ));
-        }
-        std::thread::sleep(POLL);
-    }
+    wait_ready(u, &mut child, &binary, &conf, old, daemon)?;
 
     kill(Pid::from_raw(old), Signal::SIGQUIT)
         .map_err(|e| format!("cannot signal pid {old}: {e}"))?;
@@ -149,6 +121,47 @@ fn upgrade(u: &Upgrade<'_>) -> Result<String, String> {
         server.listen.join(", "),
         server.grace_period
     ))
+}
+
+/// Waits until the new process is ready: it waits for the sockets on `upgrade_sock`. A process that
+/// exits first, or is not ready within the timeout (then stopped), leaves pid `old` serving.
+fn wait_ready(
+    u: &Upgrade<'_>,
+    child: &mut std::process::Child,
+    binary: &Path,
+    conf: &Path,
+    old: i32,
+    daemon: bool,
+) -> Result<(), String> {
+    let upgrade_sock = Path::new(&u.config.server.upgrade_sock);
+    let deadline = Instant::now() + u.timeout;
+    loop {
+        if crate::server::successor_waiting(upgrade_sock) {
+            return Ok(());
+        }
+        match child.try_wait() {
+            // A daemon's first process exits once it has forked; the daemon goes on.
+            Ok(Some(status)) if !(daemon && status.success()) => {
+                return Err(format!(
+                    "the new process ({} run -c {} -u) exited with {status} before it was ready; pid {old} keeps serving (the new process's log says why)",
+                    binary.display(),
+                    conf.display()
+                ));
+            }
+            Err(e) => return Err(format!("cannot watch the new process: {e}")),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "the new process did not wait for the sockets on {} within {} s; stopped it; pid {old} keeps serving",
+                upgrade_sock.display(),
+                u.timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// The file behind descriptor `fd` of process `pid`, opened again for appending.

@@ -178,27 +178,7 @@ fn store(config: &Config, e: &mut Errors) {
         );
     }
     for (i, url) in etcd.endpoints.iter().enumerate() {
-        let path = format!("store.etcd.endpoints[{i}]");
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
-        match rest {
-            None => e.push(
-                path,
-                format!("{url:?} is not an etcd client URL: expected http://HOST:PORT or https://HOST:PORT"),
-            ),
-            Some(hostport) => {
-                let hostport = hostport.trim_end_matches('/');
-                let port_ok = hostport
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-                if !port_ok || hostport.contains('/') {
-                    e.push(path, format!("{url:?}: expected http://HOST:PORT or https://HOST:PORT"));
-                } else if url.starts_with("https://") && etcd.tls.is_none() {
-                    e.push(path, format!("{url:?} is https: add store.etcd.tls (at least its ca)"));
-                }
-            }
-        }
+        etcd_endpoint(&format!("store.etcd.endpoints[{i}]"), url, etcd, e);
     }
     let prefix = &etcd.prefix;
     if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
@@ -266,6 +246,38 @@ fn store(config: &Config, e: &mut Errors) {
                 "store.etcd.auth.password_file",
                 format!("cannot read {}: {err}", auth.password_file),
             );
+        }
+    }
+}
+
+/// An etcd client URL: `http://HOST:PORT`, or `https://` with `store.etcd.tls`.
+fn etcd_endpoint(path: &str, url: &str, etcd: &crate::config::EtcdConfig, e: &mut Errors) {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        None => e.push(
+            path,
+            format!(
+                "{url:?} is not an etcd client URL: expected http://HOST:PORT or https://HOST:PORT"
+            ),
+        ),
+        Some(hostport) => {
+            let hostport = hostport.trim_end_matches('/');
+            let port_ok = hostport.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok || hostport.contains('/') {
+                e.push(
+                    path,
+                    format!("{url:?}: expected http://HOST:PORT or https://HOST:PORT"),
+                );
+            } else if url.starts_with("https://") && etcd.tls.is_none() {
+                e.push(
+                    path,
+                    format!("{url:?} is https: add store.etcd.tls (at least its ca)"),
+                );
+            }
         }
     }
 }

@@ -138,6 +138,26 @@ pub fn build(
     // The rollouts of this instance's routes (SPEC §6): walked by the controller, shown and
     // controlled through the admin API.
     let rollouts = Arc::new(crate::rollout::Rollouts::default());
+    add_admin(&mut server, &state, &rollouts);
+    let reloader =
+        Reloader::new(file.and_then(|f| f.path.clone()), state.clone()).reopening(access_log);
+    server.add_service(background_service("config reload", reloader));
+    if let Some(fleet) = fleet {
+        server.add_service(background_service(
+            "fleet",
+            crate::fleet::FleetService::new(state.clone(), fleet),
+        ));
+    }
+    server.add_service(background_service(
+        "rollouts",
+        crate::rollout::Controller::new(state.clone(), rollouts),
+    ));
+    server.add_service(background_service("drain", Drain));
+    Ok((server, state))
+}
+
+/// The admin API on `admin.listen`, and `/metrics` on `metrics.listen`, when configured.
+fn add_admin(server: &mut Server, state: &Arc<State>, rollouts: &Arc<crate::rollout::Rollouts>) {
     if let Some(admin) = state.load().config.admin.clone() {
         let mut api = Service::new(
             "switchyard admin".to_string(),
@@ -154,21 +174,6 @@ pub fn build(
         endpoint.add_tcp(&metrics.listen);
         server.add_service(endpoint);
     }
-    let reloader =
-        Reloader::new(file.and_then(|f| f.path.clone()), state.clone()).reopening(access_log);
-    server.add_service(background_service("config reload", reloader));
-    if let Some(fleet) = fleet {
-        server.add_service(background_service(
-            "fleet",
-            crate::fleet::FleetService::new(state.clone(), fleet),
-        ));
-    }
-    server.add_service(background_service(
-        "rollouts",
-        crate::rollout::Controller::new(state.clone(), rollouts),
-    ));
-    server.add_service(background_service("drain", Drain));
-    Ok((server, state))
 }
 
 fn config_engine(state: &State) -> bool {

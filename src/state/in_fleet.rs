@@ -190,17 +190,7 @@ impl State {
         fleet: Arc<dyn SharedStore>,
     ) -> anyhow::Result<State> {
         let dir = PathBuf::from(&file_config.server.state_dir).join("fleet");
-        let store = Store::open(&dir)
-            .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", dir.display()))?
-            .retaining(file_config.server.retain_revisions);
-        if !successor {
-            for note in store
-                .repair()
-                .map_err(|e| anyhow::anyhow!("state_dir {}: repairing: {e}", dir.display()))?
-            {
-                log::warn!("state_dir {}: {note}", dir.display());
-            }
-        }
+        let store = open_store(&dir, &file_config, successor)?;
         let cached = store.persisted().ok().flatten().and_then(|p| {
             committed_config(&store, p.revision)
                 .ok()

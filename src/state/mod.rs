@@ -203,17 +203,7 @@ impl State {
             (false, _) => {}
         }
         let dir = file_config.server.state_dir.clone();
-        let store = Store::open(Path::new(&dir))
-            .map_err(|e| anyhow::anyhow!("state_dir {dir}: {e}"))?
-            .retaining(file_config.server.retain_revisions);
-        if !successor {
-            for note in store
-                .repair()
-                .map_err(|e| anyhow::anyhow!("state_dir {dir}: repairing: {e}"))?
-            {
-                log::warn!("state_dir {dir}: {note}");
-            }
-        }
+        let store = open_store(Path::new(&dir), &file_config, successor)?;
         let file_sha256 = sha256_hex(file_text.as_bytes());
         let persisted = store
             .persisted()
@@ -578,6 +568,24 @@ fn cache(writer: &Writer, entry: &AuditEntry, yaml: Option<&str>) {
             entry.revision
         );
     }
+}
+
+/// The store in `dir`, repaired of a commit left half done (by the writer only: a successor would
+/// undo the running process's commit in progress).
+fn open_store(dir: &Path, file_config: &Config, successor: bool) -> anyhow::Result<Store> {
+    let shown = dir.display();
+    let store = Store::open(dir)
+        .map_err(|e| anyhow::anyhow!("state_dir {shown}: {e}"))?
+        .retaining(file_config.server.retain_revisions);
+    if !successor {
+        for note in store
+            .repair()
+            .map_err(|e| anyhow::anyhow!("state_dir {shown}: repairing: {e}"))?
+        {
+            log::warn!("state_dir {shown}: {note}");
+        }
+    }
+    Ok(store)
 }
 
 /// The audit line of a revision whose line etcd does not have.
