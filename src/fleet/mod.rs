@@ -29,7 +29,7 @@ pub use crate::state::shared::{
     changes_local, compose, shared_yaml, with_local, CatchUp, CommitError, Entry, SharedStore,
 };
 pub use session::FleetService;
-pub use view::{FleetStatus, FleetView, Instance, Registration};
+pub use view::{FleetError, FleetStatus, FleetView, Instance, Registration};
 
 use crate::config::{parse, Config, EtcdConfig};
 use crate::metrics::Stats;
@@ -322,30 +322,27 @@ impl Fleet {
     /// more). For the blocking callers: admin calls, reloads and the rollout controller.
     fn block<T: Send + 'static>(
         &self,
-        fut: impl Future<Output = Result<T, String>> + Send + 'static,
-    ) -> Result<T, String> {
-        let handle = self
-            .handle
-            .get()
-            .ok_or_else(|| "not connected to etcd yet".to_string())?;
+        fut: impl Future<Output = Result<T, FleetError>> + Send + 'static,
+    ) -> Result<T, FleetError> {
+        let handle = self.handle.get().ok_or(FleetError::NotConnected)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let timeout = self.timeout;
         handle.spawn(async move {
             let r = tokio::time::timeout(timeout, fut)
                 .await
-                .unwrap_or_else(|_| Err(format!("etcd did not answer within {timeout:?}")));
+                .unwrap_or(Err(FleetError::Timeout(timeout)));
             let _ = tx.send(r);
         });
         rx.recv_timeout(timeout + Duration::from_millis(500))
-            .map_err(|_| format!("etcd did not answer within {timeout:?}"))?
+            .map_err(|_| FleetError::Timeout(timeout))?
     }
 
-    fn client(&self) -> Result<Client, String> {
+    fn client(&self) -> Result<Client, FleetError> {
         self.client
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| "not connected to etcd".to_string())
+            .ok_or(FleetError::NotConnected)
     }
 
     /// Commits revision `next` made against `base` (0: the fleet's first), with its shared
@@ -386,7 +383,7 @@ impl Fleet {
             .and_then(ops)
             .or_else([TxnOp::get(rev_key, None)]);
         let result = self.block(async move {
-            let resp = client.txn(txn).await.map_err(|e| e.to_string())?;
+            let resp = client.txn(txn).await?;
             if resp.succeeded() {
                 return Ok(Ok(resp.header().map_or(0, |h| h.revision())));
             }
@@ -413,18 +410,18 @@ impl Fleet {
     }
 
     /// `route`'s rollout record as saved in etcd. Blocking.
-    pub fn load_rollout(&self, route: &str) -> Result<Option<Vec<u8>>, String> {
+    pub fn load_rollout(&self, route: &str) -> Result<Option<Vec<u8>>, FleetError> {
         let mut client = self.client()?;
         let key = self.key(&format!("rollouts/{route}"));
         self.block(async move {
-            let resp = client.get(key, None).await.map_err(|e| e.to_string())?;
+            let resp = client.get(key, None).await?;
             Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
         })
     }
 
     /// Saves `route`'s rollout record, only while this instance still holds the route's
     /// leadership (a deposed leader never overwrites its successor's). Blocking.
-    pub fn save_rollout(&self, route: &str, record: Vec<u8>) -> Result<(), String> {
+    pub fn save_rollout(&self, route: &str, record: Vec<u8>) -> Result<(), FleetError> {
         let mut client = self.client()?;
         let key = self.key(&format!("rollouts/{route}"));
         let leader = self.key(&format!("leaders/{route}"));
@@ -433,7 +430,7 @@ impl Fleet {
             .when([Compare::lease(leader, CompareOp::Equal, lease)])
             .and_then([TxnOp::put(key, record.clone(), None)]);
         let saved = self.block(async move {
-            let resp = client.txn(txn).await.map_err(|e| e.to_string())?;
+            let resp = client.txn(txn).await?;
             Ok(resp.succeeded())
         })?;
         if saved {
@@ -447,14 +444,14 @@ impl Fleet {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(route);
-            Err(format!(
+            Err(FleetError::Local(format!(
                 "this instance no longer leads route {route}'s rollout"
-            ))
+            )))
         }
     }
 
     /// The counts every other instance published, by instance, route and target. Blocking.
-    pub fn peer_counts(&self, route: &str) -> Result<FleetCounts, String> {
+    pub fn peer_counts(&self, route: &str) -> Result<FleetCounts, FleetError> {
         let mut client = self.client()?;
         let prefix = self.key("stats/");
         let me = self.id.clone();
@@ -462,8 +459,7 @@ impl Fleet {
         self.block(async move {
             let resp = client
                 .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let mut out = FleetCounts::new();
             for kv in resp.kvs() {
                 let Some(id) = kv.key_str().ok().and_then(|k| k.strip_prefix(&prefix)) else {
@@ -487,22 +483,20 @@ impl Fleet {
     }
 
     /// The live instances of the fleet, as they registered. Blocking.
-    pub fn instances(&self) -> Result<Vec<Instance>, String> {
+    pub fn instances(&self) -> Result<Vec<Instance>, FleetError> {
         let mut client = self.client()?;
         let prefix = self.key("instances/");
         let leaders_prefix = self.key("leaders/");
         self.block(async move {
             let resp = client
                 .get(prefix, Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let leaders = client
                 .get(
                     leaders_prefix.clone(),
                     Some(GetOptions::new().with_prefix()),
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let mut led: HashMap<String, Vec<String>> = HashMap::new();
             for kv in leaders.kvs() {
                 let route = kv
@@ -529,7 +523,7 @@ impl Fleet {
         })
     }
 
-    async fn connect(&self) -> Result<Client, String> {
+    async fn connect(&self) -> Result<Client, FleetError> {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
@@ -537,33 +531,38 @@ impl Fleet {
             .with_keep_alive_while_idle(true);
         if let Some(auth) = &self.cfg.auth {
             let password = std::fs::read_to_string(&auth.password_file).map_err(|e| {
-                format!("store.etcd.auth.password_file {}: {e}", auth.password_file)
+                FleetError::Local(format!(
+                    "store.etcd.auth.password_file {}: {e}",
+                    auth.password_file
+                ))
             })?;
             opts = opts.with_user(auth.user.clone(), password.trim().to_string());
         }
         if let Some(tls) = &self.cfg.tls {
             let mut t = TlsOptions::new();
             if let Some(ca) = &tls.ca {
-                let pem = std::fs::read(ca).map_err(|e| format!("store.etcd.tls.ca {ca}: {e}"))?;
+                let pem = std::fs::read(ca)
+                    .map_err(|e| FleetError::Local(format!("store.etcd.tls.ca {ca}: {e}")))?;
                 t = t.ca_certificate(Certificate::from_pem(pem));
             }
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-                let c =
-                    std::fs::read(cert).map_err(|e| format!("store.etcd.tls.cert {cert}: {e}"))?;
-                let k = std::fs::read(key).map_err(|e| format!("store.etcd.tls.key {key}: {e}"))?;
+                let c = std::fs::read(cert)
+                    .map_err(|e| FleetError::Local(format!("store.etcd.tls.cert {cert}: {e}")))?;
+                let k = std::fs::read(key)
+                    .map_err(|e| FleetError::Local(format!("store.etcd.tls.key {key}: {e}")))?;
                 t = t.identity(Identity::from_pem(c, k));
             }
             opts = opts.with_tls(t);
         }
         let connect = Client::connect(&self.cfg.endpoints, Some(opts));
         match tokio::time::timeout(self.timeout, connect).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            Ok(r) => r.map_err(FleetError::from),
+            Err(_) => Err(FleetError::Timeout(self.timeout)),
         }
     }
 
     /// What this instance missed since revision `from`, in one consistent read.
-    async fn read_since(&self, client: &mut Client, from: u64) -> Result<CatchUp, String> {
+    async fn read_since(&self, client: &mut Client, from: u64) -> Result<CatchUp, FleetError> {
         let range = |kind: &str| {
             TxnOp::get(
                 self.numbered(kind, from + 1),
@@ -576,7 +575,7 @@ impl Fleet {
             range("audit"),
             TxnOp::get(self.key("rollouts/"), Some(GetOptions::new().with_prefix())),
         ]);
-        let resp = client.txn(txn).await.map_err(|e| e.to_string())?;
+        let resp = client.txn(txn).await?;
         let etcd_revision = resp.header().map_or(0, |h| h.revision());
         let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
             TxnOpResponse::Get(g) => Some(g),
@@ -585,7 +584,9 @@ impl Fleet {
         let (Some(head), Some(revisions), Some(audit), Some(rollouts)) =
             (gets.next(), gets.next(), gets.next(), gets.next())
         else {
-            return Err("etcd answered the catch-up read incompletely".into());
+            return Err(FleetError::Malformed(
+                "etcd answered the catch-up read incompletely".into(),
+            ));
         };
         let head = head
             .kvs()
@@ -594,7 +595,12 @@ impl Fleet {
                 kv.value_str()
                     .ok()
                     .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| format!("{} is not a revision number", self.key("revision")))
+                    .ok_or_else(|| {
+                        FleetError::Malformed(format!(
+                            "{} is not a revision number",
+                            self.key("revision")
+                        ))
+                    })
             })
             .transpose()?;
         let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
@@ -643,11 +649,11 @@ impl Fleet {
 
     /// At start-up, before the server runs: what the fleet has past revision `from` (a temporary
     /// runtime; the fleet's own starts with the server). `Err`: etcd could not be read.
-    pub fn read_at_start(&self, from: u64) -> Result<CatchUp, String> {
+    pub fn read_at_start(&self, from: u64) -> Result<CatchUp, FleetError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| FleetError::Local(e.to_string()))?;
         let timeout = self.timeout * 2;
         rt.block_on(async {
             tokio::time::timeout(timeout, async {
@@ -661,7 +667,7 @@ impl Fleet {
                 Ok(catch)
             })
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+            .unwrap_or(Err(FleetError::Timeout(timeout)))
         })
     }
 }
@@ -697,7 +703,7 @@ impl SharedStore for Fleet {
         Fleet::commit(self, base, next, shared, audit)
     }
     fn read_at_start(&self, from: u64) -> Result<CatchUp, String> {
-        Fleet::read_at_start(self, from)
+        Fleet::read_at_start(self, from).map_err(|e| e.to_string())
     }
     fn is_stale(&self, store_revision: i64) -> bool {
         Fleet::is_stale(self, store_revision)

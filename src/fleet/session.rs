@@ -7,7 +7,7 @@ impl Fleet {
     /// Starts the fleet's own thread and runtime: connecting, catching up, watching, renewing the
     /// lease, publishing counts and electing rollout leaders, until the server stops. Called once,
     /// from the server's background service (after a daemon has forked).
-    fn spawn(self: &Arc<Self>, state: Arc<State>) -> Result<(), String> {
+    fn spawn(self: &Arc<Self>, state: Arc<State>) -> Result<(), FleetError> {
         let fleet = self.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -21,7 +21,7 @@ impl Fleet {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
+                        let _ = tx.send(Err(FleetError::Local(e.to_string())));
                         return;
                     }
                 };
@@ -29,8 +29,8 @@ impl Fleet {
                 let _ = fleet.handle.set(rt.handle().clone());
                 rt.block_on(fleet.run(state));
             })
-            .map_err(|e| e.to_string())?;
-        rx.recv().map_err(|e| e.to_string())?
+            .map_err(|e| FleetError::Local(e.to_string()))?;
+        rx.recv().map_err(|e| FleetError::Local(e.to_string()))?
     }
 
     /// Sessions with etcd, one after another, with backoff between them.
@@ -57,7 +57,7 @@ impl Fleet {
                     } else {
                         log::warn!("fleet: etcd unreachable: {e}; retrying in {backoff:?}");
                     }
-                    self.set_connected(false, Some(e));
+                    self.set_connected(false, Some(e.to_string()));
                     self.leaders
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -103,13 +103,13 @@ impl Fleet {
 
     /// One connection: catch up, then follow the watch until something fails (`Err`) or this
     /// instance hands over to a new process (`Ok`).
-    async fn session(&self, state: &Arc<State>) -> Result<(), String> {
+    async fn session(&self, state: &Arc<State>) -> Result<(), FleetError> {
         let mut client = self.connect().await?;
         let lease = self.lease(&mut client).await?;
         let (mut keeper, mut kept) = client
             .lease_keep_alive(lease)
             .await
-            .map_err(|e| format!("keeping the lease alive: {e}"))?;
+            .map_err(|e| FleetError::etcd("keeping the lease alive", e))?;
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
 
         // No change is made here until this session is caught up (changes need `connected`), so
@@ -127,7 +127,7 @@ impl Fleet {
                 ),
             )
             .await
-            .map_err(|e| format!("watching {}: {e}", self.prefix))?;
+            .map_err(|e| FleetError::etcd(format!("watching {}", self.prefix), e))?;
         self.beat(state, &mut client).await?;
         self.set_connected(true, None);
         log::info!(
@@ -145,16 +145,16 @@ impl Fleet {
             tokio::select! {
                 message = events.message() => {
                     let resp = message
-                        .map_err(|e| format!("watch: {e}"))?
-                        .ok_or("the watch ended")?;
+                        .map_err(|e| FleetError::etcd("watch", e))?
+                        .ok_or_else(|| FleetError::Session("the watch ended".into()))?;
                     if resp.compact_revision() > 0 {
-                        return Err(format!(
+                        return Err(FleetError::Session(format!(
                             "the watch fell behind etcd's compaction (revision {}): reading everything again",
                             resp.compact_revision()
-                        ));
+                        )));
                     }
                     if resp.canceled() {
-                        return Err(format!("etcd cancelled the watch: {}", resp.cancel_reason()));
+                        return Err(FleetError::Session(format!("etcd cancelled the watch: {}", resp.cancel_reason())));
                     }
                     let revision_changed = self.on_watch(state, &resp);
                     if revision_changed {
@@ -164,15 +164,15 @@ impl Fleet {
                     }
                 }
                 _ = renew.tick() => {
-                    keeper.keep_alive().await.map_err(|e| format!("renewing the lease: {e}"))?;
+                    keeper.keep_alive().await.map_err(|e| FleetError::etcd("renewing the lease", e))?;
                 }
                 answer = kept.message() => {
                     let answer = answer
-                        .map_err(|e| format!("lease keep-alive: {e}"))?
-                        .ok_or("the lease keep-alive stream ended")?;
+                        .map_err(|e| FleetError::etcd("lease keep-alive", e))?
+                        .ok_or_else(|| FleetError::Session("the lease keep-alive stream ended".into()))?;
                     if answer.ttl() <= 0 {
                         self.lease.store(0, SeqCst);
-                        return Err("this instance's lease expired".into());
+                        return Err(FleetError::Session("this instance's lease expired".into()));
                     }
                 }
                 _ = beat.tick() => {
@@ -190,7 +190,7 @@ impl Fleet {
 
     /// This instance's lease: the one still alive from before a short outage (it keeps this
     /// instance's leaderships), or a new one.
-    async fn lease(&self, client: &mut Client) -> Result<i64, String> {
+    async fn lease(&self, client: &mut Client) -> Result<i64, FleetError> {
         let lease = self.lease.load(SeqCst);
         if lease != 0 {
             let alive = client
@@ -205,7 +205,7 @@ impl Fleet {
         let lease = client
             .lease_grant(ttl, None)
             .await
-            .map_err(|e| format!("granting a lease: {e}"))?
+            .map_err(|e| FleetError::etcd("granting a lease", e))?
             .id();
         self.lease.store(lease, SeqCst);
         Ok(lease)
@@ -248,7 +248,7 @@ impl Fleet {
     }
 
     /// Reads what this instance missed and applies it. Returns etcd's revision of the read.
-    async fn catch_up(&self, state: &Arc<State>, client: &mut Client) -> Result<i64, String> {
+    async fn catch_up(&self, state: &Arc<State>, client: &mut Client) -> Result<i64, FleetError> {
         let applied = state.load().revision;
         let mut catch = self.read_since(client, applied).await?;
         if catch.head.is_some_and(|h| h < applied) {
@@ -267,10 +267,10 @@ impl Fleet {
                 let seeding = state.clone();
                 let seeded = tokio::task::spawn_blocking(move || seeding.seed_fleet())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| FleetError::Local(e.to_string()))?;
                 match seeded {
                     Ok(()) => {}
-                    Err(e) => return Err(format!("seeding the fleet: {e}")),
+                    Err(e) => return Err(FleetError::Local(format!("seeding the fleet: {e}"))),
                 }
                 // Whoever won, read it (and watch from there).
                 let catch = self.read_since(client, 0).await?;
@@ -283,7 +283,7 @@ impl Fleet {
         }
     }
 
-    async fn apply(&self, state: &Arc<State>, catch: CatchUp) -> Result<i64, String> {
+    async fn apply(&self, state: &Arc<State>, catch: CatchUp) -> Result<i64, FleetError> {
         let etcd_revision = catch.etcd_revision;
         if let Some(head) = catch.head {
             self.fleet_revision.fetch_max(head, SeqCst);
@@ -291,12 +291,13 @@ impl Fleet {
         let state = state.clone();
         tokio::task::spawn_blocking(move || state.apply_fleet(catch))
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(|e| FleetError::Local(e.to_string()))?
+            .map_err(FleetError::Local)?;
         Ok(etcd_revision)
     }
 
     /// Every second: registration, counts, and leaderless rollouts.
-    async fn beat(&self, state: &Arc<State>, client: &mut Client) -> Result<(), String> {
+    async fn beat(&self, state: &Arc<State>, client: &mut Client) -> Result<(), FleetError> {
         let lease = self.lease.load(SeqCst);
         let live = state.load();
         let registration = Registration {
@@ -339,12 +340,12 @@ impl Fleet {
         client
             .txn(txn)
             .await
-            .map_err(|e| format!("registering: {e}"))?;
+            .map_err(|e| FleetError::etcd("registering", e))?;
         self.campaign(state, client).await
     }
 
     /// Tries to lead every route with a rollout that has no leader; notes who leads the others.
-    async fn campaign(&self, state: &Arc<State>, client: &mut Client) -> Result<(), String> {
+    async fn campaign(&self, state: &Arc<State>, client: &mut Client) -> Result<(), FleetError> {
         let lease = self.lease.load(SeqCst);
         let live = state.load();
         let me = json!({"id": self.id, "admin": self.admin}).to_string();
@@ -362,7 +363,7 @@ impl Fleet {
             let resp = client
                 .txn(txn)
                 .await
-                .map_err(|e| format!("rollout leadership of {}: {e}", r.name))?;
+                .map_err(|e| FleetError::etcd(format!("rollout leadership of {}", r.name), e))?;
             let leader = if resp.succeeded() {
                 log::info!(
                     "fleet: this instance ({}) now leads route {}'s rollout",

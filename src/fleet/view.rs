@@ -54,3 +54,49 @@ pub struct Instance {
     pub registration: Registration,
     pub leads: Vec<String>,
 }
+
+/// What went wrong with the fleet's store (etcd) or this instance's part in it.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// etcd refused or failed a call.
+    #[error("{0}")]
+    Etcd(#[source] Box<etcd_client::Error>),
+    /// etcd refused or failed a call made for `doing`.
+    #[error("{doing}: {source}")]
+    EtcdDoing {
+        doing: String,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
+    /// No answer in time.
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// Not connected to etcd (yet, or any more).
+    #[error("not connected to etcd")]
+    NotConnected,
+    /// The watch or the lease ended or fell behind: the session starts again.
+    #[error("{0}")]
+    Session(String),
+    /// What etcd holds cannot be read.
+    #[error("{0}")]
+    Malformed(String),
+    /// This instance's own part: credentials, certificates, its thread, applying a revision.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl FleetError {
+    /// An etcd failure while `doing` something.
+    pub fn etcd(doing: impl Into<String>, source: etcd_client::Error) -> FleetError {
+        FleetError::EtcdDoing {
+            doing: doing.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+impl From<etcd_client::Error> for FleetError {
+    fn from(e: etcd_client::Error) -> Self {
+        FleetError::Etcd(Box::new(e))
+    }
+}
