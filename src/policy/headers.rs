@@ -4,6 +4,29 @@
 
 /// The namespace of the proxy's own request fields (`X-Switchyard-Client`, `X-Switchyard-Shadow`).
 pub const INTERNAL_PREFIX: &str = "x-switchyard-";
+/// The request id, kept when a client's is sane and made otherwise; sent upstream and answered.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The API client a request was identified as (`clients.keys`), for the upstream.
+pub const CLIENT_HEADER: &str = "x-switchyard-client";
+/// Marks a shadow copy of a request (a dark release's mirror), for the upstream.
+pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
+
+/// The fields the proxy adds to a request it sends upstream, on both request paths: the settled
+/// request id, the client it was identified as, and on a shadow copy the shadow mark. A client's own
+/// fields of these names never cross ([`internal`], and the request id is settled first).
+pub fn added_upstream<'a>(
+    request_id: &'a str,
+    client: Option<&'a str>,
+    shadow: bool,
+) -> impl Iterator<Item = (&'static str, &'a str)> {
+    [
+        (REQUEST_ID_HEADER, Some(request_id)),
+        (CLIENT_HEADER, client),
+        (SHADOW_HEADER, shadow.then_some("1")),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
+}
 
 /// A field in the proxy's own namespace: only the proxy speaks in it, so a client's is dropped on
 /// both request paths (the bare prefix `X-Switchyard-` included).

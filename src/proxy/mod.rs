@@ -46,9 +46,7 @@ pub(crate) use answer::{
 };
 pub(crate) use checked::check_request;
 
-pub const CLIENT_HEADER: &str = "x-switchyard-client";
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
+pub use crate::policy::headers::{CLIENT_HEADER, REQUEST_ID_HEADER, SHADOW_HEADER};
 
 #[derive(Clone)]
 pub struct Proxy {
@@ -524,7 +522,6 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         if ctx.shadow {
             let h2 = ctx
                 .snapshot
@@ -536,14 +533,13 @@ impl ProxyHttp for Proxy {
                 // The copy's own framing (see mirror::start); HTTP/2 frames the body itself.
                 upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
             }
-            upstream_request.insert_header(SHADOW_HEADER, "1")?;
-            if let Some(client) = &ctx.shadow_client {
-                upstream_request.insert_header(CLIENT_HEADER, client.as_str())?;
-            }
         }
-        if let (Some(snapshot), Some(client)) = (&ctx.snapshot, ctx.decision.and_then(|d| d.client))
-        {
-            upstream_request.insert_header(CLIENT_HEADER, snapshot.table.client_name(client))?;
+        let client = match (&ctx.snapshot, ctx.decision.and_then(|d| d.client)) {
+            (Some(snapshot), Some(id)) => Some(snapshot.table.client_name(id)),
+            _ => ctx.shadow_client.as_deref(),
+        };
+        for (name, value) in headers::added_upstream(&ctx.request_id, client, ctx.shadow) {
+            upstream_request.insert_header(name, value)?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use crate::policy::headers;
 use crate::policy::headers::{hop_by_hop_request, hop_by_hop_response, Nominated};
 use crate::policy::request::{self, Refusal};
 use crate::proxy::mirror::Captured;
-use crate::proxy::{CLIENT_HEADER, REQUEST_ID_HEADER};
+use crate::proxy::REQUEST_ID_HEADER;
 use std::mem::MaybeUninit;
 
 /// The fields httparse found, as the decision reads raw fields.
@@ -174,9 +174,9 @@ pub(super) fn write_request_head(
         }
         field(out, name, h.value);
     }
-    field(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
-    if let Some(client) = client {
-        field(out, CLIENT_HEADER.as_bytes(), client.as_bytes());
+    // A shadow copy gets its mark where it is made (shadow.rs), from this head.
+    for (name, value) in headers::added_upstream(request_id, client, false) {
+        field(out, name.as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
