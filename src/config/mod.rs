@@ -11,6 +11,7 @@ pub mod parse;
 mod step;
 mod structure;
 mod suggest;
+mod valid;
 mod validate;
 
 pub use access_log::ACCESS_LOG_FIELDS;
@@ -18,6 +19,7 @@ pub use limits::Limits;
 pub use ordered::OrderedMap;
 pub use step::{Step, StepConfig};
 pub use suggest::suggestion;
+pub use valid::Valid;
 pub use validate::validate;
 pub(crate) use validate::{normalize_host, normalize_prefix};
 

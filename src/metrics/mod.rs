@@ -358,11 +358,10 @@ impl SeriesCells {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     #[test]
     fn requests_find_their_series_through_the_snapshot_cells_and_keep_it_across_tables() {
-        let config = Config::load_str(
+        let config = crate::config::Valid::load(
             "upstreams:\n  v1: {backends: [\"127.0.0.1:1\"]}\n  v2: {backends: [\"127.0.0.1:2\"]}\nroutes:\n  - name: api\n    split: {targets: {v1: 90, v2: 10}, baseline: v1}\n",
         )
         .unwrap();

@@ -110,7 +110,7 @@ pub fn mirror_for<'t>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::config::Config;
+    use crate::config::Valid;
     use crate::release::{decide, Outcome};
     use http::HeaderMap;
 
@@ -118,7 +118,7 @@ mod tests {
         let yaml = format!(
             "upstreams:\n  v1: {{backends: [\"127.0.0.1:1\"]}}\n  v2: {{backends: [\"127.0.0.1:2\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 90, v2: 10}}, baseline: v1, sticky: [header:X-User-Id]}}\n    mirror: {mirror}\n"
         );
-        ReleaseTable::compile(&Config::load_str(&yaml).unwrap()).unwrap()
+        ReleaseTable::compile(&Valid::load(&yaml).unwrap()).unwrap()
     }
 
     fn mirrored(

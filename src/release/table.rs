@@ -97,12 +97,10 @@ pub struct ReleaseTable {
 }
 
 impl ReleaseTable {
-    /// Validates and compiles a configuration. On any problem, returns all of them.
-    pub fn compile(config: &Config) -> Result<ReleaseTable, ConfigErrors> {
-        let errors = config::validate(config);
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
-        }
+    /// Compiles a validated configuration (validation is not repeated here). A problem only
+    /// compiling finds is returned with its path.
+    pub fn compile(config: &config::Valid) -> Result<ReleaseTable, ConfigErrors> {
+        let config: &Config = config;
         let upstreams: Vec<Box<str>> = config.upstreams.keys().map(Into::into).collect();
         let upstream_ids: AHashMap<&str, UpstreamId> = upstreams
             .iter()

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::Config;
+use crate::config::Valid;
 use http::HeaderMap;
 
 const CONFIG: &str = r#"
@@ -45,7 +46,7 @@ routes:
 "#;
 
 fn table() -> ReleaseTable {
-    ReleaseTable::compile(&Config::load_str(CONFIG).unwrap()).unwrap()
+    ReleaseTable::compile(&Valid::load(CONFIG).unwrap()).unwrap()
 }
 
 struct Req {
@@ -243,7 +244,7 @@ fn split_shares_and_monotone_ramp() {
                 "targets: {v1: 90, v2: 10}",
                 &format!("targets: {{v1: {}, v2: {w}}}", 100 - w),
             );
-            ReleaseTable::compile(&Config::load_str(&yaml).unwrap()).unwrap()
+            ReleaseTable::compile(&Valid::load(&yaml).unwrap()).unwrap()
         })
         .collect();
     let users = 10_000;
@@ -309,7 +310,7 @@ fn require_client_refuses_unknown_callers() {
 #[test]
 fn no_route_when_nothing_matches() {
     let yaml = "upstreams: {v1: {backends: [\"127.0.0.1:1\"]}}\nroutes:\n  - name: a\n    match: {path_prefix: /a}\n    split: {targets: {v1: 1}}\n";
-    let t = ReleaseTable::compile(&Config::load_str(yaml).unwrap()).unwrap();
+    let t = ReleaseTable::compile(&Valid::load(yaml).unwrap()).unwrap();
     assert_eq!(
         decide(&t, &Req::new("/b").view(), &mut || 0),
         Outcome::NoRoute
@@ -321,7 +322,7 @@ fn canary_table(targets: &str) -> ReleaseTable {
     let yaml = format!(
         "upstreams:\n  stable: {{backends: [\"127.0.0.1:1\"]}}\n  canary: {{backends: [\"127.0.0.1:2\"]}}\n  extra: {{backends: [\"127.0.0.1:3\"]}}\nroutes:\n  - name: r\n    split: {{targets: {targets}, baseline: stable, sticky: [header:X-User-Id]}}\n"
     );
-    ReleaseTable::compile(&Config::load_str(&yaml).unwrap()).unwrap()
+    ReleaseTable::compile(&Valid::load(&yaml).unwrap()).unwrap()
 }
 
 #[test]

@@ -48,12 +48,13 @@ impl Snapshot {
         revision: u64,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigErrors> {
+        let config = crate::config::Valid::new(config)?;
         let table = ReleaseTable::compile(&config)?;
         let pools = Pools::build(&config, previous.map(|p| &p.pools))?;
         let series = SeriesCells::new(&table);
         Ok(Snapshot {
             revision,
-            config,
+            config: config.into_inner(),
             table,
             pools,
             series,
