@@ -25,9 +25,7 @@
 
 mod session;
 mod view;
-pub use crate::state::shared::{
-    changes_local, compose, shared_yaml, with_local, CatchUp, CommitError, Entry, SharedStore,
-};
+pub use crate::state::shared::{shared_yaml, CatchUp, CommitError, Entry, Local, SharedStore};
 pub use session::FleetService;
 pub use view::{FleetError, FleetStatus, FleetView, Instance, Registration};
 

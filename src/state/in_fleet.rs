@@ -20,12 +20,12 @@ impl State {
         let previous = self.current.load_full();
         let mut config = edit(&previous)?;
         if let Some(local) = &writer.local {
-            if let Some(section) = shared::changes_local(local, &config) {
+            if let Some(section) = local.changed_by(&config) {
                 return Err(ChangeError::Refused(format!(
                     "{section} is this instance's own in a fleet (store.etcd): change it in the instance's config file; the fleet shares clients, upstreams and routes"
                 )));
             }
-            config = shared::with_local(config, local);
+            config = local.onto(config);
         }
         let next = Snapshot::build(config, previous.revision + 1, Some(&previous))
             .map_err(ChangeError::Invalid)?;
@@ -130,10 +130,7 @@ impl State {
         };
         let mut serving = None;
         for e in catch.entries.iter().filter(|e| e.revision > base) {
-            let composed = e
-                .shared
-                .as_deref()
-                .map(|shared| shared::compose(&local, shared));
+            let composed = e.shared.as_deref().map(|shared| local.compose(shared));
             if e.revision == head {
                 let config = match composed {
                     Some(Ok(c)) => c,
@@ -197,7 +194,7 @@ impl State {
                 .map(|c| (p.revision, c))
         });
         let (revision, config) = match cached {
-            Some((n, c)) => (n, shared::with_local(c, &file_config)),
+            Some((n, c)) => (n, shared::Local::of(&file_config).onto(c)),
             None => (0, file_config.clone()),
         };
         let snapshot =
@@ -207,7 +204,7 @@ impl State {
             writer: Mutex::new(Writer {
                 store: Some(store),
                 state_dir: Some(PathBuf::from(&file_config.server.state_dir)),
-                local: Some(file_config.clone()),
+                local: Some(shared::Local::of(&file_config)),
                 cache_writes: !successor,
                 file_sha256: sha256_hex(file_text.as_bytes()),
                 base: file_config.clone(),

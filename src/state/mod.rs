@@ -131,7 +131,7 @@ struct Writer {
     state_dir: Option<PathBuf>,
     /// In a fleet: this instance's config file, whose `server`, `admin`, `metrics` and `store` are
     /// its own (the rest comes from the fleet).
-    local: Option<Config>,
+    local: Option<shared::Local>,
     /// In a fleet: whether this process keeps the copy in `store` (a successor does not until it
     /// takes over).
     cache_writes: bool,

@@ -72,7 +72,10 @@ impl State {
             )));
         }
         // In a fleet the file's own sections (server, admin, metrics, store) are this instance's.
-        let local = writer.local.is_some().then(|| file.clone());
+        let local = writer
+            .local
+            .is_some()
+            .then(|| super::shared::Local::of(&file));
         if merged.config == live.config {
             writer.file_sha256 = digest;
             if let Some(store) = &writer.store {

@@ -87,36 +87,56 @@ pub fn shared_yaml(config: &Config) -> String {
     .unwrap_or_default()
 }
 
-/// This instance's configuration with the fleet's shared part: `server`, `admin`, `metrics` and
-/// `store` from `local`, the rest from `shared`.
-pub fn compose(local: &Config, shared: &str) -> Result<Config, String> {
-    let config = Config::parse_str(shared).map_err(|e| e.to_string())?;
-    Ok(with_local(config, local))
+/// The sections each instance of a fleet keeps as its own config file has them; the fleet shares
+/// the rest (clients, upstreams, routes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Local {
+    server: crate::config::ServerConfig,
+    admin: Option<crate::config::AdminConfig>,
+    metrics: Option<crate::config::MetricsConfig>,
+    store: Option<crate::config::StoreConfig>,
 }
 
-/// `config` with this instance's own sections (`server`, `admin`, `metrics`, `store`) as `local`
-/// has them.
-pub fn with_local(mut config: Config, local: &Config) -> Config {
-    config.server = local.server.clone();
-    config.admin = local.admin.clone();
-    config.metrics = local.metrics.clone();
-    config.store = local.store.clone();
-    config
-}
+impl Local {
+    /// The instance's own sections of `config` (its file).
+    pub fn of(config: &Config) -> Local {
+        Local {
+            server: config.server.clone(),
+            admin: config.admin.clone(),
+            metrics: config.metrics.clone(),
+            store: config.store.clone(),
+        }
+    }
 
-/// Whether `next` keeps this instance's own sections as `local` has them (or leaves them out).
-/// Returns the first one it changes.
-pub fn changes_local(local: &Config, next: &Config) -> Option<&'static str> {
-    if next.server != local.server && next.server != Default::default() {
-        Some("server")
-    } else if next.admin.is_some() && next.admin != local.admin {
-        Some("admin")
-    } else if next.metrics.is_some() && next.metrics != local.metrics {
-        Some("metrics")
-    } else if next.store.is_some() && next.store != local.store {
-        Some("store")
-    } else {
-        None
+    /// `config` with these sections in place of its own.
+    pub fn onto(&self, mut config: Config) -> Config {
+        config.server = self.server.clone();
+        config.admin = self.admin.clone();
+        config.metrics = self.metrics.clone();
+        config.store = self.store.clone();
+        config
+    }
+
+    /// The first of these sections `next` changes (leaving one out keeps it), if any: those are
+    /// changed in the instance's file, not through the fleet.
+    pub fn changed_by(&self, next: &Config) -> Option<&'static str> {
+        if next.server != self.server && next.server != Default::default() {
+            Some("server")
+        } else if next.admin.is_some() && next.admin != self.admin {
+            Some("admin")
+        } else if next.metrics.is_some() && next.metrics != self.metrics {
+            Some("metrics")
+        } else if next.store.is_some() && next.store != self.store {
+            Some("store")
+        } else {
+            None
+        }
+    }
+
+    /// This instance's configuration from the fleet's shared part (YAML, as kept in etcd).
+    pub fn compose(&self, shared: &str) -> Result<Config, String> {
+        let config = Config::parse_str(shared).map_err(|e| e.to_string())?;
+        Ok(self.onto(config))
     }
 }
 
@@ -153,7 +173,7 @@ routes:
             .replace("9001", "9002");
         let other = Config::load_str(&other).unwrap();
         // The other instance's shared sections, with this instance's own.
-        let composed = compose(&local, &shared_yaml(&other)).unwrap();
+        let composed = Local::of(&local).compose(&shared_yaml(&other)).unwrap();
         assert_eq!(composed.server.state_dir, "/var/lib/a");
         assert_eq!(composed.upstreams, other.upstreams);
         assert_eq!(composed.admin, local.admin);
@@ -161,20 +181,24 @@ routes:
 
     #[test]
     fn a_change_of_an_instances_own_section_is_named() {
-        let local = Config::load_str(LOCAL).unwrap();
-        assert_eq!(changes_local(&local, &local), None);
-        let mut next = local.clone();
+        let config = Config::load_str(LOCAL).unwrap();
+        let local = Local::of(&config);
+        assert_eq!(local.changed_by(&config), None);
+        let local_config = config.clone();
+        let mut next = local_config.clone();
         next.server.state_dir = "/elsewhere".into();
-        assert_eq!(changes_local(&local, &next), Some("server"));
-        let mut next = local.clone();
+        assert_eq!(local.changed_by(&next), Some("server"));
+        let mut next = local_config.clone();
         next.admin = None;
-        assert_eq!(changes_local(&local, &next), None, "left out: kept");
+        assert_eq!(local.changed_by(&next), None, "left out: kept");
         next.store = None;
         next.server = Default::default();
-        assert_eq!(changes_local(&local, &next), None);
-        let mut next = local.clone();
+        assert_eq!(local.changed_by(&next), None);
+        let mut next = local_config.clone();
         next.routes.clear();
-        assert_eq!(changes_local(&local, &next), None, "routes are shared");
-        assert!(with_local(next, &local).routes.is_empty());
+        assert_eq!(local.changed_by(&next), None, "routes are shared");
+        let composed = local.onto(next);
+        assert!(composed.routes.is_empty());
+        assert_eq!(composed.server, local_config.server);
     }
 }
