@@ -208,3 +208,36 @@ fn paths_it_has_refuse_other_methods_and_others_are_not_found() {
         404
     );
 }
+
+/// The documented body of a route patch (`body::RoutePatch`, in the OpenAPI document) takes what
+/// the handler takes and refuses what it refuses.
+#[test]
+fn the_documented_patch_body_is_the_one_the_handler_takes() {
+    use super::super::body::RoutePatch;
+    let s = state();
+    for (route, body) in [
+        ("api", r#"{"split": {"v2": 5}}"#),
+        (
+            "api",
+            r#"{"split": {"v2": "25%", "v3": 0}, "reason": "ramp"}"#,
+        ),
+        ("api", r#"{"mirror": {"percent": 10}}"#),
+        ("web", r#"{"live": "green"}"#),
+    ] {
+        assert!(serde_json::from_str::<RoutePatch>(body).is_ok(), "{body}");
+        let path = format!("/v1/routes/{route}");
+        let (status, answer) = answer(&s, &call(http::Method::PATCH, &path, None, body));
+        assert_eq!(status, 200, "{body}: {answer}");
+    }
+    for (route, body) in [
+        ("api", r#"{"colour": "blue"}"#),
+        ("api", r#"{"mirror": {"to": "v2"}}"#),
+        ("api", r#"{"split": {"v2": true}}"#),
+        ("web", r#"{"live": "purple"}"#),
+    ] {
+        assert!(serde_json::from_str::<RoutePatch>(body).is_err(), "{body}");
+        let path = format!("/v1/routes/{route}");
+        let (status, answer) = answer(&s, &call(http::Method::PATCH, &path, None, body));
+        assert_eq!(status, 400, "{body}: {answer}");
+    }
+}

@@ -14,11 +14,16 @@ pub(crate) fn explain(s: &Snapshot, route: &str, query: Option<&str>) -> Respons
     let Some(route_id) = table.route_id(route) else {
         return error(StatusCode::NOT_FOUND, &s.config.no_such_route(route));
     };
-    let d = match Described::from_query(s, query) {
+    let Described {
+        headers,
+        params,
+        client,
+        ip,
+        method,
+    } = match Described::from_query(s, query) {
         Ok(d) => d,
         Err(m) => return error(StatusCode::BAD_REQUEST, &m),
     };
-    let (headers, params, client, ip, method) = (d.headers, d.params, d.client, d.ip, d.method);
     let query_string = params.join("&");
     let view = RequestView {
         method: &method,

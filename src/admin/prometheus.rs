@@ -8,6 +8,7 @@ use crate::metrics::{
     class_of, CompareResult, Latencies, Metrics, MirrorOutcome, Rejection, Series, Stats,
     UpstreamError, PROMETHEUS_LE_US,
 };
+use crate::state::shared::SharedStore;
 use pingora_prometheus::prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };

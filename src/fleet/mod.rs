@@ -201,20 +201,6 @@ impl Fleet {
         })
     }
 
-    /// This instance's name in the fleet: `<host>-<pid>-<4 random hex digits>`.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// Whether changes can be made now: connected to etcd, caught up and watching.
-    pub fn connected(&self) -> bool {
-        self.connected.load(SeqCst)
-    }
-
     fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.prefix)
     }
@@ -226,27 +212,6 @@ impl Fleet {
     /// The fleet's live revision as last seen in etcd.
     pub fn fleet_revision(&self) -> u64 {
         self.fleet_revision.load(SeqCst)
-    }
-
-    /// Whether a read made at etcd revision `etcd_revision` is older than what this instance
-    /// committed or applied since (it must not take the instance back).
-    pub fn is_stale(&self, etcd_revision: i64) -> bool {
-        etcd_revision < self.applied_etcd.load(SeqCst)
-    }
-
-    /// This instance now serves what etcd had at `etcd_revision`.
-    pub fn note_applied(&self, etcd_revision: i64) {
-        self.applied_etcd.fetch_max(etcd_revision, SeqCst);
-    }
-
-    /// Why changes are refused while etcd is away, in words.
-    pub fn unavailable(&self) -> String {
-        let (since, error) = self.since.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let why = error.map(|e| format!(": {e}")).unwrap_or_default();
-        format!(
-            "the fleet's store (etcd {}) is unreachable since {since}{why}; this instance keeps serving what it applied and takes changes again once it is back",
-            self.cfg.endpoints.join(", ")
-        )
     }
 
     fn set_connected(&self, up: bool, error: Option<String>) {
@@ -341,70 +306,6 @@ impl Fleet {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(FleetError::NotConnected)
-    }
-
-    /// Commits revision `next` made against `base` (0: the fleet's first), with its shared
-    /// configuration and audit line, in one compare-and-swap transaction. Blocking.
-    pub fn commit(
-        &self,
-        base: u64,
-        next: u64,
-        shared: String,
-        audit: &AuditEntry,
-    ) -> Result<(), CommitError> {
-        if base != 0 && !self.connected() {
-            return Err(CommitError::Unavailable(self.unavailable()));
-        }
-        let mut client = self
-            .client()
-            .map_err(|_| CommitError::Unavailable(self.unavailable()))?;
-        let audit = serde_json::to_vec(audit).unwrap_or_default();
-        let rev_key = self.key("revision");
-        let compare = if base == 0 {
-            Compare::create_revision(rev_key.clone(), CompareOp::Equal, 0)
-        } else {
-            Compare::value(rev_key.clone(), CompareOp::Equal, base.to_string())
-        };
-        let mut ops = vec![
-            TxnOp::put(rev_key.clone(), next.to_string(), None),
-            TxnOp::put(self.numbered("revisions", next), shared, None),
-            TxnOp::put(self.numbered("audit", next), audit, None),
-        ];
-        if next > self.retain {
-            ops.push(TxnOp::delete(
-                self.numbered("revisions", next - self.retain),
-                None,
-            ));
-        }
-        let txn = Txn::new()
-            .when([compare])
-            .and_then(ops)
-            .or_else([TxnOp::get(rev_key, None)]);
-        let result = self.block(async move {
-            let resp = client.txn(txn).await?;
-            if resp.succeeded() {
-                return Ok(Ok(resp.header().map_or(0, |h| h.revision())));
-            }
-            let head = resp.op_responses().into_iter().find_map(|r| match r {
-                TxnOpResponse::Get(g) => g
-                    .kvs()
-                    .first()
-                    .and_then(|kv| kv.value_str().ok()?.parse::<u64>().ok()),
-                _ => None,
-            });
-            Ok(Err(head.unwrap_or(0)))
-        });
-        match result {
-            Ok(Ok(etcd_revision)) => {
-                self.fleet_revision.fetch_max(next, SeqCst);
-                self.note_applied(etcd_revision);
-                Ok(())
-            }
-            Ok(Err(head)) => Err(CommitError::Conflict(head)),
-            Err(e) => Err(CommitError::Unavailable(format!(
-                "etcd: {e}; the change may not have been made: check GET /v1/audit before retrying"
-            ))),
-        }
     }
 
     /// `route`'s rollout record as saved in etcd. Blocking.
@@ -679,18 +580,43 @@ fn hostname() -> String {
 }
 
 impl SharedStore for Fleet {
-    fn prefix(&self) -> &str {
-        Fleet::prefix(self)
-    }
+    /// This instance's name in the fleet: `<host>-<pid>-<4 random hex digits>`.
     fn id(&self) -> &str {
-        Fleet::id(self)
+        &self.id
     }
+
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether changes can be made now: connected to etcd, caught up and watching.
     fn connected(&self) -> bool {
-        Fleet::connected(self)
+        self.connected.load(SeqCst)
     }
+
+    /// Whether a read made at etcd revision `etcd_revision` is older than what this instance
+    /// committed or applied since (it must not take the instance back).
+    fn is_stale(&self, etcd_revision: i64) -> bool {
+        etcd_revision < self.applied_etcd.load(SeqCst)
+    }
+
+    /// This instance now serves what etcd had at `etcd_revision`.
+    fn note_applied(&self, etcd_revision: i64) {
+        self.applied_etcd.fetch_max(etcd_revision, SeqCst);
+    }
+
+    /// Why changes are refused while etcd is away, in words.
     fn unavailable(&self) -> String {
-        Fleet::unavailable(self)
+        let (since, error) = self.since.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let why = error.map(|e| format!(": {e}")).unwrap_or_default();
+        format!(
+            "the fleet's store (etcd {}) is unreachable since {since}{why}; this instance keeps serving what it applied and takes changes again once it is back",
+            self.cfg.endpoints.join(", ")
+        )
     }
+
+    /// Commits revision `next` made against `base` (0: the fleet's first), with its shared
+    /// configuration and audit line, in one compare-and-swap transaction. Blocking.
     fn commit(
         &self,
         base: u64,
@@ -698,16 +624,63 @@ impl SharedStore for Fleet {
         shared: String,
         audit: &AuditEntry,
     ) -> Result<(), CommitError> {
-        Fleet::commit(self, base, next, shared, audit)
+        if base != 0 && !self.connected() {
+            return Err(CommitError::Unavailable(self.unavailable()));
+        }
+        let mut client = self
+            .client()
+            .map_err(|_| CommitError::Unavailable(self.unavailable()))?;
+        let audit = serde_json::to_vec(audit).unwrap_or_default();
+        let rev_key = self.key("revision");
+        let compare = if base == 0 {
+            Compare::create_revision(rev_key.clone(), CompareOp::Equal, 0)
+        } else {
+            Compare::value(rev_key.clone(), CompareOp::Equal, base.to_string())
+        };
+        let mut ops = vec![
+            TxnOp::put(rev_key.clone(), next.to_string(), None),
+            TxnOp::put(self.numbered("revisions", next), shared, None),
+            TxnOp::put(self.numbered("audit", next), audit, None),
+        ];
+        if next > self.retain {
+            ops.push(TxnOp::delete(
+                self.numbered("revisions", next - self.retain),
+                None,
+            ));
+        }
+        let txn = Txn::new()
+            .when([compare])
+            .and_then(ops)
+            .or_else([TxnOp::get(rev_key, None)]);
+        let result = self.block(async move {
+            let resp = client.txn(txn).await?;
+            if resp.succeeded() {
+                return Ok(Ok(resp.header().map_or(0, |h| h.revision())));
+            }
+            let head = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .and_then(|kv| kv.value_str().ok()?.parse::<u64>().ok()),
+                _ => None,
+            });
+            Ok(Err(head.unwrap_or(0)))
+        });
+        match result {
+            Ok(Ok(etcd_revision)) => {
+                self.fleet_revision.fetch_max(next, SeqCst);
+                self.note_applied(etcd_revision);
+                Ok(())
+            }
+            Ok(Err(head)) => Err(CommitError::Conflict(head)),
+            Err(e) => Err(CommitError::Unavailable(format!(
+                "etcd: {e}; the change may not have been made: check GET /v1/audit before retrying"
+            ))),
+        }
     }
+
     fn read_at_start(&self, from: u64) -> Result<CatchUp, String> {
         Fleet::read_at_start(self, from).map_err(|e| e.to_string())
-    }
-    fn is_stale(&self, store_revision: i64) -> bool {
-        Fleet::is_stale(self, store_revision)
-    }
-    fn note_applied(&self, store_revision: i64) {
-        Fleet::note_applied(self, store_revision)
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

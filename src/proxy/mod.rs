@@ -295,8 +295,9 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if let Some(tag) = mirror::shadow_tag(session) {
+            // Its fields go to the context; the tag stays with the subrequest.
             let tag = mirror::ShadowTag::clone(tag);
-            return shadow_request(session, ctx, &tag);
+            return shadow_request(session, ctx, tag);
         }
         let snapshot = self.state.load();
         strip_internal_headers(session);
@@ -686,14 +687,20 @@ impl ProxyHttp for Proxy {
 
 /// A shadow copy's own request (a subrequest): its route, target and request id come with it; it
 /// goes to a healthy backend of the mirror's target.
-fn shadow_request(session: &mut Session, ctx: &mut Ctx, tag: &mirror::ShadowTag) -> Result<bool> {
-    let snapshot = tag.snapshot.clone();
+fn shadow_request(session: &mut Session, ctx: &mut Ctx, tag: mirror::ShadowTag) -> Result<bool> {
+    let mirror::ShadowTag {
+        snapshot,
+        route,
+        target,
+        request_id,
+        client,
+    } = tag;
     ctx.shadow = true;
-    ctx.route = Some(tag.route);
-    ctx.target = Some(tag.target);
-    ctx.request_id = tag.request_id.clone();
-    ctx.shadow_client = tag.client.clone();
-    let backend = snapshot.pools.get(tag.target).and_then(|p| p.select(&[]));
+    ctx.route = Some(route);
+    ctx.target = Some(target);
+    ctx.request_id = request_id;
+    ctx.shadow_client = client;
+    let backend = snapshot.pools.get(target).and_then(|p| p.select(&[]));
     strip_internal_headers(session);
     ctx.snapshot = Some(snapshot);
     match backend {

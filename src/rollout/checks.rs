@@ -284,10 +284,7 @@ impl Rollouts {
     /// A step that could not be judged within `step_timeout` pauses the rollout with reason
     /// `starved`, saying what the step needs. Returns whether it did.
     pub(super) fn starved(&self, state: &State, ro: &RolloutConfig, run: &mut Run) -> bool {
-        let timeout = ro
-            .step_timeout
-            .as_deref()
-            .map_or(DEFAULT_STEP_TIMEOUT, |t| duration(t, DEFAULT_STEP_TIMEOUT));
+        let timeout = step_timeout(ro);
         if run.record.starved_ms < timeout.as_millis() as u64 {
             return false;
         }
@@ -340,4 +337,11 @@ impl Rollouts {
         self.event(ro, run, "pause", "rollout", verdict, None, reason);
         true
     }
+}
+
+/// How long a step may go without a conclusive check (`step_timeout`, 1h by default).
+pub fn step_timeout(ro: &RolloutConfig) -> Duration {
+    ro.step_timeout
+        .as_deref()
+        .map_or(DEFAULT_STEP_TIMEOUT, |t| duration(t, DEFAULT_STEP_TIMEOUT))
 }

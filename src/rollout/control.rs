@@ -99,22 +99,25 @@ impl Rollouts {
             ro.steps.len(),
             step_words(ro, 0)
         );
-        self.commit(
-            c.state,
-            ro,
-            &mut fresh,
-            c.actor,
-            "rollout.start",
-            &why,
-            false,
-            |r, ro, a| {
-                plan::take_back(r, a);
-                plan::apply_step(r, ro, 0, a)
-            },
-        )
-        .map_err(ControlError::Change)?;
+        self.commit_call(c, &mut fresh, "rollout.start", &why, |r, ro, a| {
+            plan::take_back(r, a);
+            plan::apply_step(r, ro, 0, a)
+        })?;
         self.event(ro, &mut fresh, "start", c.actor, None, None, why);
         Ok(fresh)
+    }
+
+    /// Commits what a control call does to the route (`edit`), audited as `action` by its caller.
+    fn commit_call(
+        &self,
+        c: &Call<'_>,
+        run: &mut Run,
+        action: &str,
+        why: &str,
+        edit: impl FnOnce(&mut RouteConfig, &RolloutConfig, &mut plan::Added) -> Result<(), String>,
+    ) -> Result<(), ControlError> {
+        self.commit(c.state, c.ro, run, c.actor, action, why, false, edit)
+            .map_err(ControlError::Change)
     }
 
     /// `pause`: the step holds; no check moves it.
@@ -124,17 +127,7 @@ impl Rollouts {
             return conflict(format!("the rollout is {}, not running", phase.as_str()));
         }
         let why = c.said("paused");
-        self.commit(
-            c.state,
-            c.ro,
-            run,
-            c.actor,
-            "rollout.pause",
-            &why,
-            false,
-            |_, _, _| Ok(()),
-        )
-        .map_err(ControlError::Change)?;
+        self.commit_call(c, run, "rollout.pause", &why, |_, _, _| Ok(()))?;
         run.record.phase = Phase::Paused;
         run.record.reason = Some(why.clone());
         self.event(c.ro, run, "pause", c.actor, None, None, why);
@@ -160,17 +153,9 @@ impl Rollouts {
             ro.steps.len(),
             step_words(ro, i)
         );
-        self.commit(
-            c.state,
-            ro,
-            run,
-            c.actor,
-            "rollout.resume",
-            &why,
-            false,
-            |r, ro, a| plan::apply_step(r, ro, i, a),
-        )
-        .map_err(ControlError::Change)?;
+        self.commit_call(c, run, "rollout.resume", &why, |r, ro, a| {
+            plan::apply_step(r, ro, i, a)
+        })?;
         run.record.phase = Phase::Running;
         run.record.reason = None;
         // A fresh window: the step is judged again from now, with a new step_timeout.
@@ -192,17 +177,7 @@ impl Rollouts {
             ));
         }
         let why = format!("{}; canary rolled back", c.said("aborted"));
-        self.commit(
-            c.state,
-            c.ro,
-            run,
-            c.actor,
-            "rollout.abort",
-            &why,
-            false,
-            plan::roll_back,
-        )
-        .map_err(ControlError::Change)?;
+        self.commit_call(c, run, "rollout.abort", &why, plan::roll_back)?;
         run.record.phase = Phase::Aborted;
         run.record.reason = Some(why.clone());
         self.event(c.ro, run, "abort", c.actor, None, None, why);
@@ -230,17 +205,9 @@ impl Rollouts {
             ro.steps.len(),
             step_words(ro, i)
         );
-        self.commit(
-            c.state,
-            ro,
-            run,
-            c.actor,
-            "rollout.start",
-            &why,
-            false,
-            |r, ro, a| plan::apply_step(r, ro, i, a),
-        )
-        .map_err(ControlError::Change)?;
+        self.commit_call(c, run, "rollout.start", &why, |r, ro, a| {
+            plan::apply_step(r, ro, i, a)
+        })?;
         run.enter_step(ro, i, c.now);
         self.event(ro, run, "retry", c.actor, None, None, why);
         Ok(())

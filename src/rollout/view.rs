@@ -1,7 +1,6 @@
 //! What the admin API, `ctl` and the status page show of a rollout: [`RolloutView`] in full (`GET
 //! /v1/routes/{name}/rollout`) and [`RolloutSummary`] beside each route (`GET /v1/status`).
 
-use super::checks::DEFAULT_STEP_TIMEOUT;
 use super::controller::{
     duration, find, rollout_digest, step_words, Event, Phase, Record, Rollouts,
 };
@@ -153,11 +152,7 @@ impl Rollouts {
             step_started_at: None,
             history: Vec::new(),
             last_check: None,
-            step_timeout_seconds: ro
-                .step_timeout
-                .as_deref()
-                .map_or(DEFAULT_STEP_TIMEOUT, |t| duration(t, DEFAULT_STEP_TIMEOUT))
-                .as_secs_f64(),
+            step_timeout_seconds: super::checks::step_timeout(ro).as_secs_f64(),
             on_failure: ro.on_failure.as_deref().unwrap_or("rollback").to_string(),
             leader,
         };

@@ -118,7 +118,15 @@ fn a_health_checked_pool_reports_every_backend_up_until_probed() {
         .iter()
         .all(|b| b.up && b.checked && b.last_error.is_none()));
     assert_eq!(health[0].backend, "127.0.0.1:9001");
-    // Due at once, then not again until the interval has passed.
+    // Its first check is due at once; a pool without a health check is never due.
     let pool = pools.get(0).unwrap();
     assert_eq!(pool.health_check_due_in(monotonic_ms()), Some(0));
+    let unchecked = Pools::build(&config("  v1: {backends: [\"127.0.0.1:9001\"]}"), None).unwrap();
+    assert_eq!(
+        unchecked
+            .get(0)
+            .unwrap()
+            .health_check_due_in(monotonic_ms()),
+        None
+    );
 }
