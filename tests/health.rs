@@ -319,6 +319,7 @@ routes:
         b.addr
     );
     let proxy = ProxyProcess::start(&body);
+    wait_listening(admin);
     let up = || {
         let text = get(&client(), &format!("http://{admin}/metrics"), &[]).body;
         [&a, &b].map(|x| {
