@@ -10,7 +10,7 @@ FLOORS = [
     ["policy", "release"],
     ["state", "upstream", "metrics"],
     ["rollout", "fleet"],
-    ["proxy", "admin"],
+    ["front", "proxy", "admin"],
     ["server", "upgrade", "demo", "ctl", "cli"],
 ]
 FLOOR = {m: i for i, names in enumerate(FLOORS) for m in names}

@@ -24,6 +24,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod fleet;
+pub mod front;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -258,71 +258,83 @@ fn status_page(method: &http::Method) -> Response<Vec<u8>> {
     r
 }
 
-/// The admin listener's app: the same gate as in front of the proxy pipeline reads every request head
-/// first, so a head Pingora's parser cannot read (a control byte in a field, a bare CR...) or one too
-/// large gets a 400 (431, 414) problem answer instead of a connection closed without a word.
-pub struct AdminGate {
-    inner: Arc<pingora::apps::http_app::HttpServer<AdminApi>>,
+/// The admin API (or the metrics endpoint) behind the front door: the same head reader and rules as
+/// the proxy's, so a head Pingora's parser cannot read (a control byte in a field, a bare CR...) or
+/// one too large gets a 400 (431, 414) problem answer instead of a connection closed without a
+/// word. It has no engine: every head the front door accepts goes to the app's Pingora server.
+pub struct AdminFront<A> {
     state: Arc<State>,
+    app: std::marker::PhantomData<fn() -> A>,
 }
 
-impl AdminGate {
-    pub fn new(state: Arc<State>, rollouts: Arc<Rollouts>) -> Self {
-        AdminGate {
-            inner: Arc::new(pingora::apps::http_app::HttpServer::new_app(AdminApi::new(
-                state.clone(),
-                rollouts,
-            ))),
+impl<A: ServeHttp + Send + Sync + 'static> AdminFront<A> {
+    /// The front door of a listener serving `app`.
+    pub fn door(state: Arc<State>, app: A) -> crate::front::Door<AdminFront<A>> {
+        let server = pingora::apps::http_app::HttpServer::new_app(app);
+        let front = AdminFront {
             state,
-        }
+            app: std::marker::PhantomData,
+        };
+        crate::front::Door::new(front, server, std::time::Duration::ZERO)
     }
 }
 
 #[async_trait]
-impl crate::proxy::gate::Front for AdminGate {
+impl<A: ServeHttp + Send + Sync + 'static> crate::front::Service for AdminFront<A> {
+    type Pipeline = pingora::apps::http_app::HttpServer<A>;
+    type Request = std::convert::Infallible;
+    const COUNTED: bool = false;
+
     fn limits(&self) -> crate::config::Limits {
         crate::config::Limits::from_config(&self.state.load().config.server.limits)
             .unwrap_or_default()
     }
+
     fn h2c(&self) -> bool {
         false
     }
-    async fn refuse(
+
+    fn engine(&self) -> bool {
+        false
+    }
+
+    fn admit(
         &self,
-        stream: &mut pingora::protocols::Stream,
-        (why, _): crate::proxy::gate::Refused,
-        limits: &crate::config::Limits,
-    ) {
-        use tokio::io::AsyncWriteExt;
+        _c: &mut crate::front::Conn,
+        _head: crate::front::Accepted<'_, '_>,
+    ) -> Option<Self::Request> {
+        None
+    }
+
+    async fn serve(
+        &self,
+        _c: &mut crate::front::Conn,
+        req: Self::Request,
+        _shutdown: &pingora::server::ShutdownWatch,
+    ) -> crate::front::Next {
+        match req {}
+    }
+
+    fn refusal(&self, why: crate::policy::request::Refusal) -> crate::front::Refusing {
         let status = StatusCode::from_u16(why.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let detail = format!("the request was refused: {}", why.code());
         let r = problem(status, "bad_request", &detail, None);
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            r.body().len()
-        )
-        .into_bytes();
-        out.extend_from_slice(r.body());
-        let write = async { stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok() };
-        let _ = pingora::time::fast_timeout::fast_timeout(limits.send_timeout, write).await;
+        crate::front::Refusing {
+            status: status.as_u16(),
+            content_type: "application/problem+json",
+            body: std::borrow::Cow::Owned(r.into_body()),
+            request_id: None,
+        }
     }
-}
 
-#[async_trait]
-impl pingora::apps::ServerApp for AdminGate {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: pingora::protocols::Stream,
-        shutdown: &pingora::server::ShutdownWatch,
-    ) -> Option<pingora::protocols::Stream> {
-        let c = crate::proxy::gate::Connection {
-            stream,
-            buf: bytes::BytesMut::new(),
-            served: 0,
-        };
-        crate::proxy::gate::serve(&**self, &self.inner, c, shutdown).await
+    fn refused(
+        &self,
+        _c: &crate::front::Conn,
+        _refusing: crate::front::Refusing,
+        _seen: Option<crate::front::Seen>,
+        _status: u16,
+    ) {
+        // The admin API counts and logs no requests of its own.
     }
 }
 

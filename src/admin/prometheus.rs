@@ -38,7 +38,7 @@ pub fn render(
         "Client connections open now, on every listener.",
         MetricType::GAUGE,
     );
-    open.gauge(&[], crate::proxy::open_connections() as f64);
+    open.gauge(&[], crate::front::open_connections() as f64);
     families.push(open.0);
     let mut build = Family::new(
         "switchyard_build_info",

@@ -10,18 +10,12 @@
 pub mod access_log;
 mod answer;
 mod checked;
-mod drain;
-pub(crate) mod gate;
 mod h1;
-pub(crate) mod listener;
 pub mod mirror;
 mod request_id;
 
 pub use access_log::AccessLog;
-pub use drain::{open_connections, Drain};
-pub use gate::Pipeline;
-pub use h1::Engine;
-pub use listener::TcpListeners;
+pub use h1::{Admitted, Engine};
 
 use crate::config::Limits;
 use crate::metrics::{Metrics, Rejection, Series, UpstreamError};
@@ -231,7 +225,7 @@ pub struct Ctx {
     pub grpc_status: Option<u8>,
     /// On Pingora's pipeline, counts this request as in flight until it is done (shutdown waits for
     /// it). The engine counts its connections instead, so its requests carry none.
-    _in_flight: Option<drain::InFlight>,
+    _in_flight: Option<crate::front::InFlight>,
     /// Counts this request in `switchyard_requests_in_flight` while it lives.
     _counted: crate::metrics::RequestInFlight,
     /// Body bytes received from the client and sent to it, for metrics and the access log.
@@ -278,7 +272,7 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
-            _in_flight: Some(drain::InFlight::new()),
+            _in_flight: Some(crate::front::InFlight::new()),
             ..Ctx::default()
         }
     }

@@ -2,8 +2,9 @@
 //! listener, the health checker, and Pingora's graceful upgrade (`-u`) and daemon (`-d`) modes.
 
 use crate::config::{parse, Config};
+use crate::front::{Door, Drain, TcpListeners};
 use crate::proxy::access_log::{AccessLog, Destination};
-use crate::proxy::{Drain, Engine, Pipeline, Proxy, TcpListeners};
+use crate::proxy::{Engine, Proxy};
 mod reloader;
 use crate::state::State;
 use crate::upstream::HealthChecker;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long connections accepted just before shutdown have to send their first request (see
-/// [`Engine`]). The runtime's own shutdown timeout still bounds it.
+/// [`Door`]). The runtime's own shutdown timeout still bounds it.
 const FIRST_REQUEST_WINDOW: Duration = Duration::from_secs(1);
 
 /// How the process starts, from the command line.
@@ -103,31 +104,29 @@ pub fn build(
             .max_requests_per_connection
             .saturating_sub(1),
     );
-    // A plain connection the gate found opening with the HTTP/2 preface is handed over whole; on TLS,
+    // A plain connection the front door found opening with the HTTP/2 preface is handed over whole; on TLS,
     // ALPN decides.
     options.h2c = state.load().config.server.h2c;
     full.server_options = Some(options);
-    if config_engine(&state) {
-        let engine = Engine::new(proxy_app, full, FIRST_REQUEST_WINDOW);
-        if !tls.is_empty() {
-            // TLS connections are accepted by Pingora's listening service, which runs the handshake
-            // and then gives the connection to the same engine.
-            let mut secure = Service::new("switchyard tls".to_string(), engine.clone());
-            add_tls(&mut secure, &tls)?;
-            server.add_service(secure);
-        }
-        server.add_service(TcpListeners::new(Arc::new(engine), listen));
-    } else {
-        // The kill switch: every listener on Pingora's own pipeline, the engine not used at all.
+    // One front door for every listener; `server.http1_engine: false` (the kill switch) only means
+    // that it gives every request to Pingora's pipeline.
+    let engine_on = config_engine(&state);
+    if !engine_on {
         log::warn!("server.http1_engine is false: every request goes through Pingora's pipeline");
-        let pipeline = Pipeline::new(proxy_app, full, FIRST_REQUEST_WINDOW);
-        let mut service = Service::new("switchyard (pingora pipeline)".to_string(), pipeline);
-        for addr in &listen {
-            service.add_tcp(addr);
-        }
-        add_tls(&mut service, &tls)?;
-        server.add_service(service);
     }
+    let door = Door::new(
+        Engine::new(proxy_app, engine_on),
+        full,
+        FIRST_REQUEST_WINDOW,
+    );
+    if !tls.is_empty() {
+        // TLS connections are accepted by Pingora's listening service, which runs the handshake
+        // and then gives the connection to the same front door.
+        let mut secure = Service::new("switchyard tls".to_string(), door.clone());
+        add_tls(&mut secure, &tls)?;
+        server.add_service(secure);
+    }
+    server.add_service(TcpListeners::new("switchyard proxy", door, listen));
     server.add_service(background_service(
         "health checks",
         HealthChecker::new({
@@ -152,27 +151,31 @@ pub fn build(
         "rollouts",
         crate::rollout::Controller::new(state.clone(), rollouts),
     ));
-    server.add_service(background_service("drain", Drain));
+    // The last lines of the access log are written within a few of its flush intervals.
+    let settle = crate::proxy::access_log::FLUSH_INTERVAL * 3;
+    server.add_service(background_service("drain", Drain { settle }));
     Ok((server, state))
 }
 
 /// The admin API on `admin.listen`, and `/metrics` on `metrics.listen`, when configured.
 fn add_admin(server: &mut Server, state: &Arc<State>, rollouts: &Arc<crate::rollout::Rollouts>) {
     if let Some(admin) = state.load().config.admin.clone() {
-        let mut api = Service::new(
-            "switchyard admin".to_string(),
-            crate::admin::AdminGate::new(state.clone(), rollouts.clone()),
-        );
-        api.add_tcp(&admin.listen);
-        server.add_service(api);
+        let api = crate::admin::AdminApi::new(state.clone(), rollouts.clone());
+        let door = crate::admin::AdminFront::door(state.clone(), api);
+        server.add_service(TcpListeners::new(
+            "switchyard admin",
+            door,
+            vec![admin.listen],
+        ));
     }
     if let Some(metrics) = state.load().config.metrics.clone() {
-        let mut endpoint = Service::new(
-            "switchyard metrics".to_string(),
-            crate::admin::MetricsEndpoint::new(state.clone(), rollouts.clone()),
-        );
-        endpoint.add_tcp(&metrics.listen);
-        server.add_service(endpoint);
+        let endpoint = crate::admin::MetricsEndpoint::new(state.clone(), rollouts.clone());
+        let door = crate::admin::AdminFront::door(state.clone(), endpoint);
+        server.add_service(TcpListeners::new(
+            "switchyard metrics",
+            door,
+            vec![metrics.listen],
+        ));
     }
 }
 

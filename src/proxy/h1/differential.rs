@@ -1,14 +1,13 @@
-//! Differential tests: generated and mutated request heads go to the engine's parser (httparse and
-//! the shared rules, [`classify`]) and to Pingora's pipeline as it is served (the gate's look at the
-//! head, then Pingora's own parser in a real `ServerSession` reading from a loopback socket, then the
-//! same rules as the pipeline applies them). Wherever the engine serves or refuses a request itself,
+//! Differential tests: generated and mutated request heads go to the front door's classifier as the
+//! engine takes them (httparse and the shared rules, [`classify`]) and to Pingora's pipeline as it
+//! is served (the front door's classifier with the engine off, then Pingora's own parser in a real
+//! `ServerSession` reading from a loopback socket, then the same rules as the pipeline applies them). Wherever the engine serves or refuses a request itself,
 //! the two must agree on accepting or refusing it (and why), on the path it routes on, the host and
 //! the body length it derives. Bounded: a fixed number of cases per run.
 
-use super::{classify, Head, MAX_FIELDS};
+use crate::front::{classify, Head, PlainTcp, MAX_FIELDS};
 use crate::policy::request::Refusal;
 use crate::proxy::check_request;
-use crate::proxy::listener::PlainTcp;
 use pingora::protocols::http::ServerSession;
 use proptest::prelude::*;
 use std::mem::MaybeUninit;
@@ -28,8 +27,8 @@ enum Verdict {
 
 fn engine(head: &[u8]) -> Option<Verdict> {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
-    match classify(head, &mut fields, 32 * 1024) {
-        Head::HandOff => None,
+    match classify(head, &mut fields, 32 * 1024, true) {
+        Head::Pipeline(_) => None,
         Head::Refused(why, _) => Some(Verdict::Refused(why)),
         Head::Accepted(a) => Some(Verdict::Accepted {
             route_path: a.target.route_path.to_string(),
@@ -39,10 +38,14 @@ fn engine(head: &[u8]) -> Option<Verdict> {
     }
 }
 
-/// The gate, then Pingora's parser over a real socket, then the pipeline's checks (`check_request`).
+/// The front door with the engine off, then Pingora's parser over a real socket, then the
+/// pipeline's checks (`check_request`).
 async fn pingora(head: &[u8]) -> Verdict {
-    if let Err((why, _)) = crate::proxy::gate::inspect(head, 32 * 1024) {
-        return Verdict::Refused(why);
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    match classify(head, &mut fields, 32 * 1024, false) {
+        Head::Refused(why, _) => return Verdict::Refused(why),
+        Head::Accepted(_) => unreachable!("the engine is off"),
+        Head::Pipeline(_) => {}
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

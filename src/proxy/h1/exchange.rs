@@ -2,9 +2,10 @@
 //! the response head, and relaying the response body to the client.
 
 use super::body::{self, Chunked, Framing};
-use super::head::{head_complete, ResponseHead};
+use super::head::ResponseHead;
 use super::shadow::{ShadowCopy, Tap};
 use super::{write_client, Conn, MAX_HEAD, MAX_RESPONSE_FIELDS, READ_CHUNK};
+use crate::front::head_complete;
 use crate::metrics::UpstreamError;
 use bytes::Buf;
 use pingora::time::fast_timeout::fast_timeout;

@@ -6,7 +6,6 @@ use super::MAX_RESPONSE_FIELDS;
 use crate::metrics::UpstreamError;
 use crate::policy::headers;
 use crate::policy::headers::{hop_by_hop_request, hop_by_hop_response, Nominated};
-use crate::policy::request::{self, Refusal};
 use crate::proxy::mirror::Captured;
 use crate::proxy::REQUEST_ID_HEADER;
 use std::mem::MaybeUninit;
@@ -20,112 +19,6 @@ impl<'h, 'a: 'h> crate::release::RawFields<'h> for ParsedFields<'h, 'a> {
     }
     fn field(&self, i: usize) -> Option<(&'h str, &'h [u8])> {
         self.0.get(i).map(|h| (h.name, h.value))
-    }
-}
-
-/// Up to this many Content-Length or Transfer-Encoding fields are kept for the framing check; more
-/// is refused as ambiguous.
-const FRAMING_FIELDS: usize = 4;
-
-/// The request fields the engine looks at, found in one pass. Internal `X-Switchyard-*` fields are
-/// moved out of the kept range (`..kept`), so neither the decision nor the upstream sees them.
-pub(super) struct RequestFields<'a> {
-    pub(super) kept: usize,
-    /// The Host fields (two at most: more is as refused as two).
-    pub(super) hosts: [&'a [u8]; 2],
-    pub(super) host_count: usize,
-    pub(super) request_id: Option<&'a [u8]>,
-    lengths: [&'a [u8]; FRAMING_FIELDS],
-    length_count: usize,
-    codings: [&'a [u8]; FRAMING_FIELDS],
-    coding_count: usize,
-    pub(super) close: bool,
-    /// Fields the client's `Connection` names: hop-by-hop, never forwarded.
-    pub(super) nominated: Nominated<'a>,
-    /// `Expect` or `Upgrade`: the request goes to Pingora's pipeline.
-    pub(super) hand_off: bool,
-}
-
-impl<'a> RequestFields<'a> {
-    pub(super) fn sort(fields: &mut [httparse::Header<'a>]) -> RequestFields<'a> {
-        let mut f = RequestFields {
-            kept: 0,
-            hosts: [b""; 2],
-            host_count: 0,
-            request_id: None,
-            lengths: [b""; FRAMING_FIELDS],
-            length_count: 0,
-            codings: [b""; FRAMING_FIELDS],
-            coding_count: 0,
-            close: false,
-            nominated: Nominated::default(),
-            hand_off: false,
-        };
-        for i in 0..fields.len() {
-            let h = fields[i];
-            let name = h.name.as_bytes();
-            match name.len() {
-                4 if name.eq_ignore_ascii_case(b"host") => {
-                    if f.host_count < 2 {
-                        f.hosts[f.host_count] = h.value;
-                    }
-                    f.host_count += 1;
-                }
-                6 if name.eq_ignore_ascii_case(b"expect") => f.hand_off = true,
-                7 if name.eq_ignore_ascii_case(b"upgrade") => f.hand_off = true,
-                10 if name.eq_ignore_ascii_case(b"connection") => {
-                    f.close |= h
-                        .value
-                        .split(|b| *b == b',')
-                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-                    f.hand_off |= !f.nominated.add(h.value);
-                }
-                12 if name.eq_ignore_ascii_case(REQUEST_ID_HEADER.as_bytes()) => {
-                    f.request_id = Some(h.value);
-                }
-                14 if name.eq_ignore_ascii_case(b"content-length") => {
-                    if f.length_count < FRAMING_FIELDS {
-                        f.lengths[f.length_count] = h.value;
-                    }
-                    f.length_count += 1;
-                }
-                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                    if f.coding_count < FRAMING_FIELDS {
-                        f.codings[f.coding_count] = h.value;
-                    }
-                    f.coding_count += 1;
-                }
-                _ if headers::internal(name) => continue,
-                _ => {}
-            }
-            fields[f.kept] = h;
-            f.kept += 1;
-        }
-        f
-    }
-
-    /// The Host to route on, by the shared rules (exactly one, matching an absolute-form target).
-    pub(super) fn host(&self, authority: Option<&'a str>) -> Result<&'a str, Refusal> {
-        request::host(&self.hosts[..self.host_count.min(2)], authority, false)
-    }
-
-    /// The body framing, by the shared rules: `Some(length)`, `None` for chunked (which Pingora's
-    /// pipeline relays), or the refusal.
-    pub(super) fn framing(&self) -> Result<Option<u64>, Refusal> {
-        if self.length_count > FRAMING_FIELDS {
-            return Err(Refusal::InvalidLength);
-        }
-        if self.coding_count > FRAMING_FIELDS {
-            return Err(Refusal::InvalidTransferEncoding);
-        }
-        request::framing(
-            &self.lengths[..self.length_count],
-            &self.codings[..self.coding_count],
-        )
-    }
-
-    pub(super) fn chunked(&self) -> bool {
-        self.coding_count > 0
     }
 }
 
@@ -180,8 +73,6 @@ pub(super) fn write_request_head(
     }
     out.extend_from_slice(b"\r\n");
 }
-
-pub(super) use crate::proxy::gate::head_complete;
 
 /// The final response head as the client gets it, and how its body is framed.
 pub(super) struct ResponseHead {

@@ -11,8 +11,9 @@
 
 use super::body::Framing;
 use super::exchange::{connect, interim_len, within, BodyReader};
-use super::head::{head_complete, write_response_head};
+use super::head::write_response_head;
 use super::{pool, MAX_HEAD, READ_CHUNK};
+use crate::front::head_complete;
 use crate::metrics::{Metrics, MirrorOutcome};
 use crate::proxy::mirror::{self, Captured, InFlight, Meta};
 use crate::proxy::SHADOW_HEADER;

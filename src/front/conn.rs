@@ -1,29 +1,48 @@
-//! One client connection on the engine: its buffers (given back while idle), reading a request head
-//! within the limits, lingering over an unread body, and writing to the client.
+//! One client connection at the front door: its buffers (given back while idle), reading a request
+//! head within the limits, lingering over an unread body, and writing to the client.
 
-use super::*;
+use super::head::head_complete;
+use super::listener::PlainTcp;
+use crate::config::Limits;
+use bytes::BytesMut;
+use pingora::protocols::Stream;
+use pingora::time::fast_timeout::fast_timeout;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One client connection on the engine.
-pub(super) struct Conn {
-    pub(super) stream: Stream,
+/// How long a kept-alive connection waits for its next request holding its buffers, as nginx frees
+/// an idle connection's buffers: a busy connection never allocates them again, and an edge with many
+/// idle clients holds little per connection.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(1);
+/// What one read of a body asks for.
+pub const READ_CHUNK: usize = 16 * 1024;
+/// Room for an upstream request head or a response head with the part of its body that came with
+/// it, so that a typical head is written without growing its buffer.
+pub const OUT_CAPACITY: usize = 1024;
+
+/// One client connection. The buffers the engine reads and writes through are the connection's, so
+/// that an idle connection gives all of them back.
+pub struct Conn {
+    pub stream: Stream,
     /// Bytes read from the client and not yet used.
-    pub(super) buf: BytesMut,
+    pub buf: BytesMut,
     /// Bytes read from the upstream.
-    pub(super) up_buf: BytesMut,
+    pub up_buf: BytesMut,
     /// The upstream request head (and the part of the body that came with it).
-    pub(super) req_out: Vec<u8>,
+    pub req_out: Vec<u8>,
     /// The response head (and the part of the body that came with it).
-    pub(super) resp_out: Vec<u8>,
+    pub resp_out: Vec<u8>,
     /// The client's address, looked up (`getpeername`) the first time a decision needs it.
-    pub(super) client_ip: Option<Option<IpAddr>>,
-    pub(super) served: u32,
-    pub(super) limits: Limits,
+    pub client_ip: Option<Option<IpAddr>>,
+    pub served: u32,
+    pub limits: Limits,
     /// The buffers were given back while idle (see [`IDLE_RELEASE`]).
-    pub(super) lean: bool,
+    pub lean: bool,
 }
 
 impl Conn {
-    pub(super) fn new(stream: Stream, limits: Limits) -> Self {
+    pub fn new(stream: Stream, limits: Limits) -> Self {
         Conn {
             limits,
             lean: false,
@@ -41,7 +60,7 @@ impl Conn {
 impl Conn {
     /// Gives back every buffer of an idle connection; they are taken again when its next request
     /// arrives.
-    pub(super) fn release_buffers(&mut self) {
+    pub fn release_buffers(&mut self) {
         self.buf = BytesMut::new();
         self.up_buf = BytesMut::new();
         self.req_out = Vec::new();
@@ -50,10 +69,10 @@ impl Conn {
     }
 }
 
-pub(super) enum HeadRead {
+pub enum HeadRead {
     Complete,
     Closed,
-    /// Larger than [`request::MAX_HEAD_BYTES`] and not complete.
+    /// Larger than `limits.max_head_bytes` and not complete.
     TooLarge,
 }
 
@@ -62,7 +81,7 @@ pub(super) enum HeadRead {
 /// sending it a byte at a time is closed (slowloris). An idle keep-alive connection waits up to
 /// `limits.keepalive_timeout` for its next request, during a drain too (SPEC §1: a connection that may
 /// have a request in flight is never closed under it).
-pub(super) async fn read_head(c: &mut Conn) -> HeadRead {
+pub async fn read_head(c: &mut Conn) -> HeadRead {
     let mut deadline = (c.served == 0).then(|| Instant::now() + c.limits.header_timeout);
     let idle_since = Instant::now();
     loop {
@@ -111,7 +130,7 @@ pub(super) async fn read_head(c: &mut Conn) -> HeadRead {
 
 /// Whether the request being served is the last `limits.max_requests_per_connection` allows: its
 /// response then says `Connection: close`.
-pub(super) fn last_request(c: &Conn) -> bool {
+pub fn last_request(c: &Conn) -> bool {
     c.served.saturating_add(1) >= c.limits.max_requests_per_connection
 }
 
@@ -119,7 +138,7 @@ pub(super) fn last_request(c: &Conn) -> bool {
 /// the rest of it for a while: closing with unread bytes would reset the connection, and a reset can
 /// destroy the answer before the client has read it. Bounded by the body's length, [`LINGER_IDLE`]
 /// without data and [`LINGER_TOTAL`] in all.
-pub(super) async fn linger(c: &mut Conn, mut unread: u64) {
+pub async fn linger(c: &mut Conn, mut unread: u64) {
     const LINGER_IDLE: Duration = Duration::from_secs(1);
     const LINGER_TOTAL: Duration = Duration::from_secs(5);
     if c.stream.shutdown().await.is_err() {
@@ -147,7 +166,7 @@ pub(super) async fn linger(c: &mut Conn, mut unread: u64) {
 /// once), so a connection answered in one write and closed saves the system call, as with nginx.
 ///
 /// A client that does not read for `send_timeout` is taken as gone.
-pub(super) async fn write_client(
+pub async fn write_client(
     stream: &mut Stream,
     data: &[u8],
     last: bool,
@@ -164,8 +183,8 @@ pub(super) async fn write_client(
 }
 
 /// TCP_NODELAY on a client connection. Pingora's listeners set it on what they accept (TLS); the
-/// engine's own plain-TCP connections get it here, once.
-pub(super) fn nodelay(stream: &Stream) {
+/// front door's own plain-TCP connections get it here, once.
+pub fn nodelay(stream: &Stream) {
     if let Some(tcp) = stream.as_any().downcast_ref::<PlainTcp>() {
         tcp.nodelay();
     }

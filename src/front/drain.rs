@@ -3,17 +3,15 @@
 //! in flight; this service watches the count of open client connections and ends the process as soon
 //! as none is left, instead of sleeping out the whole grace period (which still bounds the drain).
 
-use super::access_log::FLUSH_INTERVAL;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Client connections open now on the engine's listeners (plain and TLS).
+/// Client connections of the proxy open now (plain and TLS).
 static OPEN: AtomicUsize = AtomicUsize::new(0);
-/// Requests in flight on Pingora's pipeline (handed over by the engine, or every request when the
-/// engine is off), whose connections the engine does not see.
+/// Requests in flight on Pingora's pipeline, its shadow copies included.
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// Held for as long as a client connection is open.
@@ -42,12 +40,18 @@ pub(crate) fn admit(max_connections: usize) -> Option<OpenConnection> {
 
 /// Held by a request's context on Pingora's pipeline for as long as the request runs.
 #[derive(Debug)]
-pub(crate) struct InFlight(());
+pub struct InFlight(());
 
 impl InFlight {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         InFlight(())
+    }
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight::new()
     }
 }
 
@@ -57,12 +61,12 @@ impl Drop for InFlight {
     }
 }
 
-/// Client connections open now on the engine's listeners.
+/// Client connections of the proxy open now.
 pub fn open_connections() -> usize {
     OPEN.load(Ordering::Relaxed)
 }
 
-/// What shutdown waits for: open engine connections and requests in flight on Pingora's pipeline.
+/// What shutdown waits for: open client connections and requests in flight on Pingora's pipeline.
 fn busy() -> usize {
     OPEN.load(Ordering::Relaxed) + IN_FLIGHT.load(Ordering::Relaxed)
 }
@@ -70,8 +74,11 @@ fn busy() -> usize {
 /// How often the drain looks at the count.
 const POLL: Duration = Duration::from_millis(10);
 
-/// Ends the process once shutdown has begun and no client connection is left.
-pub struct Drain;
+/// Ends the process once shutdown has begun and no client connection is left, `settle` after the
+/// last one closed (time for the access log to write its last lines).
+pub struct Drain {
+    pub settle: Duration,
+}
 
 #[async_trait]
 impl BackgroundService for Drain {
@@ -88,8 +95,7 @@ impl BackgroundService for Drain {
         while busy() > 0 {
             tokio::time::sleep(POLL).await;
         }
-        // Let the access log writer take the last lines out of its queue.
-        tokio::time::sleep(FLUSH_INTERVAL * 3).await;
+        tokio::time::sleep(self.settle).await;
         log::info!("drained: every client connection is closed; exiting");
         std::process::exit(0);
     }

@@ -1,6 +1,6 @@
 //! The client connection as Pingora's pipeline sees it while serving one request. Its reads stop
-//! where the request ends (the gate knows from the head how long it is), so the pipeline never
-//! reads the start of the next request: a read past the end keeps those bytes here for the gate
+//! where the request ends (the front door knows from the head how long it is), so the pipeline never
+//! reads the start of the next request: a read past the end keeps those bytes here for the front door
 //! and stays pending, and the pipeline's check for a client that went away still sees the end of
 //! the stream. Without the fence a client that sends its next request before the answer to this
 //! one (pipelining) has that request taken for stray data and refused.
@@ -45,7 +45,7 @@ impl Fenced {
     }
 
     /// The connection unfenced, `front` read again first: for a connection whose first bytes the
-    /// gate read before handing it to Pingora whole (HTTP/2 with prior knowledge).
+    /// front door read before handing it to Pingora whole (HTTP/2 with prior knowledge).
     pub(crate) fn rewound(inner: Stream, front: BytesMut) -> Self {
         Fenced {
             inner,
@@ -197,7 +197,7 @@ impl GetSocketDigest for Fenced {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::listener::PlainTcp;
+    use crate::front::PlainTcp;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(flavor = "current_thread")]

@@ -1,5 +1,5 @@
-//! The proxy's plain-TCP listeners: one accept loop per listening socket, each accepted connection
-//! given straight to the HTTP/1 engine in a task of its own.
+//! The plain-TCP listeners of the front door: one accept loop per listening socket, each accepted
+//! connection given straight to the front door in a task of its own.
 //!
 //! Pingora's listening service (`services/listening.rs`, `Service::run_endpoint`) would do the same
 //! job, but the task it spawns per connection also holds the future of a TLS handshake under a 60 s
@@ -13,16 +13,15 @@
 //! bound here), so a graceful upgrade hands it to the next process without refusing a connection;
 //! the listener is bound with `SO_REUSEADDR` and a backlog of 65,535; an accepted connection carries
 //! a socket digest holding the client's address (Pingora's `Listener::accept`); the loop stops
-//! accepting when shutdown begins, and the engine's `cleanup` runs once every loop ended.
+//! accepting when shutdown begins, and the app's `cleanup` runs once every loop ended.
 //!
-//! An accepted connection is a [`PlainTcp`], not Pingora's `l4::Stream`: the engine needs none of
+//! An accepted connection is a [`PlainTcp`], not Pingora's `l4::Stream`: the front door needs none of
 //! that type's layers (buffers, rewind, pending-time clocks), and its `Drop` asks the kernel for
 //! `TCP_NODELAY` (a `getsockopt`) only to log a double close. `TCP_NODELAY` itself is set by the
-//! engine before a write that is not the connection's last (see `h1::write_client`), as nginx
+//! front door before a write that is not the connection's last (see `conn::write_client`), as nginx
 //! does: a connection answered in one write and then closed never needs it. With one connection per
 //! request, both system calls were about 2 of the 11 a request makes.
 
-use super::h1::Engine;
 use async_trait::async_trait;
 use once_cell::sync::OnceCell;
 use pingora::apps::ServerApp;
@@ -45,19 +44,24 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 /// Connections waiting to be accepted, per listening socket (Pingora's listeners use the same).
 const BACKLOG: u32 = 65_535;
 
-pub struct TcpListeners {
-    engine: Arc<Engine>,
+pub struct TcpListeners<A: ServerApp + Send + Sync + 'static> {
+    app: Arc<A>,
     addrs: Vec<String>,
+    name: String,
 }
 
-impl TcpListeners {
-    pub fn new(engine: Arc<Engine>, addrs: Vec<String>) -> Self {
-        TcpListeners { engine, addrs }
+impl<A: ServerApp + Send + Sync + 'static> TcpListeners<A> {
+    pub fn new(name: &str, app: A, addrs: Vec<String>) -> Self {
+        TcpListeners {
+            app: Arc::new(app),
+            addrs,
+            name: name.to_string(),
+        }
     }
 }
 
 #[async_trait]
-impl Service for TcpListeners {
+impl<A: ServerApp + Send + Sync + 'static> Service for TcpListeners<A> {
     async fn start_service(
         &mut self,
         fds: Option<ListenFds>,
@@ -78,7 +82,7 @@ impl Service for TcpListeners {
             for _ in 0..listeners_per_fd.max(1) {
                 loops.push(pingora_runtime::current_handle().spawn(accept_loop(
                     listener.clone(),
-                    self.engine.clone(),
+                    self.app.clone(),
                     shutdown.clone(),
                 )));
             }
@@ -86,11 +90,11 @@ impl Service for TcpListeners {
         for l in loops {
             let _ = l.await;
         }
-        ServerApp::cleanup(&*self.engine).await;
+        ServerApp::cleanup(&*self.app).await;
     }
 
     fn name(&self) -> &str {
-        "switchyard proxy"
+        &self.name
     }
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
@@ -139,7 +143,11 @@ fn inherited(fd: std::os::fd::RawFd) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std_listener)
 }
 
-async fn accept_loop(listener: Arc<TcpListener>, engine: Arc<Engine>, mut shutdown: ShutdownWatch) {
+async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    listener: Arc<TcpListener>,
+    app: Arc<A>,
+    mut shutdown: ShutdownWatch,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -153,10 +161,10 @@ async fn accept_loop(listener: Arc<TcpListener>, engine: Arc<Engine>, mut shutdo
         match accepted {
             Ok((tcp, peer)) => {
                 let stream = PlainTcp::new(tcp, peer);
-                let engine = engine.clone();
+                let app = app.clone();
                 let shutdown = shutdown.clone();
                 pingora_runtime::current_handle().spawn(async move {
-                    engine.process_new(Box::new(stream), &shutdown).await;
+                    app.process_new(Box::new(stream), &shutdown).await;
                 });
             }
             Err(e) => {
@@ -182,7 +190,7 @@ async fn accept_loop(listener: Arc<TcpListener>, engine: Arc<Engine>, mut shutdo
 }
 
 /// A plain-TCP client connection as Pingora's pipeline sees it (a `Stream` is a boxed `IO`), for the
-/// connections the engine hands over: the client's address from `accept`, the time it was accepted,
+/// connections the front door hands over: the client's address from `accept`, the time it was accepted,
 /// and nothing layered over the socket.
 #[derive(Debug)]
 pub struct PlainTcp {
