@@ -457,6 +457,50 @@ fn pipelined_requests_are_answered_in_order() {
     assert!(c.closed());
 }
 
+/// A request the engine does not serve itself (a chunked upload) goes to Pingora's pipeline for that
+/// request only: the connection comes back to the front door, and the next request is read there.
+fn one_connection_serves_requests_on_both_back_ends_in_turn() {
+    let up = upstream();
+    let proxy = proxy_for(&up);
+    let mut c = Client::connect(proxy.addr);
+    let chunked = b"POST /upload HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let old = b"GET /old HTTP/1.0\r\nHost: api.test\r\nConnection: keep-alive\r\n\r\n";
+    for round in 0..2 {
+        c.send(&get(&format!("/a{round}")));
+        let r = c.response(false);
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert!(text.contains(&format!("GET /a{round} HTTP/1.1")), "{text}");
+        c.send(chunked);
+        let r = c.response(false);
+        assert_eq!(r.status, 200);
+        assert_eq!(up.seen.lock().unwrap().last().unwrap().body, b"hello");
+        c.send(old);
+        let r = c.response(false);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // Sent at once, answered in order: the pipeline stops reading where its request ends.
+    let all = [&get("/p0")[..], &old[..], &get("/p2")[..]].concat();
+    c.send(&all);
+    for want in ["GET /p0 HTTP/1.1", "GET /old HTTP/1.1", "GET /p2 HTTP/1.1"] {
+        let r = c.response(false);
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    // And the connection serves on, by the engine again where it is on: it relays a body that
+    // ends when the upstream closes as it came and closes the client's connection after it, where
+    // Pingora's pipeline chunks it.
+    c.send(&get("/until-close"));
+    let r = c.response(false);
+    assert_eq!(r.status, 200);
+    let on_engine = common::request_path() == common::RequestPath::Engine;
+    assert_eq!(
+        r.header("transfer-encoding").is_none(),
+        on_engine,
+        "{}",
+        r.head
+    );
+}
+
 fn a_stale_upstream_connection_is_retried_for_safe_requests_only() {
     let up = upstream();
     let proxy = proxy_for(&up);
@@ -667,6 +711,7 @@ on_both_paths!(
     what_the_engine_does_not_serve_itself_still_works,
     the_proxys_own_answers_keep_the_connection_usable,
     pipelined_requests_are_answered_in_order,
+    one_connection_serves_requests_on_both_back_ends_in_turn,
     an_upstream_failure_answer_says_close_and_closes,
     response_framings_pass_through_and_keep_the_connection,
     mirrored_requests_are_copied_and_compared_on_the_wire,
