@@ -568,7 +568,7 @@ fn patch_mirror(r: &mut RouteConfig, value: &Value) -> Result<(), ChangeError> {
         .ok_or_else(|| refused("mirror must be an object like {\"percent\": 10}".into()))?;
     for (key, v) in fields {
         match (key.as_str(), v.as_f64()) {
-            ("percent", Some(p)) => m.percent = PercentValue::Number(p),
+            ("percent", Some(p)) => m.percent = crate::config::Percent::from(p),
             ("percent", None) => {
                 return Err(refused(format!("mirror.percent must be a number, got {v}")))
             }

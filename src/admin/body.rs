@@ -116,7 +116,7 @@ impl SplitView {
         SplitView {
             baseline: baseline.map(str::to_string),
             targets,
-            sticky: sp.sticky.clone(),
+            sticky: sp.sticky.iter().map(|k| k.written().clone()).collect(),
             salt: sp.salt.clone(),
         }
     }

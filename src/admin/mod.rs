@@ -11,7 +11,6 @@ pub mod openapi;
 pub mod prometheus;
 mod stats;
 
-use crate::config::parse;
 use crate::rollout::Rollouts;
 use crate::state::State;
 use async_trait::async_trait;
@@ -43,7 +42,7 @@ impl AdminApi {
         let admin = snapshot.config.admin.as_ref()?;
         let mut found = None;
         for (name, digest) in admin.tokens.iter() {
-            let Ok(stored) = parse::sha256_hex(digest) else {
+            let Some(stored) = digest.value() else {
                 continue;
             };
             let equal = bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &presented[..]));

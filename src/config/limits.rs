@@ -4,7 +4,7 @@
 //! how many requests per connection are served. A stalled client never pins an upstream connection
 //! past them.
 
-use super::{parse, ConfigError, LimitsConfig};
+use super::{ConfigError, LimitsConfig};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl Limits {
     /// The limits of a config, or every problem with them (each with its path).
     pub fn from_config(c: &LimitsConfig) -> Result<Limits, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let mut duration = |key: &str, text: &str| match parse::duration(text) {
+        let mut duration = |key: &str, d: &super::Dur| match d.read() {
             Ok(d) if d.is_zero() => {
                 errors.push(ConfigError::new(
                     format!("server.limits.{key}"),

@@ -11,6 +11,7 @@ pub mod parse;
 mod step;
 mod structure;
 mod suggest;
+mod typed;
 mod valid;
 mod validate;
 
@@ -19,6 +20,7 @@ pub use limits::Limits;
 pub use ordered::OrderedMap;
 pub use step::{Step, StepConfig};
 pub use suggest::suggestion;
+pub use typed::{Digest, Dur, Network, Percent, Read, Reading, Sticky};
 pub use valid::Valid;
 pub use validate::validate;
 pub(crate) use validate::{normalize_host, normalize_prefix};
@@ -121,8 +123,8 @@ pub struct ServerConfig {
     pub threads: usize,
     pub pid_file: String,
     pub upgrade_sock: String,
-    pub grace_period: String,
-    pub shutdown_timeout: String,
+    pub grace_period: Dur,
+    pub shutdown_timeout: Dur,
     pub state_dir: String,
     /// `stdout`, `off` or a file path; `false` (what YAML 1.1 tools such as Helm and PyYAML make of an
     /// unquoted `off`) means `off`, `true` means `stdout`.
@@ -150,10 +152,10 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    pub header_timeout: String,
-    pub body_timeout: String,
-    pub send_timeout: String,
-    pub keepalive_timeout: String,
+    pub header_timeout: Dur,
+    pub body_timeout: Dur,
+    pub send_timeout: Dur,
+    pub keepalive_timeout: Dur,
     pub max_head_bytes: usize,
     pub max_connections: usize,
     pub max_requests_per_connection: u32,
@@ -230,7 +232,7 @@ pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: String,
     #[serde(default)]
-    pub tokens: OrderedMap<String>,
+    pub tokens: OrderedMap<Digest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -262,21 +264,21 @@ pub struct EtcdConfig {
     /// How long an instance's registration and its rollout leadership outlive it (etcd lease TTL):
     /// another instance takes a dead leader's rollouts over within this.
     #[serde(default = "default_lease_ttl")]
-    pub lease_ttl: String,
+    pub lease_ttl: Dur,
     /// Longest wait for one etcd call; a change that gets no answer within it is refused (503).
     #[serde(default = "default_etcd_timeout")]
-    pub timeout: String,
+    pub timeout: Dur,
     /// The admin address other instances use to reach this one (rollout control calls go to the
     /// route's leader). Default: `admin.listen`, with this host's name for an unspecified address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_admin: Option<String>,
 }
 
-fn default_lease_ttl() -> String {
+fn default_lease_ttl() -> Dur {
     "10s".into()
 }
 
-fn default_etcd_timeout() -> String {
+fn default_etcd_timeout() -> Dur {
     "2s".into()
 }
 
@@ -314,7 +316,7 @@ pub struct ClientsConfig {
     #[serde(default = "default_api_key_header")]
     pub api_key_header: String,
     #[serde(default)]
-    pub keys: OrderedMap<String>,
+    pub keys: OrderedMap<Digest>,
 }
 
 fn default_api_key_header() -> String {
@@ -412,9 +414,9 @@ pub struct HealthCheckConfig {
     #[serde(default = "default_health_path")]
     pub path: String,
     #[serde(default = "default_health_interval")]
-    pub interval: String,
+    pub interval: Dur,
     #[serde(default = "default_health_timeout")]
-    pub timeout: String,
+    pub timeout: Dur,
     /// Consecutive failures before a backend is marked down.
     #[serde(default = "default_threshold")]
     pub unhealthy_after: usize,
@@ -426,10 +428,10 @@ pub struct HealthCheckConfig {
 fn default_health_path() -> String {
     "/healthz".into()
 }
-fn default_health_interval() -> String {
+fn default_health_interval() -> Dur {
     "5s".into()
 }
-fn default_health_timeout() -> String {
+fn default_health_timeout() -> Dur {
     "1s".into()
 }
 fn default_threshold() -> usize {
@@ -440,13 +442,13 @@ fn default_threshold() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect: Option<String>,
+    pub connect: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read: Option<String>,
+    pub read: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write: Option<String>,
+    pub write: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle: Option<String>,
+    pub idle: Option<Dur>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -507,7 +509,7 @@ pub struct WhenConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_ip: Option<Vec<String>>,
+    pub source_ip: Option<Vec<Network>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -519,7 +521,7 @@ pub struct SplitConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sticky: Vec<String>,
+    pub sticky: Vec<Sticky>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
 }
@@ -629,28 +631,28 @@ pub struct MirrorConfig {
     #[serde(default)]
     pub to: String,
     #[serde(default = "default_mirror_percent")]
-    pub percent: PercentValue,
+    pub percent: Percent,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sticky: Vec<String>,
+    pub sticky: Vec<Sticky>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     #[serde(default = "default_mirror_body")]
     pub max_body_bytes: u64,
     #[serde(default = "default_mirror_timeout")]
-    pub timeout: String,
+    pub timeout: Dur,
     #[serde(default = "default_mirror_in_flight")]
     pub max_in_flight: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<CompareConfig>,
 }
 
-fn default_mirror_percent() -> PercentValue {
-    PercentValue::Number(100.0)
+fn default_mirror_percent() -> Percent {
+    Percent::from(100.0)
 }
 fn default_mirror_body() -> u64 {
     65536
 }
-fn default_mirror_timeout() -> String {
+fn default_mirror_timeout() -> Dur {
     "2s".into()
 }
 fn default_mirror_in_flight() -> u64 {
@@ -680,9 +682,9 @@ pub struct RolloutConfig {
     #[serde(default)]
     pub steps: Vec<StepConfig>,
     #[serde(default)]
-    pub hold: String,
+    pub hold: Dur,
     #[serde(default = "default_rollout_interval")]
-    pub interval: String,
+    pub interval: Dur,
     #[serde(default)]
     pub gates: GatesConfig,
     #[serde(default = "default_failure_limit")]
@@ -698,7 +700,7 @@ pub struct RolloutConfig {
     pub on_failure: Option<String>,
     /// A step not judged within this time pauses the rollout with reason `starved` (default 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step_timeout: Option<String>,
+    pub step_timeout: Option<Dur>,
 }
 
 /// A hook the rollout calls (SPEC §6).
@@ -712,14 +714,14 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub url: String,
     #[serde(default = "default_webhook_timeout")]
-    pub timeout: String,
+    pub timeout: Dur,
 }
 
-fn default_webhook_timeout() -> String {
+fn default_webhook_timeout() -> Dur {
     "10s".into()
 }
 
-fn default_rollout_interval() -> String {
+fn default_rollout_interval() -> Dur {
     "30s".into()
 }
 fn default_failure_limit() -> u32 {
@@ -732,13 +734,13 @@ pub struct GatesConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_requests: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_error_rate: Option<PercentValue>,
+    pub max_error_rate: Option<Percent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_error_rate_increase: Option<PercentValue>,
+    pub max_error_rate_increase: Option<Percent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_ratio: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_mirror_diff_rate: Option<PercentValue>,
+    pub max_mirror_diff_rate: Option<Percent>,
     /// Confidence of the significance tests, 0.5 to 0.9999 (default 0.99): a difference counts when
     /// chance would explain it less often than `1 - confidence`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,7 +2,7 @@
 //! `{header: {NAME: VALUE}}`, `{mirror: N}`, `{clients: [NAME, ...]}` or `{pause: {}}`, each but the
 //! pause with an optional `hold`, read with errors that name the accepted forms.
 
-use super::{OrderedMap, PercentValue};
+use super::{Dur, OrderedMap, Percent, PercentValue};
 use serde::{Deserialize, Serialize};
 
 /// One step of a rollout (SPEC §6): what it does, and how long it is held (the rollout's `hold`
@@ -10,18 +10,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepConfig {
     pub kind: Step,
-    pub hold: Option<String>,
+    pub hold: Option<Dur>,
 }
 
 /// What a step does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// The canary's share of the split, taken from the baseline. A plain number in `steps` is one.
-    Weight(PercentValue),
+    Weight(Percent),
     /// An internal phase: requests with these headers reach the canary, nobody else does.
     Header(OrderedMap<String>),
     /// A dark phase: this share of traffic copied to the canary and compared.
-    Mirror(PercentValue),
+    Mirror(Percent),
     /// These API clients (names under `clients`) move to the canary, on top of earlier ones.
     Clients(Vec<String>),
     /// Waits for a person's `promote`.
@@ -91,13 +91,13 @@ impl<'de> Deserialize<'de> for StepConfig {
         use serde::de::Error;
         use serde_yaml::Value;
         let value = Value::deserialize(d)?;
-        let percent = |v: &Value| -> Result<PercentValue, D::Error> {
+        let percent = |v: &Value| -> Result<Percent, D::Error> {
             match v {
                 Value::Number(n) => n
                     .as_f64()
-                    .map(PercentValue::Number)
+                    .map(|n| Percent::new(PercentValue::Number(n)))
                     .ok_or_else(|| D::Error::custom(format!("{STEP_FORMS}; got {n}"))),
-                Value::String(t) => Ok(PercentValue::Text(t.clone())),
+                Value::String(t) => Ok(Percent::new(PercentValue::Text(t.clone()))),
                 other => Err(D::Error::custom(format!(
                     "expected a percentage, got {}",
                     describe_value(other)
@@ -122,7 +122,7 @@ impl<'de> Deserialize<'de> for StepConfig {
             let step = match k.as_str() {
                 Some("hold") => {
                     hold = Some(match v {
-                        Value::String(t) => t.clone(),
+                        Value::String(t) => Dur::new(t.clone()),
                         other => {
                             return Err(D::Error::custom(format!(
                                 "hold: expected a duration like 24h, got {}",

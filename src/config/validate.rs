@@ -1,7 +1,7 @@
 //! Semantic validation of a parsed [`Config`]: every problem is collected, each with its path in the
 //! file and the offending value, so an operator fixes a file in one pass.
 
-use super::parse::{self, Cidr, StickyKey};
+use super::parse;
 use super::{
     Config, ConfigError, MirrorConfig, RolloutConfig, RouteConfig, Step, UpstreamConfig,
     UpstreamProtocol, WhenConfig,
@@ -107,11 +107,8 @@ fn server(config: &Config, e: &mut Errors) {
     if s.threads == 0 {
         e.push("server.threads", "must be at least 1, got 0");
     }
-    e.check("server.grace_period", parse::duration(&s.grace_period));
-    e.check(
-        "server.shutdown_timeout",
-        parse::duration(&s.shutdown_timeout),
-    );
+    e.check("server.grace_period", s.grace_period.read());
+    e.check("server.shutdown_timeout", s.shutdown_timeout.read());
     for (key, value) in [
         ("pid_file", &s.pid_file),
         ("upgrade_sock", &s.upgrade_sock),
@@ -164,7 +161,7 @@ fn admin(config: &Config, e: &mut Errors) {
                 "a token name (the actor in the audit log) must not be empty",
             );
         }
-        e.check(format!("admin.tokens.{name}"), parse::sha256_hex(digest));
+        e.check(format!("admin.tokens.{name}"), digest.read());
     }
 }
 
@@ -192,7 +189,7 @@ fn store(config: &Config, e: &mut Errors) {
             format!("{prefix:?}: no empty segments, spaces or control characters"),
         );
     }
-    if let Some(ttl) = e.check("store.etcd.lease_ttl", parse::duration(&etcd.lease_ttl)) {
+    if let Some(ttl) = e.check("store.etcd.lease_ttl", etcd.lease_ttl.read()) {
         if ttl < std::time::Duration::from_secs(2) || ttl > std::time::Duration::from_secs(3600) {
             e.push(
                 "store.etcd.lease_ttl",
@@ -203,7 +200,7 @@ fn store(config: &Config, e: &mut Errors) {
             );
         }
     }
-    if let Some(t) = e.check("store.etcd.timeout", parse::duration(&etcd.timeout)) {
+    if let Some(t) = e.check("store.etcd.timeout", etcd.timeout.read()) {
         if t.is_zero() {
             e.push("store.etcd.timeout", "must be more than 0");
         }
@@ -298,7 +295,7 @@ fn clients(config: &Config, e: &mut Errors) {
                 format!("invalid client id {id:?} (use letters, digits, '.', '_', '-')"),
             );
         }
-        if let Some(d) = e.check(format!("clients.keys.{id}"), parse::sha256_hex(digest)) {
+        if let Some(d) = e.check(format!("clients.keys.{id}"), digest.read()) {
             if let Some(other) = seen.insert(d, id) {
                 e.push(
                     format!("clients.keys.{id}"),
@@ -369,10 +366,7 @@ fn upstream(path: &str, up: &UpstreamConfig, e: &mut Errors) {
                 format!("must start with '/', got {:?}", hc.path),
             );
         }
-        if let Some(d) = e.check(
-            format!("{path}.health_check.interval"),
-            parse::duration(&hc.interval),
-        ) {
+        if let Some(d) = e.check(format!("{path}.health_check.interval"), hc.interval.read()) {
             if d.is_zero() {
                 e.push(
                     format!("{path}.health_check.interval"),
@@ -380,10 +374,7 @@ fn upstream(path: &str, up: &UpstreamConfig, e: &mut Errors) {
                 );
             }
         }
-        e.check(
-            format!("{path}.health_check.timeout"),
-            parse::duration(&hc.timeout),
-        );
+        e.check(format!("{path}.health_check.timeout"), hc.timeout.read());
         for (key, n) in [
             ("unhealthy_after", hc.unhealthy_after),
             ("healthy_after", hc.healthy_after),
@@ -404,7 +395,7 @@ fn upstream(path: &str, up: &UpstreamConfig, e: &mut Errors) {
         ("idle", &t.idle),
     ] {
         if let Some(v) = value {
-            e.check(format!("{path}.timeouts.{key}"), parse::duration(v));
+            e.check(format!("{path}.timeouts.{key}"), v.read());
         }
     }
 }
@@ -573,26 +564,26 @@ fn when(path: &str, w: &WhenConfig, config: &Config, e: &mut Errors) {
             e.push(format!("{path}.source_ip"), "empty list");
         }
         for (i, c) in cidrs.iter().enumerate() {
-            e.check(format!("{path}.source_ip[{i}]"), c.parse::<Cidr>());
+            e.check(format!("{path}.source_ip[{i}]"), c.read());
         }
     }
 }
 
-fn sticky_keys(path: &str, keys: &[String], e: &mut Errors) {
+fn sticky_keys(path: &str, keys: &[super::Sticky], e: &mut Errors) {
     for (i, k) in keys.iter().enumerate() {
-        e.check(format!("{path}[{i}]"), k.parse::<StickyKey>());
+        e.check(format!("{path}[{i}]"), k.read());
     }
 }
 
 fn mirror(path: &str, m: &MirrorConfig, e: &mut Errors) {
-    e.check(format!("{path}.percent"), parse::percent(&m.percent));
+    e.check(format!("{path}.percent"), m.percent.read());
     sticky_keys(&format!("{path}.sticky"), &m.sticky, e);
     if let Some(methods) = &m.methods {
         for (i, x) in methods.iter().enumerate() {
             e.check(format!("{path}.methods[{i}]"), parse::method(x));
         }
     }
-    e.check(format!("{path}.timeout"), parse::duration(&m.timeout));
+    e.check(format!("{path}.timeout"), m.timeout.read());
     if m.max_in_flight == 0 {
         e.push(format!("{path}.max_in_flight"), "must be at least 1, got 0");
     }
@@ -633,9 +624,9 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, config: &Config, e: 
         e.push(format!("{path}.steps"), "no steps");
     }
     steps(path, ro, config, e);
-    e.check(format!("{path}.hold"), parse::duration(&ro.hold));
+    e.check(format!("{path}.hold"), ro.hold.read());
     if let Some(t) = &ro.step_timeout {
-        if let Some(d) = e.check(format!("{path}.step_timeout"), parse::duration(t)) {
+        if let Some(d) = e.check(format!("{path}.step_timeout"), t.read()) {
             if d.is_zero() {
                 e.push(format!("{path}.step_timeout"), "must be greater than 0");
             }
@@ -649,7 +640,7 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, config: &Config, e: 
             );
         }
     }
-    if let Some(d) = e.check(format!("{path}.interval"), parse::duration(&ro.interval)) {
+    if let Some(d) = e.check(format!("{path}.interval"), ro.interval.read()) {
         if d.is_zero() {
             e.push(format!("{path}.interval"), "must be greater than 0");
         }
@@ -670,7 +661,7 @@ fn rollout(path: &str, ro: &RolloutConfig, r: &RouteConfig, config: &Config, e: 
             );
         }
         e.check(format!("{at}.url"), parse::http_url(&h.url));
-        e.check(format!("{at}.timeout"), parse::duration(&h.timeout));
+        e.check(format!("{at}.timeout"), h.timeout.read());
     }
     if let Some(url) = &ro.notify {
         e.check(format!("{path}.notify"), parse::http_url(url));
@@ -684,11 +675,11 @@ fn steps(path: &str, ro: &RolloutConfig, config: &Config, e: &mut Errors) {
     for (i, s) in ro.steps.iter().enumerate() {
         let at = format!("{path}.steps[{i}]");
         if let Some(h) = &s.hold {
-            e.check(format!("{at}.hold"), parse::duration(h));
+            e.check(format!("{at}.hold"), h.read());
         }
         match &s.kind {
             Step::Weight(w) => {
-                if let Some(p) = e.check(at.clone(), parse::percent(w)) {
+                if let Some(p) = e.check(at.clone(), w.read()) {
                     if p <= 0.0 {
                         e.push(at, format!("a weight step must be above 0%, got {p}"));
                     } else if let Some(l) = last.filter(|l| p <= *l) {
@@ -698,7 +689,7 @@ fn steps(path: &str, ro: &RolloutConfig, config: &Config, e: &mut Errors) {
                 }
             }
             Step::Mirror(m) => {
-                if let Some(p) = e.check(at.clone(), parse::percent(m)) {
+                if let Some(p) = e.check(at.clone(), m.read()) {
                     if p <= 0.0 {
                         e.push(at, format!("a mirror step must copy more than 0%, got {p}"));
                     }
@@ -742,7 +733,7 @@ fn gates(path: &str, g: &crate::config::GatesConfig, e: &mut Errors) {
         ("max_mirror_diff_rate", &g.max_mirror_diff_rate),
     ] {
         if let Some(v) = v {
-            e.check(format!("{path}.gates.{key}"), parse::percent(v));
+            e.check(format!("{path}.gates.{key}"), v.read());
         }
     }
     if let Some(ratio) = g.max_p99_ratio {

@@ -29,7 +29,7 @@ pub use crate::state::shared::{shared_yaml, CatchUp, CommitError, Entry, Local, 
 pub use session::FleetService;
 pub use view::{FleetError, FleetStatus, FleetView, Instance, Registration};
 
-use crate::config::{parse, Config, EtcdConfig};
+use crate::config::{Config, EtcdConfig};
 use crate::metrics::Stats;
 use crate::state::store::AuditEntry;
 use crate::state::State;
@@ -161,8 +161,8 @@ impl Fleet {
     /// A member of the fleet `config.store.etcd` names (`None` without one).
     pub fn from_config(config: &Config) -> Option<Fleet> {
         let cfg = config.store.as_ref()?.etcd.clone();
-        let timeout = parse::duration(&cfg.timeout).unwrap_or(Duration::from_secs(2));
-        let ttl = parse::duration(&cfg.lease_ttl).unwrap_or(Duration::from_secs(10));
+        let timeout = cfg.timeout.get();
+        let ttl = cfg.lease_ttl.get();
         let host = hostname();
         let admin = cfg.advertise_admin.clone().or_else(|| {
             let listen = &config.admin.as_ref()?.listen;

@@ -4,7 +4,6 @@
 
 use super::split::{Split, BUCKETS};
 use super::{Decision, ReleaseTable, RequestView, UpstreamId};
-use crate::config::parse::{self, StickyKey};
 use crate::config::{ConfigError, ConfigErrors, MirrorConfig};
 use std::time::Duration;
 
@@ -49,21 +48,18 @@ impl Mirror {
         let err = |at: &str, msg: String| {
             ConfigErrors::from(ConfigError::new(format!("{path}.{at}"), msg))
         };
-        let percent = parse::percent(&m.percent).map_err(|e| err("percent", e))?;
+        let percent = m.percent.read().map_err(|e| err("percent", e))?;
         let sticky = m
             .sticky
             .iter()
             .enumerate()
-            .map(|(i, k)| {
-                k.parse::<StickyKey>()
-                    .map_err(|e| err(&format!("sticky[{i}]"), e))
-            })
+            .map(|(i, k)| k.read().map_err(|e| err(&format!("sticky[{i}]"), e)))
             .collect::<Result<Vec<_>, _>>()?;
         let methods = match &m.methods {
             Some(list) => list.iter().map(|x| x.to_ascii_uppercase().into()).collect(),
             None => DEFAULT_METHODS.iter().map(|x| (*x).into()).collect(),
         };
-        let timeout = parse::duration(&m.timeout).map_err(|e| err("timeout", e))?;
+        let timeout = m.timeout.read().map_err(|e| err("timeout", e))?;
         Ok(Mirror {
             to,
             threshold: ((percent / 100.0) * f64::from(BUCKETS)).round() as u32,

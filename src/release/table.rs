@@ -5,7 +5,7 @@ use super::matcher::{Cond, When};
 use super::router::Router;
 use super::split::Split;
 use super::{ClientId, Colour, RouteId, UpstreamId};
-use crate::config::parse::{self, Cidr, StickyKey};
+use crate::config::parse;
 use crate::config::{self, Config, ConfigError, ConfigErrors, RouteConfig};
 use ahash::AHashMap;
 use http::HeaderName;
@@ -214,7 +214,8 @@ fn compile_clients(config: &Config) -> Result<Clients, ConfigErrors> {
         ..Clients::default()
     };
     for (i, (id, digest)) in cc.keys.iter().enumerate() {
-        let d = parse::sha256_hex(digest)
+        let d = digest
+            .read()
             .map_err(|m| ConfigError::new(format!("clients.keys.{id}"), m))?;
         clients.by_digest.insert(d, i as ClientId);
         clients.names.push(id.into());
@@ -253,7 +254,7 @@ fn compile_route(
             .iter()
             .enumerate()
             .map(|(i, k)| {
-                k.parse::<StickyKey>()
+                k.read()
                     .map_err(|m| ConfigError::new(format!("{path}.split.sticky[{i}]"), m))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -358,7 +359,7 @@ fn compile_when(
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                c.parse::<Cidr>()
+                c.read()
                     .map_err(|m| ConfigError::new(format!("{path}.source_ip[{i}]"), m))
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -7,12 +7,12 @@
 //! each step's share over its tests: the chance that an identical canary is ever failed, over the
 //! whole rollout and however often it is checked, stays below `1 - confidence`.
 
-use super::controller::{duration, step_words, Phase, Rollouts, Run};
+use super::controller::{step_words, Phase, Rollouts, Run};
 use super::hooks::{self, PreStep};
 use super::judge::{self, Check, Gates, Outcome};
 use super::plan;
 use super::record::Event;
-use crate::config::{parse, RolloutConfig, Step};
+use crate::config::{RolloutConfig, Step};
 use crate::metrics::Stats;
 use crate::state::State;
 use std::collections::BTreeMap;
@@ -53,10 +53,7 @@ pub fn reach(ro: &RolloutConfig, i: usize) -> String {
         })
         .collect();
     match ro.steps.get(i).map(|s| &s.kind) {
-        Some(Step::Mirror(p)) => format!(
-            "{}% of requests are copied to the canary",
-            parse::percent(p).unwrap_or(0.0)
-        ),
+        Some(Step::Mirror(p)) => format!("{}% of requests are copied to the canary", p.get()),
         _ if weight > 0.0 && rules.is_empty() => {
             format!("the canary gets {weight}% of the split's traffic")
         }
@@ -342,6 +339,6 @@ impl Rollouts {
 /// How long a step may go without a conclusive check (`step_timeout`, 1h by default).
 pub fn step_timeout(ro: &RolloutConfig) -> Duration {
     ro.step_timeout
-        .as_deref()
-        .map_or(DEFAULT_STEP_TIMEOUT, |t| duration(t, DEFAULT_STEP_TIMEOUT))
+        .as_ref()
+        .map_or(DEFAULT_STEP_TIMEOUT, |t| t.get())
 }

@@ -19,7 +19,7 @@ use super::hooks::{self, Notifier, PreStep};
 use super::plan::{self, Added};
 pub use super::record::{Event, Phase, Record};
 use super::record::{FIGURES_KEPT, HISTORY};
-use crate::config::{parse, RolloutConfig, RouteConfig, Step};
+use crate::config::{RolloutConfig, RouteConfig, Step};
 use crate::metrics::Stats;
 use crate::state::{sha256_hex, Change, ChangeError, Snapshot, State};
 
@@ -115,10 +115,6 @@ pub(super) fn rollout_digest(ro: &RolloutConfig) -> String {
 
 pub(super) fn find<'a>(s: &'a Snapshot, route: &str) -> Option<&'a RouteConfig> {
     s.config.routes.iter().find(|r| r.name == route)
-}
-
-pub(super) fn duration(text: &str, default: Duration) -> Duration {
-    parse::duration(text).unwrap_or(default)
 }
 
 impl Run {
@@ -245,9 +241,7 @@ impl Rollouts {
                 } else if run.record.failures >= ro.failure_limit {
                     // A rollback that could not be committed at its check is tried again.
                     dirty |= self.fail(state, &ro, run, None);
-                } else if now.saturating_duration_since(run.last_check)
-                    >= duration(&ro.interval, Duration::from_secs(30))
-                {
+                } else if now.saturating_duration_since(run.last_check) >= ro.interval.get() {
                     run.last_check = now;
                     self.check(state, &ro, run, now);
                     dirty = true;

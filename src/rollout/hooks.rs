@@ -3,7 +3,7 @@
 //! by a later check, and notifications go through a bounded queue that drops (and counts) what it cannot
 //! hold.
 
-use crate::config::{parse, WebhookConfig};
+use crate::config::WebhookConfig;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -29,7 +29,7 @@ pub fn post(url: &str, body: &Value, timeout: Duration) -> Result<u16, String> {
 }
 
 fn timeout_of(hook: &WebhookConfig) -> Duration {
-    parse::duration(&hook.timeout).unwrap_or(Duration::from_secs(10))
+    hook.timeout.get()
 }
 
 /// The outcome of a step's `pre_step` webhooks, filled in by their thread.

@@ -20,7 +20,7 @@
 //! canary within the step stays below the step's share.
 
 use super::stats::{self, Evidence};
-use crate::config::{parse, GatesConfig};
+use crate::config::GatesConfig;
 use crate::metrics::Stats;
 use serde::{Deserialize, Serialize};
 
@@ -50,11 +50,7 @@ const MIN_BASELINE_FOR_MEDIAN: u64 = 20;
 impl Gates {
     /// From the config's `gates` (already validated: a percentage that does not parse is left out).
     pub fn from_config(g: &GatesConfig) -> Gates {
-        let fraction = |v: &Option<crate::config::PercentValue>| {
-            v.as_ref()
-                .and_then(|p| parse::percent(p).ok())
-                .map(|p| p / 100.0)
-        };
+        let fraction = |v: &Option<crate::config::Percent>| v.as_ref().map(|p| p.get() / 100.0);
         Gates {
             min_requests: g.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS),
             max_error_rate: fraction(&g.max_error_rate),

@@ -10,8 +10,8 @@
 //!   own `mirror` (if any) is put back afterwards.
 
 use crate::config::{
-    parse, CompareConfig, MirrorConfig, PercentValue, RolloutConfig, RouteConfig, RuleConfig, Step,
-    StepConfig, WhenConfig,
+    CompareConfig, MirrorConfig, Percent, RolloutConfig, RouteConfig, RuleConfig, Step, StepConfig,
+    WhenConfig,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,7 @@ pub fn weight_at(ro: &RolloutConfig, i: usize) -> f64 {
         .iter()
         .take(i + 1)
         .filter_map(|s| match &s.kind {
-            Step::Weight(w) => parse::percent(w).ok(),
+            Step::Weight(w) => w.read().ok(),
             _ => None,
         })
         .fold(0.0, f64::max)
@@ -46,19 +46,18 @@ pub fn weight_at(ro: &RolloutConfig, i: usize) -> f64 {
 
 /// How long step `i` is held: its own `hold`, else the rollout's.
 pub fn hold_of(ro: &RolloutConfig, i: usize) -> std::time::Duration {
-    let text = ro
-        .steps
+    ro.steps
         .get(i)
-        .and_then(|s| s.hold.as_deref())
-        .unwrap_or(&ro.hold);
-    parse::duration(text).unwrap_or_default()
+        .and_then(|s| s.hold.as_ref())
+        .unwrap_or(&ro.hold)
+        .get()
 }
 
 /// A step in words, e.g. `weight 10%`, `header X-Version: beta`, `mirror 10%`, `pause`.
 pub fn describe(step: &StepConfig) -> String {
     let what = match &step.kind {
-        Step::Weight(w) => format!("weight {}%", parse::percent(w).unwrap_or(0.0)),
-        Step::Mirror(m) => format!("mirror {}%", parse::percent(m).unwrap_or(0.0)),
+        Step::Weight(w) => format!("weight {}%", w.get()),
+        Step::Mirror(m) => format!("mirror {}%", m.get()),
         Step::Header(h) => {
             let pairs: Vec<String> = h.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             format!("header {}", pairs.join(", "))
@@ -118,7 +117,7 @@ pub fn apply_step(
     }
     match ro.steps.get(i).map(|s| &s.kind) {
         Some(Step::Mirror(p)) => {
-            let percent = parse::percent(p)?;
+            let percent = p.read()?;
             let own = added
                 .saved_mirror
                 .get_or_insert_with(|| SavedMirror {
@@ -138,7 +137,7 @@ pub fn apply_step(
 fn shadow_mirror(own: Option<MirrorConfig>, canary: &str, percent: f64) -> MirrorConfig {
     let mut m = own.unwrap_or_else(|| MirrorConfig {
         to: String::new(),
-        percent: PercentValue::Number(100.0),
+        percent: Percent::from(100.0),
         sticky: Vec::new(),
         methods: None,
         max_body_bytes: 65536,
@@ -147,7 +146,7 @@ fn shadow_mirror(own: Option<MirrorConfig>, canary: &str, percent: f64) -> Mirro
         compare: None,
     });
     m.to = canary.to_string();
-    m.percent = PercentValue::Number(percent);
+    m.percent = Percent::from(percent);
     if m.compare.is_none() {
         m.compare = Some(CompareConfig {
             ignore_headers: vec!["date".into(), "x-request-id".into()],
@@ -232,15 +231,16 @@ mod tests {
         assert_eq!(r.rules.len(), 1);
         apply_step(&mut r, &ro, 1, &mut added).unwrap();
         let m = r.mirror.clone().unwrap();
-        assert_eq!(m.percent, PercentValue::Number(20.0));
-        assert_eq!(m.timeout, "3s", "the route's own mirror settings are kept");
+        assert_eq!(m.percent, Percent::from(20.0));
+        assert_eq!(
+            m.timeout.written(),
+            "3s",
+            "the route's own mirror settings are kept"
+        );
         assert!(m.compare.is_some());
         assert_eq!(r.rules.len(), 1, "a rule is added once");
         apply_step(&mut r, &ro, 2, &mut added).unwrap();
-        assert_eq!(
-            r.mirror.as_ref().unwrap().percent,
-            PercentValue::Number(5.0)
-        );
+        assert_eq!(r.mirror.as_ref().unwrap().percent, Percent::from(5.0));
         assert_eq!(r.split.as_ref().unwrap().share("v2"), 1.0);
         apply_step(&mut r, &ro, 3, &mut added).unwrap();
         assert_eq!(
@@ -258,10 +258,7 @@ mod tests {
         complete(&mut r, &ro, &mut added).unwrap();
         assert_eq!(r.split.as_ref().unwrap().share("v2"), 100.0);
         assert_eq!(r.split.as_ref().unwrap().share("v1"), 0.0);
-        assert_eq!(
-            r.mirror.as_ref().unwrap().percent,
-            PercentValue::Number(5.0)
-        );
+        assert_eq!(r.mirror.as_ref().unwrap().percent, Percent::from(5.0));
         assert!(r.rules.is_empty());
     }
 }

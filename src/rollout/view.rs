@@ -1,9 +1,7 @@
 //! What the admin API, `ctl` and the status page show of a rollout: [`RolloutView`] in full (`GET
 //! /v1/routes/{name}/rollout`) and [`RolloutSummary`] beside each route (`GET /v1/status`).
 
-use super::controller::{
-    duration, find, rollout_digest, step_words, Event, Phase, Record, Rollouts,
-};
+use super::controller::{find, rollout_digest, step_words, Event, Phase, Record, Rollouts};
 use super::judge::Check;
 use super::plan;
 use crate::config::Step;
@@ -139,7 +137,7 @@ impl Rollouts {
             hold_seconds: None,
             held_seconds: None,
             left_seconds: None,
-            interval_seconds: duration(&ro.interval, Duration::from_secs(30)).as_secs_f64(),
+            interval_seconds: ro.interval.get().as_secs_f64(),
             passes: 0,
             failures: 0,
             failure_limit: ro.failure_limit,

@@ -1,7 +1,7 @@
 //! Assembling and running the Pingora server from our own configuration: the proxy service on every
 //! listener, the health checker, and Pingora's graceful upgrade (`-u`) and daemon (`-d`) modes.
 
-use crate::config::{parse, Config};
+use crate::config::Config;
 use crate::front::{Door, Drain, TcpListeners};
 use crate::proxy::access_log::{AccessLog, Destination};
 use crate::proxy::{Engine, Proxy};
@@ -34,8 +34,8 @@ pub struct RunOptions {
 /// Pingora's server settings derived from `server:` of our config.
 fn server_conf(config: &Config) -> anyhow::Result<ServerConf> {
     let s = &config.server;
-    let grace = parse::duration(&s.grace_period).map_err(anyhow::Error::msg)?;
-    let shutdown = parse::duration(&s.shutdown_timeout).map_err(anyhow::Error::msg)?;
+    let grace = s.grace_period.read().map_err(anyhow::Error::msg)?;
+    let shutdown = s.shutdown_timeout.read().map_err(anyhow::Error::msg)?;
     Ok(ServerConf {
         threads: s.threads,
         pid_file: s.pid_file.clone(),

@@ -102,20 +102,16 @@ impl Pool {
                 return Err(ConfigError::new(path, "backend discovery did not complete").into())
             }
         }
-        let dur = |at: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigErrors> {
-            v.as_deref()
-                .map(parse::duration)
-                .transpose()
-                .map_err(|m| ConfigError::new(format!("{path}.timeouts.{at}"), m).into())
-        };
+        // Read when the config was (and validated with it).
+        let dur = |v: &Option<crate::config::Dur>| v.as_ref().map(crate::config::Dur::get);
         let t = &def.timeouts;
         // Safe defaults, as nginx's proxy_connect_timeout and proxy_read_timeout: a backend that
         // accepts and never answers does not hold a request for ever.
         let timeouts = Timeouts {
-            connect: dur("connect", &t.connect)?.or(Some(DEFAULT_CONNECT_TIMEOUT)),
-            read: dur("read", &t.read)?.or(Some(DEFAULT_READ_TIMEOUT)),
-            write: dur("write", &t.write)?.or(Some(DEFAULT_READ_TIMEOUT)),
-            idle: dur("idle", &t.idle)?,
+            connect: dur(&t.connect).or(Some(DEFAULT_CONNECT_TIMEOUT)),
+            read: dur(&t.read).or(Some(DEFAULT_READ_TIMEOUT)),
+            write: dur(&t.write).or(Some(DEFAULT_READ_TIMEOUT)),
+            idle: dur(&t.idle),
         };
         let tls = def
             .tls
@@ -133,8 +129,7 @@ impl Pool {
                     inner: http_check(&path, hc, def, tls.as_ref())?,
                     observed: observed.clone(),
                 }));
-                let interval = parse::duration(&hc.interval)
-                    .map_err(|m| ConfigError::new(format!("{path}.health_check.interval"), m))?;
+                let interval = hc.interval.get();
                 Some(HealthSchedule {
                     interval,
                     next_due_ms: AtomicU64::new(0),
@@ -309,8 +304,7 @@ fn http_check(
     def: &UpstreamConfig,
     tls: Option<&PeerTls>,
 ) -> Result<Box<HttpHealthCheck>, ConfigErrors> {
-    let timeout = parse::duration(&hc.timeout)
-        .map_err(|m| ConfigError::new(format!("{path}.health_check.timeout"), m))?;
+    let timeout = hc.timeout.get();
     let host = def
         .tls
         .as_ref()
