@@ -8,7 +8,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-use switchyard::config::Config;
+use switchyard::config::Valid;
 use switchyard::proxy::access_log::{AccessLog, Destination, Entry, Timestamps};
 use switchyard::release::{Decision, Reason};
 use switchyard::state::State;
@@ -55,7 +55,7 @@ fn entry(snapshot: &Arc<switchyard::state::Snapshot>, decision: Decision) -> Ent
 }
 
 fn bench(c: &mut Criterion) {
-    let state = State::new(Config::load_str(CONFIG).unwrap()).unwrap();
+    let state = State::new(Valid::load(CONFIG).unwrap()).unwrap();
     let snapshot = state.load();
     let metrics = state.metrics().clone();
     let decision = Decision {

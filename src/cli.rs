@@ -1,7 +1,7 @@
 //! The command line of SPEC §1. Exit codes: 0 success, 1 invalid input or config, 2 usage error
 //! (clap's own), 3 could not reach or act on a running instance.
 
-use crate::config::{self, Config};
+use crate::config::{self, Valid};
 use crate::server::{self, RunOptions};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -141,7 +141,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Reads and validates a config file; returns it with the text it was read from.
-fn load(path: &std::path::Path) -> Result<(Config, String), ExitCode> {
+fn load(path: &std::path::Path) -> Result<(Valid, String), ExitCode> {
     let invalid = |errors: &[config::ConfigError]| {
         eprintln!("{}: invalid configuration", path.display());
         for e in errors {
@@ -155,7 +155,7 @@ fn load(path: &std::path::Path) -> Result<(Config, String), ExitCode> {
             format!("cannot read {}: {e}", path.display()),
         )])
     })?;
-    let config = Config::load_str(&text).map_err(|errors| invalid(&errors.0))?;
+    let config = Valid::load(&text).map_err(|errors| invalid(&errors.0))?;
     Ok((config, text))
 }
 
@@ -184,8 +184,8 @@ fn reload(conf: Option<PathBuf>, pid_file: Option<PathBuf>, force: bool) -> Exit
         // Validate first: a file the instance would refuse is reported here and nothing is signalled.
         (None, Some(conf)) => match load(conf) {
             Ok((c, _)) => (
-                PathBuf::from(c.server.pid_file),
-                Some(PathBuf::from(c.server.state_dir)),
+                PathBuf::from(c.server.pid_file.clone()),
+                Some(PathBuf::from(c.server.state_dir.clone())),
             ),
             Err(code) => return code,
         },

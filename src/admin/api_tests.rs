@@ -19,7 +19,7 @@ routes:
 "#;
 
 fn state() -> State {
-    State::new(Config::load_str(CONFIG).unwrap()).unwrap()
+    State::new(crate::config::Valid::load(CONFIG).unwrap()).unwrap()
 }
 
 fn call(method: http::Method, path: &str, query: Option<&str>, body: &str) -> Request {

@@ -6,7 +6,7 @@
 pub mod backend;
 pub mod grpc;
 
-use crate::config::Config;
+use crate::config::Valid;
 use crate::server::{self, RunOptions};
 use backend::RunningBackend;
 
@@ -116,7 +116,7 @@ fn traffic() {
 /// Runs the demo until interrupted.
 pub fn run() -> anyhow::Result<()> {
     let config =
-        Config::load_str(DEMO_CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
+        Valid::load(DEMO_CONFIG).map_err(|e| anyhow::anyhow!("embedded demo config: {e}"))?;
     let mut backends = Vec::new();
     for (name, addr) in BACKENDS {
         let b = RunningBackend::start(name, addr)

@@ -1,5 +1,4 @@
 use super::*;
-use crate::config::Config;
 
 fn state(name: &str) -> (State, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("switchyard-adopt-{name}-{}", std::process::id()));
@@ -8,7 +7,7 @@ fn state(name: &str) -> (State, std::path::PathBuf) {
         "server: {{state_dir: {}, access_log: off}}\nupstreams:\n  v1: {{backends: [\"127.0.0.1:1\"]}}\n  v2: {{backends: [\"127.0.0.1:2\"]}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}\n    rollout: {{canary: v2, steps: [10, 50, 100], hold: 1h, interval: 1h}}\n",
         dir.display()
     );
-    let config = Config::load_str(&text).expect("valid");
+    let config = crate::config::Valid::load(&text).expect("valid");
     (State::open(config, &text).expect("opens"), dir)
 }
 

@@ -1,7 +1,7 @@
 //! Assembling and running the Pingora server from our own configuration: the proxy service on every
 //! listener, the health checker, and Pingora's graceful upgrade (`-u`) and daemon (`-d`) modes.
 
-use crate::config::Config;
+use crate::config::{Config, Valid};
 use crate::front::{Door, Drain, TcpListeners};
 use crate::proxy::access_log::{AccessLog, Destination};
 use crate::proxy::{Engine, Proxy};
@@ -66,7 +66,7 @@ pub struct ConfigFile {
 /// is persisted in `server.state_dir` (see [`State::open`]) and SIGHUP re-reads the file; without one
 /// (the demo) the state is kept in memory.
 pub fn build(
-    config: Config,
+    config: Valid,
     file: Option<&ConfigFile>,
     opts: RunOptions,
 ) -> anyhow::Result<(Server, Arc<State>)> {
@@ -198,7 +198,7 @@ fn add_tls<A>(service: &mut Service<A>, tls: &[crate::config::TlsListener]) -> a
 
 /// Runs until told to stop by a signal (SIGTERM, SIGINT, or SIGQUIT for a graceful upgrade; SIGHUP
 /// reloads the config file).
-pub fn run(config: Config, file: Option<&ConfigFile>, opts: RunOptions) -> anyhow::Result<()> {
+pub fn run(config: Valid, file: Option<&ConfigFile>, opts: RunOptions) -> anyhow::Result<()> {
     let pid_file = config.server.pid_file.clone();
     let (mut server, state) = build(config, file, opts)?;
     server.bootstrap();

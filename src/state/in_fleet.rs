@@ -181,7 +181,7 @@ impl State {
     /// etcd at start; with etcd unreachable, the revision last copied to `state_dir/fleet` (or, with
     /// none, its config file) until etcd is back.
     pub(super) fn open_fleet(
-        file_config: Config,
+        file_config: Valid,
         file_text: &str,
         successor: bool,
         fleet: Arc<dyn SharedStore>,
@@ -193,12 +193,15 @@ impl State {
                 .ok()
                 .map(|c| (p.revision, c))
         });
-        let (revision, config) = match cached {
-            Some((n, c)) => (n, shared::Local::of(&file_config).onto(c)),
-            None => (0, file_config.clone()),
+        // The file was validated when it was read; the cached revision with this instance's
+        // sections on it is validated here.
+        let revision = cached.as_ref().map_or(0, |(n, _)| *n);
+        let snapshot = match cached {
+            Some((n, c)) => Snapshot::build(shared::Local::of(&file_config).onto(c), n, None),
+            None => Snapshot::of_valid(file_config.clone(), 0, None),
         };
-        let snapshot =
-            Snapshot::build(config, revision, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let snapshot = snapshot.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let file_config = file_config.into_inner();
         let state = State {
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(Writer {

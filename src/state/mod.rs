@@ -18,7 +18,7 @@ pub use reload::Reload;
 use reload::{merge_file_onto, write_base};
 pub mod store;
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, Valid};
 use crate::metrics::{Metrics, SeriesCells};
 use crate::release::ReleaseTable;
 use crate::upstream::Pools;
@@ -48,7 +48,15 @@ impl Snapshot {
         revision: u64,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigErrors> {
-        let config = crate::config::Valid::new(config)?;
+        Snapshot::of_valid(Valid::new(config)?, revision, previous)
+    }
+
+    /// Compiles a config that passed validation, reusing unchanged pools of `previous`.
+    pub fn of_valid(
+        config: Valid,
+        revision: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigErrors> {
         let table = ReleaseTable::compile(&config)?;
         let pools = Pools::build(&config, previous.map(|p| &p.pools))?;
         let series = SeriesCells::new(&table);
@@ -146,8 +154,9 @@ struct Writer {
 
 impl State {
     /// A state kept in memory only (no `state_dir`).
-    pub fn new(config: Config) -> Result<State, ConfigErrors> {
-        let snapshot = Snapshot::build(config.clone(), 1, None)?;
+    pub fn new(config: Valid) -> Result<State, ConfigErrors> {
+        let snapshot = Snapshot::of_valid(config.clone(), 1, None)?;
+        let config = config.into_inner();
         Ok(State {
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(Writer {
@@ -167,14 +176,14 @@ impl State {
 
     /// Opens the persisted state in `config.server.state_dir`, following the start-up rule above.
     /// `file_text` is the config file as read from disk (its digest decides the rule).
-    pub fn open(file_config: Config, file_text: &str) -> anyhow::Result<State> {
+    pub fn open(file_config: Valid, file_text: &str) -> anyhow::Result<State> {
         Self::open_as(file_config, file_text, false, None)
     }
 
     /// As [`State::open`], for an instance of a fleet (`store.etcd`): its revisions are shared
     /// through `shared` (the fleet's store), and `state_dir/fleet` keeps a copy.
     pub fn open_shared(
-        file_config: Config,
+        file_config: Valid,
         file_text: &str,
         successor: bool,
         shared: Arc<dyn SharedStore>,
@@ -186,12 +195,12 @@ impl State {
     /// one (`run -u`). Until it has ([`State::take_over`]), the previous process is still the writer
     /// and may commit at any moment, so this one only reads `state_dir`: no repair (it would see the
     /// previous process's commit half done and undo it) and no revision of its own.
-    pub fn open_successor(file_config: Config, file_text: &str) -> anyhow::Result<State> {
+    pub fn open_successor(file_config: Valid, file_text: &str) -> anyhow::Result<State> {
         Self::open_as(file_config, file_text, true, None)
     }
 
     fn open_as(
-        file_config: Config,
+        file_config: Valid,
         file_text: &str,
         successor: bool,
         shared: Option<Arc<dyn SharedStore>>,
@@ -230,7 +239,7 @@ impl State {
                         local: None,
                         cache_writes: false,
                         file_sha256,
-                        base: file_config.clone(),
+                        base: file_config.into_inner(),
                         unsaved_file: None,
                     };
                     return Ok(state(snapshot, writer));
@@ -247,16 +256,20 @@ impl State {
         let merged = persisted
             .as_ref()
             .and_then(|p| merge_file_onto(&store, &file_config, p.revision));
-        let (config, reason) = match (merged, persisted.is_some()) {
-            (Some((config, reason)), _) => (config, reason),
+        // The file was validated when it was read; a merge is validated here.
+        let (snapshot, reason) = match (merged, persisted.is_some()) {
+            (Some((config, reason)), _) => (Snapshot::build(config, revision, None), reason),
             (None, true) => (
-                file_config.clone(),
+                Snapshot::of_valid(file_config.clone(), revision, None),
                 "config file changed while stopped".to_string(),
             ),
-            (None, false) => (file_config.clone(), "first start".to_string()),
+            (None, false) => (
+                Snapshot::of_valid(file_config.clone(), revision, None),
+                "first start".to_string(),
+            ),
         };
-        let snapshot =
-            Snapshot::build(config, revision, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let snapshot = snapshot.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let file_config = file_config.into_inner();
         let mut writer = Writer {
             store: Some(store),
             state_dir: Some(PathBuf::from(&dir)),

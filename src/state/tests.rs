@@ -20,7 +20,7 @@ fn file_text(state_dir: &Path, canary: u32) -> String {
 
 fn open(state_dir: &Path, canary: u32) -> State {
     let text = file_text(state_dir, canary);
-    State::open(Config::load_str(&text).unwrap(), &text).unwrap()
+    State::open(Valid::load(&text).unwrap(), &text).unwrap()
 }
 
 fn canary_weight(state: &State) -> f64 {
@@ -191,7 +191,7 @@ fn an_unrelated_edit_while_stopped_keeps_what_changed_live() {
     drop(state);
     let text = file_text(&d, 0)
         + "  - name: web\n    match: {path_prefix: /web}\n    split: {targets: {v1: 100}}\n";
-    let again = State::open(Config::load_str(&text).unwrap(), &text).unwrap();
+    let again = State::open(Valid::load(&text).unwrap(), &text).unwrap();
     assert_eq!(canary_weight(&again), 100.0, "the release stays");
     assert_eq!(
         again.load().config.routes.len(),
@@ -208,7 +208,7 @@ fn an_unrelated_edit_while_stopped_keeps_what_changed_live() {
 
 fn open_successor(state_dir: &Path, canary: u32) -> State {
     let text = file_text(state_dir, canary);
-    State::open_successor(Config::load_str(&text).unwrap(), &text).unwrap()
+    State::open_successor(Valid::load(&text).unwrap(), &text).unwrap()
 }
 
 /// A process started to take the sockets over (`run -u`) reads `state_dir` while the running one may
@@ -307,7 +307,7 @@ fn fleet_member(state_dir: &Path) -> State {
         "{}store:\n  etcd: {{endpoints: [\"http://127.0.0.1:1\"], prefix: /test, timeout: 200ms}}\n",
         file_text(state_dir, 0)
     );
-    let config = Config::load_str(&text).unwrap();
+    let config = Valid::load(&text).unwrap();
     let fleet = std::sync::Arc::new(crate::fleet::Fleet::from_config(&config).unwrap());
     State::open_shared(config, &text, false, fleet).unwrap()
 }

@@ -568,13 +568,12 @@ fn speaks_plain_http1(snapshot: &Snapshot, d: &Decision, m: Option<&release::Mir
 #[cfg(test)]
 mod idle_state {
     use super::*;
-    use crate::config::Config;
     use crate::state::State;
     use pingora::apps::ServerApp;
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_connections_task_holds_no_request_state() {
-        let config = Config::load_str(
+        let config = crate::config::Valid::load(
             "server: {listen: [\"127.0.0.1:0\"]}\nupstreams:\n  v1: {backends: [\"127.0.0.1:1\"]}\nroutes:\n  - name: r\n    split: {targets: {v1: 1}}\n",
         )
         .unwrap();
