@@ -305,12 +305,12 @@ impl<A: ServeHttp + Send + Sync + 'static> crate::front::Service for AdminFront<
         None
     }
 
-    async fn serve(
-        &self,
-        _c: &mut crate::front::Conn,
+    fn serve<'a>(
+        &'a self,
+        _c: &'a mut crate::front::Conn,
         req: Self::Request,
-        _shutdown: &pingora::server::ShutdownWatch,
-    ) -> crate::front::Next {
+        _shutdown: &'a pingora::server::ShutdownWatch,
+    ) -> crate::front::Serving<'a> {
         match req {}
     }
 

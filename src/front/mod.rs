@@ -74,8 +74,14 @@ pub trait Service: Send + Sync + 'static {
     /// Takes a head the classifier gave the engine; `None` hands it to the pipeline instead. Not
     /// async: the head's fields are on the stack.
     fn admit(&self, c: &mut Conn, head: Accepted<'_, '_>) -> Option<Self::Request>;
-    /// Serves an admitted request on the engine.
-    async fn serve(&self, c: &mut Conn, req: Self::Request, shutdown: &ShutdownWatch) -> Next;
+    /// Serves an admitted request on the engine: a boxed future, so that a connection's task holds
+    /// none of a request's state while it waits for the next head.
+    fn serve<'a>(
+        &'a self,
+        c: &'a mut Conn,
+        req: Self::Request,
+        shutdown: &'a ShutdownWatch,
+    ) -> Serving<'a>;
     /// How a refused head is answered.
     fn refusal(&self, why: Refusal) -> Refusing;
     /// Counts and logs a refused head once its answer went out (`status`, 499 when it could not).
@@ -107,7 +113,8 @@ enum Judged<'a> {
     Refused(Refusal, Option<Seen>),
 }
 
-type Serving<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Next> + Send + 'a>>;
+/// The engine serving one request.
+pub type Serving<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Next> + Send + 'a>>;
 
 /// The front door of one listening service: a Pingora `ServerApp`.
 pub struct Door<S: Service> {

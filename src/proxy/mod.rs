@@ -10,11 +10,13 @@
 pub mod access_log;
 mod answer;
 mod checked;
+mod ctx;
 mod h1;
 pub mod mirror;
 mod request_id;
 
 pub use access_log::AccessLog;
+pub use ctx::{Ctx, PipeCtx};
 pub use h1::{Admitted, Engine};
 
 use crate::config::Limits;
@@ -87,7 +89,7 @@ impl Proxy {
     }
 
     /// Starts the shadow copy of a routed request (the route mirrors and sampled it).
-    fn start_mirror(&self, session: &mut Session, ctx: &mut Ctx, decision: &Decision) {
+    fn start_mirror(&self, session: &mut Session, ctx: &mut PipeCtx, decision: &Decision) {
         let Some(snapshot) = ctx.snapshot.clone() else {
             return;
         };
@@ -187,94 +189,12 @@ fn protocol_name(v: http::Version) -> &'static str {
     }
 }
 
-/// Per-request context: the snapshot this request reads from start to end, and what was decided.
-pub struct Ctx {
-    pub started: Instant,
-    pub snapshot: Option<Arc<Snapshot>>,
-    pub decision: Option<Decision>,
-    /// The pool actually used: the decision's target, or the baseline after a fallback (a fallback
-    /// is exactly `target != decision.target`).
-    pub target: Option<UpstreamId>,
-    pub backend: Option<Backend>,
-    /// Backends that failed to connect for this request; skipped on retry.
-    pub failed: Vec<SocketAddr>,
-    pub request_id: String,
-    /// The route, once known (also for a request refused for want of a client).
-    pub route: Option<RouteId>,
-    /// Answered before a target was chosen, and why.
-    pub rejected: Option<Rejection>,
-    /// When the upstream connection was ready; taken when its response header arrives.
-    pub upstream_ready: Option<Instant>,
-    /// The last upstream error's kind, for the access log.
-    pub error: Option<&'static str>,
-    /// This request's shadow copy, while it runs.
-    pub mirror: Option<mirror::MirrorCtx>,
-    /// A shadow copy of this request was started (for the access log).
-    pub mirrored: bool,
-    /// This is a shadow copy (a mirror subrequest), not a client's request.
-    pub shadow: bool,
-    /// The primary's client id, sent upstream with the shadow copy too.
-    pub shadow_client: Option<String>,
-    /// A failed kept-alive upstream connection was already retried once for this request.
-    pub retried_reused: bool,
-    /// The client's protocol, for the access log (the engine serves HTTP/1.1 only).
-    pub protocol: &'static str,
-    /// A gRPC call, and the `grpc-status` it ended with (from the upstream's headers or trailers, or
-    /// the proxy's own answer).
-    pub grpc: bool,
-    pub grpc_status: Option<u8>,
-    /// On Pingora's pipeline, counts this request as in flight until it is done (shutdown waits for
-    /// it). The engine counts its connections instead, so its requests carry none.
-    _in_flight: Option<crate::front::InFlight>,
-    /// Counts this request in `switchyard_requests_in_flight` while it lives.
-    _counted: crate::metrics::RequestInFlight,
-    /// Body bytes received from the client and sent to it, for metrics and the access log.
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    /// From the upstream connection being ready to its response header.
-    pub upstream_ttfb_us: Option<u64>,
-}
-
-impl Default for Ctx {
-    fn default() -> Self {
-        Ctx {
-            started: Instant::now(),
-            snapshot: None,
-            decision: None,
-            target: None,
-            backend: None,
-            failed: Vec::new(),
-            request_id: String::new(),
-            route: None,
-            rejected: None,
-            upstream_ready: None,
-            error: None,
-            mirror: None,
-            mirrored: false,
-            shadow: false,
-            shadow_client: None,
-            retried_reused: false,
-            protocol: "HTTP/1.1",
-            grpc: false,
-            grpc_status: None,
-            _in_flight: None,
-            _counted: crate::metrics::RequestInFlight::new(),
-            request_bytes: 0,
-            response_bytes: 0,
-            upstream_ttfb_us: None,
-        }
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Proxy {
-    type CTX = Ctx;
+    type CTX = PipeCtx;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
-            _in_flight: Some(crate::front::InFlight::new()),
-            ..Ctx::default()
-        }
+    fn new_ctx(&self) -> PipeCtx {
+        PipeCtx::new()
     }
 
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
@@ -282,12 +202,12 @@ impl ProxyHttp for Proxy {
         // request. Switchyard passes bodies through untouched, so no module is installed.
     }
 
-    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &Ctx) -> bool {
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &PipeCtx) -> bool {
         // Only primaries spawn shadows: a shadow never mirrors again.
         session.subrequest_ctx.is_none()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut PipeCtx) -> Result<bool> {
         if let Some(tag) = mirror::shadow_tag(session) {
             // Its fields go to the context; the tag stays with the subrequest.
             let tag = mirror::ShadowTag::clone(tag);
@@ -365,7 +285,11 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut PipeCtx,
+    ) -> Result<Box<HttpPeer>> {
         if ctx.backend.is_none() {
             // A retry: another healthy backend, never one that already failed. A shadow copy that
             // already has part of the body is abandoned rather than sent a second copy.
@@ -404,7 +328,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut PipeCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.record_upstream_error(ctx, upstream_error_kind(&e));
@@ -430,7 +354,7 @@ impl ProxyHttp for Proxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut Ctx,
+        ctx: &mut PipeCtx,
         client_reused: bool,
     ) -> Box<Error> {
         if *e.esource() == ErrorSource::Upstream {
@@ -466,7 +390,7 @@ impl ProxyHttp for Proxy {
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut Ctx,
+        ctx: &mut PipeCtx,
     ) -> Result<()> {
         ctx.upstream_ready = Some(Instant::now());
         if let Some(series) = ctx.target.and_then(|t| self.series(ctx, t)) {
@@ -479,7 +403,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut PipeCtx,
     ) -> Result<()> {
         if resp.status.is_informational() {
             return Ok(());
@@ -503,7 +427,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut PipeCtx,
     ) -> Result<()> {
         if let Some(m) = ctx.mirror.as_mut() {
             m.tee_body(body, end_of_stream);
@@ -515,7 +439,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut PipeCtx,
     ) -> Result<()> {
         if ctx.shadow {
             let h2 = ctx
@@ -543,7 +467,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         trailers: &mut http::HeaderMap,
-        ctx: &mut Ctx,
+        ctx: &mut PipeCtx,
     ) -> Result<()> {
         if ctx.grpc {
             if let Some(code) = grpc_status_in(trailers) {
@@ -560,7 +484,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut PipeCtx,
     ) -> Result<()> {
         resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
         if let Some(m) = ctx.mirror.as_mut() {
@@ -574,7 +498,7 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Ctx,
+        ctx: &mut PipeCtx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(m) = ctx.mirror.as_mut() {
             m.capture_body(body, end_of_stream);
@@ -582,12 +506,12 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, ctx: &PipeCtx, _error: &Error) -> bool {
         // A failing shadow is counted (switchyard_mirror_total), not logged per request.
         ctx.shadow
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut PipeCtx) {
         if ctx.shadow {
             return; // shadows are not traffic: their outcome is counted by the primary's mirror task
         }
@@ -638,7 +562,12 @@ impl ProxyHttp for Proxy {
         self.record(ctx, status, request);
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut PipeCtx,
+    ) -> FailToProxy {
         if ctx.shadow {
             // Nobody reads a shadow's error page: its task sees no response and counts an error.
             return FailToProxy {
@@ -681,7 +610,11 @@ impl ProxyHttp for Proxy {
 
 /// A shadow copy's own request (a subrequest): its route, target and request id come with it; it
 /// goes to a healthy backend of the mirror's target.
-fn shadow_request(session: &mut Session, ctx: &mut Ctx, tag: mirror::ShadowTag) -> Result<bool> {
+fn shadow_request(
+    session: &mut Session,
+    ctx: &mut PipeCtx,
+    tag: mirror::ShadowTag,
+) -> Result<bool> {
     let mirror::ShadowTag {
         snapshot,
         route,

@@ -102,8 +102,13 @@ impl front::Service for Engine {
         })
     }
 
-    async fn serve(&self, c: &mut Conn, admitted: Admitted, shutdown: &ShutdownWatch) -> Next {
-        self.serve_admitted(c, admitted, shutdown).await
+    fn serve<'a>(
+        &'a self,
+        c: &'a mut Conn,
+        a: Admitted,
+        shutdown: &'a ShutdownWatch,
+    ) -> front::Serving<'a> {
+        Box::pin(self.serve_admitted(c, a.ctx, a.req, a.outcome, a.snapshot, shutdown))
     }
 
     fn refusal(&self, why: Refusal) -> front::Refusing {
@@ -123,11 +128,9 @@ impl front::Service for Engine {
         seen: Option<front::Seen>,
         status: u16,
     ) {
-        let mut ctx = Ctx {
-            rejected: Some(Rejection::InvalidRequest),
-            request_id: refusing.request_id.unwrap_or_default(),
-            ..Ctx::default()
-        };
+        let mut ctx = Ctx::default();
+        ctx.rejected = Some(Rejection::InvalidRequest);
+        ctx.request_id = refusing.request_id.unwrap_or_default();
         self.proxy.record(&mut ctx, status, || {
             let (method, path) = seen.unwrap_or_default();
             RequestLog {
@@ -168,13 +171,15 @@ struct Request {
 
 impl Engine {
     /// Serves the request whose head `admit` took: its body, the decision, the exchange.
-    async fn serve_admitted(&self, c: &mut Conn, a: Admitted, shutdown: &ShutdownWatch) -> Next {
-        let Admitted {
-            mut ctx,
-            mut req,
-            outcome,
-            snapshot,
-        } = a;
+    async fn serve_admitted(
+        &self,
+        c: &mut Conn,
+        mut ctx: Ctx,
+        mut req: Request,
+        outcome: Outcome,
+        snapshot: Arc<Snapshot>,
+        shutdown: &ShutdownWatch,
+    ) -> Next {
         c.buf.advance(req.head_len);
         // The part of the body that came with the head goes out with the upstream head.
         let in_buf = (c.buf.len() as u64).min(req.body_len) as usize;
