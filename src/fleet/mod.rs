@@ -679,8 +679,9 @@ impl SharedStore for Fleet {
         }
     }
 
-    fn read_at_start(&self, from: u64) -> Result<CatchUp, String> {
-        Fleet::read_at_start(self, from).map_err(|e| e.to_string())
+    fn read_at_start(&self, from: u64) -> Result<CatchUp, crate::state::StateError> {
+        Fleet::read_at_start(self, from)
+            .map_err(|e| crate::state::StateError::Unavailable(e.to_string()))
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

@@ -292,7 +292,7 @@ impl Fleet {
         tokio::task::spawn_blocking(move || state.apply_fleet(catch))
             .await
             .map_err(|e| FleetError::Local(e.to_string()))?
-            .map_err(FleetError::Local)?;
+            .map_err(|e| FleetError::Local(e.to_string()))?;
         Ok(etcd_revision)
     }
 

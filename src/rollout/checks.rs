@@ -157,7 +157,11 @@ impl Rollouts {
             }
             Some(Some(Err(e))) => {
                 run.pre_step = Some(PreStep::start(hooks, body));
-                plain(Outcome::Fail, Some("pre_step"), &e)
+                plain(
+                    Outcome::Fail,
+                    Some("pre_step"),
+                    &format!("pre_step webhook {e}"),
+                )
             }
         }
     }

@@ -114,7 +114,11 @@ impl Rollouts {
         run: &mut Run,
         action: &str,
         why: &str,
-        edit: impl FnOnce(&mut RouteConfig, &RolloutConfig, &mut plan::Added) -> Result<(), String>,
+        edit: impl FnOnce(
+            &mut RouteConfig,
+            &RolloutConfig,
+            &mut plan::Added,
+        ) -> Result<(), plan::PlanError>,
     ) -> Result<(), ControlError> {
         self.commit(c.state, c.ro, run, c.actor, action, why, false, edit)
             .map_err(ControlError::Change)

@@ -16,7 +16,7 @@
 //!   nor costs power.
 
 use super::hooks::{self, Notifier, PreStep};
-use super::plan::{self, Added};
+use super::plan::{self, Added, PlanError};
 pub use super::record::{Event, Phase, Record};
 use super::record::{FIGURES_KEPT, HISTORY};
 use crate::config::{RolloutConfig, RouteConfig, Step};
@@ -478,7 +478,7 @@ impl Rollouts {
         action: &str,
         reason: &str,
         guard: bool,
-        edit: impl FnOnce(&mut RouteConfig, &RolloutConfig, &mut Added) -> Result<(), String>,
+        edit: impl FnOnce(&mut RouteConfig, &RolloutConfig, &mut Added) -> Result<(), PlanError>,
     ) -> Result<(), ChangeError> {
         let route = run.record.route.clone();
         let expected = run.record.expected.clone();
@@ -501,7 +501,7 @@ impl Rollouts {
                     "route {route:?} was changed by someone else since the rollout's last step"
                 )));
             }
-            edit(r, ro, &mut added).map_err(ChangeError::Refused)?;
+            edit(r, ro, &mut added).map_err(|e| ChangeError::Refused(e.to_string()))?;
             Ok(config)
         })?;
         run.record.added = added;

@@ -10,8 +10,20 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// POSTs `body` as JSON to `url`; `Ok` on a 2xx answer, otherwise what happened in words.
-pub fn post(url: &str, body: &Value, timeout: Duration) -> Result<u16, String> {
+/// Why a webhook or notification did not get a 2xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: {message}")]
+    Transport { url: String, message: String },
+    /// The thread that would have called it could not be started.
+    #[error("not called: {0}")]
+    NotCalled(String),
+}
+
+/// POSTs `body` as JSON to `url`; `Ok` on a 2xx answer.
+pub fn post(url: &str, body: &Value, timeout: Duration) -> Result<u16, HookError> {
     let agent = ureq::AgentBuilder::new()
         .timeout(timeout)
         .redirects(0)
@@ -22,9 +34,18 @@ pub fn post(url: &str, body: &Value, timeout: Duration) -> Result<u16, String> {
         .send_string(&body.to_string())
     {
         Ok(r) if (200..300).contains(&r.status()) => Ok(r.status()),
-        Ok(r) => Err(format!("{url} answered HTTP {}", r.status())),
-        Err(ureq::Error::Status(code, _)) => Err(format!("{url} answered HTTP {code}")),
-        Err(ureq::Error::Transport(t)) => Err(format!("{url}: {t}")),
+        Ok(r) => Err(HookError::Status {
+            url: url.to_string(),
+            status: r.status(),
+        }),
+        Err(ureq::Error::Status(status, _)) => Err(HookError::Status {
+            url: url.to_string(),
+            status,
+        }),
+        Err(ureq::Error::Transport(t)) => Err(HookError::Transport {
+            url: url.to_string(),
+            message: t.to_string(),
+        }),
     }
 }
 
@@ -34,7 +55,7 @@ fn timeout_of(hook: &WebhookConfig) -> Duration {
 
 /// The outcome of a step's `pre_step` webhooks, filled in by their thread.
 #[derive(Debug, Clone, Default)]
-pub struct PreStep(Arc<Mutex<Option<Result<(), String>>>>);
+pub struct PreStep(Arc<Mutex<Option<Result<(), HookError>>>>);
 
 impl PreStep {
     /// Calls every `pre_step` hook in order on a thread of its own; the first that fails decides.
@@ -47,7 +68,7 @@ impl PreStep {
                 let mut result = Ok(());
                 for h in &hooks {
                     if let Err(e) = post(&h.url, &body, timeout_of(h)) {
-                        result = Err(format!("pre_step webhook {e}"));
+                        result = Err(e);
                         break;
                     }
                 }
@@ -55,13 +76,13 @@ impl PreStep {
             });
         if let Err(e) = spawned {
             *out.0.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Err(format!("pre_step webhook not called: {e}")));
+                Some(Err(HookError::NotCalled(e.to_string())));
         }
         out
     }
 
     /// `None` while the hooks are still running.
-    pub fn result(&self) -> Option<Result<(), String>> {
+    pub fn result(&self) -> Option<Result<(), HookError>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -117,7 +138,7 @@ impl Notifier {
                         match post(&url, &body, Duration::from_secs(5)) {
                             Ok(_) => true,
                             Err(e) => {
-                                last = e;
+                                last = e.to_string();
                                 false
                             }
                         }

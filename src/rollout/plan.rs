@@ -90,13 +90,27 @@ fn step_rule(step: &Step, canary: &str) -> Option<RuleConfig> {
     })
 }
 
+/// Why a step could not be applied to a route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("route {0:?} has no split")]
+    NoSplit(String),
+    /// The split refused the shares (a target it does not have).
+    #[error("{0}")]
+    Shares(String),
+    #[error("{0}")]
+    Percent(String),
+}
+
 /// Sets the canary's share of the split to `percent`; the baseline takes the difference.
-fn set_canary_share(r: &mut RouteConfig, canary: &str, percent: f64) -> Result<(), String> {
+fn set_canary_share(r: &mut RouteConfig, canary: &str, percent: f64) -> Result<(), PlanError> {
     let split = r
         .split
         .as_mut()
-        .ok_or_else(|| format!("route {:?} has no split", r.name))?;
-    split.set_shares(&[(canary, percent)])
+        .ok_or_else(|| PlanError::NoSplit(r.name.clone()))?;
+    split
+        .set_shares(&[(canary, percent)])
+        .map_err(PlanError::Shares)
 }
 
 /// Routes `r` as step `i` of `ro` says (see the module's description).
@@ -105,7 +119,7 @@ pub fn apply_step(
     ro: &RolloutConfig,
     i: usize,
     added: &mut Added,
-) -> Result<(), String> {
+) -> Result<(), PlanError> {
     set_canary_share(r, &ro.canary, weight_at(ro, i))?;
     for step in ro.steps.iter().take(i + 1) {
         if let Some(rule) = step_rule(&step.kind, &ro.canary) {
@@ -117,7 +131,7 @@ pub fn apply_step(
     }
     match ro.steps.get(i).map(|s| &s.kind) {
         Some(Step::Mirror(p)) => {
-            let percent = p.read()?;
+            let percent = p.read().map_err(PlanError::Percent)?;
             let own = added
                 .saved_mirror
                 .get_or_insert_with(|| SavedMirror {
@@ -178,7 +192,11 @@ pub fn take_back(r: &mut RouteConfig, added: &mut Added) {
 }
 
 /// Takes the canary out: 0% of the split, its header rules and its mirror gone.
-pub fn roll_back(r: &mut RouteConfig, ro: &RolloutConfig, added: &mut Added) -> Result<(), String> {
+pub fn roll_back(
+    r: &mut RouteConfig,
+    ro: &RolloutConfig,
+    added: &mut Added,
+) -> Result<(), PlanError> {
     set_canary_share(r, &ro.canary, 0.0)?;
     remove_added_rules(r, added);
     restore_mirror(r, added);
@@ -187,7 +205,11 @@ pub fn roll_back(r: &mut RouteConfig, ro: &RolloutConfig, added: &mut Added) -> 
 
 /// The end of a successful rollout: the canary takes 100% of the split; its header rules and mirror
 /// are no longer needed.
-pub fn complete(r: &mut RouteConfig, ro: &RolloutConfig, added: &mut Added) -> Result<(), String> {
+pub fn complete(
+    r: &mut RouteConfig,
+    ro: &RolloutConfig,
+    added: &mut Added,
+) -> Result<(), PlanError> {
     set_canary_share(r, &ro.canary, 100.0)?;
     remove_added_rules(r, added);
     restore_mirror(r, added);

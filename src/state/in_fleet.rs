@@ -51,14 +51,14 @@ impl State {
 
     /// A fleet's instance that finds nothing under the prefix: its configuration becomes the fleet's
     /// first revision. Another instance seeding at the same time wins or loses as a whole.
-    pub fn seed_fleet(&self) -> Result<(), String> {
+    pub fn seed_fleet(&self) -> Result<(), StateError> {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let Some(fleet) = &self.fleet else {
             return Ok(());
         };
         let live = self.current.load_full();
         let next =
-            Snapshot::build(live.config.clone(), 1, Some(&live)).map_err(|e| e.to_string())?;
+            Snapshot::build(live.config.clone(), 1, Some(&live)).map_err(StateError::Invalid)?;
         let reason = format!(
             "first revision of the fleet {}, from the configuration of instance {}",
             fleet.prefix(),
@@ -81,14 +81,14 @@ impl State {
             Err(CommitError::Conflict(_)) => Ok(()),
             Err(CommitError::Unavailable(m)) => {
                 drop(writer);
-                Err(m)
+                Err(StateError::Unavailable(m))
             }
         }
     }
 
     /// Applies what the fleet committed since this instance's revision: each revision's audit line
     /// and configuration go to the copy in `state_dir`, the newest is served.
-    pub fn apply_fleet(&self, catch: CatchUp) -> Result<(), String> {
+    pub fn apply_fleet(&self, catch: CatchUp) -> Result<(), StateError> {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if self.is_handing_over() {
             return Ok(());

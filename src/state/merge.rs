@@ -196,8 +196,8 @@ pub fn three_way(
     file: &Config,
     live: &Config,
     force: bool,
-) -> Result<Merged, String> {
-    let to = |c: &Config| serde_json::to_value(c).map_err(|e| e.to_string());
+) -> Result<Merged, super::StateError> {
+    let to = serde_json::to_value::<&Config>;
     let (b, f, l) = (to(base)?, to(file)?, to(live)?);
     let mut m = Merger {
         force,
@@ -217,8 +217,7 @@ pub fn three_way(
             out.insert(key, v);
         }
     }
-    let config: Config = serde_json::from_value(Value::Object(out))
-        .map_err(|e| format!("the merged configuration does not read back: {e}"))?;
+    let config: Config = serde_json::from_value(Value::Object(out))?;
     Ok(Merged {
         config,
         taken: m.taken,

@@ -79,6 +79,29 @@ pub struct Change<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// Why the state could not read what it keeps, or follow what the fleet committed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A kept revision could not be read from `state_dir`.
+    #[error("revision {revision}: {source}")]
+    Unreadable {
+        revision: u64,
+        source: std::io::Error,
+    },
+    /// Kept or shared YAML that does not read as a configuration.
+    #[error("not a configuration: {0}")]
+    NotAConfig(ConfigErrors),
+    /// A configuration that does not validate or compile.
+    #[error("invalid configuration: {0}")]
+    Invalid(ConfigErrors),
+    /// A configuration that could not be put in the form the merge compares, or read back from it.
+    #[error("cannot merge the configurations: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The fleet's store could not be reached.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 #[derive(Debug)]
 pub enum ChangeError {
     /// The resulting config is invalid; nothing changed.
@@ -392,7 +415,7 @@ impl State {
             return;
         }
         let loaded = committed_config(store, p.revision).and_then(|c| {
-            Snapshot::build(c, p.revision, Some(&current)).map_err(|e| e.to_string())
+            Snapshot::build(c, p.revision, Some(&current)).map_err(StateError::Invalid)
         });
         match loaded {
             Ok(snapshot) => {
@@ -657,12 +680,12 @@ fn audit_entry(
 
 /// The config of committed revision `revision`: its revision file (or `effective.yaml`, from before
 /// revision files were read at start-up).
-pub(super) fn committed_config(store: &Store, revision: u64) -> Result<Config, String> {
-    store
+pub(super) fn committed_config(store: &Store, revision: u64) -> Result<Config, StateError> {
+    let text = store
         .revision(revision)
         .or_else(|_| store.effective())
-        .map_err(|e| e.to_string())
-        .and_then(|t| Config::parse_str(&t).map_err(|e| e.to_string()))
+        .map_err(|source| StateError::Unreadable { revision, source })?;
+    Config::parse_str(&text).map_err(StateError::NotAConfig)
 }
 
 /// A change that could not be made durable: nothing of it stays. A full disk says so.

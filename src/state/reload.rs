@@ -53,7 +53,7 @@ impl State {
         }
         let file = Config::load_str(text).map_err(ChangeError::Invalid)?;
         let merged = merge::three_way(&writer.base, &file, &live.config, force)
-            .map_err(ChangeError::Refused)?;
+            .map_err(|e| ChangeError::Refused(e.to_string()))?;
         let audit = writer
             .store
             .as_ref()

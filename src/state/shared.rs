@@ -28,7 +28,7 @@ pub trait SharedStore: Send + Sync + 'static {
         audit: &AuditEntry,
     ) -> Result<(), CommitError>;
     /// What was committed after revision `from`, read at start-up. Blocking.
-    fn read_at_start(&self, from: u64) -> Result<CatchUp, String>;
+    fn read_at_start(&self, from: u64) -> Result<CatchUp, super::StateError>;
     /// Whether a read at this store revision is older than one already applied.
     fn is_stale(&self, store_revision: i64) -> bool;
     /// Notes the store revision of a read just applied.
@@ -134,8 +134,8 @@ impl Local {
     }
 
     /// This instance's configuration from the fleet's shared part (YAML, as kept in etcd).
-    pub fn compose(&self, shared: &str) -> Result<Config, String> {
-        let config = Config::parse_str(shared).map_err(|e| e.to_string())?;
+    pub fn compose(&self, shared: &str) -> Result<Config, super::StateError> {
+        let config = Config::parse_str(shared).map_err(super::StateError::NotAConfig)?;
         Ok(self.onto(config))
     }
 }
