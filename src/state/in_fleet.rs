@@ -1,54 +1,10 @@
-//! A state whose revisions are shared with a fleet ([`SharedStore`]): changes committed to the
-//! store before they are served, what the others committed applied here, and the start-up of an
-//! instance of a fleet.
+//! A state whose revisions are shared with a fleet ([`SharedStore`]): a change committed to the
+//! store before it is served (the durable step of the one change flow, [`State::change`]), what
+//! the others committed applied here, and the start-up of an instance of a fleet.
 
 use super::*;
 
 impl State {
-    /// A change in a fleet: committed to etcd against the revision this instance serves
-    /// (compare-and-swap), then applied here; the others apply it from their watch.
-    pub(super) fn change_fleet(
-        &self,
-        fleet: &dyn SharedStore,
-        writer: &Writer,
-        change: Change<'_>,
-        edit: impl FnOnce(&Snapshot) -> Result<Config, ChangeError>,
-    ) -> Result<Arc<Snapshot>, ChangeError> {
-        if !fleet.connected() {
-            return Err(ChangeError::Unavailable(fleet.unavailable()));
-        }
-        let previous = self.current.load_full();
-        let mut config = edit(&previous)?;
-        if let Some(local) = &writer.local {
-            if let Some(section) = local.changed_by(&config) {
-                return Err(ChangeError::Refused(format!(
-                    "{section} is this instance's own in a fleet (store.etcd): change it in the instance's config file; the fleet shares clients, upstreams and routes"
-                )));
-            }
-            config = local.onto(config);
-        }
-        let next = Snapshot::build(config, previous.revision + 1, Some(&previous))
-            .map_err(ChangeError::Invalid)?;
-        let next = Arc::new(next);
-        let yaml = next.config.to_yaml();
-        let entry = audit_entry(&change, Some(&previous), &next, &yaml);
-        let shared = shared::shared_yaml(&next.config);
-        fleet
-            .commit(previous.revision, next.revision, shared, &entry)
-            .map_err(|e| match e {
-                CommitError::Conflict(head) => ChangeError::Conflict(format!(
-                    "another instance of the fleet committed revision {head} since revision {} this change was made against: read again and retry",
-                    previous.revision
-                )),
-                CommitError::Unavailable(m) => ChangeError::Unavailable(m),
-            })?;
-        if writer.cache_writes {
-            cache(writer, &entry, Some(&yaml));
-        }
-        self.current.store(next.clone());
-        Ok(next)
-    }
-
     /// A fleet's instance that finds nothing under the prefix: its configuration becomes the fleet's
     /// first revision. Another instance seeding at the same time wins or loses as a whole.
     pub fn seed_fleet(&self) -> Result<(), StateError> {
@@ -243,4 +199,32 @@ impl State {
         }
         Ok(state)
     }
+}
+
+/// Makes a change durable in a fleet: commits `next` to the fleet's store against the revision
+/// `previous` this instance serves (compare-and-swap, all or nothing), and keeps a copy in
+/// `state_dir/fleet`. The others apply it from their watch.
+pub(super) fn commit_shared(
+    fleet: &dyn SharedStore,
+    writer: &Writer,
+    change: &Change<'_>,
+    previous: &Snapshot,
+    next: &Snapshot,
+) -> Result<(), ChangeError> {
+    let yaml = next.config.to_yaml();
+    let entry = audit_entry(change, Some(previous), next, &yaml);
+    let shared = shared::shared_yaml(&next.config);
+    fleet
+        .commit(previous.revision, next.revision, shared, &entry)
+        .map_err(|e| match e {
+            CommitError::Conflict(head) => ChangeError::Conflict(format!(
+                "another instance of the fleet committed revision {head} since revision {} this change was made against: read again and retry",
+                previous.revision
+            )),
+            CommitError::Unavailable(m) => ChangeError::Unavailable(m),
+        })?;
+    if writer.cache_writes {
+        cache(writer, &entry, Some(&yaml));
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@
 //! and becomes a new revision by actor `file`.
 
 mod in_fleet;
+use in_fleet::commit_shared;
 pub mod merge;
 mod reload;
 pub mod shared;
@@ -465,15 +466,28 @@ impl State {
         if self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ChangeError::HandingOver);
         }
-        if let Some(fleet) = &self.fleet {
-            return self.change_fleet(fleet.as_ref(), writer, change, edit);
+        if let Some(fleet) = self.fleet.as_ref().filter(|f| !f.connected()) {
+            return Err(ChangeError::Unavailable(fleet.unavailable()));
         }
         let previous = self.current.load_full();
-        let config = edit(&previous)?;
+        let mut config = edit(&previous)?;
+        // In a fleet, this instance's own sections stay as its file says.
+        if let Some(local) = &writer.local {
+            if let Some(section) = local.changed_by(&config) {
+                return Err(ChangeError::Refused(format!(
+                    "{section} is this instance's own in a fleet (store.etcd): change it in the instance's config file; the fleet shares clients, upstreams and routes"
+                )));
+            }
+            config = local.onto(config);
+        }
         let next = Snapshot::build(config, previous.revision + 1, Some(&previous))
             .map_err(ChangeError::Invalid)?;
         let next = Arc::new(next);
-        persist(writer, &change, Some(&previous), &next)?;
+        // Durable before it is served: in `state_dir`, or in the fleet's store.
+        match &self.fleet {
+            Some(fleet) => commit_shared(fleet.as_ref(), writer, &change, &previous, &next)?,
+            None => persist(writer, &change, Some(&previous), &next)?,
+        }
         self.current.store(next.clone());
         Ok(next)
     }
