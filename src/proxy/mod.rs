@@ -79,6 +79,20 @@ impl Proxy {
         self.h2c
     }
 
+    /// The live snapshot, which a request reads from start to end.
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.load()
+    }
+
+    /// Whether requests are written to an access log.
+    fn logs_requests(&self) -> bool {
+        self.access_log.is_some()
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The series of `target` on this request's route, if a route was decided.
     fn series<'a>(&self, ctx: &'a Ctx, target: UpstreamId) -> Option<&'a Series> {
         let snapshot = ctx.snapshot.as_ref()?;

@@ -82,9 +82,8 @@ impl front::Service for Engine {
     }
 
     fn admit(&self, c: &mut Conn, head: Accepted<'_, '_>) -> Option<Admitted> {
-        let snapshot = self.proxy.state.load();
-        if c.client_ip.is_none()
-            && (snapshot.table.reads_client_ip() || self.proxy.access_log.is_some())
+        let snapshot = self.proxy.snapshot();
+        if c.client_ip.is_none() && (snapshot.table.reads_client_ip() || self.proxy.logs_requests())
         {
             c.client_ip = Some(
                 c.stream
@@ -282,7 +281,7 @@ impl Engine {
                     request_id: &ctx.request_id,
                 };
                 (shadow, tap) =
-                    match ShadowCopy::start(&self.proxy.metrics, snapshot, m, d.route, primary) {
+                    match ShadowCopy::start(self.proxy.metrics(), snapshot, m, d.route, primary) {
                         Some((s, t)) => (Some(s), t),
                         None => (None, None),
                     };
@@ -298,9 +297,8 @@ impl Engine {
             client_close: h.close,
             logged: self
                 .proxy
-                .access_log
-                .as_ref()
-                .map(|_| request_log(c, method, path, host, &parsed_headers[..h.kept])),
+                .logs_requests()
+                .then(|| request_log(c, method, path, host, &parsed_headers[..h.kept])),
             shadow,
             tap,
         };
