@@ -27,30 +27,15 @@ fn start() -> Admin {
         backend("green"),
     );
     let admin = free_addr();
-    let body = format!(
-        r#"admin:
-  listen: "{admin}"
-  tokens: {{ops: {ops}, ci: {ci}}}
-upstreams:
-  v1: {{backends: ["{}"]}}
-  v2: {{backends: ["{}"]}}
-  blue: {{backends: ["{}"]}}
-  green: {{backends: ["{}"]}}
-routes:
-  - name: api
-    match: {{path_prefix: /api}}
-    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1, sticky: [header:X-User-Id]}}
-  - name: web
-    match: {{path_prefix: /}}
-    blue_green: {{blue: blue, green: green, live: blue}}
-"#,
-        v1.addr,
-        v2.addr,
-        blue.addr,
-        green.addr,
-        ops = sha256_hex(OPS),
-        ci = sha256_hex(CI),
-    );
+    let body = Fixture::new()
+        .admin(admin, &[("ops", OPS), ("ci", CI)])
+        .upstream("v1", v1.addr)
+        .upstream("v2", v2.addr)
+        .upstream("blue", blue.addr)
+        .upstream("green", green.addr)
+        .route("name: api\nmatch: {path_prefix: /api}\nsplit: {targets: {v1: 100, v2: 0}, baseline: v1, sticky: [header:X-User-Id]}")
+        .route("name: web\nmatch: {path_prefix: /}\nblue_green: {blue: blue, green: green, live: blue}")
+        .yaml();
     let proxy = ProxyProcess::start(&body);
     assert!(eventually(Duration::from_secs(10), || {
         std::net::TcpStream::connect(admin).is_ok()
@@ -594,12 +579,14 @@ fn a_sorted_key_file_rolls_back_to_its_declared_baseline() {
     let (stable, canary) = (backend("stable"), backend("canary"));
     let admin = free_addr();
     let body = |targets: &str| {
-        format!(
-            "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nupstreams:\n  canary: {{backends: [\"{}\"]}}\n  stable: {{backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{targets: {targets}, baseline: stable, sticky: [header:X-User-Id]}}\n",
-            sha256_hex(OPS),
-            canary.addr,
-            stable.addr
-        )
+        Fixture::new()
+            .admin(admin, &[("ops", OPS)])
+            .upstream("canary", canary.addr)
+            .upstream("stable", stable.addr)
+            .route(&format!(
+                "name: api\nsplit: {{targets: {targets}, baseline: stable, sticky: [header:X-User-Id]}}"
+            ))
+            .yaml()
     };
     let proxy = ProxyProcess::start(&body("{canary: 30, stable: 70}"));
     assert!(eventually(Duration::from_secs(10), || {
@@ -860,11 +847,11 @@ fn ctl_speaks_https() {
 fn healthz_answers_while_a_slow_admin_call_runs() {
     let v1 = backend("v1");
     let admin = free_addr();
-    let mut body = format!(
-        "admin:\n  listen: \"{admin}\"\n  tokens: {{ops: {}}}\nupstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n",
-        sha256_hex(OPS),
-        v1.addr
-    );
+    let mut body = Fixture::new()
+        .admin(admin, &[("ops", OPS)])
+        .upstream("v1", v1.addr)
+        .yaml()
+        + "routes:\n";
     for i in 0..3000 {
         body.push_str(&format!(
             "  - name: r{i}\n    match: {{path_prefix: /r{i}/}}\n    split: {{targets: {{v1: 1}}}}\n"
@@ -1036,4 +1023,23 @@ fn a_malformed_head_on_the_admin_listener_gets_a_400_problem() {
     assert!(answer.contains("application/problem+json"), "{answer}");
     assert!(answer.contains("\"code\": \"bad_request\""), "{answer}");
     assert!(answer.contains("malformed_head"), "{answer}");
+}
+
+/// The fixture builder writes the YAML the tests would write out by hand.
+#[test]
+fn a_fixture_is_the_yaml_a_test_would_write() {
+    let yaml = Fixture::new()
+        .admin("127.0.0.1:9", &[("ops", "t")])
+        .section("clients:\n  keys: {a: b}")
+        .upstream("v1", "127.0.0.1:1")
+        .upstream_with("v2", "backends: [\"127.0.0.1:2\"], protocol: h2c")
+        .route("name: api\nmatch: {path_prefix: /api}\nsplit: {targets: {v1: 100}}")
+        .yaml();
+    assert_eq!(
+        yaml,
+        format!(
+            "admin:\n  listen: \"127.0.0.1:9\"\n  tokens: {{ops: {}}}\nclients:\n  keys: {{a: b}}\nupstreams:\n  v1: {{backends: [\"127.0.0.1:1\"]}}\n  v2: {{backends: [\"127.0.0.1:2\"], protocol: h2c}}\nroutes:\n  - name: api\n    match: {{path_prefix: /api}}\n    split: {{targets: {{v1: 100}}}}\n",
+            sha256_hex("t")
+        )
+    );
 }

@@ -243,37 +243,25 @@ fn every_release_feature_works_over_http2() {
         backend("green"),
     );
     let admin = free_addr();
-    let proxy = ProxyProcess::start(&format!(
-        r#"admin:
-  listen: "{admin}"
-  tokens: {{ops: {ops}}}
-clients:
-  keys: {{partner: {key}}}
-upstreams:
-  v1: {{backends: ["{}"]}}
-  v2:
-    backends: ["{}"]
-    health_check: {{path: /healthz, interval: 100ms, timeout: 500ms}}
-  blue: {{backends: ["{}"]}}
-  green: {{backends: ["{}"]}}
-routes:
-  - name: hosted
-    match: {{host: api.example.com}}
-    split: {{targets: {{green: 100}}}}
-  - name: web
-    match: {{path_prefix: /web}}
-    blue_green: {{blue: blue, green: green, live: blue}}
-  - name: api
-    match: {{path_prefix: /api}}
-    split: {{targets: {{v1: 50, v2: 50}}, baseline: v1, sticky: [header:X-User-Id]}}
-"#,
-        v1.addr,
-        v2.addr,
-        blue.addr,
-        green.addr,
-        ops = sha256_hex(OPS),
-        key = sha256_hex(KEY),
-    ));
+    let proxy = ProxyProcess::start(
+        &Fixture::new()
+            .admin(admin, &[("ops", OPS)])
+            .section(&format!("clients:\n  keys: {{partner: {}}}", sha256_hex(KEY)))
+            .upstream("v1", v1.addr)
+            .upstream_with(
+                "v2",
+                &format!(
+                    "backends: [\"{}\"], health_check: {{path: /healthz, interval: 100ms, timeout: 500ms}}",
+                    v2.addr
+                ),
+            )
+            .upstream("blue", blue.addr)
+            .upstream("green", green.addr)
+            .route("name: hosted\nmatch: {host: api.example.com}\nsplit: {targets: {green: 100}}")
+            .route("name: web\nmatch: {path_prefix: /web}\nblue_green: {blue: blue, green: green, live: blue}")
+            .route("name: api\nmatch: {path_prefix: /api}\nsplit: {targets: {v1: 50, v2: 50}, baseline: v1, sticky: [header:X-User-Id]}")
+            .yaml(),
+    );
     let ops = |method: &str, path: &str, body: Option<&str>| -> serde_json::Value {
         let req = ureq::request(method, &format!("http://{admin}{path}"))
             .set("Authorization", &format!("Bearer {OPS}"));

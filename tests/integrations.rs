@@ -14,25 +14,15 @@ fn the_documented_argo_and_flagger_calls_work() {
     let (v1, v2) = (backend("payments-v1"), backend("payments-v2"));
     v2.control.set_error_rate(0.5);
     let admin = free_addr();
-    let proxy = ProxyProcess::start(&format!(
-        r#"admin:
-  listen: "{admin}"
-  tokens: {{ops: {}}}
-upstreams:
-  payments-v1: {{backends: ["{}"]}}
-  payments-v2: {{backends: ["{}"]}}
-routes:
-  - name: other
-    match: {{path_prefix: /other}}
-    split: {{targets: {{payments-v1: 100}}}}
-  - name: payments
-    match: {{path_prefix: /api/payments}}
-    split: {{targets: {{payments-v1: 50, payments-v2: 50}}, baseline: payments-v1, sticky: [header:X-User-Id]}}
-"#,
-        sha256_hex(OPS),
-        v1.addr,
-        v2.addr
-    ));
+    let proxy = ProxyProcess::start(
+        &Fixture::new()
+            .admin(admin, &[("ops", OPS)])
+            .upstream("payments-v1", v1.addr)
+            .upstream("payments-v2", v2.addr)
+            .route("name: other\nmatch: {path_prefix: /other}\nsplit: {targets: {payments-v1: 100}}")
+            .route("name: payments\nmatch: {path_prefix: /api/payments}\nsplit: {targets: {payments-v1: 50, payments-v2: 50}, baseline: payments-v1, sticky: [header:X-User-Id]}")
+            .yaml(),
+    );
     wait_listening(admin);
     let agent = client();
     let auth = format!("Bearer {OPS}");

@@ -29,30 +29,27 @@ fn schemathesis_finds_every_answer_of_a_fleet_instance_documented() {
 fn schemathesis(extra: &str) {
     let (v1, v2) = (backend("v1"), backend("v2"));
     let admin = free_addr();
-    let proxy = ProxyProcess::start(&format!(
-        r#"admin:
-  listen: "{admin}"
-  tokens: {{ops: {}}}
-{extra}upstreams:
-  v1: {{backends: ["{}"]}}
-  v2: {{backends: ["{}"]}}
-routes:
-  - name: api
-    match: {{path_prefix: /api}}
-    rules:
-      - when: {{header: {{X-Version: beta}}}}
-        to: v2
-    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}
-    mirror: {{to: v2, percent: 0}}
-    rollout: {{canary: v2, steps: [{{pause: {{}}}}, 10], hold: 1m}}
-  - name: web
-    match: {{path_prefix: /}}
-    blue_green: {{blue: v1, green: v2, live: blue}}
-"#,
-        sha256_hex(OPS),
-        v1.addr,
-        v2.addr
-    ));
+    let proxy = ProxyProcess::start(
+        &Fixture::new()
+            .admin(admin, &[("ops", OPS)])
+            .section(extra)
+            .upstream("v1", v1.addr)
+            .upstream("v2", v2.addr)
+            .route(
+                "name: api
+match: {path_prefix: /api}
+rules:
+  - when: {header: {X-Version: beta}}
+    to: v2
+split: {targets: {v1: 100, v2: 0}, baseline: v1}
+mirror: {to: v2, percent: 0}
+rollout: {canary: v2, steps: [{pause: {}}, 10], hold: 1m}",
+            )
+            .route(
+                "name: web\nmatch: {path_prefix: /}\nblue_green: {blue: v1, green: v2, live: blue}",
+            )
+            .yaml(),
+    );
     wait_listening(admin);
     let auth = format!("Bearer {OPS}");
     if !extra.is_empty() {

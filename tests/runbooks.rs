@@ -57,22 +57,7 @@ fn run_lines(name: &str, admin: std::net::SocketAddr) {
 fn the_readme_runbooks_work() {
     let (v1, v2) = (backend("payments-v1"), backend("payments-v2"));
     let admin = free_addr();
-    let proxy = ProxyProcess::start(&format!(
-        r#"admin:
-  listen: "{admin}"
-  tokens: {{ops: {}}}
-upstreams:
-  payments-v1: {{backends: ["{}"]}}
-  payments-v2: {{backends: ["{}"]}}
-routes:
-  - name: payments
-    match: {{path_prefix: /api/payments}}
-    split: {{targets: {{payments-v1: 100, payments-v2: 0}}, baseline: payments-v1, sticky: [header:X-User-Id]}}
-"#,
-        sha256_hex(TOKEN),
-        v1.addr,
-        v2.addr
-    ));
+    let proxy = ProxyProcess::start(&payments(admin, &v1, &v2, ""));
     assert!(eventually(Duration::from_secs(10), || {
         std::net::TcpStream::connect(admin).is_ok()
     }));
@@ -121,31 +106,32 @@ fn rollout_plan() -> String {
     body[..end]
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| format!("    {l}\n"))
+        .map(|l| format!("{l}\n"))
         .collect()
+}
+
+/// An admin listener and the `payments` route, v1 taking all of it, with `extra` settings.
+fn payments(
+    admin: std::net::SocketAddr,
+    v1: &RunningBackend,
+    v2: &RunningBackend,
+    extra: &str,
+) -> String {
+    Fixture::new()
+        .admin(admin, &[("ops", TOKEN)])
+        .upstream("payments-v1", v1.addr)
+        .upstream("payments-v2", v2.addr)
+        .route(&format!(
+            "name: payments\nmatch: {{path_prefix: /api/payments}}\nsplit: {{targets: {{payments-v1: 100, payments-v2: 0}}, baseline: payments-v1, sticky: [header:X-User-Id]}}\n{extra}"
+        ))
+        .yaml()
 }
 
 #[test]
 fn the_readme_rollout_plan_runs_and_its_runbook_steers_it() {
     let (v1, v2) = (backend("payments-v1"), backend("payments-v2"));
     let admin = free_addr();
-    let proxy = ProxyProcess::start(&format!(
-        r#"admin:
-  listen: "{admin}"
-  tokens: {{ops: {}}}
-upstreams:
-  payments-v1: {{backends: ["{}"]}}
-  payments-v2: {{backends: ["{}"]}}
-routes:
-  - name: payments
-    match: {{path_prefix: /api/payments}}
-    split: {{targets: {{payments-v1: 100, payments-v2: 0}}, baseline: payments-v1, sticky: [header:X-User-Id]}}
-{}"#,
-        sha256_hex(TOKEN),
-        v1.addr,
-        v2.addr,
-        rollout_plan()
-    ));
+    let proxy = ProxyProcess::start(&payments(admin, &v1, &v2, &rollout_plan()));
     assert!(eventually(Duration::from_secs(10), || {
         std::net::TcpStream::connect(admin).is_ok()
     }));

@@ -19,37 +19,31 @@ fn the_status_page_shows_changes_and_its_rollback_reaches_the_proxy() {
         backend("green"),
     );
     let admin = free_addr();
-    let proxy = ProxyProcess::start(&format!(
-        r#"admin:
-  listen: "{admin}"
-  tokens: {{ops: {}}}
-upstreams:
-  v1: {{backends: ["{}"]}}
-  v2: {{backends: ["{}"]}}
-  blue: {{backends: ["{}"]}}
-  green: {{backends: ["{}"]}}
-routes:
-  - name: api
-    match: {{path_prefix: /api}}
-    rules:
-      - when: {{header: {{X-Version: beta}}}}
-        to: v2
-    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1, sticky: [header:X-User-Id]}}
-    mirror: {{to: v2, percent: 10, compare: {{}}}}
-  - name: pay
-    match: {{path_prefix: /pay}}
-    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}
-    rollout: {{canary: v2, steps: [{{header: {{X-Canary: yes}}}}, 10], hold: 1h, interval: 200ms, step_timeout: 2s}}
-  - name: web
-    match: {{path_prefix: /}}
-    blue_green: {{blue: blue, green: green, live: blue}}
-"#,
-        sha256_hex(OPS),
-        v1.addr,
-        v2.addr,
-        blue.addr,
-        green.addr
-    ));
+    let proxy = ProxyProcess::start(
+        &Fixture::new()
+            .admin(admin, &[("ops", OPS)])
+            .upstream("v1", v1.addr)
+            .upstream("v2", v2.addr)
+            .upstream("blue", blue.addr)
+            .upstream("green", green.addr)
+            .route(
+                "name: api
+match: {path_prefix: /api}
+rules:
+  - when: {header: {X-Version: beta}}
+    to: v2
+split: {targets: {v1: 100, v2: 0}, baseline: v1, sticky: [header:X-User-Id]}
+mirror: {to: v2, percent: 10, compare: {}}",
+            )
+            .route(
+                "name: pay
+match: {path_prefix: /pay}
+split: {targets: {v1: 100, v2: 0}, baseline: v1}
+rollout: {canary: v2, steps: [{header: {X-Canary: yes}}, 10], hold: 1h, interval: 200ms, step_timeout: 2s}",
+            )
+            .route("name: web\nmatch: {path_prefix: /}\nblue_green: {blue: blue, green: green, live: blue}")
+            .yaml(),
+    );
     wait_listening(admin);
     // v2 fails half its requests: the page colours it against the baseline once it gets traffic.
     v2.control.set_error_rate(0.5);

@@ -9,7 +9,10 @@
 )]
 
 pub mod etcd;
+pub mod fixture;
 pub mod rollout;
+
+pub use fixture::Fixture;
 
 pub use switchyard::demo::backend::RunningBackend;
 
