@@ -245,7 +245,7 @@ impl ProxyHttp for Proxy {
         session.set_keepalive(Some(self.limits.keepalive_timeout.as_secs().max(1)));
         // The shared request rules, before anything is decided (SPEC §3 step 0). The rules that need
         // an HTTP/1 head as sent (Pingora's parser drops a Content-Length sent with
-        // Transfer-Encoding) were applied by the gate, which reads every such head first.
+        // Transfer-Encoding) were applied by the front door, which reads every such head first.
         let checked = check_request(session.req_header(), self.limits.max_head_bytes);
         let route_path = match checked {
             Ok(checked) => {

@@ -1,7 +1,7 @@
 //! Dark releases (SPEC §5): a sampled copy of a routed request goes to the route's `mirror.to`,
 //! marked `X-Switchyard-Shadow: 1`. [`admit`] and [`judge`] are shared by both paths; the HTTP/1
 //! engine sends its copies itself (`proxy::h1::shadow`), and this module runs them on Pingora's path
-//! (HTTP/2, chunked uploads and the other requests the engine hands over) as a Pingora subrequest.
+//! (HTTP/2, chunked uploads and the other requests the front door gives it) as a Pingora subrequest.
 //! The subrequest re-runs our `ProxyHttp` with a [`ShadowTag`] in its user context: that sends it to
 //! the mirror target's pool, keeps it out of the metrics and the access log, and forbids it to spawn
 //! mirrors of its own.
