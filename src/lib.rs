@@ -1,8 +1,10 @@
 //! Switchyard: an edge proxy on Pingora that separates deploying a new API version from releasing it.
 //!
-//! Data flows one way: [`config`] (YAML) → [`release::ReleaseTable::compile`] → [`state`] publishes a
-//! snapshot → [`proxy`] reads one snapshot per request and calls the pure [`release::decide`], then
-//! counts what happened in [`metrics`].
+//! Data flows one way: [`config`] (YAML, read once into typed values) → [`release::ReleaseTable::compile`]
+//! → [`state`] publishes a snapshot → every connection comes in through the [`front`] door, which
+//! reads and classifies each head → [`proxy`] (the HTTP/1 engine, or Pingora's pipeline) reads one
+//! snapshot per request and calls the pure [`release::decide`], then counts what happened in
+//! [`metrics`].
 //!
 //! Modules sit on floors and import only from their own floor or below (`.ci/layers.py` fails CI
 //! on an upward import or a cycle):
@@ -12,7 +14,8 @@
 //! 3. [`state`], [`upstream`], [`metrics`]: the live snapshot and its single writer (a fleet's
 //!    store plugs in as a [`state::shared::SharedStore`]); backend pools and health; counters.
 //! 4. [`rollout`], [`fleet`]: the rollout controller; the fleet on etcd.
-//! 5. [`proxy`], [`admin`]: the request paths; the admin API, status page and Prometheus exposition.
+//! 5. [`front`], then [`proxy`] and [`admin`] behind it: the front door of every listener; the
+//!    request paths; the admin API, status page and Prometheus exposition.
 //! 6. [`server`], [`upgrade`], [`demo`], [`ctl`], [`cli`]: assembling and running it all.
 
 // Rooms of a readable size (thresholds in clippy.toml): tests may be longer.
