@@ -205,8 +205,108 @@ on_every_path!(
     http2_reaches_the_version_its_rules_and_sticky_bucket_say,
     every_release_feature_works_over_http2,
     http1_keeps_working_next_to_http2_on_the_same_listener,
-    with_h2c_off_the_preface_is_refused_as_a_malformed_request
+    with_h2c_off_the_preface_is_refused_as_a_malformed_request,
+    idle_http2_connections_are_closed_with_a_goaway
 );
+
+/// An HTTP/2 client connection to the proxy (h2c, or h2 by ALPN on the TLS listener), and the task
+/// driving it: it ends `Ok` when the proxy closes the connection with a GOAWAY.
+async fn h2_connection(
+    proxy: &ProxyProcess,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    async fn over<S>(
+        io: S,
+    ) -> (
+        h2::client::SendRequest<bytes::Bytes>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+    )
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (client, connection) = h2::client::handshake(io).await.unwrap();
+        (client, tokio::spawn(connection))
+    }
+    match proxy.tls_addr {
+        None => over(tokio::net::TcpStream::connect(proxy.addr).await.unwrap()).await,
+        Some(addr) => {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            over(tls_connector().connect(name, tcp).await.unwrap()).await
+        }
+    }
+}
+
+/// Whether a client connection ended as one the proxy closed with a GOAWAY: the h2 client ends it
+/// cleanly. Over TLS the client may still be writing its acknowledgement when the proxy's side is
+/// gone, which it reports as a broken pipe; the GOAWAY itself is the same code either way.
+fn closed_with_goaway(
+    ended: &Result<
+        Result<Result<(), h2::Error>, tokio::task::JoinError>,
+        tokio::time::error::Elapsed,
+    >,
+    proxy: &ProxyProcess,
+) -> bool {
+    match ended {
+        Ok(Ok(Ok(()))) => true,
+        Ok(Ok(Err(e))) => {
+            proxy.tls_addr.is_some()
+                && e.get_io().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                    )
+                })
+        }
+        _ => false,
+    }
+}
+
+/// `keepalive_timeout` closes an HTTP/2 connection with no stream open, and `header_timeout` one that
+/// never sends a request, as on HTTP/1, each with a GOAWAY (a request that crossed it is known to be
+/// unprocessed and can be sent again).
+fn idle_http2_connections_are_closed_with_a_goaway() {
+    let v1 = backend("v1");
+    let proxy = ProxyProcess::start_full(
+        &Fixture::new()
+            .upstream("v1", v1.addr)
+            .route("name: api\nmatch: {path_prefix: /}\nsplit: {targets: {v1: 100}}")
+            .yaml(),
+        "off",
+        "  limits: {keepalive_timeout: 1s, header_timeout: 1s}\n",
+        std::process::Stdio::null(),
+    );
+    let scheme = if proxy.tls_addr.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    client_runtime().block_on(async {
+        // One request, then nothing: closed about a second after the answer.
+        let (client, connection) = h2_connection(&proxy).await;
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::get(format!("{scheme}://localhost/a"))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(req, true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), connection).await;
+        assert!(
+            closed_with_goaway(&ended, &proxy),
+            "an idle connection ends with a GOAWAY within keepalive_timeout: {ended:?}"
+        );
+        // No request at all: closed about a second after the handshake.
+        let (_client, connection) = h2_connection(&proxy).await;
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), connection).await;
+        assert!(
+            closed_with_goaway(&ended, &proxy),
+            "a connection that sends no request ends with a GOAWAY within header_timeout: {ended:?}"
+        );
+    });
+    assert_eq!(v1.control.requests(), 1);
+}
 
 fn with_h2c_off_the_preface_is_refused_as_a_malformed_request() {
     use std::io::{Read, Write};

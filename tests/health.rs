@@ -160,6 +160,42 @@ routes:
     }
 }
 
+/// A target whose backends all refuse connections, with no health check: the request falls back to
+/// the baseline (nothing was sent), and the next ones go there at once (the refusing backend is
+/// passed over for a while) instead of each trying it first.
+fn a_target_refusing_connections_falls_back_to_the_baseline_without_health_checks() {
+    let stable = backend("v1");
+    let (dead, admin) = (free_addr(), free_addr());
+    let proxy = ProxyProcess::start(
+        &Fixture::new()
+            .admin(admin, &[("ops", "ops-token")])
+            .upstream("canary", dead)
+            .upstream("stable", stable.addr)
+            .route("name: api\nsplit: {targets: {canary: 100, stable: 0}, baseline: stable}")
+            .yaml(),
+    );
+    let agent = client();
+    for i in 0..5 {
+        let r = get(&agent, &proxy.url("/x"), &[]);
+        assert_eq!(
+            (r.status, r.version()),
+            (200, "v1".to_string()),
+            "request {i}: {}",
+            r.body
+        );
+    }
+    // Counted as fallbacks; the canary was tried once, by the first request only.
+    let metrics = get(&agent, &format!("http://{admin}/metrics"), &[]).body;
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("switchyard_upstream_errors_total{") && l.contains("target=\"canary\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(failures, 1.0, "{metrics}");
+}
+
 fn a_health_check_added_by_a_reload_starts_checking() {
     let (v1, v2) = (backend("v1"), backend("v2"));
     let no_checks = format!(
@@ -350,6 +386,7 @@ on_every_path!(
     nothing_healthy_is_a_json_502,
     dead_backends_are_found_by_health_checks,
     a_backend_refusing_connections_is_skipped_without_health_checks,
+    a_target_refusing_connections_falls_back_to_the_baseline_without_health_checks,
     a_health_check_added_by_a_reload_starts_checking,
     backend_health_shows_in_status_metrics_and_the_log,
     a_retry_that_finds_no_healthy_backend_left_is_a_json_502,

@@ -501,6 +501,35 @@ fn one_connection_serves_requests_on_both_back_ends_in_turn() {
     );
 }
 
+/// Identical `Content-Length` fields, or one that says `5, 5`, are one length: the upstream gets
+/// one field, and the body whole.
+fn identical_lengths_go_upstream_as_one() {
+    let up = upstream();
+    let proxy = proxy_for(&up);
+    let mut c = Client::connect(proxy.addr);
+    for lengths in [
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+        "Content-Length: 5, 5\r\n",
+    ] {
+        c.send(format!("POST /len HTTP/1.1\r\nHost: api.test\r\n{lengths}\r\nhello").as_bytes());
+        assert_eq!(c.response(false).status, 200);
+        let seen = up.seen.lock().unwrap().last().unwrap().clone();
+        let fields: Vec<&str> = seen
+            .head
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("content-length:"))
+            .collect();
+        assert_eq!(fields.len(), 1, "{lengths:?}: {}", seen.head);
+        assert_eq!(
+            fields[0].split(':').nth(1).unwrap().trim(),
+            "5",
+            "{}",
+            seen.head
+        );
+        assert_eq!(seen.body, b"hello");
+    }
+}
+
 fn a_stale_upstream_connection_is_retried_for_safe_requests_only() {
     let up = upstream();
     let proxy = proxy_for(&up);
@@ -591,7 +620,7 @@ fn the_proxys_own_answers_keep_the_connection_usable() {
 /// An upstream that cannot be reached is answered with a JSON 502 that says `Connection: close` and
 /// closes, on both paths (Pingora's pipeline never reuses a connection after a failed exchange, and
 /// a client told keep-alive would send its next request into a closing connection). A new
-/// connection is served.
+/// connection is served; the refusing backend is passed over by it.
 fn an_upstream_failure_answer_says_close_and_closes() {
     let up = upstream();
     let dead = common::free_addr();
@@ -599,22 +628,29 @@ fn an_upstream_failure_answer_says_close_and_closes() {
         "upstreams:\n  v1: {{backends: [\"{}\"]}}\n  gone: {{backends: [\"{dead}\"]}}\nroutes:\n  - name: gone\n    match: {{path_prefix: /gone}}\n    split: {{targets: {{gone: 1}}}}\n  - name: r\n    match: {{path_prefix: /}}\n    split: {{targets: {{v1: 1}}}}\n",
         up.addr
     ));
-    for _ in 0..2 {
-        let mut c = Client::connect(proxy.addr);
-        c.send(&get("/api/x"));
-        assert_eq!(c.response(false).status, 200);
-        c.send(&get("/gone/x"));
-        let r = c.response(false);
-        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
-        assert_eq!(r.body, br#"{"error":"upstream_unavailable"}"#.to_vec());
-        assert_eq!(
-            r.header("connection").as_deref(),
-            Some("close"),
-            "{}",
-            r.head
-        );
-        assert!(c.closed());
-    }
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/api/x"));
+    assert_eq!(c.response(false).status, 200);
+    c.send(&get("/gone/x"));
+    let r = c.response(false);
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, br#"{"error":"upstream_unavailable"}"#.to_vec());
+    assert_eq!(
+        r.header("connection").as_deref(),
+        Some("close"),
+        "{}",
+        r.head
+    );
+    assert!(c.closed());
+    // The backend that refused is passed over for a while: the next request tries nothing and is
+    // told so, on a connection that stays usable.
+    let mut c = Client::connect(proxy.addr);
+    c.send(&get("/gone/x"));
+    let r = c.response(false);
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, br#"{"error":"no_healthy_upstream"}"#.to_vec());
+    c.send(&get("/api/x"));
+    assert_eq!(c.response(false).status, 200);
 }
 
 fn mirrored_requests_are_copied_and_compared_on_the_wire() {
@@ -712,6 +748,7 @@ on_both_paths!(
     the_proxys_own_answers_keep_the_connection_usable,
     pipelined_requests_are_answered_in_order,
     one_connection_serves_requests_on_both_back_ends_in_turn,
+    identical_lengths_go_upstream_as_one,
     an_upstream_failure_answer_says_close_and_closes,
     response_framings_pass_through_and_keep_the_connection,
     mirrored_requests_are_copied_and_compared_on_the_wire,

@@ -7,8 +7,8 @@
 mod access_log;
 pub mod limits;
 mod ordered;
-mod rollout;
 pub mod parse;
+mod rollout;
 mod step;
 mod structure;
 mod suggest;

@@ -501,6 +501,12 @@ fn split(path: &str, split: &crate::config::SplitConfig, config: &Config, e: &mu
     if !split.targets.is_empty() && sum <= 0.0 {
         e.push(format!("{path}.targets"), "weights sum to 0");
     }
+    if !sum.is_finite() {
+        e.push(
+            format!("{path}.targets"),
+            "weights sum to more than a number can hold; write them as shares, e.g. 90 and 10",
+        );
+    }
     match &split.baseline {
         None if split.targets.len() >= 2 => {
             let names: Vec<&str> = split.targets.keys().collect();

@@ -2,8 +2,9 @@
 //! (the accept loops of [`TcpListeners`]) or after its TLS handshake (Pingora's listening service).
 //! One connection loop serves it request by request:
 //!
-//! - a TLS connection that negotiated h2 is Pingora's HTTP/2 server's, whole; so is a plain one that
-//!   opens with the HTTP/2 preface when the service takes h2c;
+//! - a TLS connection that negotiated h2, or a plain one that opens with the HTTP/2 preface when the
+//!   service takes h2c, is served as HTTP/2 ([`http2`]): its streams by Pingora's pipeline, the
+//!   connection bounded by the same limits;
 //! - each HTTP/1 head is read under the limits ([`conn::read_head`]: the whole head within
 //!   `limits.header_timeout` of its first byte, at most `limits.max_head_bytes`, an idle connection
 //!   waiting `limits.keepalive_timeout` holding no buffer, during a drain too);
@@ -30,6 +31,7 @@ mod conn;
 mod drain;
 mod fence;
 mod head;
+mod http2;
 mod listener;
 
 pub use conn::{last_request, linger, nodelay, write_client, Conn, OUT_CAPACITY, READ_CHUNK};
@@ -271,7 +273,8 @@ impl<S: Service> ServerApp for Door<S> {
             None
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.pipeline.process_new(stream, shutdown).await;
+            Box::pin(http2::serve(&self.pipeline, stream, &limits, shutdown)).await;
+            return None;
         }
         let mut c = Conn::new(stream, limits);
         loop {
@@ -285,9 +288,10 @@ impl<S: Service> ServerApp for Door<S> {
                 }
             }
             if c.served == 0 && self.service.h2c() && c.buf.starts_with(H2_PREFACE_HEAD) {
-                // HTTP/2 with prior knowledge: the whole connection is Pingora's HTTP/2 server's.
+                // HTTP/2 with prior knowledge: the whole connection is HTTP/2's.
                 let rewound: Stream = Box::new(fence::Fenced::rewound(c.stream, c.buf));
-                return self.pipeline.process_new(rewound, shutdown).await;
+                Box::pin(http2::serve(&self.pipeline, rewound, &c.limits, shutdown)).await;
+                return None;
             }
             // Everything after the head runs in a boxed future: an idle keep-alive connection's task
             // then holds only what waiting for a head needs, none of a request's state.

@@ -42,8 +42,15 @@ pub struct Ctx {
 
 impl Default for Ctx {
     fn default() -> Self {
+        Ctx::starting_at(Instant::now())
+    }
+}
+
+impl Ctx {
+    /// A request that began at `started`.
+    pub fn starting_at(started: Instant) -> Self {
         Ctx {
-            started: Instant::now(),
+            started,
             snapshot: None,
             decision: None,
             target: None,

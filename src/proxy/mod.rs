@@ -347,17 +347,26 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         self.record_upstream_error(ctx, upstream_error_kind(&e));
         if let Some(addr) = ctx.backend.take().and_then(|b| b.addr.as_inet().copied()) {
+            // Passed over by the next requests too (passive health), as on the engine.
+            let pool = ctx
+                .target
+                .and_then(|t| ctx.snapshot.as_ref()?.pools.get(t).cloned());
+            if let Some(pool) = pool {
+                pool.connect_failed(addr);
+            }
             ctx.failed.push(addr);
         }
-        // Nothing was sent yet: trying another backend is always safe.
-        let pool_size = ctx.target.and_then(|t| {
-            ctx.snapshot
-                .as_ref()?
-                .pools
-                .get(t)
-                .map(|p| p.backend_count())
-        });
-        if pool_size.is_some_and(|n| retry::after_connect_failure(ctx.failed.len(), n)) {
+        // Nothing was sent yet: another backend not tried yet, of the target's pool or else the
+        // baseline's (policy::retry), as on the engine.
+        let another = match (ctx.decision, ctx.shadow, &ctx.snapshot) {
+            (Some(decision), false, Some(s)) => pick_backend(s, &decision, &ctx.failed).is_some(),
+            (None, true, Some(s)) => ctx
+                .target
+                .and_then(|t| s.pools.get(t)?.select(&ctx.failed))
+                .is_some(),
+            _ => false,
+        };
+        if another {
             e.set_retry(true);
         }
         e
@@ -474,7 +483,7 @@ impl ProxyHttp for Proxy {
         for (name, value) in headers::added_upstream(&ctx.request_id, client, ctx.shadow) {
             upstream_request.insert_header(name, value)?;
         }
-        Ok(())
+        one_content_length(upstream_request)
     }
 
     fn upstream_response_trailer_filter(
@@ -723,4 +732,28 @@ fn strip_internal_headers(session: &mut Session) {
     for name in names {
         req.remove_header(&name);
     }
+}
+
+/// Sends one `Content-Length` upstream however the client wrote it: identical fields, or `5, 5` in
+/// one, are one length (the front door refused any that differ).
+fn one_content_length(req: &mut RequestHeader) -> Result<()> {
+    let length = {
+        let mut all = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+        let Some(first) = all.next() else {
+            return Ok(());
+        };
+        if all.next().is_none() && !first.as_bytes().contains(&b',') {
+            return Ok(());
+        }
+        first
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_string())
+    };
+    req.remove_header(&http::header::CONTENT_LENGTH);
+    if let Some(length) = length {
+        req.insert_header(http::header::CONTENT_LENGTH, length)?;
+    }
+    Ok(())
 }

@@ -4,10 +4,13 @@
 
 mod health;
 mod observed;
+mod passive;
 
 pub use health::HealthChecker;
 pub use observed::BackendHealth;
 use observed::{Observed, ObservedCheck};
+use passive::Passive;
+pub use passive::PASSED_OVER;
 
 use crate::config::{
     parse, Config, ConfigError, ConfigErrors, HealthCheckConfig, UpstreamConfig, UpstreamProtocol,
@@ -64,6 +67,8 @@ pub struct Pool {
     health: Option<HealthSchedule>,
     /// Every backend's health as last observed (for status and metrics).
     observed: Arc<Observed>,
+    /// Backends passed over for a while after a connection to them could not be made.
+    passive: Passive,
 }
 
 impl std::fmt::Debug for Pool {
@@ -153,6 +158,7 @@ impl Pool {
             tls,
             health,
             observed,
+            passive: Passive::default(),
         })
     }
 
@@ -161,8 +167,21 @@ impl Pool {
         self.observed.backends()
     }
 
-    /// A healthy backend, skipping those in `exclude` (already failed for this request).
+    /// A healthy backend, skipping those in `exclude` (already failed for this request) and those
+    /// passed over since a connection to them could not be made.
     pub fn select(&self, exclude: &[SocketAddr]) -> Option<Backend> {
+        match self.passive.excluding(exclude) {
+            None => self.select_among(exclude),
+            Some(all) => self.select_among(&all),
+        }
+    }
+
+    /// A connection to `addr` could not be made: it is passed over for [`PASSED_OVER`].
+    pub fn connect_failed(&self, addr: SocketAddr) {
+        self.passive.failed(addr);
+    }
+
+    fn select_among(&self, exclude: &[SocketAddr]) -> Option<Backend> {
         if let Some(b) = &self.sole {
             let excluded = b.addr.as_inet().is_some_and(|a| exclude.contains(a));
             return (!excluded).then(|| b.clone());

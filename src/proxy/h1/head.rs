@@ -41,14 +41,17 @@ pub(super) fn status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The request head as the upstream gets it: the client's fields without hop-by-hop ones, the
+/// The request head as the upstream gets it: the client's fields without hop-by-hop ones, one
+/// `Content-Length` however the client wrote it (identical fields or `5, 5` are one length), the
 /// settled request id, and the identified client.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn write_request_head(
     out: &mut Vec<u8>,
     method: &str,
     target: &str,
     fields: &[httparse::Header<'_>],
     nominated: &Nominated<'_>,
+    length: Option<u64>,
     request_id: &str,
     client: Option<&str>,
 ) {
@@ -61,11 +64,16 @@ pub(super) fn write_request_head(
         let name = h.name.as_bytes();
         if hop_by_hop_request(name)
             || name.eq_ignore_ascii_case(REQUEST_ID_HEADER.as_bytes())
+            || name.eq_ignore_ascii_case(b"content-length")
             || nominated.names(name)
         {
             continue;
         }
         field(out, name, h.value);
+    }
+    if let Some(n) = length {
+        // Writing into a Vec cannot fail.
+        let _ = std::io::Write::write_fmt(out, format_args!("content-length: {n}\r\n"));
     }
     // A shadow copy gets its mark where it is made (shadow.rs), from this head.
     for (name, value) in headers::added_upstream(request_id, client, false) {

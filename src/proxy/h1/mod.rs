@@ -91,10 +91,10 @@ impl front::Service for Engine {
                     .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
             );
         }
-        let mut ctx = Ctx::default();
-        let (req, outcome) = self.parse_request(c, head, &snapshot, &mut ctx)?;
+        let started = Instant::now();
+        let (req, outcome) = self.parse_request(c, head, &snapshot)?;
         Some(Admitted {
-            ctx,
+            started,
             req,
             outcome,
             snapshot,
@@ -107,7 +107,7 @@ impl front::Service for Engine {
         a: Admitted,
         shutdown: &'a ShutdownWatch,
     ) -> front::Serving<'a> {
-        Box::pin(self.serve_admitted(c, a.ctx, a.req, a.outcome, a.snapshot, shutdown))
+        Box::pin(self.serve_admitted(c, a.started, a.req, a.outcome, a.snapshot, shutdown))
     }
 
     fn refusal(&self, why: Refusal) -> front::Refusing {
@@ -141,10 +141,11 @@ impl front::Service for Engine {
     }
 }
 
-/// A request the engine admitted: its context, what it needs of the request, the decision, and the
-/// snapshot it was decided on.
+/// A request the engine admitted: when it began, what the engine needs of it, the decision, and the
+/// snapshot it was decided on. Its context is made in the future that serves it: moving a request
+/// here costs a copy of this, not of a context.
 pub struct Admitted {
-    ctx: Ctx,
+    started: Instant,
     req: Request,
     outcome: Outcome,
     snapshot: Arc<Snapshot>,
@@ -166,6 +167,9 @@ struct Request {
     shadow: Option<ShadowCopy>,
     /// The primary's answer, captured for the shadow's comparison.
     tap: Option<Box<PrimaryTap>>,
+    request_id: String,
+    /// A shadow copy of it was started.
+    mirrored: bool,
 }
 
 impl Engine {
@@ -173,12 +177,15 @@ impl Engine {
     async fn serve_admitted(
         &self,
         c: &mut Conn,
-        mut ctx: Ctx,
+        started: Instant,
         mut req: Request,
         outcome: Outcome,
         snapshot: Arc<Snapshot>,
         shutdown: &ShutdownWatch,
     ) -> Next {
+        let mut ctx = Ctx::starting_at(started);
+        ctx.request_id = std::mem::take(&mut req.request_id);
+        ctx.mirrored = req.mirrored;
         c.buf.advance(req.head_len);
         // The part of the body that came with the head goes out with the upstream head.
         let in_buf = (c.buf.len() as u64).min(req.body_len) as usize;
@@ -224,7 +231,6 @@ impl Engine {
         c: &mut Conn,
         head: Accepted<'_, '_>,
         snapshot: &Snapshot,
-        ctx: &mut Ctx,
     ) -> Option<(Request, Outcome)> {
         let Accepted {
             head_len,
@@ -239,7 +245,7 @@ impl Engine {
         let path = &*target.route_path;
         let query = target.query;
         let target = &*target.forward;
-        ctx.request_id = request_id::settle(h.request_id);
+        let request_id = request_id::settle(h.request_id);
         let kept_fields = ParsedFields(&parsed_headers[..h.kept]);
         let view = RequestView {
             method,
@@ -268,7 +274,8 @@ impl Engine {
                 target,
                 &parsed_headers[..h.kept],
                 &h.nominated,
-                &ctx.request_id,
+                length,
+                &request_id,
                 d.client.map(|id| snapshot.table.client_name(id)),
             );
             if let Some(m) = m {
@@ -278,14 +285,13 @@ impl Engine {
                     target,
                     body_len: length,
                     idempotent,
-                    request_id: &ctx.request_id,
+                    request_id: &request_id,
                 };
                 (shadow, tap) =
                     match ShadowCopy::start(self.proxy.metrics(), snapshot, m, d.route, primary) {
                         Some((s, t)) => (Some(s), t),
                         None => (None, None),
                     };
-                ctx.mirrored = shadow.is_some();
             }
         }
         let req = Request {
@@ -299,8 +305,10 @@ impl Engine {
                 .proxy
                 .logs_requests()
                 .then(|| request_log(c, method, path, host, &parsed_headers[..h.kept])),
+            mirrored: shadow.is_some(),
             shadow,
             tap,
+            request_id,
         };
         Some((req, outcome))
     }
@@ -417,10 +425,13 @@ impl Engine {
                     Ok(up) => up,
                     Err(kind) => {
                         self.proxy.record_upstream_error(ctx, kind);
+                        pool.connect_failed(addr);
                         ctx.failed.push(addr);
                         ctx.backend = None;
-                        if retry::after_connect_failure(ctx.failed.len(), pool.backend_count()) {
-                            picked = pick_backend(snapshot, decision, &ctx.failed);
+                        // Nothing was sent: another backend not tried yet, of the target's pool
+                        // or else the baseline's (policy::retry).
+                        picked = pick_backend(snapshot, decision, &ctx.failed);
+                        if picked.is_some() {
                             continue;
                         }
                         return Exchanged::Answer(Answer::for_upstream(kind));
