@@ -353,9 +353,9 @@ fn a_canary_answering_unavailable_shows_up_as_errors_in_stats_and_metrics() {
 }
 
 fn no_healthy_backend_gives_a_grpc_client_unavailable() {
-    let v1 = grpc_backend("v1", None);
-    let dead = free_addr();
-    let proxy = ProxyProcess::start(&config(v1.addr, dead, free_addr()));
+    // The beta rule's target and the baseline it would fall back to both refuse connections.
+    let (dead, baseline_dead) = (free_addr(), free_addr());
+    let proxy = ProxyProcess::start(&config(baseline_dead, dead, free_addr()));
     client_runtime().block_on(async {
         let mut grpc = channel(&proxy).await;
         let failed = unary(&mut grpc, &[("x-version", "beta")])
