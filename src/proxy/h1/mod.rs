@@ -81,6 +81,7 @@ impl front::Service for Engine {
         self.on
     }
 
+    #[inline]
     fn admit(&self, c: &mut Conn, head: Accepted<'_, '_>) -> Option<Admitted> {
         let snapshot = self.proxy.snapshot();
         if c.client_ip.is_none() && (snapshot.table.reads_client_ip() || self.proxy.logs_requests())
@@ -226,6 +227,7 @@ impl Engine {
 
     /// Decides where an accepted head goes and writes its upstream head; `None` when Pingora's
     /// pipeline is to serve it (an upstream the engine does not speak to).
+    #[inline]
     fn parse_request(
         &self,
         c: &mut Conn,
