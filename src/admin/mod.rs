@@ -300,7 +300,7 @@ impl<A: ServeHttp + Send + Sync + 'static> crate::front::Service for AdminFront<
     fn admit(
         &self,
         _c: &mut crate::front::Conn,
-        _head: crate::front::Accepted<'_, '_>,
+        _head: &crate::front::Accepted<'_, '_>,
     ) -> Option<Self::Request> {
         None
     }

@@ -75,7 +75,7 @@ pub trait Service: Send + Sync + 'static {
     fn engine(&self) -> bool;
     /// Takes a head the classifier gave the engine; `None` hands it to the pipeline instead. Not
     /// async: the head's fields are on the stack.
-    fn admit(&self, c: &mut Conn, head: Accepted<'_, '_>) -> Option<Self::Request>;
+    fn admit(&self, c: &mut Conn, head: &Accepted<'_, '_>) -> Option<Self::Request>;
     /// Serves an admitted request on the engine: a boxed future, so that a connection's task holds
     /// none of a request's state while it waits for the next head.
     fn serve<'a>(
@@ -155,12 +155,10 @@ impl<S: Service> Door<S> {
         let buf = std::mem::take(&mut c.buf);
         let engine = self.service.engine();
         let admitted = match classify(&buf, &mut fields, c.limits.max_head_bytes, engine) {
-            Head::Accepted(head) => {
-                let ends = head.ends();
-                self.service
-                    .admit(c, head)
-                    .ok_or(Judged::Pipeline(Some(ends)))
-            }
+            Head::Accepted(head) => match self.service.admit(c, &head) {
+                Some(req) => Ok(req),
+                None => Err(Judged::Pipeline(Some(head.ends()))),
+            },
             Head::Pipeline(ends) => Err(Judged::Pipeline(ends)),
             Head::Refused(why, seen) => Err(Judged::Refused(why, seen.map(seen_for_log))),
         };

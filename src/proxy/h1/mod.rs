@@ -82,7 +82,7 @@ impl front::Service for Engine {
     }
 
     #[inline]
-    fn admit(&self, c: &mut Conn, head: Accepted<'_, '_>) -> Option<Admitted> {
+    fn admit(&self, c: &mut Conn, head: &Accepted<'_, '_>) -> Option<Admitted> {
         let snapshot = self.proxy.snapshot();
         if c.client_ip.is_none() && (snapshot.table.reads_client_ip() || self.proxy.logs_requests())
         {
@@ -231,18 +231,18 @@ impl Engine {
     fn parse_request(
         &self,
         c: &mut Conn,
-        head: Accepted<'_, '_>,
+        head: &Accepted<'_, '_>,
         snapshot: &Snapshot,
     ) -> Option<(Request, Outcome)> {
         let Accepted {
             head_len,
             method,
-            target,
-            fields: h,
+            ref target,
+            fields: ref h,
             headers,
             host,
             length,
-        } = head;
+        } = *head;
         let parsed_headers = headers;
         let path = &*target.route_path;
         let query = target.query;
