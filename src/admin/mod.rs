@@ -328,7 +328,6 @@ impl<A: ServeHttp + Send + Sync + 'static> crate::front::Service for AdminFront<
 
     fn refused(
         &self,
-        _c: &crate::front::Conn,
         _refusing: crate::front::Refusing,
         _seen: Option<crate::front::Seen>,
         _status: u16,

@@ -61,8 +61,6 @@ impl Accepted<'_, '_> {
 /// Parses the request head at the start of `buf` once and applies the shared request rules to it.
 /// `engine`: whether the engine may take it (otherwise every head it accepts goes to the pipeline).
 /// Pure: the front door routes by it, and the differential tests hold it against Pingora's parser.
-/// Inlined into the front door's one caller: its result is a large value, built in place there.
-#[inline]
 pub fn classify<'b, 'h>(
     buf: &'b [u8],
     fields: &'h mut [MaybeUninit<httparse::Header<'b>>],

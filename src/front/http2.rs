@@ -98,11 +98,11 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
     };
     let open = Arc::new(Open::default());
     let mut shutdown = shutdown.clone();
-    let mut served = 0u64;
+    let mut requested = false;
     let mut malformed = 0usize;
     loop {
         // Before the first request, `header_timeout`; between requests, `keepalive_timeout`.
-        let idle = if served == 0 {
+        let idle = if !requested {
             limits.header_timeout
         } else {
             limits.keepalive_timeout
@@ -118,7 +118,7 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
         };
         match accepted {
             Ok(Some(H2Accept::Session(session))) => {
-                served += 1;
+                requested = true;
                 spawn(app, session, &open, &shutdown);
             }
             Ok(Some(H2Accept::Rejected)) => {

@@ -87,7 +87,7 @@ pub trait Service: Send + Sync + 'static {
     /// How a refused head is answered.
     fn refusal(&self, why: Refusal) -> Refusing;
     /// Counts and logs a refused head once its answer went out (`status`, 499 when it could not).
-    fn refused(&self, c: &Conn, refusing: Refusing, seen: Option<Seen>, status: u16);
+    fn refused(&self, refusing: Refusing, seen: Option<Seen>, status: u16);
 }
 
 /// What a refused head is answered.
@@ -183,7 +183,7 @@ impl<S: Service> Door<S> {
         c.resp_out.extend_from_slice(&refusing.body);
         let sent = write_client(&mut c.stream, &c.resp_out, true, c.limits.send_timeout).await;
         let status = if sent { refusing.status } else { 499 };
-        self.service.refused(c, refusing, seen, status);
+        self.service.refused(refusing, seen, status);
     }
 
     /// Hands one request to Pingora's pipeline: the head and what was read of its body, its reads

@@ -121,13 +121,7 @@ impl front::Service for Engine {
         }
     }
 
-    fn refused(
-        &self,
-        _c: &Conn,
-        refusing: front::Refusing,
-        seen: Option<front::Seen>,
-        status: u16,
-    ) {
+    fn refused(&self, refusing: front::Refusing, seen: Option<front::Seen>, status: u16) {
         let mut ctx = Ctx::default();
         ctx.rejected = Some(Rejection::InvalidRequest);
         ctx.request_id = refusing.request_id.unwrap_or_default();
