@@ -12,7 +12,16 @@ use std::mem::MaybeUninit;
 pub const MAX_FIELDS: usize = request::MAX_FIELDS;
 
 /// Whether `buf` holds a whole head (up to its empty line; a bare LF ends lines too).
+///
+/// Called on every request head and every upstream response head: nearly all of them end with CRLF
+/// CRLF, which one vectorised search finds (a line-by-line scan cost about 170 instructions a head).
+/// A buffer holding CRLF CRLF anywhere has an empty line at or before it, so the head is complete.
 pub fn head_complete(buf: &[u8]) -> bool {
+    static CRLF_CRLF: once_cell::sync::Lazy<memchr::memmem::Finder<'static>> =
+        once_cell::sync::Lazy::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    if CRLF_CRLF.find(buf).is_some() {
+        return true;
+    }
     let mut i = 0;
     while let Some(p) = buf[i..].iter().position(|b| *b == b'\n') {
         let at = i + p + 1;
@@ -54,7 +63,7 @@ pub struct Accepted<'b, 'h> {
 impl Accepted<'_, '_> {
     /// Where the request ends in the buffer: its head and its declared body.
     pub fn ends(&self) -> u64 {
-        (self.head_len as u64).saturating_add(self.length.unwrap_or(0))
+        ends(self.head_len, self.length)
     }
 }
 
@@ -106,7 +115,12 @@ pub fn classify<'b, 'h>(
     if h.chunked() || h.upgrade {
         return Head::Pipeline(None);
     }
-    let head = Accepted {
+    // Expect and Upgrade, absolute-form targets and HTTP/1.0 are Pingora's to relay.
+    if !engine || http10 || h.hand_off || target.authority.is_some() {
+        return Head::Pipeline(Some(ends(head_len, length)));
+    }
+    // Built where it is returned: a head built first and moved in here is copied once more.
+    Head::Accepted(Accepted {
         head_len,
         method,
         target,
@@ -114,12 +128,12 @@ pub fn classify<'b, 'h>(
         headers,
         host,
         length,
-    };
-    // Expect and Upgrade, absolute-form targets and HTTP/1.0 are Pingora's to relay.
-    if !engine || http10 || head.fields.hand_off || head.target.authority.is_some() {
-        return Head::Pipeline(Some(head.ends()));
-    }
-    Head::Accepted(head)
+    })
+}
+
+/// Where a request ends, counted from the start of its head: the head and its declared body.
+fn ends(head_len: usize, length: Option<u64>) -> u64 {
+    (head_len as u64).saturating_add(length.unwrap_or(0))
 }
 
 /// The head of an answer Switchyard makes itself, on either path's wire: status, content type and

@@ -125,6 +125,14 @@ fn a_head_ends_at_its_empty_line() {
     assert!(head_complete(b"GET / HTTP/1.1\nHost: x\n\n"));
     assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n"));
     assert!(!head_complete(b""));
+    // Mixed endings: a CRLF line then a bare LF, or a bare LF line then CRLF.
+    assert!(head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\n"));
+    assert!(head_complete(b"GET / HTTP/1.1\nHost: x\n\r\n"));
+    assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r"));
+    assert!(!head_complete(b"GET / HTTP/1.1\nHost: x\n\r"));
+    // Whatever follows the first empty line does not matter.
+    assert!(head_complete(b"GET / HTTP/1.1\n\nbody\r\n\r\n"));
+    assert!(head_complete(b"GET / HTTP/1.1\n\nbody"));
 }
 
 #[test]
