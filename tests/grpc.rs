@@ -467,7 +467,47 @@ routes:
     );
 }
 
+/// What a real gRPC client (tonic) reports for each way a call fails at or behind the proxy
+/// (tests/grpc_errors.rs reads the same endings frame by frame, over TLS too, and the deadline: a
+/// tonic client holds the same deadline and ends the call itself as CANCELLED at the same moment).
+fn grpc_clients_read_the_status_each_failure_means() {
+    let edge = edge_upstream();
+    let proxy = ProxyProcess::start(&format!(
+        r#"upstreams:
+  edge: {{protocol: h2c, backends: ["{}"]}}
+routes:
+  - name: edge
+    match: {{path_prefix: /t.Edge}}
+    split: {{targets: {{edge: 100}}}}
+"#,
+        edge.addr
+    ));
+    client_runtime().block_on(async {
+        let grpc = channel(&proxy).await;
+        let call = |path: &'static str| {
+            let request = Request::new(Msg::default());
+            let path = http::uri::PathAndQuery::from_static(path);
+            let mut grpc = grpc.clone();
+            async move {
+                grpc.ready().await.unwrap();
+                let answer: Result<Response<Msg>, Status> =
+                    grpc.unary(request, path, ProstCodec::default()).await;
+                answer.map(|_| ()).map_err(|s| s.code())
+            }
+        };
+        assert_eq!(call("/t.Edge/Fine").await, Ok(()));
+        assert_eq!(
+            call("/t.Edge/ResetBefore").await,
+            Err(tonic::Code::Internal)
+        );
+        assert_eq!(call("/t.Edge/Refuse").await, Err(tonic::Code::Unavailable));
+        assert_eq!(call("/t.Edge/ResetAfter").await, Err(tonic::Code::Internal));
+        assert_eq!(call("/nowhere/Call").await, Err(tonic::Code::Unimplemented));
+    });
+}
+
 on_both_paths!(
+    grpc_clients_read_the_status_each_failure_means,
     unary_calls_are_mirrored_and_compared_on_grpc_status_and_message_bytes,
     unary_server_stream_and_bidi_calls_reach_their_version_with_trailers_intact,
     a_canary_answering_unavailable_shows_up_as_errors_in_stats_and_metrics,

@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use std::sync::Arc;
 
 const KEY: &str = "partner-key";
 
@@ -142,23 +141,6 @@ fn h2_send(proxy: &ProxyProcess, authority: &str, path: &str, headers: &[(&str, 
     })
 }
 
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&test_pki().0).unwrap();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
 fn http2_reaches_the_version_its_rules_and_sticky_bucket_say() {
     let rig = start();
     assert_eq!(
@@ -206,38 +188,9 @@ on_every_path!(
     every_release_feature_works_over_http2,
     http1_keeps_working_next_to_http2_on_the_same_listener,
     with_h2c_off_the_preface_is_refused_as_a_malformed_request,
-    idle_http2_connections_are_closed_with_a_goaway
+    idle_http2_connections_are_closed_with_a_goaway,
+    http2_connections_are_bounded_as_http1_ones_are
 );
-
-/// An HTTP/2 client connection to the proxy (h2c, or h2 by ALPN on the TLS listener), and the task
-/// driving it: it ends `Ok` when the proxy closes the connection with a GOAWAY.
-async fn h2_connection(
-    proxy: &ProxyProcess,
-) -> (
-    h2::client::SendRequest<bytes::Bytes>,
-    tokio::task::JoinHandle<Result<(), h2::Error>>,
-) {
-    async fn over<S>(
-        io: S,
-    ) -> (
-        h2::client::SendRequest<bytes::Bytes>,
-        tokio::task::JoinHandle<Result<(), h2::Error>>,
-    )
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (client, connection) = h2::client::handshake(io).await.unwrap();
-        (client, tokio::spawn(connection))
-    }
-    match proxy.tls_addr {
-        None => over(tokio::net::TcpStream::connect(proxy.addr).await.unwrap()).await,
-        Some(addr) => {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            over(tls_connector().connect(name, tcp).await.unwrap()).await
-        }
-    }
-}
 
 /// Whether a client connection ended as one the proxy closed with a GOAWAY: the h2 client ends it
 /// cleanly. Over TLS the client may still be writing its acknowledgement when the proxy's side is
@@ -278,11 +231,7 @@ fn idle_http2_connections_are_closed_with_a_goaway() {
         "  limits: {keepalive_timeout: 1s, header_timeout: 1s}\n",
         std::process::Stdio::null(),
     );
-    let scheme = if proxy.tls_addr.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = h2_scheme(&proxy);
     client_runtime().block_on(async {
         // One request, then nothing: closed about a second after the answer.
         let (client, connection) = h2_connection(&proxy).await;
@@ -306,6 +255,51 @@ fn idle_http2_connections_are_closed_with_a_goaway() {
         );
     });
     assert_eq!(v1.control.requests(), 1);
+}
+
+/// An HTTP/2 connection is bounded as an HTTP/1 one is: `max_requests_per_connection` streams, then
+/// a GOAWAY; a request head over `max_head_bytes` is 431; and a client may open at most 128 streams
+/// at once (its SETTINGS say so).
+fn http2_connections_are_bounded_as_http1_ones_are() {
+    let v1 = backend("v1");
+    let proxy = ProxyProcess::start_full(
+        &Fixture::new()
+            .upstream("v1", v1.addr)
+            .route("name: api\nmatch: {path_prefix: /}\nsplit: {targets: {v1: 100}}")
+            .yaml(),
+        "off",
+        "  limits: {max_requests_per_connection: 3, max_head_bytes: 4096}\n",
+        std::process::Stdio::null(),
+    );
+    let scheme = h2_scheme(&proxy);
+    let get = |extra: Option<&str>| {
+        let mut req = http::Request::get(format!("{scheme}://localhost/a"));
+        if let Some(v) = extra {
+            req = req.header("x-big", v);
+        }
+        req.body(()).unwrap()
+    };
+    client_runtime().block_on(async {
+        let (mut client, connection) = h2_connection(&proxy).await;
+        for _ in 0..3 {
+            client = client.ready().await.unwrap();
+            let (response, _) = client.send_request(get(None), true).unwrap();
+            assert_eq!(response.await.unwrap().status(), 200);
+        }
+        assert_eq!(client.current_max_send_streams(), 128);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), connection).await;
+        assert!(
+            closed_with_goaway(&ended, &proxy),
+            "closed with a GOAWAY after max_requests_per_connection: {ended:?}"
+        );
+
+        let (client, _connection) = h2_connection(&proxy).await;
+        let mut client = client.ready().await.unwrap();
+        let big = "b".repeat(5000);
+        let (response, _) = client.send_request(get(Some(&big)), true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 431);
+    });
+    assert_eq!(v1.control.requests(), 3);
 }
 
 fn with_h2c_off_the_preface_is_refused_as_a_malformed_request() {

@@ -269,6 +269,84 @@ fn with_admin(ops: &str) -> (ProxyProcess, std::net::SocketAddr, [RunningBackend
     (proxy, admin, [v1, v2])
 }
 
+/// An admin API connection left idle before an upgrade is closed by the old process as the hand-over
+/// begins (an end of stream, not an answer), so its client's next request goes to the new process,
+/// which answers it; nothing is answered 503 after the upgrade is done.
+#[test]
+fn an_idle_admin_connection_is_closed_at_a_hand_over_not_answered_503_after_it() {
+    use std::io::{Read, Write};
+    const OPS: &str = "ops-token-for-idle";
+    let (proxy, admin, backends) = with_admin(OPS);
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
+    let old = pid_in(&proxy);
+    // A slow request keeps the old process draining (2 s) after the hand-over, so that the idle
+    // connection's end below is its front door's doing, not the process's exit.
+    backends[0].control.set_delay(Duration::from_millis(1500));
+    let slow = {
+        let url = proxy.url("/slow");
+        std::thread::spawn(move || ureq::get(&url).call().map(|r| r.status()).ok())
+    };
+    let request =
+        format!("GET /v1/status HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {OPS}\r\n\r\n");
+    let mut idle = std::net::TcpStream::connect(admin).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    idle.write_all(request.as_bytes()).unwrap();
+    let first = read_answer(&mut idle);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    std::thread::sleep(Duration::from_millis(100));
+    let (code, report) = upgrade_command(&proxy, &[]);
+    assert_eq!(code, 0, "{report}\n{}", proxy.log());
+    let mut rest = Vec::new();
+    let read = idle.read_to_end(&mut rest);
+    assert!(
+        matches!(read, Ok(0)),
+        "the idle connection ends without an answer: {read:?} {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(running(old), "closed while the old process still drains");
+    assert_eq!(
+        slow.join().unwrap().unwrap(),
+        200,
+        "the slow request finished"
+    );
+    // The client's next connection reaches the new process.
+    let mut next = std::net::TcpStream::connect(admin).unwrap();
+    next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    next.write_all(request.as_bytes()).unwrap();
+    let answer = read_answer(&mut next);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    signal(pid_in(&proxy), "INT");
+}
+
+/// One HTTP/1.1 answer with a Content-Length body, read from `conn`.
+fn read_answer(conn: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before a whole answer: {text:?}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Admin changes at 10 per second across two upgrades: every acknowledged change has a revision of
 /// its own, in order, each with one audit line, and the last one acknowledged is what serves after.
 /// During a hand-over the old process answers 503 with Retry-After, retried here as `ctl` does.

@@ -283,6 +283,7 @@ impl<A: ServeHttp + Send + Sync + 'static> crate::front::Service for AdminFront<
     type Pipeline = pingora::apps::http_app::HttpServer<A>;
     type Request = std::convert::Infallible;
     const COUNTED: bool = false;
+    const CLOSES_IDLE_AT_SHUTDOWN: bool = true;
 
     fn limits(&self) -> crate::config::Limits {
         crate::config::Limits::from_config(&self.state.load().config.server.limits)

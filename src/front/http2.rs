@@ -9,6 +9,11 @@
 //! - Shutdown (an upgrade, SIGTERM) sends the same GOAWAY; streams already open finish.
 //! - A connection whose client sends stream after malformed stream is closed past
 //!   [`MALFORMED_STREAMS`].
+//! - After `limits.max_requests_per_connection` streams the connection is closed the same way, as
+//!   an HTTP/1 connection is after as many requests.
+//! - Its memory is bounded ([`options`]): at most [`MAX_STREAMS`] streams at once, a request head
+//!   (its header list) of at most `limits.max_head_bytes` as over HTTP/1, request bodies by HTTP/2's
+//!   flow-control windows, and what waits to be sent to a slow client by [`SEND_BUFFER`] a stream.
 //!
 //! Pingora's own loop closes an idle connection without a GOAWAY and knows no deadline for the first
 //! request; that is why this one exists.
@@ -26,6 +31,26 @@ use tokio::sync::Notify;
 
 /// Malformed streams a connection may open before it is closed (as Pingora's own loop allows).
 pub const MALFORMED_STREAMS: usize = 32;
+/// Streams a client may have open at once on one connection (nginx's `http2_max_concurrent_streams`).
+pub const MAX_STREAMS: u32 = 128;
+/// What waits to be sent to the client, per stream; a slow reader holds its response's upstream
+/// reads back beyond it (the h2 crate's default is 400 KB).
+pub const SEND_BUFFER: usize = 64 * 1024;
+/// The flow-control window a stream and the connection open to a client's request bodies: what
+/// the client may send before it is read (HTTP/2's default).
+const RECV_WINDOW: u32 = 65_535;
+
+/// The HTTP/2 settings of a connection under `limits`: the bounds above.
+pub fn options(limits: &Limits) -> h2::server::Builder {
+    let mut options = h2::server::Builder::new();
+    options
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+        .max_send_buffer_size(SEND_BUFFER)
+        .initial_window_size(RECV_WINDOW)
+        .initial_connection_window_size(RECV_WINDOW);
+    options
+}
 /// The longest a closing connection waits for its open streams to finish and its GOAWAY to go out.
 const CLOSING: Duration = Duration::from_secs(30);
 
@@ -86,8 +111,8 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
         proxy_digest: stream.get_proxy_digest(),
         socket_digest: stream.get_socket_digest(),
     });
-    let options = app.h2_options();
-    let handshake = tokio::time::timeout(limits.header_timeout, handshake(stream, options));
+    let handshake = handshake(stream, Some(options(limits)));
+    let handshake = tokio::time::timeout(limits.header_timeout, handshake);
     let mut conn = match handshake.await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
@@ -98,11 +123,11 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
     };
     let open = Arc::new(Open::default());
     let mut shutdown = shutdown.clone();
-    let mut requested = false;
+    let mut served = 0u32;
     let mut malformed = 0usize;
     loop {
         // Before the first request, `header_timeout`; between requests, `keepalive_timeout`.
-        let idle = if !requested {
+        let idle = if served == 0 {
             limits.header_timeout
         } else {
             limits.keepalive_timeout
@@ -118,8 +143,11 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
         };
         match accepted {
             Ok(Some(H2Accept::Session(session))) => {
-                requested = true;
+                served = served.saturating_add(1);
                 spawn(app, session, &open, &shutdown);
+                if served >= limits.max_requests_per_connection {
+                    break;
+                }
             }
             Ok(Some(H2Accept::Rejected)) => {
                 malformed += 1;

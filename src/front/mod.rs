@@ -67,6 +67,11 @@ pub trait Service: Send + Sync + 'static {
     type Request: Send + 'static;
     /// Whether a connection counts towards `limits.max_connections` and holds up the drain.
     const COUNTED: bool;
+    /// Whether a connection waiting for its next request is closed as soon as shutdown begins. The
+    /// admin API's are: after a hand-over its next request belongs to the new process, and a closed
+    /// idle connection sends the client there. The proxy keeps its own open (a request may be on its
+    /// way) and answers the next request with `Connection: close`.
+    const CLOSES_IDLE_AT_SHUTDOWN: bool;
 
     fn limits(&self) -> Limits;
     /// Whether a plain connection may speak HTTP/2 with prior knowledge.
@@ -250,6 +255,26 @@ impl<S: Service> Door<S> {
     }
 }
 
+/// Reads the connection's next request head; for a service that closes idle connections at
+/// shutdown, `Closed` once shutdown begins while nothing of a next request has come.
+async fn next_head<S: Service>(c: &mut Conn, shutdown: &ShutdownWatch) -> HeadRead {
+    if S::CLOSES_IDLE_AT_SHUTDOWN && c.buf.is_empty() {
+        let mut watch = shutdown.clone();
+        if *watch.borrow() {
+            return HeadRead::Closed;
+        }
+        tokio::select! {
+            biased;
+            read = read_head(c) => return read,
+            _ = watch.changed() => {}
+        }
+        if c.buf.is_empty() {
+            return HeadRead::Closed;
+        }
+    }
+    read_head(c).await
+}
+
 /// A refused head's method and path as the access log keeps them: never the query string (it may
 /// carry secrets).
 fn seen_for_log((method, target): (&str, &str)) -> Seen {
@@ -276,7 +301,7 @@ impl<S: Service> ServerApp for Door<S> {
         }
         let mut c = Conn::new(stream, limits);
         loop {
-            match read_head(&mut c).await {
+            match next_head::<S>(&mut c, shutdown).await {
                 HeadRead::Complete => {}
                 HeadRead::Closed => return None,
                 HeadRead::TooLarge => {

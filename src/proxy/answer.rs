@@ -114,66 +114,16 @@ pub(crate) async fn respond_json(
     respond_json_as(session, answer.status(), answer, ctx).await
 }
 
-/// The gRPC status a client is told for an HTTP error status of the proxy's own (gRPC's HTTP to
-/// gRPC status mapping; a timeout is DEADLINE_EXCEEDED).
-pub(crate) fn grpc_status_for(status: u16) -> u8 {
-    match status {
-        400 => 13,             // INTERNAL
-        401 => 16,             // UNAUTHENTICATED
-        403 => 7,              // PERMISSION_DENIED
-        404 => 12,             // UNIMPLEMENTED
-        408 | 504 => 4,        // DEADLINE_EXCEEDED
-        413 | 414 | 431 => 8,  // RESOURCE_EXHAUSTED
-        429 | 502 | 503 => 14, // UNAVAILABLE
-        _ => 2,                // UNKNOWN
-    }
-}
-
-/// A gRPC error made by the proxy itself: HTTP 200 with only headers (`grpc-status`, and
-/// `grpc-message` naming the reason, e.g. `switchyard: no_healthy_upstream`), as gRPC servers send a
-/// call that fails before any message.
-pub(crate) async fn respond_grpc(
-    session: &mut Session,
-    status: u16,
-    answer: Answer,
-    ctx: &mut Ctx,
-) -> Result<()> {
-    let code = grpc_status_for(status);
-    ctx.grpc_status = Some(code);
-    let reason = answer.reason();
-    let mut resp = ResponseHeader::build(200, Some(5))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
-    resp.insert_header("grpc-status", code.to_string())?;
-    resp.insert_header("grpc-message", format!("switchyard: {reason}"))?;
-    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
-    if !ctx.request_id.is_empty() {
-        resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
-    }
-    session.write_response_header(Box::new(resp), true).await
-}
-
-/// Whether a request is a gRPC call (`content-type: application/grpc`, `application/grpc+proto`...).
-pub(crate) fn is_grpc(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// The `grpc-status` of a response's headers or trailers.
-pub(crate) fn grpc_status_in(headers: &http::HeaderMap) -> Option<u8> {
-    let v = headers.get("grpc-status")?;
-    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
-}
-
 /// Writes a complete response made by the proxy itself: JSON, or to a gRPC call a gRPC status.
-pub(crate) async fn respond_json_as(
+async fn respond_json_as(
     session: &mut Session,
     status: u16,
     answer: Answer,
     ctx: &mut Ctx,
 ) -> Result<()> {
     if ctx.grpc {
-        return respond_grpc(session, status, answer, ctx).await;
+        let code = super::grpc::status_for(status);
+        return super::grpc::respond(session, code, answer.reason(), ctx).await;
     }
     let body = answer.body();
     let request_id = ctx.request_id.as_str();
@@ -187,4 +137,52 @@ pub(crate) async fn respond_json_as(
     session
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
         .await
+}
+
+/// The status Pingora's pipeline answers a failed request with; 0 when the client is gone.
+pub(crate) fn status_for_failure(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if *e.esource() == ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// Answers a request that failed with `e` on Pingora's pipeline (`status` from
+/// [`status_for_failure`]). A response that had begun can only be ended: a gRPC call with trailers
+/// naming the failure, another HTTP/2 response with a reset (an HTTP/1 one by closing).
+pub(crate) async fn answer_failure(
+    session: &mut Session,
+    e: &Error,
+    status: u16,
+    ctx: &mut PipeCtx,
+) -> Result<()> {
+    let begun = session.response_written().is_some();
+    match (ctx.grpc, begun) {
+        (true, _) => {
+            let (code, why) = super::grpc::failure(e, status);
+            if begun {
+                super::grpc::end_begun(session, code, &why, ctx);
+                Ok(())
+            } else {
+                super::grpc::respond(session, code, &why, ctx).await
+            }
+        }
+        (false, true) => {
+            super::grpc::reset_begun(session, super::grpc::reset_of(e));
+            Ok(())
+        }
+        (false, false) => respond_json_as(session, status, Answer::for_status(status), ctx).await,
+    }
 }

@@ -86,6 +86,8 @@ pub struct PipeCtx {
     pub shadow_client: Option<String>,
     /// A failed kept-alive upstream connection was already retried once for this request.
     pub retried_reused: bool,
+    /// A gRPC call's deadline, from its `grpc-timeout`.
+    pub grpc_deadline: Option<Instant>,
     /// Counts this request as in flight until it is done (shutdown waits for it; the front door
     /// counts connections, and a shadow copy outlives its primary's).
     _in_flight: crate::front::InFlight,
@@ -100,6 +102,7 @@ impl PipeCtx {
             shadow: false,
             shadow_client: None,
             retried_reused: false,
+            grpc_deadline: None,
             _in_flight: crate::front::InFlight::new(),
         }
     }

@@ -11,6 +11,7 @@ pub mod access_log;
 mod answer;
 mod checked;
 mod ctx;
+mod grpc;
 mod h1;
 pub mod mirror;
 mod request_id;
@@ -37,9 +38,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-pub(crate) use answer::{
-    grpc_status_in, is_grpc, respond_json, respond_json_as, upstream_error_kind, Answer,
-};
+pub(crate) use answer::{respond_json, upstream_error_kind, Answer};
 pub(crate) use checked::check_request;
 
 pub use crate::policy::headers::{CLIENT_HEADER, REQUEST_ID_HEADER, SHADOW_HEADER};
@@ -229,7 +228,10 @@ impl ProxyHttp for Proxy {
         }
         let snapshot = self.state.load();
         strip_internal_headers(session);
-        ctx.grpc = is_grpc(session.req_header());
+        ctx.grpc = grpc::is_grpc(session.req_header());
+        if ctx.grpc {
+            ctx.grpc_deadline = grpc::deadline(session.req_header(), ctx.started);
+        }
         let id_name = const { http::HeaderName::from_static(REQUEST_ID_HEADER) };
         ctx.request_id = request_id::settle(
             session
@@ -332,10 +334,16 @@ impl ProxyHttp for Proxy {
             ctx.backend = Some(b);
         }
         let pool = ctx.target.and_then(|t| ctx.snapshot.as_ref()?.pools.get(t));
-        match (pool, &ctx.backend) {
-            (Some(pool), Some(backend)) => Ok(pool.peer(backend)),
-            _ => Error::e_explain(ErrorType::InternalError, "decision names an unknown pool"),
+        let mut peer = match (pool, &ctx.backend) {
+            (Some(pool), Some(backend)) => pool.peer(backend),
+            _ => {
+                return Error::e_explain(ErrorType::InternalError, "decision names an unknown pool")
+            }
+        };
+        if let Some(until) = ctx.grpc_deadline {
+            grpc::bound_peer(&mut peer, until)?;
         }
+        Ok(peer)
     }
 
     fn fail_to_connect(
@@ -433,7 +441,7 @@ impl ProxyHttp for Proxy {
         }
         if ctx.grpc {
             // A call that fails before any message ends with its status in the headers.
-            ctx.grpc_status = grpc_status_in(&resp.headers);
+            ctx.grpc_status = grpc::status_in(&resp.headers);
         }
         if let Some(ready) = ctx.upstream_ready.take() {
             let us = ready.elapsed().as_micros() as u64;
@@ -483,6 +491,9 @@ impl ProxyHttp for Proxy {
         for (name, value) in headers::added_upstream(&ctx.request_id, client, ctx.shadow) {
             upstream_request.insert_header(name, value)?;
         }
+        if let Some(until) = ctx.grpc_deadline {
+            grpc::pass_on_timeout(upstream_request, until)?;
+        }
         one_content_length(upstream_request)
     }
 
@@ -493,7 +504,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut PipeCtx,
     ) -> Result<()> {
         if ctx.grpc {
-            if let Some(code) = grpc_status_in(trailers) {
+            if let Some(code) = grpc::status_in(trailers) {
                 ctx.grpc_status = Some(code);
             }
         }
@@ -598,29 +609,13 @@ impl ProxyHttp for Proxy {
                 can_reuse_downstream: false,
             };
         }
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                if *e.esource() == ErrorSource::Upstream =>
-            {
-                504
-            }
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = answer::status_for_failure(e);
         // Pingora's pipeline does not reuse a client connection after a failed exchange, so the answer
         // says `Connection: close` and means it (a client told keep-alive would send its next request
         // into a closing connection). The engine closes after the same answers.
         session.set_keepalive(None);
         if code > 0 {
-            let answer = Answer::for_status(code);
-            if let Err(err) = respond_json_as(session, code, answer, ctx).await {
+            if let Err(err) = answer::answer_failure(session, e, code, ctx).await {
                 log::debug!("could not send error response: {err}");
             }
         }

@@ -10,9 +10,11 @@
 
 pub mod etcd;
 pub mod fixture;
+pub mod http2;
 pub mod rollout;
 
 pub use fixture::Fixture;
+pub use http2::{edge_upstream, h2_connection, h2_scheme, tls_connector, EdgeUpstream};
 
 pub use switchyard::demo::backend::RunningBackend;
 

@@ -68,6 +68,7 @@ impl front::Service for Engine {
     type Pipeline = HttpProxy<Proxy>;
     type Request = Admitted;
     const COUNTED: bool = true;
+    const CLOSES_IDLE_AT_SHUTDOWN: bool = false;
 
     fn limits(&self) -> crate::config::Limits {
         self.proxy.limits()
