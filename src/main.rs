@@ -8,6 +8,16 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's collection on the calling thread: retired pages go back to its arenas, and free
+/// arena memory back to the system at once. Run by an idle connection's worker thread
+/// (`front::give_back_memory_with`).
+#[allow(unsafe_code)]
+fn collect_memory() {
+    // SAFETY: `mi_collect` takes no pointers and may be called on any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> std::process::ExitCode {
+    switchyard::front::give_back_memory_with(collect_memory);
     switchyard::cli::main()
 }

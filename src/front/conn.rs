@@ -21,6 +21,51 @@ pub const READ_CHUNK: usize = 16 * 1024;
 /// it, so that a typical head is written without growing its buffer.
 pub const OUT_CAPACITY: usize = 1024;
 
+/// How long after a connection gave its buffers back the worker thread hands freed memory back to
+/// the system ([`give_back_memory_with`]): past the allocator's own purge delay (mimalloc's 1 s),
+/// and within the few seconds an idle connection is measured after.
+pub const GIVE_BACK_AFTER: Duration = Duration::from_millis(1500);
+
+/// The allocator's collection, set once by the binary (`main.rs`: mimalloc's `mi_collect`).
+static GIVE_BACK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// A connection of this worker thread will hand freed memory back.
+    static GIVING_BACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Sets how freed memory goes back to the system. An allocator returns freed pages when it next
+/// runs on the thread that freed them; a worker whose connections have all gone idle does not run
+/// it, and would keep the buffers its idle connections gave back. So one idle connection per
+/// worker thread calls `collect` there [`GIVE_BACK_AFTER`] after giving its buffers back, at most
+/// once per that interval.
+pub fn give_back_memory_with(collect: fn()) {
+    let _ = GIVE_BACK.set(collect);
+}
+
+/// Held by the connection that will hand this thread's freed memory back.
+pub struct GivingBack(());
+
+impl GivingBack {
+    /// This connection, unless another of this thread's already will (or nothing is set).
+    fn elect() -> Option<GivingBack> {
+        GIVE_BACK.get()?;
+        (!GIVING_BACK.with(|g| g.replace(true))).then_some(GivingBack(()))
+    }
+
+    fn run(self) {
+        if let Some(collect) = GIVE_BACK.get() {
+            collect();
+        }
+    }
+}
+
+impl Drop for GivingBack {
+    fn drop(&mut self) {
+        GIVING_BACK.with(|g| g.set(false));
+    }
+}
+
 /// One client connection. The buffers the engine reads and writes through are the connection's, so
 /// that an idle connection gives all of them back.
 pub struct Conn {
@@ -39,6 +84,8 @@ pub struct Conn {
     pub limits: Limits,
     /// The buffers were given back while idle (see [`IDLE_RELEASE`]).
     pub lean: bool,
+    /// This idle connection will hand its thread's freed memory back.
+    pub giving_back: Option<GivingBack>,
 }
 
 impl Conn {
@@ -53,6 +100,7 @@ impl Conn {
             resp_out: Vec::with_capacity(OUT_CAPACITY),
             client_ip: None,
             served: 0,
+            giving_back: None,
         }
     }
 }
@@ -66,6 +114,7 @@ impl Conn {
         self.req_out = Vec::new();
         self.resp_out = Vec::new();
         self.lean = true;
+        self.giving_back = GivingBack::elect();
     }
 }
 
@@ -113,16 +162,33 @@ pub async fn read_head(c: &mut Conn) -> HeadRead {
             // so the connection is not closed under it; its answer will say `Connection: close`.
             // After IDLE_RELEASE the buffers are given back.
             let release = deadline.is_none() && !c.lean && wait > IDLE_RELEASE;
-            let wait = if release { IDLE_RELEASE } else { wait };
+            let give_back = c.giving_back.is_some() && wait > GIVE_BACK_AFTER;
+            let wait = match (release, give_back) {
+                (true, _) => IDLE_RELEASE,
+                (false, true) => GIVE_BACK_AFTER,
+                (false, false) => wait,
+            };
             let r = fast_timeout(wait, c.stream.read_buf(&mut c.buf)).await;
-            if release && r.is_err() && c.buf.is_empty() {
-                c.release_buffers();
-                continue;
+            if r.is_err() && c.buf.is_empty() {
+                if release {
+                    c.release_buffers();
+                    continue;
+                }
+                if give_back {
+                    if let Some(g) = c.giving_back.take() {
+                        g.run();
+                    }
+                    continue;
+                }
             }
             r
         };
         match read {
-            Ok(Ok(n)) if n > 0 => c.lean = false,
+            Ok(Ok(n)) if n > 0 => {
+                c.lean = false;
+                // Busy again: another idle connection of the thread may hand memory back.
+                c.giving_back = None;
+            }
             _ => return HeadRead::Closed,
         }
     }
@@ -216,5 +282,41 @@ mod tests {
         let mut got = [0u8; 3];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"abc");
+    }
+
+    static COLLECTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn count_collection() {
+        COLLECTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// One idle connection per thread gives freed memory back, once, a while after its buffers;
+    /// a connection that is busy again lets another do it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_connection_gives_its_threads_memory_back_once() {
+        give_back_memory_with(count_collection);
+        let (stream, mut client) = PlainTcp::accepted().await;
+        let limits = Limits {
+            keepalive_timeout: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let mut c = Conn::new(Box::new(stream), limits);
+        c.served = 1;
+        let waited = IDLE_RELEASE + GIVE_BACK_AFTER + Duration::from_millis(700);
+        let idle = tokio::time::timeout(waited, read_head(&mut c)).await;
+        assert!(idle.is_err(), "still waiting for a request");
+        assert!(c.lean && c.giving_back.is_none());
+        assert_eq!(COLLECTED.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Only one connection of a thread is elected at a time, until it is done.
+        let first = GivingBack::elect();
+        assert!(first.is_some() && GivingBack::elect().is_none());
+        drop(first);
+        assert!(GivingBack::elect().is_some());
+        // The connection still serves its next request.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(matches!(read_head(&mut c).await, HeadRead::Complete));
     }
 }

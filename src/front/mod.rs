@@ -34,7 +34,10 @@ mod head;
 mod http2;
 mod listener;
 
-pub use conn::{last_request, linger, nodelay, write_client, Conn, OUT_CAPACITY, READ_CHUNK};
+pub use conn::{
+    give_back_memory_with, last_request, linger, nodelay, write_client, Conn, OUT_CAPACITY,
+    READ_CHUNK,
+};
 pub use drain::{open_connections, Drain, InFlight};
 pub use head::{answer_head, classify, head_complete, Accepted, Head, RequestFields, MAX_FIELDS};
 pub use listener::{PlainTcp, TcpListeners};
@@ -210,6 +213,7 @@ impl<S: Service> Door<S> {
             served,
             limits,
             lean,
+            giving_back,
         } = c;
         // Pingora writes a response head and its body separately.
         nodelay(&stream);
@@ -251,6 +255,7 @@ impl<S: Service> Door<S> {
             served,
             limits,
             lean,
+            giving_back,
         })
     }
 }
