@@ -6,8 +6,12 @@ one request, read the answer and stay open; the peer's resident memory (all its 
 right after the answers and again after `--idle` seconds. Reported: bytes per connection over the
 peer's own baseline. Loopback only; every process is stopped at the end.
 
+`--protocol` is `h1` (HTTP/1.1), `h2c` (HTTP/2 with prior knowledge on a plain listener) or `h2`
+(HTTP/2 over TLS, by ALPN; a self-signed certificate made with openssl). HTTP/2 needs the `h2` Python
+package (pip install h2); HAProxy is measured over HTTP/1 only.
+
     perf/idle_memory.py [--connections 10000] [--idle 3] [--peers switchyard,nginx,haproxy]
-                        [--switchyard target/release/switchyard]
+                        [--protocol h1] [--switchyard target/release/switchyard]
 """
 
 import argparse
@@ -17,6 +21,7 @@ import os
 import resource
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -71,12 +76,26 @@ def upstream():
     return server.server_address[1]
 
 
-def start(peer, port, up, work, switchyard, n):
+def self_signed(work):
+    """A certificate and key for localhost, made with openssl."""
+    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def start(peer, port, up, work, switchyard, n, protocol):
+    tls = self_signed(work) if protocol == "h2" else None
     if peer == "switchyard":
         conf = os.path.join(work, "switchyard.yaml")
+        listen = f"listen: ['127.0.0.1:{free_port()}'], " if tls else f"listen: ['127.0.0.1:{port}'], "
+        tls_conf = f"tls: [{{listen: '127.0.0.1:{port}', cert: {tls[0]}, key: {tls[1]}}}], " if tls else ""
         with open(conf, "w") as f:
             f.write(
-                f"server: {{listen: ['127.0.0.1:{port}'], threads: 1, pid_file: {work}/sy.pid, "
+                f"server: {{{listen}{tls_conf}threads: 1, pid_file: {work}/sy.pid, "
                 f"upgrade_sock: {work}/sy.sock, state_dir: {work}/state, access_log: off}}\n"
                 f"upstreams: {{up: {{backends: ['127.0.0.1:{up}']}}}}\n"
                 "routes: [{name: all, split: {targets: {up: 1}}}]\n"
@@ -84,13 +103,19 @@ def start(peer, port, up, work, switchyard, n):
         return subprocess.Popen([switchyard, "run", "-c", conf], stderr=subprocess.DEVNULL)
     if peer == "nginx":
         conf = os.path.join(work, "nginx.conf")
+        listen = {
+            "h1": f"listen 127.0.0.1:{port};",
+            "h2c": f"listen 127.0.0.1:{port} http2;",
+            "h2": f"listen 127.0.0.1:{port} ssl http2; ssl_certificate {tls[0] if tls else ''}; "
+                  f"ssl_certificate_key {tls[1] if tls else ''};",
+        }[protocol]
         with open(conf, "w") as f:
             f.write(
                 f"daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx.err;\n"
                 "events { worker_connections 40000; }\n"
                 "http { access_log off; keepalive_timeout 60s;\n"
                 f"  upstream up {{ server 127.0.0.1:{up}; keepalive 32; }}\n"
-                f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up;"
+                f"  server {{ {listen} location / {{ proxy_pass http://up;"
                 " proxy_http_version 1.1; proxy_set_header Connection \"\"; } } }\n"
             )
         return subprocess.Popen(["nginx", "-c", conf, "-p", work], stderr=subprocess.DEVNULL)
@@ -105,14 +130,79 @@ def start(peer, port, up, work, switchyard, n):
                 f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n"
                 f"backend b\n  server s1 127.0.0.1:{up}\n"
             )
+        if protocol != "h1":
+            raise SystemExit("HAProxy is measured over HTTP/1 only")
         return subprocess.Popen(["haproxy", "-f", conf], stderr=subprocess.DEVNULL)
     raise SystemExit(f"unknown peer {peer}")
 
 
-def measure(peer, n, idle, switchyard, up):
+def import_h2():
+    """The `h2` package (not perf/h2.py beside this script)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    try:
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        return h2
+    finally:
+        sys.path[:] = saved
+
+
+class Client:
+    """One client connection that sends one GET and reads its whole answer."""
+
+    def __init__(self, port, protocol):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.protocol = protocol
+        if protocol == "h2":
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["h2"])
+            self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
+            if self.sock.selected_alpn_protocol() != "h2":
+                raise SystemExit("the TLS listener did not choose h2")
+        if protocol == "h1":
+            self.sock.sendall(b"GET / HTTP/1.1\r\nHost: idle.test\r\n\r\n")
+            return
+        h2 = import_h2()
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.h2.initiate_connection()
+        scheme = "https" if protocol == "h2" else "http"
+        headers = [(":method", "GET"), (":path", "/"), (":scheme", scheme), (":authority", "idle.test")]
+        self.h2.send_headers(1, headers, end_stream=True)
+        self.sock.sendall(self.h2.data_to_send())
+
+    def read_answer(self):
+        if self.protocol == "h1":
+            buf = b""
+            while not (b"\r\n\r\n" in buf and buf.endswith(b"ok")):
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    raise SystemExit("a connection closed before its answer")
+                buf += chunk
+            return
+        h2 = import_h2()
+        while True:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise SystemExit("an HTTP/2 connection closed before its answer")
+            events = self.h2.receive_data(chunk)
+            self.sock.sendall(self.h2.data_to_send())
+            if any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 1 for e in events):
+                return
+
+    def close(self):
+        self.sock.close()
+
+
+def measure(peer, n, idle, switchyard, up, protocol):
     work = tempfile.mkdtemp(prefix=f"idle-{peer}-")
     port = free_port()
-    proc = start(peer, port, up, work, switchyard, n)
+    proc = start(peer, port, up, work, switchyard, n, protocol)
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
@@ -125,16 +215,9 @@ def measure(peer, n, idle, switchyard, up):
     socks = []
     try:
         for _ in range(n):
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"GET / HTTP/1.1\r\nHost: idle.test\r\n\r\n")
-            socks.append(s)
+            socks.append(Client(port, protocol))
         for s in socks:
-            buf = b""
-            while not (b"\r\n\r\n" in buf and buf.endswith(b"ok")):
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise SystemExit(f"{peer}: a connection closed before its answer")
-                buf += chunk
+            s.read_answer()
         time.sleep(0.3)
         answered = rss_kb(proc.pid)
         time.sleep(idle)
@@ -151,6 +234,7 @@ def measure(peer, n, idle, switchyard, up):
     per = lambda kb: round((kb - base) * 1024 / n)
     return {
         "peer": peer,
+        "protocol": protocol,
         "connections": n,
         "rss_base_kib": base,
         "rss_answered_kib": answered,
@@ -166,13 +250,17 @@ def main():
     ap.add_argument("--idle", type=float, default=3.0)
     ap.add_argument("--peers", default="switchyard,nginx,haproxy")
     ap.add_argument("--switchyard", default="target/release/switchyard")
+    ap.add_argument("--protocol", default="h1", choices=["h1", "h2c", "h2"])
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 2 * args.connections + 1000
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
     up = upstream()
-    rows = [measure(p, args.connections, args.idle, args.switchyard, up) for p in args.peers.split(",")]
+    rows = [
+        measure(p, args.connections, args.idle, args.switchyard, up, args.protocol)
+        for p in args.peers.split(",")
+    ]
     json.dump(rows, sys.stdout, indent=1)
     print()
 

@@ -5,7 +5,7 @@
 //! the stream. Without the fence a client that sends its next request before the answer to this
 //! one (pipelining) has that request taken for stray data and refused.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::{
@@ -70,7 +70,12 @@ impl AsyncRead for Fenced {
         let this = self.get_mut();
         if !this.front.is_empty() {
             let n = this.front.len().min(buf.remaining());
-            buf.put_slice(&this.front.split_to(n));
+            buf.put_slice(&this.front[..n]);
+            this.front.advance(n);
+            if this.front.is_empty() {
+                // Its buffer is given back, not kept for the life of the connection.
+                this.front = BytesMut::new();
+            }
             return Poll::Ready(Ok(()));
         }
         match this.left {

@@ -316,9 +316,11 @@ impl<S: Service> ServerApp for Door<S> {
                 }
             }
             if c.served == 0 && self.service.h2c() && c.buf.starts_with(H2_PREFACE_HEAD) {
-                // HTTP/2 with prior knowledge: the whole connection is HTTP/2's.
-                let rewound: Stream = Box::new(fence::Fenced::rewound(c.stream, c.buf));
-                Box::pin(http2::serve(&self.pipeline, rewound, &c.limits, shutdown)).await;
+                // HTTP/2 with prior knowledge: the whole connection is HTTP/2's. The HTTP/1
+                // buffers are dropped here, not held for the life of the connection.
+                let Conn { stream, buf, .. } = c;
+                let rewound: Stream = Box::new(fence::Fenced::rewound(stream, buf));
+                Box::pin(http2::serve(&self.pipeline, rewound, &limits, shutdown)).await;
                 return None;
             }
             // Everything after the head runs in a boxed future: an idle keep-alive connection's task

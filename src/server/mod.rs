@@ -191,7 +191,13 @@ fn add_tls<A>(service: &mut Service<A>, tls: &[crate::config::TlsListener]) -> a
                 format!("TLS listener {} (cert {}, key {})", t.listen, t.cert, t.key)
             })?;
         settings.enable_h2();
-        service.add_tls_with_settings(&t.listen, None, settings);
+        // No 64 KB read buffer under TLS for each connection's life: rustls reads whole records
+        // itself, and an idle TLS connection then holds rustls's state, not a buffer besides it.
+        let buffers = pingora::listeners::L4BufferSettings::default().read(0);
+        let listener = pingora::listeners::ListenerConfig::tcp(t.listen.as_str())
+            .tls(settings)
+            .l4_buffer(buffers);
+        service.add_listener(listener);
     }
     Ok(())
 }
