@@ -141,6 +141,8 @@ http {{
   upgrade_sock: {WORK}/upgrade.sock
   state_dir: {WORK}/state
   access_log: off
+  # As nginx's keepalive_requests above: h2load does not reopen a connection the proxy ends.
+  limits: {{max_requests_per_connection: 100000000}}
 upstreams:
   v1: {{backends: ["127.0.0.1:{UPSTREAM}"]}}
   greeter: {{protocol: h2c, backends: ["127.0.0.1:{GRPC_UPSTREAM}"]}}
