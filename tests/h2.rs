@@ -189,7 +189,8 @@ on_every_path!(
     http1_keeps_working_next_to_http2_on_the_same_listener,
     with_h2c_off_the_preface_is_refused_as_a_malformed_request,
     idle_http2_connections_are_closed_with_a_goaway,
-    http2_connections_are_bounded_as_http1_ones_are
+    http2_connections_are_bounded_as_http1_ones_are,
+    http2_streams_across_an_upgrade_are_served_or_refused_unprocessed
 );
 
 /// Whether a client connection ended as one the proxy closed with a GOAWAY: the h2 client ends it
@@ -300,6 +301,130 @@ fn http2_connections_are_bounded_as_http1_ones_are() {
         assert_eq!(response.await.unwrap().status(), 431);
     });
     assert_eq!(v1.control.requests(), 3);
+}
+
+/// How the streams of HTTP/2 clients ended across an upgrade.
+#[derive(Default, Debug)]
+struct Streams {
+    ok: u64,
+    /// Refused unprocessed: above the GOAWAY's last stream id, or REFUSED_STREAM. A client sends
+    /// them again on a new connection (as browsers do), and they count apart from failures.
+    unprocessed: u64,
+    failed: Vec<String>,
+    /// Connections opened: one more each time the proxy ended one with a GOAWAY.
+    connections: u64,
+}
+
+/// HTTP/2 clients keep 10 streams in flight each through `switchyard upgrade`: the old process sends
+/// GOAWAY with the last stream it will serve and finishes those; every other stream is refused
+/// unprocessed, so nothing a client sent is lost or half-done.
+fn http2_streams_across_an_upgrade_are_served_or_refused_unprocessed() {
+    let v1 = backend("v1");
+    let proxy = ProxyProcess::start(
+        &Fixture::new()
+            .upstream("v1", v1.addr)
+            .route("name: api\nmatch: {path_prefix: /}\nsplit: {targets: {v1: 100}}")
+            .yaml(),
+    );
+    let old = pid_in(&proxy);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, tls, scheme) = (proxy.addr, proxy.tls_addr, h2_scheme(&proxy));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || client_runtime().block_on(h2_load(addr, tls, scheme, stop)))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (code, report) = upgrade_command(&proxy, &[]);
+    assert_eq!(code, 0, "{report}\n{}", proxy.log());
+    assert!(eventually(std::time::Duration::from_secs(8), || !running(
+        old
+    )));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let streams = load.join().unwrap();
+    signal(pid_in(&proxy), "INT");
+    assert!(streams.failed.is_empty(), "{streams:?}");
+    assert!(streams.ok > 100, "{streams:?}");
+    assert!(
+        streams.connections >= 2,
+        "the old process ended its connection and a new one took over: {streams:?}"
+    );
+}
+
+/// Connections of 10 streams in flight each, one after the other, until `stop`.
+async fn h2_load(
+    addr: std::net::SocketAddr,
+    tls: Option<std::net::SocketAddr>,
+    scheme: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Streams {
+    let mut streams = Streams::default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+        let client = match tls {
+            None => {
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                h2::client::handshake(tcp).await.map(|(c, conn)| {
+                    tokio::spawn(conn);
+                    c
+                })
+            }
+            Some(tls_addr) => {
+                let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let io = tls_connector().connect(name, tcp).await.unwrap();
+                h2::client::handshake(io).await.map(|(c, conn)| {
+                    tokio::spawn(conn);
+                    c
+                })
+            }
+        };
+        let Ok(client) = client else {
+            continue;
+        };
+        streams.connections += 1;
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let client = client.clone();
+            let stop = stop.clone();
+            calls.spawn(async move {
+                let mut got = Streams::default();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut ready) = client.clone().ready().await else {
+                        return got; // the connection is closing: a new one takes over
+                    };
+                    let req = http::Request::get(format!("{scheme}://localhost/a"))
+                        .body(())
+                        .unwrap();
+                    let sent = match ready.send_request(req, true) {
+                        Ok((response, _)) => response.await,
+                        Err(e) => Err(e),
+                    };
+                    match sent {
+                        Ok(r) if r.status() == 200 => got.ok += 1,
+                        Ok(r) => got.failed.push(format!("status {}", r.status())),
+                        Err(e)
+                            if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) =>
+                        {
+                            got.unprocessed += 1;
+                            return got;
+                        }
+                        Err(e) => {
+                            got.failed.push(e.to_string());
+                            return got;
+                        }
+                    }
+                }
+                got
+            });
+        }
+        while let Some(Ok(got)) = calls.join_next().await {
+            streams.ok += got.ok;
+            streams.unprocessed += got.unprocessed;
+            streams.failed.extend(got.failed);
+        }
+    }
+    streams
 }
 
 fn with_h2c_off_the_preface_is_refused_as_a_malformed_request() {

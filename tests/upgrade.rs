@@ -102,40 +102,6 @@ fn audited_revisions(audit: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
-fn pid_in(proxy: &ProxyProcess) -> u32 {
-    std::fs::read_to_string(proxy.dir.join("switchyard.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-}
-
-/// `switchyard upgrade -c FILE`, its log appended to the instance's.
-fn upgrade_command(proxy: &ProxyProcess, extra: &[&str]) -> (i32, String) {
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(proxy.dir.join("switchyard.log"))
-        .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("upgrade")
-        .arg("-c")
-        .arg(proxy.config_path())
-        .args(extra)
-        .env("RUST_LOG", "warn,switchyard=info")
-        .stderr(log)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 /// Three upgrades in a row with `switchyard upgrade`, under keep-alive clients and a connection per
 /// request at once: not one request fails, and each old process is gone within its drain (2 s here).
 fn switchyard_upgrade_under_load_loses_nothing_three_times_in_a_row() {
