@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
 """Binary upgrades under load: `switchyard upgrade` N times while clients send requests at a fixed rate,
-with keep-alive connections and with a connection per request, at the same time.
+with keep-alive connections, with a connection per request, and over HTTP/2 (h2c on the plain listener
+and h2 over TLS), at the same time.
+
+An HTTP/2 stream the old process refused unprocessed (above the last stream id of its GOAWAY, or reset
+with REFUSED_STREAM) is counted apart, as `unprocessed`, and sent again on a new connection, as browsers
+and gRPC clients do; it is not a failure. The HTTP/2 clients are examples/h2_upgrade_load.rs (the `h2` crate),
+built by perf/upgrade.sh.
 
 Prints, per upgrade, the requests that failed (a reset, an empty reply, a timeout or a status other than
 200), how long the old process took to exit after the hand-over, and over the whole run the longest gap
 in service (the longest time in which no request succeeded). Loopback only; every process it starts is
 stopped at the end, and the run is bounded by --upgrades and --pause.
 
-    perf/upgrade.py [--upgrades 20] [--rate 400] [--pause 1.0] [--switchyard target/release/switchyard]
+    perf/upgrade.py [--upgrades 20] [--rate 400] [--pause 1.0] [--modes keep-alive,close,h2c,h2]
+                    [--switchyard target/release/switchyard]
 """
 
 import argparse
@@ -111,6 +118,34 @@ class Client(threading.Thread):
                 sock = None
 
 
+class H2Load:
+    """The HTTP/2 clients of one mode (h2c, or h2 over TLS): examples/h2_upgrade_load.rs, until stopped.
+    Its log joins the others, on this script's clock."""
+
+    def __init__(self, binary, port, rate, clients, tls, log):
+        args = [binary, "--addr", f"127.0.0.1:{port}", "--rate", str(rate), "--clients", str(clients)]
+        if tls:
+            args.append("--tls")
+        self.offset = time.time() - time.monotonic()
+        self.log = log
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def join(self, timeout=None):
+        out, _ = self.proc.communicate(timeout=timeout)  # closing stdin stops it
+        for line in out.splitlines():
+            r = json.loads(line)
+            ok = True if r["r"] == "ok" else None if r["r"] == "unprocessed" else False
+            self.log.append((r["s"] - self.offset, r["e"] - self.offset, ok, None if ok else r["r"]))
+
+
+def self_signed(work):
+    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -126,16 +161,21 @@ def main():
     ap.add_argument("--clients", type=int, default=4, help="clients per mode")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between upgrades")
     ap.add_argument("--switchyard", default="target/release/switchyard")
+    ap.add_argument("--modes", default="keep-alive,close,h2c,h2")
+    ap.add_argument("--h2-load", default="target/release/examples/h2_upgrade_load")
     args = ap.parse_args()
+    modes = args.modes.split(",")
 
     upstream = ThreadingServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     work = tempfile.mkdtemp(prefix="switchyard-upgrade-")
-    port = free_port()
+    port, tls_port = free_port(), free_port()
+    cert, key = self_signed(work)
     conf = os.path.join(work, "switchyard.yaml")
     with open(conf, "w") as f:
         f.write(
-            f"server: {{listen: ['127.0.0.1:{port}'], threads: 2, pid_file: {work}/sy.pid, "
+            f"server: {{listen: ['127.0.0.1:{port}'], tls: [{{listen: '127.0.0.1:{tls_port}', cert: {cert}, "
+            f"key: {key}}}], threads: 2, pid_file: {work}/sy.pid, "
             f"upgrade_sock: {work}/upgrade.sock, grace_period: 5s, shutdown_timeout: 2s, "
             f"state_dir: {work}/state, access_log: 'off'}}\n"
             f"upstreams:\n  v1: {{backends: ['127.0.0.1:{upstream.server_address[1]}']}}\n"
@@ -151,11 +191,16 @@ def main():
             time.sleep(0.05)
 
     stop = threading.Event()
-    logs = {"keep-alive": [], "close": []}
+    logs = {mode: [] for mode in modes}
     clients = []
-    for mode, keep_alive in (("keep-alive", True), ("close", False)):
+    h2_loads = []
+    for mode in modes:
+        if mode in ("h2c", "h2"):
+            target = tls_port if mode == "h2" else port
+            h2_loads.append(H2Load(args.h2_load, target, args.rate, args.clients, mode == "h2", logs[mode]))
+            continue
         for _ in range(args.clients):
-            c = Client(port, args.rate / args.clients, keep_alive, stop, logs[mode])
+            c = Client(port, args.rate / args.clients, mode == "keep-alive", stop, logs[mode])
             c.start()
             clients.append(c)
     time.sleep(1.0)
@@ -184,6 +229,8 @@ def main():
         stop.set()
         for c in clients:
             c.join(timeout=10)
+        for h in h2_loads:
+            h.join(timeout=30)
         try:
             with open(os.path.join(work, "sy.pid")) as f:
                 os.kill(int(f.read().strip()), 2)
@@ -198,13 +245,19 @@ def main():
         row = dict(u)
         row.pop("started", None)
         for mode, log in logs.items():
-            row[f"failed_{mode}"] = sum(1 for s, _, ok, _ in log if not ok and bounds[i] <= s < bounds[i + 1])
+            row[f"failed_{mode}"] = sum(1 for s, _, ok, _ in log if ok is False and bounds[i] <= s < bounds[i + 1])
+            if mode.startswith("h2"):
+                row[f"unprocessed_{mode}"] = sum(
+                    1 for s, _, ok, _ in log if ok is None and bounds[i] <= s < bounds[i + 1])
         report["upgrades"].append(row)
     successes = sorted(end for log in logs.values() for _, end, ok, _ in log if ok)
     gaps = [b - a for a, b in zip(successes, successes[1:])]
     for mode, log in logs.items():
-        failures = [e for _, _, ok, e in log if not ok]
-        report["modes"][mode] = {"requests": len(log), "failed": len(failures), "errors": sorted(set(failures))[:5]}
+        failures = [e for _, _, ok, e in log if ok is False]
+        report["modes"][mode] = {"requests": sum(1 for _, _, ok, _ in log if ok is not None),
+                                 "failed": len(failures), "errors": sorted(set(failures))[:5]}
+        if mode.startswith("h2"):
+            report["modes"][mode]["unprocessed_resent"] = sum(1 for _, _, ok, _ in log if ok is None)
     report["longest_gap_ms"] = round(max(gaps) * 1000, 1) if gaps else None
     exits = [u["old_exit_s"] for u in upgrades if "old_exit_s" in u]
     report["old_exit_s"] = {"max": max(exits), "mean": round(sum(exits) / len(exits), 3)} if exits else None
