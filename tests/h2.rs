@@ -218,19 +218,27 @@ fn closed_with_goaway(
     }
 }
 
-/// `keepalive_timeout` closes an HTTP/2 connection with no stream open, and `header_timeout` one that
-/// never sends a request, as on HTTP/1, each with a GOAWAY (a request that crossed it is known to be
-/// unprocessed and can be sent again).
-fn idle_http2_connections_are_closed_with_a_goaway() {
-    let v1 = backend("v1");
-    let proxy = ProxyProcess::start_full(
+/// A proxy with one route, everything to `v1`, and more lines (`limits: ...`) in `server:`.
+fn one_route(v1: &RunningBackend, server_extra: &str) -> ProxyProcess {
+    ProxyProcess::start_full(
         &Fixture::new()
             .upstream("v1", v1.addr)
             .route("name: api\nmatch: {path_prefix: /}\nsplit: {targets: {v1: 100}}")
             .yaml(),
         "off",
-        "  limits: {keepalive_timeout: 1s, header_timeout: 1s}\n",
+        server_extra,
         std::process::Stdio::null(),
+    )
+}
+
+/// `keepalive_timeout` closes an HTTP/2 connection with no stream open, and `header_timeout` one that
+/// never sends a request, as on HTTP/1, each with a GOAWAY (a request that crossed it is known to be
+/// unprocessed and can be sent again).
+fn idle_http2_connections_are_closed_with_a_goaway() {
+    let v1 = backend("v1");
+    let proxy = one_route(
+        &v1,
+        "  limits: {keepalive_timeout: 1s, header_timeout: 1s}\n",
     );
     let scheme = h2_scheme(&proxy);
     client_runtime().block_on(async {
@@ -263,14 +271,9 @@ fn idle_http2_connections_are_closed_with_a_goaway() {
 /// at once (its SETTINGS say so).
 fn http2_connections_are_bounded_as_http1_ones_are() {
     let v1 = backend("v1");
-    let proxy = ProxyProcess::start_full(
-        &Fixture::new()
-            .upstream("v1", v1.addr)
-            .route("name: api\nmatch: {path_prefix: /}\nsplit: {targets: {v1: 100}}")
-            .yaml(),
-        "off",
+    let proxy = one_route(
+        &v1,
         "  limits: {max_requests_per_connection: 3, max_head_bytes: 4096}\n",
-        std::process::Stdio::null(),
     );
     let scheme = h2_scheme(&proxy);
     let get = |extra: Option<&str>| {
@@ -320,12 +323,7 @@ struct Streams {
 /// unprocessed, so nothing a client sent is lost or half-done.
 fn http2_streams_across_an_upgrade_are_served_or_refused_unprocessed() {
     let v1 = backend("v1");
-    let proxy = ProxyProcess::start(
-        &Fixture::new()
-            .upstream("v1", v1.addr)
-            .route("name: api\nmatch: {path_prefix: /}\nsplit: {targets: {v1: 100}}")
-            .yaml(),
-    );
+    let proxy = one_route(&v1, "");
     let old = pid_in(&proxy);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (addr, tls, scheme) = (proxy.addr, proxy.tls_addr, h2_scheme(&proxy));
