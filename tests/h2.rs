@@ -5,6 +5,8 @@
 
 mod common;
 use common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 const KEY: &str = "partner-key";
 
@@ -325,7 +327,7 @@ fn http2_streams_across_an_upgrade_are_served_or_refused_unprocessed() {
     let v1 = backend("v1");
     let proxy = one_route(&v1, "");
     let old = pid_in(&proxy);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let (addr, tls, scheme) = (proxy.addr, proxy.tls_addr, h2_scheme(&proxy));
     let load = {
         let stop = stop.clone();
@@ -338,7 +340,7 @@ fn http2_streams_across_an_upgrade_are_served_or_refused_unprocessed() {
         old
     )));
     std::thread::sleep(std::time::Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let streams = load.join().unwrap();
     signal(pid_in(&proxy), "INT");
     assert!(streams.failed.is_empty(), "{streams:?}");
@@ -354,11 +356,11 @@ async fn h2_load(
     addr: std::net::SocketAddr,
     tls: Option<std::net::SocketAddr>,
     scheme: &'static str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
 ) -> Streams {
     let mut streams = Streams::default();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
         let client = match tls {
             None => {
                 let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -387,7 +389,7 @@ async fn h2_load(
             let stop = stop.clone();
             calls.spawn(async move {
                 let mut got = Streams::default();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     let Ok(mut ready) = client.clone().ready().await else {
                         return got; // the connection is closing: a new one takes over
                     };

@@ -259,7 +259,7 @@ fn an_idle_admin_connection_is_closed_at_a_hand_over_not_answered_503_after_it()
     let mut idle = std::net::TcpStream::connect(admin).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     idle.write_all(request.as_bytes()).unwrap();
-    let first = read_answer(&mut idle);
+    let (first, _) = read_message(&mut idle, &mut Vec::new()).expect("an answer");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
 
     std::thread::sleep(Duration::from_millis(100));
@@ -282,35 +282,9 @@ fn an_idle_admin_connection_is_closed_at_a_hand_over_not_answered_503_after_it()
     let mut next = std::net::TcpStream::connect(admin).unwrap();
     next.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     next.write_all(request.as_bytes()).unwrap();
-    let answer = read_answer(&mut next);
+    let (answer, _) = read_message(&mut next, &mut Vec::new()).expect("an answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     signal(pid_in(&proxy), "INT");
-}
-
-/// One HTTP/1.1 answer with a Content-Length body, read from `conn`.
-fn read_answer(conn: &mut std::net::TcpStream) -> String {
-    use std::io::Read;
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if body.len() >= length {
-                return text;
-            }
-        }
-        let n = conn.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed before a whole answer: {text:?}");
-        got.extend_from_slice(&chunk[..n]);
-    }
 }
 
 /// Admin changes at 10 per second across two upgrades: every acknowledged change has a revision of

@@ -563,3 +563,72 @@ pub fn upgrade_command(proxy: &ProxyProcess, extra: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+/// Where `pat` first occurs in `buf`.
+pub fn find(buf: &[u8], pat: &[u8]) -> Option<usize> {
+    buf.windows(pat.len()).position(|w| w == pat)
+}
+
+/// Reads one HTTP/1.1 message (head, then a Content-Length or chunked body) from `s`, `buf` holding
+/// what was read before and keeping what follows. `None` at end of stream.
+pub fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(p) = find(buf, b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    buf.drain(..head_end);
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if let Some(l) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+    {
+        let n: usize = l.trim().parse().unwrap();
+        while buf.len() < n {
+            let k = s.read(&mut chunk).ok()?;
+            if k == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..k]);
+        }
+        body = buf.drain(..n).collect();
+    } else if lower.contains("transfer-encoding: chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(p) = find(buf, b"\r\n") {
+                    break p;
+                }
+                let k = s.read(&mut chunk).ok()?;
+                buf.extend_from_slice(&chunk[..k]);
+            };
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&buf[..line_end])
+                    .split(';')
+                    .next()?
+                    .trim(),
+                16,
+            )
+            .ok()?;
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                let k = s.read(&mut chunk).ok()?;
+                buf.extend_from_slice(&chunk[..k]);
+            }
+            body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    Some((head, body))
+}
