@@ -13,7 +13,12 @@ seconds per round. Two scenarios:
 Reported per proxy and scenario: requests per second, and the proxy's CPU time per request (user +
 system, from /proc), each also as a ratio to nginx's.
 
-Usage: perf/h2.py [--duration 10] [--rounds 3] [--scenario http,grpc] [--switchyard target/release/switchyard]
+Switchyard runs twice: as configured by default (its engine serves HTTP/2 streams to HTTP/1.1
+upstreams) and as `switchyard-pingora` (`server.http1_engine: false`: every stream on Pingora's
+pipeline, the fallback path).
+
+Usage: perf/h2.py [--duration 10] [--rounds 3] [--scenario http,grpc] [--peers switchyard,switchyard-pingora,nginx]
+                  [--switchyard target/release/switchyard]
 Needs: nginx (with http_v2), h2load (Debian's nghttp2-client), openssl, taskset. Loopback only;
 everything it starts is stopped at the end.
 """
@@ -32,7 +37,7 @@ WORK = "/tmp/switchyard-perf-h2"
 UPSTREAM = 19101
 GRPC_UPSTREAM = 19102
 GRPC_PATH = "/helloworld.Greeter/SayHello"
-PORTS = {"switchyard": 18443, "nginx": 18444}
+PORTS = {"switchyard": 18443, "nginx": 18444, "switchyard-pingora": 18446}
 
 
 def wait_port(port, timeout=15):
@@ -132,16 +137,18 @@ http {{
   }}
 }}
 """)
-    with open(f"{WORK}/switchyard.yaml", "w") as f:
-        f.write(f"""server:
-  listen: ["127.0.0.1:18445"]
-  tls: [{{listen: "127.0.0.1:{PORTS['switchyard']}", cert: {WORK}/cert.pem, key: {WORK}/key.pem}}]
+    for name, plain, engine in [("switchyard", 18445, ""), ("switchyard-pingora", 18447, "  http1_engine: false\n")]:
+        os.makedirs(f"{WORK}/{name}", exist_ok=True)
+        with open(f"{WORK}/{name}.yaml", "w") as f:
+            f.write(f"""server:
+  listen: ["127.0.0.1:{plain}"]
+  tls: [{{listen: "127.0.0.1:{PORTS[name]}", cert: {WORK}/cert.pem, key: {WORK}/key.pem}}]
   threads: 1
-  pid_file: {WORK}/switchyard.pid
-  upgrade_sock: {WORK}/upgrade.sock
-  state_dir: {WORK}/state
+  pid_file: {WORK}/{name}/switchyard.pid
+  upgrade_sock: {WORK}/{name}/upgrade.sock
+  state_dir: {WORK}/{name}/state
   access_log: off
-  # As nginx's keepalive_requests above: h2load does not reopen a connection the proxy ends.
+{engine}  # As nginx's keepalive_requests above: h2load does not reopen a connection the proxy ends.
   limits: {{max_requests_per_connection: 100000000}}
 upstreams:
   v1: {{backends: ["127.0.0.1:{UPSTREAM}"]}}
@@ -157,8 +164,8 @@ routes:
 
 
 def start(name, binary):
-    if name == "switchyard":
-        cmd = ["taskset", "-c", "1", binary, "run", "-c", f"{WORK}/switchyard.yaml"]
+    if name.startswith("switchyard"):
+        cmd = ["taskset", "-c", "1", binary, "run", "-c", f"{WORK}/{name}.yaml"]
     else:
         cmd = ["taskset", "-c", "1", "nginx", "-g", "daemon off;", "-c", f"{WORK}/nginx.conf"]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(f"{WORK}/{name}.log", "w"))
@@ -191,24 +198,30 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--switchyard", default="target/release/switchyard")
     ap.add_argument("--scenario", default="http,grpc", help="comma-separated: http, grpc")
+    ap.add_argument("--peers", default="switchyard,switchyard-pingora,nginx",
+                    help="comma-separated: switchyard (its engine), switchyard-pingora "
+                         "(server.http1_engine: false, Pingora's pipeline), nginx")
     args = ap.parse_args()
     scenarios = args.scenario.split(",")
+    peers = args.peers.split(",")
+    if "nginx" not in peers:
+        sys.exit("--peers must include nginx: the ratios are to it")
     write_files()
     upstream = subprocess.Popen(["taskset", "-c", "0", "nginx", "-g", "daemon off;", "-c", f"{WORK}/upstream.conf"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(UPSTREAM)
     wait_port(GRPC_UPSTREAM)
-    check_grpc(args.switchyard)
-    results = {(s, n): [] for s in scenarios for n in PORTS}
+    check_grpc(args.switchyard, peers)
+    results = {(s, n): [] for s in scenarios for n in peers}
     try:
         for r in range(args.rounds):
-            for scenario, name in [(s, n) for s in scenarios for n in PORTS]:
+            for scenario, name in [(s, n) for s in scenarios for n in peers]:
                 p = start(name, args.switchyard)
                 pids = children(p.pid)
                 before = cpu_seconds(pids)
                 ok, _ = h2load(PORTS[name], args.duration, scenario)
                 cpu = cpu_seconds(pids) - before
-                p.send_signal(signal.SIGINT if name == "switchyard" else signal.SIGQUIT)
+                p.send_signal(signal.SIGINT if name.startswith("switchyard") else signal.SIGQUIT)
                 try:
                     p.wait(10)
                 except subprocess.TimeoutExpired:
@@ -228,15 +241,15 @@ def main():
     for scenario in scenarios:
         nginx = results[(scenario, "nginx")]
         n_rps, n_us = med([x[0] for x in nginx]), med([x[1] for x in nginx])
-        for name in PORTS:
+        for name in peers:
             got = results[(scenario, name)]
             rps, us = med([x[0] for x in got]), med([x[1] for x in got])
             print(f"| {scenario} | {name} | {rps:,.0f} | {rps / n_rps:.2f} | {us:.1f} us | {us / n_us:.2f} |")
 
 
-def check_grpc(binary):
+def check_grpc(binary, peers):
     """One gRPC call through each proxy must come back with grpc-status 0 in its trailers."""
-    for name in PORTS:
+    for name in peers:
         p = start(name, binary)
         try:
             # nghttp (with h2load in nghttp2-client) prints every frame, the trailers included.
@@ -245,7 +258,7 @@ def check_grpc(binary):
                  "-d", f"{WORK}/request.bin", f"https://localhost:{PORTS[name]}{GRPC_PATH}"],
                 capture_output=True).stdout.decode("utf-8", "replace")
         finally:
-            p.send_signal(signal.SIGINT if name == "switchyard" else signal.SIGQUIT)
+            p.send_signal(signal.SIGINT if name.startswith("switchyard") else signal.SIGQUIT)
             p.wait(10)
         if ") grpc-status: 0" not in out:
             sys.exit(f"a gRPC call through {name} did not end with grpc-status 0:\n{out}")

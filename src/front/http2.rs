@@ -18,6 +18,7 @@
 //! Pingora's own loop closes an idle connection without a GOAWAY and knows no deadline for the first
 //! request; that is why this one exists.
 
+use super::Service;
 use crate::config::Limits;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::v2::server::{handshake, H2Accept, HttpSession};
@@ -98,9 +99,11 @@ impl Open {
     }
 }
 
-/// Serves the HTTP/2 connection `stream` (its preface not yet read) on `app`.
-pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
-    app: &Arc<A>,
+/// Serves the HTTP/2 connection `stream` (its preface not yet read): each stream on the service's
+/// engine when it takes it, else on `app`, Pingora's pipeline.
+pub async fn serve<S: Service>(
+    service: &Arc<S>,
+    app: &Arc<S::Pipeline>,
     stream: Stream,
     limits: &Limits,
     shutdown: &ShutdownWatch,
@@ -144,7 +147,7 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
         match accepted {
             Ok(Some(H2Accept::Session(session))) => {
                 served = served.saturating_add(1);
-                spawn(app, session, &open, &shutdown);
+                spawn(service, app, session, &open, &shutdown);
                 if served >= limits.max_requests_per_connection {
                     break;
                 }
@@ -160,29 +163,43 @@ pub async fn serve<A: HttpServerApp + Send + Sync + 'static>(
             Ok(None) | Err(_) => return,
         }
     }
-    close(app, conn, digest, &open, &shutdown).await;
+    close(service, app, conn, digest, &open, &shutdown).await;
 }
 
-/// Serves one stream in a task of its own, counted as open while it runs.
-fn spawn<A: HttpServerApp + Send + Sync + 'static>(
-    app: &Arc<A>,
+/// Serves one stream in a task of its own, counted as open while it runs: on the engine when it
+/// takes it, else on Pingora's pipeline.
+fn spawn<S: Service>(
+    service: &Arc<S>,
+    app: &Arc<S::Pipeline>,
     session: HttpSession,
     open: &Arc<Open>,
     shutdown: &ShutdownWatch,
 ) {
     let serving = Serving::start(open);
-    let (app, shutdown) = (app.clone(), shutdown.clone());
-    pingora_runtime::current_handle().spawn(async move {
-        let _serving = serving;
-        app.process_new_http(ServerSession::new_http2(session), &shutdown)
-            .await;
-    });
+    match service.take_stream(session) {
+        Ok(served) => {
+            // On this connection's thread: the engine's upstream pool is the thread's.
+            tokio::runtime::Handle::current().spawn(async move {
+                let _serving = serving;
+                served.await;
+            });
+        }
+        Err(session) => {
+            let (app, shutdown) = (app.clone(), shutdown.clone());
+            pingora_runtime::current_handle().spawn(async move {
+                let _serving = serving;
+                app.process_new_http(ServerSession::new_http2(session), &shutdown)
+                    .await;
+            });
+        }
+    }
 }
 
 /// Closes a connection: GOAWAY, then its open streams finish (and streams the client opened before
 /// it saw the GOAWAY are still served), within [`CLOSING`].
-async fn close<A: HttpServerApp + Send + Sync + 'static>(
-    app: &Arc<A>,
+async fn close<S: Service>(
+    service: &Arc<S>,
+    app: &Arc<S::Pipeline>,
     mut conn: h2::server::Connection<Stream, bytes::Bytes>,
     digest: Arc<Digest>,
     open: &Arc<Open>,
@@ -193,7 +210,9 @@ async fn close<A: HttpServerApp + Send + Sync + 'static>(
         loop {
             let accepted = HttpSession::from_h2_conn(&mut conn, digest.clone()).await;
             match accepted {
-                Ok(Some(H2Accept::Session(session))) => spawn(app, session, open, shutdown),
+                Ok(Some(H2Accept::Session(session))) => {
+                    spawn(service, app, session, open, shutdown)
+                }
                 Ok(Some(H2Accept::Rejected)) => {}
                 Ok(None) | Err(_) => return,
             }

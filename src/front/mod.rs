@@ -92,6 +92,11 @@ pub trait Service: Send + Sync + 'static {
         req: Self::Request,
         shutdown: &'a ShutdownWatch,
     ) -> Serving<'a>;
+    /// Takes an HTTP/2 stream for the engine, or gives it back for the pipeline.
+    #[allow(clippy::result_large_err)]
+    fn take_stream(self: &Arc<Self>, stream: H2Stream) -> Result<StreamServing, H2Stream> {
+        Err(stream)
+    }
     /// How a refused head is answered.
     fn refusal(&self, why: Refusal) -> Refusing;
     /// Counts and logs a refused head once its answer went out (`status`, 499 when it could not).
@@ -122,6 +127,12 @@ enum Judged<'a> {
     Pipeline(Option<u64>),
     Refused(Refusal, Option<Seen>),
 }
+
+/// An HTTP/2 stream, accepted and validated by Pingora's HTTP/2 session.
+pub type H2Stream = pingora::protocols::http::v2::server::HttpSession;
+
+/// The engine serving one HTTP/2 stream, in a task of its own.
+pub type StreamServing = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The engine serving one request.
 pub type Serving<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Next> + Send + 'a>>;
@@ -301,7 +312,14 @@ impl<S: Service> ServerApp for Door<S> {
             None
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            Box::pin(http2::serve(&self.pipeline, stream, &limits, shutdown)).await;
+            Box::pin(http2::serve(
+                &self.service,
+                &self.pipeline,
+                stream,
+                &limits,
+                shutdown,
+            ))
+            .await;
             return None;
         }
         let mut c = Conn::new(stream, limits);
@@ -320,7 +338,14 @@ impl<S: Service> ServerApp for Door<S> {
                 // buffers are dropped here, not held for the life of the connection.
                 let Conn { stream, buf, .. } = c;
                 let rewound: Stream = Box::new(fence::Fenced::rewound(stream, buf));
-                Box::pin(http2::serve(&self.pipeline, rewound, &limits, shutdown)).await;
+                Box::pin(http2::serve(
+                    &self.service,
+                    &self.pipeline,
+                    rewound,
+                    &limits,
+                    shutdown,
+                ))
+                .await;
                 return None;
             }
             // Everything after the head runs in a boxed future: an idle keep-alive connection's task

@@ -226,8 +226,15 @@ impl ProxyHttp for Proxy {
             let tag = mirror::ShadowTag::clone(tag);
             return shadow_request(session, ctx, tag);
         }
-        let snapshot = self.state.load();
-        strip_internal_headers(session);
+        let decided = session
+            .req_header_mut()
+            .extensions_mut()
+            .remove::<Decided>();
+        let snapshot = match &decided {
+            Some(d) => d.snapshot.clone(),
+            None => self.state.load(),
+        };
+        strip_internal_headers(session.req_header_mut());
         ctx.grpc = grpc::is_grpc(session.req_header());
         if ctx.grpc {
             ctx.grpc_deadline = grpc::deadline(session.req_header(), ctx.started);
@@ -264,7 +271,18 @@ impl ProxyHttp for Proxy {
             }
         };
 
-        let (outcome, mirror_wanted) = decide(session, &snapshot, route_path.as_deref());
+        let (outcome, mirror_wanted) = match decided {
+            Some(d) => (d.outcome, d.mirrored),
+            None => decide(
+                session.req_header(),
+                session
+                    .client_addr()
+                    .and_then(PeerAddr::as_inet)
+                    .map(|a| a.ip()),
+                &snapshot,
+                route_path.as_deref(),
+            ),
+        };
         let decision = match outcome {
             Outcome::Routed(d) => d,
             Outcome::NoRoute => {
@@ -564,34 +582,17 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         ctx.protocol = protocol_name(req.version);
         let request = || {
-            let header = |name: http::header::HeaderName| {
-                req.headers
-                    .get(name)
-                    .and_then(|v| access_log::logged_value(v.as_bytes()))
-            };
-            access_log::RequestLog {
-                method: req.method.clone(),
-                path: req.uri.path().to_string(),
-                host: req
-                    .uri
-                    .authority()
-                    .map(|a| a.as_str().to_string())
-                    .or_else(|| header(http::header::HOST)),
-                user_agent: header(http::header::USER_AGENT),
-                forwarded_for: header(http::HeaderName::from_static("x-forwarded-for")),
-                traceparent: req
-                    .headers
-                    .get("traceparent")
-                    .and_then(|v| access_log::valid_traceparent(v.as_bytes())),
-                client_addr: session
+            logged_request(
+                req,
+                session
                     .client_addr()
                     .and_then(|a| a.as_inet())
                     .map(|a| a.ip()),
-                tls_version: session
+                session
                     .digest()
                     .and_then(|d| d.ssl_digest.as_ref())
                     .map(|t| t.version.to_string()),
-            }
+            )
         };
         self.record(ctx, status, request);
     }
@@ -646,7 +647,7 @@ fn shadow_request(
     ctx.request_id = request_id;
     ctx.shadow_client = client;
     let backend = snapshot.pools.get(target).and_then(|p| p.select(&[]));
-    strip_internal_headers(session);
+    strip_internal_headers(session.req_header_mut());
     ctx.snapshot = Some(snapshot);
     match backend {
         Some(b) => {
@@ -660,10 +661,14 @@ fn shadow_request(
     }
 }
 
-/// The release decision for the request Pingora parsed (routed on `route_path` when the request
-/// rules normalised it), and whether it is mirrored.
-fn decide(session: &Session, snapshot: &Snapshot, route_path: Option<&str>) -> (Outcome, bool) {
-    let req = session.req_header();
+/// The release decision for a request Pingora parsed (routed on `route_path` when the request rules
+/// normalised it), and whether it is mirrored.
+fn decide(
+    req: &RequestHeader,
+    client_ip: Option<std::net::IpAddr>,
+    snapshot: &Snapshot,
+    route_path: Option<&str>,
+) -> (Outcome, bool) {
     let host = req
         .headers
         .get(http::header::HOST)
@@ -676,10 +681,7 @@ fn decide(session: &Session, snapshot: &Snapshot, route_path: Option<&str>) -> (
         path: route_path.unwrap_or(req.uri.path()),
         query: req.uri.query(),
         headers: (&req.headers).into(),
-        client_ip: session
-            .client_addr()
-            .and_then(PeerAddr::as_inet)
-            .map(|a| a.ip()),
+        client_ip,
     };
     let outcome = release::decide(&snapshot.table, &view, &mut random_bucket);
     let mirrored = match &outcome {
@@ -689,6 +691,47 @@ fn decide(session: &Session, snapshot: &Snapshot, route_path: Option<&str>) -> (
         _ => false,
     };
     (outcome, mirrored)
+}
+
+/// A decision made before the request reached Pingora's pipeline (by the engine, for an HTTP/2
+/// stream it gave back), kept in the request's extensions: the pipeline follows it rather than
+/// drawing a second time.
+#[derive(Clone)]
+pub(crate) struct Decided {
+    /// The snapshot it was decided on, which the request reads to its end.
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) outcome: Outcome,
+    pub(crate) mirrored: bool,
+}
+
+/// The method, path and fields of a request Pingora parsed, as the access log keeps them.
+fn logged_request(
+    req: &RequestHeader,
+    client_addr: Option<std::net::IpAddr>,
+    tls_version: Option<String>,
+) -> access_log::RequestLog {
+    let header = |name: http::header::HeaderName| {
+        req.headers
+            .get(name)
+            .and_then(|v| access_log::logged_value(v.as_bytes()))
+    };
+    access_log::RequestLog {
+        method: req.method.clone(),
+        path: req.uri.path().to_string(),
+        host: req
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| header(http::header::HOST)),
+        user_agent: header(http::header::USER_AGENT),
+        forwarded_for: header(http::HeaderName::from_static("x-forwarded-for")),
+        traceparent: req
+            .headers
+            .get("traceparent")
+            .and_then(|v| access_log::valid_traceparent(v.as_bytes())),
+        client_addr,
+        tls_version,
+    }
 }
 
 /// A healthy backend for the decision's target, or for the route's baseline when the target's pool is
@@ -715,15 +758,13 @@ fn random_bucket() -> u32 {
 }
 
 /// Removes every client-sent `X-Switchyard-*` header: only the proxy speaks in that namespace.
-fn strip_internal_headers(session: &mut Session) {
-    let names: Vec<http::HeaderName> = session
-        .req_header()
+fn strip_internal_headers(req: &mut RequestHeader) {
+    let names: Vec<http::HeaderName> = req
         .headers
         .keys()
         .filter(|k| headers::internal(k.as_str().as_bytes()))
         .cloned()
         .collect();
-    let req = session.req_header_mut();
     for name in names {
         req.remove_header(&name);
     }

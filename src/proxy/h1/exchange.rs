@@ -7,7 +7,7 @@ use super::shadow::{ShadowCopy, Tap};
 use super::{write_client, Conn, MAX_HEAD, MAX_RESPONSE_FIELDS, READ_CHUNK};
 use crate::front::head_complete;
 use crate::metrics::UpstreamError;
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use pingora::time::fast_timeout::fast_timeout;
 use std::future::Future;
 use std::mem::MaybeUninit;
@@ -116,33 +116,44 @@ pub(super) async fn read_response_head(
     c.up_buf.clear();
     let mut received = false;
     loop {
-        if head_complete(&c.up_buf) {
-            let n = match interim_len(&c.up_buf) {
-                None => return Ok(()),
-                Some(Ok(n)) => n,
-                Some(Err(())) => return Err(Some(invalid())),
-            };
-            if !write_client(&mut c.stream, &c.up_buf[..n], false, c.limits.send_timeout).await {
-                return Err(None);
-            }
-            c.up_buf.advance(n);
-            continue;
+        read_head(&mut c.up_buf, up, timeout, &mut received).await?;
+        let n = match interim_len(&c.up_buf) {
+            None => return Ok(()),
+            Some(Ok(n)) => n,
+            Some(Err(())) => return Err(Some(invalid())),
+        };
+        if !write_client(&mut c.stream, &c.up_buf[..n], false, c.limits.send_timeout).await {
+            return Err(None);
         }
-        if c.up_buf.len() > MAX_HEAD {
-            return Err(Some(invalid()));
+        c.up_buf.advance(n);
+    }
+}
+
+/// Reads until `up_buf` holds a whole head (interim or final); `received` tells whether anything
+/// came from the upstream for this request yet.
+pub(super) async fn read_head(
+    up_buf: &mut BytesMut,
+    up: &mut TcpStream,
+    timeout: Option<Duration>,
+    received: &mut bool,
+) -> Result<(), Failed> {
+    while !head_complete(up_buf) {
+        if up_buf.len() > MAX_HEAD {
+            return Err(invalid());
         }
-        c.up_buf.reserve(READ_CHUNK);
-        match within(timeout, up.read_buf(&mut c.up_buf)).await {
+        up_buf.reserve(READ_CHUNK);
+        match within(timeout, up.read_buf(up_buf)).await {
             Ok(0) => {
-                return Err(Some(Failed {
+                return Err(Failed {
                     kind: UpstreamError::Closed,
-                    retry: !received,
-                }))
+                    retry: !*received,
+                })
             }
-            Ok(_) => received = true,
-            Err(e) => return Err(Some(upstream_failure(&e, !received))),
+            Ok(_) => *received = true,
+            Err(e) => return Err(upstream_failure(&e, !*received)),
         }
     }
+    Ok(())
 }
 
 /// For a buffer holding a whole response head: `None` when it is a final response (parsed once,

@@ -90,15 +90,19 @@ pub(super) struct ResponseHead {
     pub(super) upstream_keepalive: bool,
 }
 
-/// `captured`, when given, gets the status and the fields as the client sees them (names in lowercase),
-/// for a mirror's comparison.
-pub(super) fn write_response_head(
-    out: &mut Vec<u8>,
-    up_buf: &[u8],
+/// One part of an upstream response head, in order: its status, then each field the client gets
+/// (hop-by-hop fields and a length a transfer coding overrides are left out).
+pub(super) enum Part<'b> {
+    Status(u16, &'b str),
+    Field(&'b str, &'b [u8]),
+}
+
+/// Parses the complete, final response head at the start of `up_buf`, handing its parts to `emit`,
+/// and finds how its body is framed.
+pub(super) fn parse_response_head<'b>(
+    up_buf: &'b [u8],
     head_request: bool,
-    request_id: &str,
-    close: bool,
-    mut captured: Option<&mut Captured>,
+    mut emit: impl FnMut(Part<'b>),
 ) -> Result<ResponseHead, UpstreamError> {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
     let mut resp = httparse::Response::new(&mut []);
@@ -115,8 +119,7 @@ pub(super) fn write_response_head(
     let mut upstream_keepalive = resp.version == Some(1);
     let mut length = None;
     let mut chunked = None;
-    out.clear();
-    status_line(out, status, resp.reason.unwrap_or(""));
+    emit(Part::Status(status, resp.reason.unwrap_or("")));
     // Content-Length with Transfer-Encoding: the coding wins and the length is not relayed (RFC 9112
     // §6.3), so nothing in front of us can frame the body by it. Pingora's client does the same.
     let has_coding = resp
@@ -142,11 +145,7 @@ pub(super) fn write_response_head(
         }
         let dropped = has_coding && name.eq_ignore_ascii_case(b"content-length");
         if !hop_by_hop_response(name) && !dropped {
-            field(out, name, h.value);
-            if let Some(c) = captured.as_mut() {
-                c.headers
-                    .push((h.name.to_ascii_lowercase(), h.value.to_vec()));
-            }
+            emit(Part::Field(h.name, h.value));
         }
     }
     let framing = if head_request || status == 204 || status == 304 {
@@ -164,22 +163,45 @@ pub(super) fn write_response_head(
         // Both framings: the connection cannot be trusted with another request.
         upstream_keepalive = false;
     }
-    field(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
-    if let Some(c) = captured {
-        c.status = status;
-        c.headers.push((
-            REQUEST_ID_HEADER.to_string(),
-            request_id.as_bytes().to_vec(),
-        ));
-    }
-    if close || framing == Framing::UntilClose {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
     Ok(ResponseHead {
         status,
         head_len,
         framing,
         upstream_keepalive: upstream_keepalive && framing != Framing::UntilClose,
     })
+}
+
+/// The final response head as the HTTP/1 client gets it. `captured`, when given, gets the status and
+/// the fields as the client sees them (names in lowercase), for a mirror's comparison.
+pub(super) fn write_response_head(
+    out: &mut Vec<u8>,
+    up_buf: &[u8],
+    head_request: bool,
+    request_id: &str,
+    close: bool,
+    mut captured: Option<&mut Captured>,
+) -> Result<ResponseHead, UpstreamError> {
+    out.clear();
+    let head = parse_response_head(up_buf, head_request, |part| match part {
+        Part::Status(status, reason) => status_line(out, status, reason),
+        Part::Field(name, value) => {
+            field(out, name.as_bytes(), value);
+            if let Some(c) = captured.as_mut() {
+                c.headers.push((name.to_ascii_lowercase(), value.to_vec()));
+            }
+        }
+    })?;
+    field(out, REQUEST_ID_HEADER.as_bytes(), request_id.as_bytes());
+    if let Some(c) = captured {
+        c.status = head.status;
+        c.headers.push((
+            REQUEST_ID_HEADER.to_string(),
+            request_id.as_bytes().to_vec(),
+        ));
+    }
+    if close || head.framing == Framing::UntilClose {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(head)
 }

@@ -24,6 +24,7 @@ mod exchange;
 mod head;
 mod pool;
 mod shadow;
+mod stream;
 
 use super::access_log::{self, RequestLog};
 use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy};
@@ -110,6 +111,14 @@ impl front::Service for Engine {
         shutdown: &'a ShutdownWatch,
     ) -> front::Serving<'a> {
         Box::pin(self.serve_admitted(c, a.started, a.req, a.outcome, a.snapshot, shutdown))
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn take_stream(
+        self: &Arc<Self>,
+        stream: front::H2Stream,
+    ) -> Result<front::StreamServing, front::H2Stream> {
+        Engine::take_stream(self, stream)
     }
 
     fn refusal(&self, why: Refusal) -> front::Refusing {
