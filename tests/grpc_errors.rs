@@ -220,7 +220,13 @@ fn grpc_timeout_nanos(v: &str) -> u128 {
     }
 }
 
-on_every_path!(
+// HTTP/2-native tests: their clients speak HTTP/2 on every path already.
+on_both_paths!(
+    switchyards_own_answers_are_trailers_only,
+    upstream_resets_become_the_status_they_mean,
+    grpc_timeout_is_a_deadline_passed_on_reduced
+);
+on_tls_paths!(
     switchyards_own_answers_are_trailers_only,
     upstream_resets_become_the_status_they_mean,
     grpc_timeout_is_a_deadline_passed_on_reduced

@@ -185,7 +185,17 @@ fn http1_keeps_working_next_to_http2_on_the_same_listener() {
     }
 }
 
-on_every_path!(
+// HTTP/2-native tests: their clients speak HTTP/2 on every path already.
+on_both_paths!(
+    http2_reaches_the_version_its_rules_and_sticky_bucket_say,
+    every_release_feature_works_over_http2,
+    http1_keeps_working_next_to_http2_on_the_same_listener,
+    with_h2c_off_the_preface_is_refused_as_a_malformed_request,
+    idle_http2_connections_are_closed_with_a_goaway,
+    http2_connections_are_bounded_as_http1_ones_are,
+    http2_streams_across_an_upgrade_are_served_or_refused_unprocessed
+);
+on_tls_paths!(
     http2_reaches_the_version_its_rules_and_sticky_bucket_say,
     every_release_feature_works_over_http2,
     http1_keeps_working_next_to_http2_on_the_same_listener,

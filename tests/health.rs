@@ -35,7 +35,7 @@ fn quoted(b: &RunningBackend) -> String {
 }
 
 /// Users 0..n whose bucket puts them on v2 while everything is healthy.
-fn v2_users(agent: &ureq::Agent, proxy: &ProxyProcess, n: u32) -> Vec<String> {
+fn v2_users(agent: &impl Requester, proxy: &ProxyProcess, n: u32) -> Vec<String> {
     (0..n)
         .map(|u| format!("user-{u}"))
         .filter(|u| get(agent, &proxy.url("/api"), &[("X-User-Id", u)]).version() == "v2")

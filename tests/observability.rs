@@ -705,7 +705,12 @@ fn one_access_log_line_per_request_with_the_spec_fields() {
                         || line["host"].as_str().unwrap().starts_with("127.0.0.1"),
                     "{line}"
                 );
-                assert_eq!(line["protocol"], "HTTP/1.1");
+                let protocol = if request_path().http2() {
+                    "HTTP/2.0"
+                } else {
+                    "HTTP/1.1"
+                };
+                assert_eq!(line["protocol"], protocol);
                 assert!(line["response_bytes"].as_u64().unwrap() > 20, "{line}");
                 assert_eq!(line["request_bytes"], 0);
                 assert!(line["upstream_ttfb_ms"].as_f64().unwrap() > 0.0, "{line}");
@@ -810,6 +815,15 @@ on_both_paths!(
 );
 
 on_tls_paths!(
+    counters_equal_the_requests_sent_per_route_target_and_class,
+    upstream_detail_connect_failures_timeouts_reuse_and_fallbacks,
+    a_200ms_upstream_lands_above_100ms_and_its_p99_reads_200_to_300ms,
+    an_all_503_upstream_has_a_5xx_rate_of_one_and_ctl_shows_it,
+    one_access_log_line_per_request_with_the_spec_fields,
+    an_unwritable_log_never_blocks_or_fails_a_request,
+    a_stalled_stdout_drops_lines_instead_of_stalling_requests,
+);
+on_h2_paths!(
     counters_equal_the_requests_sent_per_route_target_and_class,
     upstream_detail_connect_failures_timeouts_reuse_and_fallbacks,
     a_200ms_upstream_lands_above_100ms_and_its_p99_reads_200_to_300ms,

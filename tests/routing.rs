@@ -364,6 +364,14 @@ on_tls_paths!(
     client_sent_switchyard_headers_never_reach_upstream,
     request_ids_are_kept_when_sane_and_generated_otherwise,
 );
+on_h2_paths!(
+    each_variant_speaks_the_protocol_it_names,
+    every_rule_kind_overrides_the_split,
+    blue_green_serves_the_live_colour_for_its_host,
+    require_client_answers_401_without_touching_an_upstream,
+    client_sent_switchyard_headers_never_reach_upstream,
+    request_ids_are_kept_when_sane_and_generated_otherwise,
+);
 
 /// The guard of the TLS variants: they really reach the proxy over TLS, on the path they name.
 fn each_variant_speaks_the_protocol_it_names() {

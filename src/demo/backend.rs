@@ -185,6 +185,64 @@ async fn serve(listener: TcpListener, control: Arc<BackendControl>) {
 /// Largest request head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// Reads until `buf` holds at least `n` bytes; false at end of stream.
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> io::Result<bool> {
+    while buf.len() < n {
+        let mut chunk = [0u8; 8192];
+        let got = stream.read(&mut chunk).await?;
+        if got == 0 {
+            return Ok(false);
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    Ok(true)
+}
+
+/// Reads a chunked request body from the front of `buf` (reading more as needed) and returns its
+/// content; `None` at end of stream or on a chunk that does not read.
+async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                break p;
+            }
+            if buf.len() > MAX_HEAD || !fill(stream, buf, buf.len() + 1).await? {
+                return Ok(None);
+            }
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        let size = line.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            return Ok(None);
+        };
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // The trailer section: lines up to an empty one.
+            loop {
+                if !fill(stream, buf, 2).await? {
+                    return Ok(None);
+                }
+                let Some(p) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    if !fill(stream, buf, buf.len() + 1).await? {
+                        return Ok(None);
+                    }
+                    continue;
+                };
+                buf.drain(..p + 2);
+                if p == 0 {
+                    return Ok(Some(body));
+                }
+            }
+        }
+        if !fill(stream, buf, size + 2).await? {
+            return Ok(None);
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
 async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -220,6 +278,7 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
         let method = req.method.unwrap_or("GET").to_string();
         let target = req.path.unwrap_or("/").to_string();
         let mut content_length = 0usize;
+        let mut chunked = false;
         let mut close = req.version == Some(0);
         let mut echoed = serde_json::Map::new();
         let mut raw_headers = Vec::new();
@@ -229,6 +288,9 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
             if name == "content-length" {
                 content_length = value.trim().parse().unwrap_or(0);
             }
+            if name == "transfer-encoding" {
+                chunked = value.to_ascii_lowercase().contains("chunked");
+            }
             if name == "connection" {
                 close = value.eq_ignore_ascii_case("close");
             }
@@ -236,15 +298,17 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
             echoed.insert(name, serde_json::Value::String(value));
         }
         buf.drain(..head_len);
-        while buf.len() < content_length {
-            let mut chunk = [0u8; 8192];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
+        let body = if chunked {
+            match read_chunked(&mut stream, &mut buf).await? {
+                Some(body) => body,
+                None => return Ok(()),
+            }
+        } else {
+            if !fill(&mut stream, &mut buf, content_length).await? {
                 return Ok(());
             }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body: Vec<u8> = buf.drain(..content_length).collect();
+            buf.drain(..content_length).collect()
+        };
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (target.clone(), None),

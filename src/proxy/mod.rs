@@ -479,7 +479,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut PipeCtx,
     ) -> Result<()> {
         if let Some(m) = ctx.mirror.as_mut() {
-            m.tee_body(body, end_of_stream);
+            if !m.tee_body(body, end_of_stream) {
+                ctx.mirrored = false;
+            }
         }
         Ok(())
     }

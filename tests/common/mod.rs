@@ -8,11 +8,13 @@
     clippy::expect_used
 )]
 
+pub mod client;
 pub mod etcd;
 pub mod fixture;
 pub mod http2;
 pub mod rollout;
 
+pub use client::{Client, Requester};
 pub use fixture::Fixture;
 pub use http2::{edge_upstream, h2_connection, h2_scheme, tls_connector, EdgeUpstream};
 
@@ -33,6 +35,49 @@ pub enum RequestPath {
     EngineTls,
     /// Pingora's pipeline behind a TLS listener.
     PingoraTls,
+    /// The engine, and clients speaking HTTP/2 with prior knowledge (h2c) to the plain listener.
+    EngineH2c,
+    /// Pingora's pipeline (`http1_engine: false`), clients speaking h2c.
+    PingoraH2c,
+    /// The engine behind a TLS listener, clients negotiating h2 by ALPN.
+    EngineH2,
+    /// Pingora's pipeline behind a TLS listener, clients negotiating h2.
+    PingoraH2,
+}
+
+impl RequestPath {
+    /// Whether the proxy's `url()` is its TLS listener.
+    pub fn tls(self) -> bool {
+        matches!(
+            self,
+            RequestPath::EngineTls
+                | RequestPath::PingoraTls
+                | RequestPath::EngineH2
+                | RequestPath::PingoraH2
+        )
+    }
+
+    /// Whether `client()` speaks HTTP/2 to the proxy.
+    pub fn http2(self) -> bool {
+        matches!(
+            self,
+            RequestPath::EngineH2c
+                | RequestPath::PingoraH2c
+                | RequestPath::EngineH2
+                | RequestPath::PingoraH2
+        )
+    }
+
+    /// Whether the engine may serve (`http1_engine` left on).
+    pub fn engine(self) -> bool {
+        matches!(
+            self,
+            RequestPath::Engine
+                | RequestPath::EngineTls
+                | RequestPath::EngineH2c
+                | RequestPath::EngineH2
+        )
+    }
 }
 
 /// A CA and a `localhost` certificate it signed, made once per test process: (ca.pem, cert.pem,
@@ -92,15 +137,38 @@ macro_rules! on_both_paths {
 }
 pub(crate) use on_both_paths;
 
-/// Like `on_both_paths!`, and each path behind a TLS listener too (`engine_tls::NAME`,
-/// `pingora_tls::NAME`), for tests that speak to the proxy through `url()` and `client()`.
+/// Like `on_both_paths!`, each path behind a TLS listener too (`engine_tls::NAME`,
+/// `pingora_tls::NAME`), and each over HTTP/2 (`on_h2_paths!`), for tests that speak to the proxy
+/// through `url()` and `client()`.
 macro_rules! on_every_path {
     ($($name:ident),* $(,)?) => {
         $crate::common::on_both_paths!($($name),*);
         $crate::common::on_tls_paths!($($name),*);
+        $crate::common::on_h2_paths!($($name),*);
     };
 }
 pub(crate) use on_every_path;
+
+/// Each named test with `client()` speaking HTTP/2 to the proxy, on both paths: h2c with prior
+/// knowledge (`engine_h2c::NAME`, `pingora_h2c::NAME`) and h2 over TLS (`engine_h2::NAME`,
+/// `pingora_h2::NAME`).
+macro_rules! on_h2_paths {
+    ($($name:ident),* $(,)?) => {
+        mod engine_h2c {
+            $( #[test] fn $name() { $crate::common::on_path($crate::common::RequestPath::EngineH2c, super::$name) } )*
+        }
+        mod pingora_h2c {
+            $( #[test] fn $name() { $crate::common::on_path($crate::common::RequestPath::PingoraH2c, super::$name) } )*
+        }
+        mod engine_h2 {
+            $( #[test] fn $name() { $crate::common::on_path($crate::common::RequestPath::EngineH2, super::$name) } )*
+        }
+        mod pingora_h2 {
+            $( #[test] fn $name() { $crate::common::on_path($crate::common::RequestPath::PingoraH2, super::$name) } )*
+        }
+    };
+}
+pub(crate) use on_h2_paths;
 
 /// Each named test behind a TLS listener, on both paths (`engine_tls::NAME`, `pingora_tls::NAME`).
 macro_rules! on_tls_paths {
@@ -193,11 +261,8 @@ impl ProxyProcess {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let access_log = access_log.replace("{dir}", &dir.display().to_string());
-        let tls_addr = matches!(
-            request_path(),
-            RequestPath::EngineTls | RequestPath::PingoraTls
-        )
-        .then(free_addr);
+        let path = request_path();
+        let tls_addr = path.tls().then(free_addr);
         let tls = tls_addr.map(|t| {
             let (_, cert, key) = test_pki();
             format!(
@@ -206,10 +271,17 @@ impl ProxyProcess {
                 key.display()
             )
         });
-        let path_setting = match request_path() {
-            RequestPath::Engine | RequestPath::EngineTls => String::new(),
-            RequestPath::Pingora | RequestPath::PingoraTls => "  http1_engine: false\n".to_string(),
+        let mut path_setting = if path.engine() {
+            String::new()
+        } else {
+            "  http1_engine: false\n".to_string()
         } + tls.as_deref().unwrap_or("");
+        if path.http2() {
+            if !path.tls() {
+                path_setting += "  h2c: true\n";
+            }
+            client::speak_h2_to(tls_addr.unwrap_or(addr).port());
+        }
         let server_extra =
             path_setting + &server_extra.replace("{dir}", &dir.display().to_string());
         std::fs::write(
@@ -384,8 +456,13 @@ pub fn signal(pid: u32, sig: &str) {
 }
 
 /// A keep-alive HTTP client that never turns statuses into errors; https URLs are checked against
-/// the test CA.
-pub fn client() -> ureq::Agent {
+/// the test CA. It speaks HTTP/2 to a proxy started on an HTTP/2 path, HTTP/1.1 to everything else.
+pub fn client() -> Client {
+    Client::new(h1_client())
+}
+
+/// A keep-alive HTTP/1.1 client, like `client()` but never HTTP/2.
+pub fn h1_client() -> ureq::Agent {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(&test_pki().0).unwrap();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -435,43 +512,19 @@ impl Reply {
     }
 }
 
-pub fn send(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
-    send_body(agent, method, url, headers, None)
+pub fn send(agent: &impl Requester, method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    agent.round_trip(method, url, headers, None)
 }
 
 /// Sends a request with an optional body; any status is a `Reply`, only transport errors panic.
 pub fn send_body(
-    agent: &ureq::Agent,
+    agent: &impl Requester,
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Reply {
-    let mut req = agent.request(method, url);
-    for (k, v) in headers {
-        req = req.set(k, v);
-    }
-    let result = match body {
-        Some(b) => req.send_string(b),
-        None => req.call(),
-    };
-    let resp = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let status = resp.status();
-    let headers = resp
-        .headers_names()
-        .into_iter()
-        .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
-        .collect();
-    let body = resp.into_string().unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    agent.round_trip(method, url, headers, body)
 }
 
 /// Lowercase hex SHA-256, as the config stores keys and tokens.
@@ -483,7 +536,7 @@ pub fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-pub fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Reply {
+pub fn get(agent: &impl Requester, url: &str, headers: &[(&str, &str)]) -> Reply {
     send(agent, "GET", url, headers)
 }
 

@@ -75,19 +75,22 @@ impl MirrorCtx {
     }
 
     /// A chunk of the primary's request body, as the primary reads it.
-    pub fn tee_body(&mut self, body: &Option<Bytes>, end: bool) {
+    /// Returns false when the body outgrew `max_body_bytes` here (one without a declared length): the
+    /// copy is abandoned and counted as skipped, and the request is not a mirrored one.
+    pub fn tee_body(&mut self, body: &Option<Bytes>, end: bool) -> bool {
         let Some(tx) = &self.body else {
-            return;
+            return true;
         };
         let len = body.as_ref().map_or(0, |b| b.len() as u64);
         self.body_bytes += len;
         if self.body_bytes > self.max_body_bytes {
             self.abandon(MirrorOutcome::SkippedBody);
-            return;
+            return false;
         }
         if tx.send(HttpTask::Body(body.clone(), end)).is_err() || end {
             self.body = None;
         }
+        true
     }
 
     /// The primary is done. A copy still waiting for body bytes the primary never read (its client
