@@ -198,6 +198,23 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> io::Result
     Ok(true)
 }
 
+/// Reads a request body, chunked or of `content_length` bytes, from the front of `buf`; `None` at end
+/// of stream.
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    chunked: bool,
+    content_length: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    if chunked {
+        return read_chunked(stream, buf).await;
+    }
+    if !fill(stream, buf, content_length).await? {
+        return Ok(None);
+    }
+    Ok(Some(buf.drain(..content_length).collect()))
+}
+
 /// Reads a chunked request body from the front of `buf` (reading more as needed) and returns its
 /// content; `None` at end of stream or on a chunk that does not read.
 async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
@@ -298,16 +315,8 @@ async fn connection(mut stream: TcpStream, control: Arc<BackendControl>) -> io::
             echoed.insert(name, serde_json::Value::String(value));
         }
         buf.drain(..head_len);
-        let body = if chunked {
-            match read_chunked(&mut stream, &mut buf).await? {
-                Some(body) => body,
-                None => return Ok(()),
-            }
-        } else {
-            if !fill(&mut stream, &mut buf, content_length).await? {
-                return Ok(());
-            }
-            buf.drain(..content_length).collect()
+        let Some(body) = read_body(&mut stream, &mut buf, chunked, content_length).await? else {
+            return Ok(());
         };
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
