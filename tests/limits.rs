@@ -255,3 +255,86 @@ fn a_silent_backend_gets_a_504_from_the_default_read_timeout() {
     assert_eq!(r.json()["error"], "upstream_timeout");
     assert!(took >= Duration::from_secs(59), "answered after {took:?}");
 }
+
+// The same limits over HTTP/2, on both paths (the connection-level ones, idle and header timeouts,
+// streams and requests per connection, are tests/h2.rs's).
+on_h2_paths!(
+    an_http2_body_that_stalls_is_cut_off_at_body_timeout,
+    a_silent_backend_gets_a_504_over_http2,
+);
+
+/// An HTTP/2 upload that stops short of its declared length: its stream is ended (reset, or
+/// answered), its connection and the proxy serve on. The engine ends it at `body_timeout`. Pingora's
+/// HTTP/2 session has no read timeout (its `set_read_timeout` ignores HTTP/2), so on the pipeline the
+/// stall lasts until the upstream's read timeout ends the exchange.
+fn an_http2_body_that_stalls_is_cut_off_at_body_timeout() {
+    let v1 = backend("v1");
+    let body = format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"], timeouts: {{read: 2s}}}}\nroutes:\n  - name: api\n    split: {{targets: {{v1: 1}}}}\n",
+        v1.addr
+    );
+    let proxy = ProxyProcess::start_full(&body, "off", LIMITS, std::process::Stdio::null());
+    let bound = if request_path().engine() {
+        Duration::from_millis(1500)
+    } else {
+        Duration::from_millis(3500)
+    };
+    let rt = client_runtime();
+    rt.block_on(async {
+        let (mut client, _conn) = h2_connection(&proxy).await;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("{}://a.test/upload", h2_scheme(&proxy)))
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let (resp, mut body) = client.send_request(req, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(b"abc"), false)
+            .unwrap();
+        let started = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(5), resp).await;
+        let took = started.elapsed();
+        assert!(
+            ended.is_ok(),
+            "{:?}: the stream still waits",
+            request_path()
+        );
+        assert!(took < bound, "{:?}: ended after {took:?}", request_path());
+        // The connection serves the next stream.
+        let client = client.ready().await.unwrap();
+        let mut client = client;
+        let req = http::Request::builder()
+            .uri(format!("{}://a.test/", h2_scheme(&proxy)))
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200);
+    });
+}
+
+/// An upstream that accepts and never answers: the HTTP/2 client gets the JSON 504 at the pool's read
+/// timeout.
+fn a_silent_backend_gets_a_504_over_http2() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let body = format!(
+        "upstreams:\n  quiet: {{backends: [\"{addr}\"], timeouts: {{read: 1s}}}}\nroutes:\n  - name: api\n    split: {{targets: {{quiet: 1}}}}\n"
+    );
+    let proxy = ProxyProcess::start(&body);
+    let started = Instant::now();
+    let r = get(&client(), &proxy.url("/"), &[]);
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert!(r.header("x-request-id").is_some());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+}
