@@ -497,3 +497,4 @@ fn a_reload_that_leaves_the_route_alone_keeps_the_step_and_a_changed_rollout_sta
 }
 
 on_both_paths!(header_and_mirror_phases_route_and_judge_as_described);
+on_h2_paths!(header_and_mirror_phases_route_and_judge_as_described);

@@ -94,3 +94,8 @@ on_both_paths!(
     sigterm_under_load_finishes_every_request_in_flight,
     sigint_stops_at_once,
 );
+on_h2_paths!(
+    sigterm_on_an_idle_instance_exits_well_under_a_second,
+    sigterm_under_load_finishes_every_request_in_flight,
+    sigint_stops_at_once,
+);

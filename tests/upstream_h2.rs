@@ -292,3 +292,7 @@ on_both_paths!(
     each_request_reaches_its_version_over_the_protocol_its_upstream_speaks,
     a_tls_upstream_is_verified_against_its_private_ca
 );
+on_h2_paths!(
+    each_request_reaches_its_version_over_the_protocol_its_upstream_speaks,
+    a_tls_upstream_is_verified_against_its_private_ca
+);
