@@ -3,12 +3,14 @@
 
 Each proxy terminates TLS with ALPN h2 on loopback, one worker/thread pinned to the same CPU. h2load
 (one thread, on another CPU) keeps 100 streams in flight (4 connections x 25 streams) for DURATION
-seconds per round. Two scenarios:
+seconds per round. Three scenarios:
 
 - http: GET, proxied to the same small-JSON HTTP/1.1 upstream (one nginx worker, keep-alive);
 - grpc: unary gRPC calls (POST application/grpc, one framed message, TE: trailers), proxied over h2c
   to the same gRPC upstream (one nginx worker serving a framed reply with `grpc-status: 0` as a
-  trailer); nginx proxies them with `grpc_pass`, Switchyard with an `h2c` upstream.
+  trailer); nginx proxies them with `grpc_pass`, Switchyard with an `h2c` upstream;
+- handshake: a new TLS connection (full handshake, no resumption) for each request (`GET /api/x`),
+  100 at a time: what a proxy spends per connection more than per request.
 
 Reported per proxy and scenario: requests per second, and the proxy's CPU time per request (user +
 system, from /proc), each also as a ratio to nginx's.
@@ -174,7 +176,24 @@ def start(name, binary):
     return p
 
 
+def handshakes(port, duration):
+    """New TLS connections, one request each, for DURATION seconds: h2load runs of 100 connections."""
+    done, end, out = 0, time.time() + duration, ""
+    while time.time() < end:
+        out = subprocess.run(
+            ["taskset", "-c", "0", "h2load", "-t", "1", "-c", "100", "-n", "100",
+             f"https://localhost:{port}/api/x"],
+            capture_output=True, text=True).stdout
+        m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+        if not m:
+            sys.exit(f"h2load said:\n{out}")
+        done += int(m.group(2))
+    return done, out
+
+
 def h2load(port, duration, scenario):
+    if scenario == "handshake":
+        return handshakes(port, duration)
     if scenario == "grpc":
         target = ["-d", f"{WORK}/request.bin", "-H", "content-type: application/grpc",
                   "-H", "te: trailers", f"https://localhost:{port}{GRPC_PATH}"]
@@ -197,7 +216,8 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--switchyard", default="target/release/switchyard")
-    ap.add_argument("--scenario", default="http,grpc", help="comma-separated: http, grpc")
+    ap.add_argument("--scenario", default="http,grpc,handshake",
+                    help="comma-separated: http, grpc, handshake")
     ap.add_argument("--peers", default="switchyard,switchyard-pingora,nginx",
                     help="comma-separated: switchyard (its engine), switchyard-pingora "
                          "(server.http1_engine: false, Pingora's pipeline), nginx")

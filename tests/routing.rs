@@ -373,30 +373,41 @@ on_h2_paths!(
     request_ids_are_kept_when_sane_and_generated_otherwise,
 );
 
-/// The guard of the TLS variants: they really reach the proxy over TLS, on the path they name.
+/// The guard of the TLS and HTTP/2 variants: they really reach the proxy over TLS and over HTTP/2, on
+/// the path they name.
 fn each_variant_speaks_the_protocol_it_names() {
     let v1 = backend("v1");
-    let proxy = ProxyProcess::start(&format!(
-        "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: a\n    split: {{targets: {{v1: 1}}}}\n",
-        v1.addr
-    ));
-    let tls = matches!(
-        request_path(),
-        RequestPath::EngineTls | RequestPath::PingoraTls
+    let proxy = ProxyProcess::start_full(
+        &format!(
+            "upstreams:\n  v1: {{backends: [\"{}\"]}}\nroutes:\n  - name: a\n    split: {{targets: {{v1: 1}}}}\n",
+            v1.addr
+        ),
+        "{dir}/access.log",
+        "",
+        std::process::Stdio::null(),
     );
-    assert_eq!(proxy.url("/").starts_with("https://localhost:"), tls);
-    if tls {
+    let path = request_path();
+    assert_eq!(proxy.url("/").starts_with("https://localhost:"), path.tls());
+    if path.tls() {
         assert!(eventually(std::time::Duration::from_secs(10), || {
             std::net::TcpStream::connect(proxy.tls_addr.unwrap()).is_ok()
         }));
     }
     assert_eq!(get(&client(), &proxy.url("/x"), &[]).status, 200);
     let pipeline = proxy.log().contains("server.http1_engine is false");
+    assert_eq!(pipeline, !path.engine());
+    let log = proxy.dir.join("access.log");
+    let mut line = String::new();
+    assert!(eventually(std::time::Duration::from_secs(5), || {
+        line = std::fs::read_to_string(&log).unwrap_or_default();
+        !line.is_empty()
+    }));
+    let entry: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let protocol = if path.http2() { "HTTP/2.0" } else { "HTTP/1.1" };
+    assert_eq!(entry["protocol"], protocol, "{path:?}: {entry}");
     assert_eq!(
-        pipeline,
-        matches!(
-            request_path(),
-            RequestPath::Pingora | RequestPath::PingoraTls
-        )
+        entry["tls_version"].is_string(),
+        path.tls(),
+        "{path:?}: {entry}"
     );
 }
