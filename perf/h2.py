@@ -19,7 +19,7 @@ Switchyard runs twice: as configured by default (its engine serves HTTP/2 stream
 upstreams) and as `switchyard-pingora` (`server.http1_engine: false`: every stream on Pingora's
 pipeline, the fallback path).
 
-Usage: perf/h2.py [--duration 10] [--rounds 3] [--scenario http,grpc] [--peers switchyard,switchyard-pingora,nginx]
+Usage: perf/h2.py [--duration 10] [--rounds 3] [--scenario http,grpc,handshake] [--cert rsa|ecdsa] [--peers switchyard,switchyard-pingora,nginx]
                   [--switchyard target/release/switchyard]
 Needs: nginx (with http_v2), h2load (Debian's nghttp2-client), openssl, taskset. Loopback only;
 everything it starts is stopped at the end.
@@ -75,11 +75,12 @@ def children(pid):
     return out
 
 
-def write_files():
+def write_files(cert="rsa"):
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
+    key = ["-newkey", "rsa:2048"] if cert == "rsa" else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ["openssl", "req", "-x509"] + key + ["-nodes", "-days", "1",
          "-subj", "/CN=localhost", "-keyout", f"{WORK}/key.pem", "-out", f"{WORK}/cert.pem"],
         check=True, capture_output=True)
     def common(pid, name):
@@ -221,12 +222,14 @@ def main():
     ap.add_argument("--peers", default="switchyard,switchyard-pingora,nginx",
                     help="comma-separated: switchyard (its engine), switchyard-pingora "
                          "(server.http1_engine: false, Pingora's pipeline), nginx")
+    ap.add_argument("--cert", default="rsa", choices=["rsa", "ecdsa"],
+                    help="the listeners' certificate: RSA 2048 or ECDSA P-256")
     args = ap.parse_args()
     scenarios = args.scenario.split(",")
     peers = args.peers.split(",")
     if "nginx" not in peers:
         sys.exit("--peers must include nginx: the ratios are to it")
-    write_files()
+    write_files(args.cert)
     upstream = subprocess.Popen(["taskset", "-c", "0", "nginx", "-g", "daemon off;", "-c", f"{WORK}/upstream.conf"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(UPSTREAM)

@@ -18,6 +18,10 @@ fn collect_memory() {
 }
 
 fn main() -> std::process::ExitCode {
+    // TLS listeners sign each handshake with the certificate's key: aws-lc's RSA and ECDSA use the
+    // CPU's wide-multiply instructions (AVX-512 IFMA where there are), ring's do not. Installed
+    // before Pingora installs ring as the process default (perf/RESULTS-h2.md, handshakes).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     switchyard::front::give_back_memory_with(collect_memory);
     switchyard::cli::main()
 }
