@@ -80,6 +80,11 @@ fn upstream_answering(plain: bool) -> Upstream {
                             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
                         ],
                         "/garbage" => vec![b"NOT HTTP AT ALL\r\n\r\n".to_vec()],
+                        "/cut" => {
+                            let _ =
+                                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello");
+                            return;
+                        }
                         // The first request on a connection is answered and the connection kept;
                         // a later one finds it closed, as when an upstream's keep-alive ends.
                         "/drop-later" if on_this_connection > 1 => return,
@@ -693,3 +698,78 @@ on_both_paths!(
     response_framings_pass_through_and_keep_the_connection,
     mirrored_requests_are_copied_and_compared_on_the_wire,
 );
+// An HTTP/2 client in front of the same HTTP/1.1 upstream.
+common::on_h2_paths!(http2_streams_reach_an_http1_upstream_whole_and_get_each_framing,);
+
+/// Over HTTP/2 the response's HTTP/1 framing is taken off and the body comes as DATA frames (a
+/// chunked body, one that runs until the upstream closes, none for HEAD and 204, a 103 before the
+/// final answer left out); the request goes upstream as HTTP/1.1 with its body framed (chunked when
+/// the client sent no length) and its cookies in one field (RFC 9113 §8.2.3); an answer the upstream
+/// cuts short resets the stream.
+fn http2_streams_reach_an_http1_upstream_whole_and_get_each_framing() {
+    let up = upstream();
+    let proxy = proxy_for(&up);
+    let client = common::client();
+    let get = |path: &str| common::get(&client, &proxy.url(path), &[]);
+    let r = get("/chunked");
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world"));
+    assert!(r.header("x-request-id").is_some());
+    let r = common::send(&client, "HEAD", &proxy.url("/head"), &[]);
+    assert_eq!((r.status, r.header("content-length")), (200, Some("11")));
+    assert_eq!(r.body, "");
+    assert_eq!(get("/empty").status, 204);
+    let r = get("/early");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    let r = get("/until-close");
+    assert_eq!(r.body, "the body runs until the upstream closes");
+    let r = get("/garbage");
+    assert_eq!(r.status, 502, "{}", r.body);
+
+    let r = common::send_body(
+        &client,
+        "POST",
+        &proxy.url("/echo"),
+        &[("cookie", "a=1"), ("cookie", "b=2"), ("x-other", "kept")],
+        Some("abc"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_ne!(r.header("x-request-id"), Some("upstream-made"));
+    let (length, head) = r.body.split_once('\n').unwrap();
+    assert_eq!(length, "3", "the body arrived whole: {head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("post /echo http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\ncookie: a=1; b=2\r\n"), "{head}");
+    assert!(head.contains("\r\nx-other: kept\r\n"), "{head}");
+    assert!(head.contains("\r\nhost: "), "{head}");
+    assert!(
+        head.contains("\r\ntransfer-encoding: chunked\r\n") || head.contains("content-length: 3"),
+        "{head}"
+    );
+
+    // Cut short by the upstream: the client's stream is reset, not ended as if complete.
+    let rt = common::client_runtime();
+    rt.block_on(async {
+        let (mut h2, _conn) = common::h2_connection(&proxy).await;
+        let req = http::Request::builder()
+            .uri(format!("{}://api.test/cut", common::h2_scheme(&proxy)))
+            .body(())
+            .unwrap();
+        let (resp, _) = h2.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        let ended = loop {
+            match body.data().await {
+                Some(Ok(d)) => got.extend_from_slice(&d),
+                Some(Err(e)) => break Err(e),
+                None => break Ok(()),
+            }
+        };
+        assert!(
+            ended.is_err(),
+            "{:?}: ended cleanly after {got:?}",
+            common::request_path()
+        );
+    });
+}

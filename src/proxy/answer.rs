@@ -180,6 +180,9 @@ pub(crate) async fn answer_failure(
             }
         }
         (false, true) => {
+            // A reset drops what of the stream is still queued: the connection's task gets a turn
+            // to send the head and the body so far first (as on the engine).
+            tokio::task::yield_now().await;
             super::grpc::reset_begun(session, super::grpc::reset_of(e));
             Ok(())
         }

@@ -514,6 +514,15 @@ impl ProxyHttp for Proxy {
         if let Some(until) = ctx.grpc_deadline {
             grpc::pass_on_timeout(upstream_request, until)?;
         }
+        let h1_upstream = !ctx
+            .snapshot
+            .as_ref()
+            .zip(ctx.target)
+            .and_then(|(s, t)| s.pools.get(t))
+            .is_some_and(|p| p.http2());
+        if h1_upstream {
+            one_cookie_field(upstream_request)?;
+        }
         one_content_length(upstream_request)
     }
 
@@ -770,6 +779,23 @@ fn strip_internal_headers(req: &mut RequestHeader) {
     for name in names {
         req.remove_header(&name);
     }
+}
+
+/// Sends an HTTP/1.1 upstream the cookies of an HTTP/2 request, which may come as a field each, in one
+/// field (RFC 9113 §8.2.3), as the engine does.
+fn one_cookie_field(req: &mut RequestHeader) -> Result<()> {
+    let mut all = req.headers.get_all(http::header::COOKIE).iter();
+    let (Some(first), Some(_)) = (all.next(), all.next()) else {
+        return Ok(());
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for more in req.headers.get_all(http::header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(more.as_bytes());
+    }
+    req.remove_header(&http::header::COOKIE);
+    req.insert_header(http::header::COOKIE, joined)?;
+    Ok(())
 }
 
 /// Sends one `Content-Length` upstream however the client wrote it: identical fields, or `5, 5` in

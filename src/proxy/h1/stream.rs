@@ -456,7 +456,10 @@ async fn relay_to_stream(
         }
         Err(Some(kind)) => {
             proxy.record_upstream_error(ctx, kind);
-            // The client has a head and part of a body: a reset tells it the body is cut short.
+            // The client has a head and part of a body: a reset tells it the body is cut short. A
+            // reset drops what of the stream is still queued, so the connection's task (on this
+            // thread, woken by the queued frames) first gets a turn to send the head and the body.
+            tokio::task::yield_now().await;
             s.shutdown();
         }
         Err(None) => {}
