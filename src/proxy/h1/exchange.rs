@@ -3,16 +3,23 @@
 
 use super::body::{self, Chunked, Framing};
 use super::head::ResponseHead;
+use super::pool;
 use super::shadow::{ShadowCopy, Tap};
 use super::{write_client, Conn, MAX_HEAD, MAX_RESPONSE_FIELDS, READ_CHUNK};
 use crate::front::head_complete;
 use crate::metrics::UpstreamError;
+use crate::proxy::{pick_backend, Answer, Ctx, Proxy};
+use crate::release::{Decision, UpstreamId};
+use crate::state::Snapshot;
+use crate::upstream::Timeouts;
 use bytes::{Buf, BytesMut};
+use pingora::lb::Backend;
 use pingora::time::fast_timeout::fast_timeout;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -39,6 +46,89 @@ pub(super) async fn connect(
     // Heads go out in one write each; small ones must not wait for an ACK.
     let _ = conn.set_nodelay(true);
     Ok(conn)
+}
+
+/// An upstream connection for a request, and where it goes.
+pub(super) struct Connected {
+    pub(super) up: TcpStream,
+    pub(super) addr: SocketAddr,
+    pub(super) target: UpstreamId,
+    pub(super) timeouts: Timeouts,
+    pub(super) reused: bool,
+    /// When it was ready: the upstream's time to first byte counts from here.
+    pub(super) ready: Instant,
+}
+
+/// A connection to `picked`, the backend chosen for the request: a kept-alive one of this thread's
+/// pool unless `fresh_only`, else a new one. After a connect failure the backend is passed over (by
+/// the next requests too) and another not tried yet is taken, of the target's pool or else the
+/// baseline's (policy::retry); nothing was sent yet. Counts the connection, new or reused.
+pub(super) async fn connect_for(
+    proxy: &Proxy,
+    ctx: &mut Ctx,
+    snapshot: &Snapshot,
+    decision: &Decision,
+    picked: &mut Option<(UpstreamId, Backend)>,
+    fresh_only: bool,
+) -> Result<Connected, Answer> {
+    loop {
+        let Some((target, backend)) = picked.take() else {
+            proxy.record_upstream_error(ctx, UpstreamError::NoHealthyUpstream);
+            return Err(if ctx.failed.is_empty() {
+                Answer::NoHealthyUpstream
+            } else {
+                Answer::UpstreamUnavailable
+            });
+        };
+        ctx.target = Some(target);
+        let (Some(pool), Some(addr)) = (snapshot.pools.get(target), backend.addr.as_inet()) else {
+            return Err(Answer::InternalError);
+        };
+        let addr = *addr;
+        ctx.backend = Some(backend);
+        let timeouts = pool.timeouts();
+        let pooled = (!fresh_only)
+            .then(|| pool::take(addr, timeouts.idle.unwrap_or(pool::DEFAULT_IDLE)))
+            .flatten();
+        let reused = pooled.is_some();
+        let up = match pooled {
+            Some(up) => up,
+            None => match connect(addr, timeouts.connect).await {
+                Ok(up) => up,
+                Err(kind) => {
+                    proxy.record_upstream_error(ctx, kind);
+                    pool.connect_failed(addr);
+                    ctx.failed.push(addr);
+                    ctx.backend = None;
+                    *picked = pick_backend(snapshot, decision, &ctx.failed);
+                    if picked.is_some() {
+                        continue;
+                    }
+                    return Err(Answer::for_upstream(kind));
+                }
+            },
+        };
+        if let Some(series) = proxy.series(ctx, target) {
+            series.record_connection(reused);
+        }
+        return Ok(Connected {
+            up,
+            addr,
+            target,
+            timeouts,
+            reused,
+            ready: Instant::now(),
+        });
+    }
+}
+
+/// Counts the upstream's time to its response head, from when its connection was ready.
+pub(super) fn record_ttfb(proxy: &Proxy, ctx: &mut Ctx, target: UpstreamId, ready: Instant) {
+    let us = ready.elapsed().as_micros() as u64;
+    ctx.upstream_ttfb_us = Some(us);
+    if let Some(series) = proxy.series(ctx, target) {
+        series.record_ttfb(us);
+    }
 }
 
 /// Runs `io` under an optional timeout; a timeout reads as `TimedOut`.

@@ -29,14 +29,16 @@ mod stream;
 use super::access_log::{self, RequestLog};
 use super::{pick_backend, random_bucket, request_id, Answer, Ctx, Proxy};
 use crate::front::{self, answer_head, last_request, linger, write_client, Accepted, Conn, Next};
-use crate::metrics::{Rejection, UpstreamError};
+use crate::metrics::Rejection;
 use crate::policy::request::Refusal;
 use crate::policy::retry;
 use crate::release::{self, Decision, Headers, Outcome, RequestView};
 use crate::state::Snapshot;
 use async_trait::async_trait;
 use bytes::Buf;
-use exchange::{connect, read_response_head, relay_response, send_request};
+use exchange::{
+    connect_for, read_response_head, record_ttfb, relay_response, send_request, Connected,
+};
 use head::{write_request_head, write_response_head, ParsedFields};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -401,53 +403,26 @@ impl Engine {
         let mut picked = pick_backend(snapshot, decision, &[]);
         let mut fresh_only = false;
         loop {
-            let Some((target, backend)) = picked.take() else {
-                self.proxy
-                    .record_upstream_error(ctx, UpstreamError::NoHealthyUpstream);
-                return Exchanged::Answer(if ctx.failed.is_empty() {
-                    Answer::NoHealthyUpstream
-                } else {
-                    Answer::UpstreamUnavailable
-                });
+            let connected = connect_for(
+                &self.proxy,
+                ctx,
+                snapshot,
+                decision,
+                &mut picked,
+                fresh_only,
+            )
+            .await;
+            let Connected {
+                mut up,
+                addr,
+                target,
+                timeouts,
+                reused,
+                ready,
+            } = match connected {
+                Ok(c) => c,
+                Err(answer) => return Exchanged::Answer(answer),
             };
-            ctx.target = Some(target);
-            let (Some(pool), Some(addr)) = (snapshot.pools.get(target), backend.addr.as_inet())
-            else {
-                return Exchanged::Answer(Answer::InternalError);
-            };
-            let addr = *addr;
-            ctx.backend = Some(backend);
-            let timeouts = pool.timeouts();
-            let idle = timeouts.idle.unwrap_or(pool::DEFAULT_IDLE);
-            let pooled = if fresh_only {
-                None
-            } else {
-                pool::take(addr, idle)
-            };
-            let reused = pooled.is_some();
-            let mut up = match pooled {
-                Some(up) => up,
-                None => match connect(addr, timeouts.connect).await {
-                    Ok(up) => up,
-                    Err(kind) => {
-                        self.proxy.record_upstream_error(ctx, kind);
-                        pool.connect_failed(addr);
-                        ctx.failed.push(addr);
-                        ctx.backend = None;
-                        // Nothing was sent: another backend not tried yet, of the target's pool
-                        // or else the baseline's (policy::retry).
-                        picked = pick_backend(snapshot, decision, &ctx.failed);
-                        if picked.is_some() {
-                            continue;
-                        }
-                        return Exchanged::Answer(Answer::for_upstream(kind));
-                    }
-                },
-            };
-            let ready = Instant::now();
-            if let Some(series) = self.proxy.series(ctx, target) {
-                series.record_connection(reused);
-            }
             let sent = send_request(
                 c,
                 &mut up,
@@ -462,11 +437,7 @@ impl Engine {
             };
             match head {
                 Ok(()) => {
-                    let us = ready.elapsed().as_micros() as u64;
-                    ctx.upstream_ttfb_us = Some(us);
-                    if let Some(series) = self.proxy.series(ctx, target) {
-                        series.record_ttfb(us);
-                    }
+                    record_ttfb(&self.proxy, ctx, target, ready);
                     return Exchanged::Ready(up, addr, timeouts);
                 }
                 Err(Some(f)) => {

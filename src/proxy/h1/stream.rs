@@ -15,7 +15,9 @@
 //! one response head here, as on Pingora's pipeline).
 
 use super::body::Framing;
-use super::exchange::{connect, read_head, upstream_failure, within, BodyReader, Failed};
+use super::exchange::{
+    connect_for, read_head, record_ttfb, upstream_failure, within, BodyReader, Connected, Failed,
+};
 use super::head::{field, parse_response_head, Part};
 use super::{pool, Engine};
 use crate::front::StreamServing;
@@ -144,48 +146,23 @@ impl Engine {
         let idempotent = s.req_header().method.is_idempotent();
         let head_request = s.req_header().method == http::Method::HEAD;
         loop {
-            let Some((target, backend)) = picked.take() else {
-                self.proxy
-                    .record_upstream_error(ctx, UpstreamError::NoHealthyUpstream);
-                return Err(Some(if ctx.failed.is_empty() {
-                    Answer::NoHealthyUpstream
-                } else {
-                    Answer::UpstreamUnavailable
-                }));
-            };
-            ctx.target = Some(target);
-            let (Some(pool), Some(addr)) = (snapshot.pools.get(target), backend.addr.as_inet())
-            else {
-                return Err(Some(Answer::InternalError));
-            };
-            let addr = *addr;
-            ctx.backend = Some(backend);
-            let timeouts = pool.timeouts();
-            let pooled = (!fresh_only)
-                .then(|| pool::take(addr, timeouts.idle.unwrap_or(pool::DEFAULT_IDLE)))
-                .flatten();
-            let reused = pooled.is_some();
-            let mut up = match pooled {
-                Some(up) => up,
-                None => match connect(addr, timeouts.connect).await {
-                    Ok(up) => up,
-                    Err(kind) => {
-                        self.proxy.record_upstream_error(ctx, kind);
-                        pool.connect_failed(addr);
-                        ctx.failed.push(addr);
-                        ctx.backend = None;
-                        picked = pick_backend(snapshot, decision, &ctx.failed);
-                        if picked.is_some() {
-                            continue;
-                        }
-                        return Err(Some(Answer::for_upstream(kind)));
-                    }
-                },
-            };
-            let ready = Instant::now();
-            if let Some(series) = self.proxy.series(ctx, target) {
-                series.record_connection(reused);
-            }
+            let connected = connect_for(
+                &self.proxy,
+                ctx,
+                snapshot,
+                decision,
+                &mut picked,
+                fresh_only,
+            )
+            .await;
+            let Connected {
+                mut up,
+                addr,
+                target,
+                timeouts,
+                reused,
+                ready,
+            } = connected.map_err(Some)?;
             let limits = self.proxy.limits();
             let sent = send_stream_body(
                 s,
@@ -203,11 +180,7 @@ impl Engine {
             };
             match read {
                 Ok(()) => {
-                    let us = ready.elapsed().as_micros() as u64;
-                    ctx.upstream_ttfb_us = Some(us);
-                    if let Some(series) = self.proxy.series(ctx, target) {
-                        series.record_ttfb(us);
-                    }
+                    record_ttfb(&self.proxy, ctx, target, ready);
                     return Ok(Upstream {
                         conn: up,
                         addr,
