@@ -290,9 +290,39 @@ fn a_bad_private_ca_is_refused_by_check() {
 
 on_both_paths!(
     each_request_reaches_its_version_over_the_protocol_its_upstream_speaks,
-    a_tls_upstream_is_verified_against_its_private_ca
+    a_tls_upstream_is_verified_against_its_private_ca,
+    a_split_across_http1_and_http2_upstreams_keeps_its_weights,
 );
 on_h2_paths!(
     each_request_reaches_its_version_over_the_protocol_its_upstream_speaks,
-    a_tls_upstream_is_verified_against_its_private_ca
+    a_tls_upstream_is_verified_against_its_private_ca,
+    a_split_across_http1_and_http2_upstreams_keeps_its_weights,
 );
+
+/// A 50/50 split without a sticky key between an HTTP/1.1 pool and an h2c one: each gets its share of
+/// 600 requests (within five standard deviations, 61), however the request path hands requests
+/// between the engine and Pingora's pipeline. Were a request given up by the engine drawn again, the
+/// h2c pool would get a quarter.
+fn a_split_across_http1_and_http2_upstreams_keeps_its_weights() {
+    let v1 = backend("v1");
+    let v2 = h2_backend("v2", false);
+    let proxy = ProxyProcess::start(&format!(
+        "upstreams:\n  v1: {{backends: [\"{}\"]}}\n  v2: {{protocol: h2c, backends: [\"{}\"]}}\nroutes:\n  - name: api\n    split: {{baseline: v1, targets: {{v1: 50, v2: 50}}}}\n",
+        v1.addr, v2.addr
+    ));
+    let agent = client();
+    let url = proxy.url("/api/x");
+    let n = 600;
+    let on_v2 = (0..n)
+        .filter(|_| {
+            let r = get(&agent, &url, &[]);
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.version() == "v2"
+        })
+        .count();
+    assert!(
+        (239..=361).contains(&on_v2),
+        "{:?}: {on_v2} of {n} on v2",
+        request_path()
+    );
+}

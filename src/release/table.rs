@@ -72,6 +72,17 @@ impl Route {
         out
     }
 
+    /// Whether `f` holds for every upstream a random draw can pick for this route: its split's
+    /// targets (or blue and green) and its mirror's target. Rules are not drawn: the same request
+    /// always matches the same rule.
+    pub fn all_drawn(&self, mut f: impl FnMut(UpstreamId) -> bool) -> bool {
+        let drawn = match &self.strategy {
+            Strategy::Split(s) => s.targets().all(&mut f),
+            Strategy::BlueGreen { blue, green, .. } => f(*blue) && f(*green),
+        };
+        drawn && self.mirror.as_ref().is_none_or(|m| f(m.to))
+    }
+
     fn allows_method(&self, method: &str) -> bool {
         self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
     }

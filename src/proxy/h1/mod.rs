@@ -272,7 +272,7 @@ impl Engine {
         let mut tap = None;
         if let Outcome::Routed(d) = &outcome {
             let m = release::mirror_for(&snapshot.table, d, &view, &mut random_bucket);
-            if !snapshot.pools.all_plain_http1() && !speaks_plain_http1(snapshot, d, m) {
+            if !snapshot.pools.all_plain_http1() && !speaks_plain_http1(snapshot, d) {
                 // An HTTP/2 or TLS upstream: Pingora's pipeline connects to it.
                 return None;
             }
@@ -547,12 +547,19 @@ fn request_log(
     })
 }
 
-/// Whether every upstream this request may reach (its target, the baseline it falls back to, its
-/// shadow target) is one the engine speaks to itself: HTTP/1.1 without TLS.
-fn speaks_plain_http1(snapshot: &Snapshot, d: &Decision, m: Option<&release::Mirror>) -> bool {
+/// Whether the engine serves this request itself: its target, the baseline it falls back to, and
+/// every upstream the route's draws can pick (split targets, the mirror's target) speak HTTP/1.1
+/// without TLS. A request the engine gives up is decided again by Pingora's pipeline, so the answer
+/// must not depend on how this request's draw fell: were only the drawn target looked at, a split
+/// between an HTTP/1.1 and an HTTP/2 pool would send the HTTP/2 pool `w × w` of unkeyed traffic
+/// instead of `w`, and a mirror to an HTTP/2 pool would sample `p × p`.
+fn speaks_plain_http1(snapshot: &Snapshot, d: &Decision) -> bool {
     let plain = |id| snapshot.pools.get(id).is_some_and(|p| p.plain_http1());
-    let baseline = snapshot.table.route(d.route).map(|r| r.baseline());
-    plain(d.target) && baseline.is_none_or(plain) && m.is_none_or(|m| plain(m.to))
+    plain(d.target)
+        && snapshot
+            .table
+            .route(d.route)
+            .is_none_or(|r| plain(r.baseline()) && r.all_drawn(plain))
 }
 
 /// What an idle keep-alive connection's task holds: the state of waiting for a head, not a request's.
