@@ -198,7 +198,6 @@ on_both_paths!(
     with_etcd_down_every_instance_serves_refuses_changes_and_converges_when_it_returns,
 );
 on_tls_paths!(a_change_on_one_instance_is_served_by_the_others_within_a_second);
-on_h2_paths!(a_change_on_one_instance_is_served_by_the_others_within_a_second);
 
 fn a_change_on_one_instance_is_served_by_the_others_within_a_second() {
     let etcd = Etcd::start();
