@@ -8,10 +8,15 @@ peer's own baseline. Loopback only; every process is stopped at the end.
 
 `--protocol` is `h1` (HTTP/1.1), `h2c` (HTTP/2 with prior knowledge on a plain listener) or `h2`
 (HTTP/2 over TLS, by ALPN; a self-signed certificate made with openssl). HTTP/2 needs the `h2` Python
-package (pip install h2); HAProxy is measured over HTTP/1 only.
+package (pip install h2); HAProxy is measured over HTTP/1 only. `--no-request` opens the connections
+(HTTP/2: preface and settings) without sending a request.
+
+Peer `bare-h2` (h2c only) is the floor under an HTTP/2 connection: examples/bare_h2.rs, a bare server
+on the `h2` crate with Switchyard's runtime and HTTP/2 settings that answers every stream itself
+(`cargo build --release --example bare_h2`).
 
     perf/idle_memory.py [--connections 10000] [--idle 3] [--peers switchyard,nginx,haproxy]
-                        [--protocol h1] [--switchyard target/release/switchyard]
+                        [--protocol h1] [--no-request] [--switchyard target/release/switchyard]
 """
 
 import argparse
@@ -101,6 +106,11 @@ def start(peer, port, up, work, switchyard, n, protocol):
                 "routes: [{name: all, split: {targets: {up: 1}}}]\n"
             )
         return subprocess.Popen([switchyard, "run", "-c", conf], stderr=subprocess.DEVNULL)
+    if peer == "bare-h2":
+        if protocol != "h2c":
+            raise SystemExit("bare-h2 is measured over h2c only")
+        bare = os.path.join(os.path.dirname(switchyard), "examples", "bare_h2")
+        return subprocess.Popen([bare, f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL)
     if peer == "nginx":
         conf = os.path.join(work, "nginx.conf")
         listen = {
@@ -154,7 +164,8 @@ def import_h2():
 class Client:
     """One client connection that sends one GET and reads its whole answer."""
 
-    def __init__(self, port, protocol):
+    def __init__(self, port, protocol, request=True):
+        self.request = request
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.protocol = protocol
         if protocol == "h2":
@@ -166,17 +177,23 @@ class Client:
             if self.sock.selected_alpn_protocol() != "h2":
                 raise SystemExit("the TLS listener did not choose h2")
         if protocol == "h1":
-            self.sock.sendall(b"GET / HTTP/1.1\r\nHost: idle.test\r\n\r\n")
+            if request:
+                self.sock.sendall(b"GET / HTTP/1.1\r\nHost: idle.test\r\n\r\n")
             return
         h2 = import_h2()
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.h2.initiate_connection()
+        if not request:
+            self.sock.sendall(self.h2.data_to_send())
+            return
         scheme = "https" if protocol == "h2" else "http"
         headers = [(":method", "GET"), (":path", "/"), (":scheme", scheme), (":authority", "idle.test")]
         self.h2.send_headers(1, headers, end_stream=True)
         self.sock.sendall(self.h2.data_to_send())
 
     def read_answer(self):
+        if not self.request:
+            return
         if self.protocol == "h1":
             buf = b""
             while not (b"\r\n\r\n" in buf and buf.endswith(b"ok")):
@@ -199,7 +216,7 @@ class Client:
         self.sock.close()
 
 
-def measure(peer, n, idle, switchyard, up, protocol):
+def measure(peer, n, idle, switchyard, up, protocol, request):
     work = tempfile.mkdtemp(prefix=f"idle-{peer}-")
     port = free_port()
     proc = start(peer, port, up, work, switchyard, n, protocol)
@@ -215,7 +232,7 @@ def measure(peer, n, idle, switchyard, up, protocol):
     socks = []
     try:
         for _ in range(n):
-            socks.append(Client(port, protocol))
+            socks.append(Client(port, protocol, request))
         for s in socks:
             s.read_answer()
         time.sleep(0.3)
@@ -235,6 +252,7 @@ def measure(peer, n, idle, switchyard, up, protocol):
     return {
         "peer": peer,
         "protocol": protocol,
+        "request": request,
         "connections": n,
         "rss_base_kib": base,
         "rss_answered_kib": answered,
@@ -251,6 +269,7 @@ def main():
     ap.add_argument("--peers", default="switchyard,nginx,haproxy")
     ap.add_argument("--switchyard", default="target/release/switchyard")
     ap.add_argument("--protocol", default="h1", choices=["h1", "h2c", "h2"])
+    ap.add_argument("--no-request", action="store_true", help="open the connections without a request")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 2 * args.connections + 1000
@@ -258,7 +277,7 @@ def main():
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
     up = upstream()
     rows = [
-        measure(p, args.connections, args.idle, args.switchyard, up, args.protocol)
+        measure(p, args.connections, args.idle, args.switchyard, up, args.protocol, not args.no_request)
         for p in args.peers.split(",")
     ]
     json.dump(rows, sys.stdout, indent=1)

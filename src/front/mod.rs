@@ -39,6 +39,7 @@ pub use conn::{
     READ_CHUNK,
 };
 pub use drain::{open_connections, Drain, InFlight};
+pub use http2::options as http2_settings;
 pub use head::{answer_head, classify, head_complete, Accepted, Head, RequestFields, MAX_FIELDS};
 pub use listener::{PlainTcp, TcpListeners};
 
