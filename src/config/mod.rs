@@ -6,6 +6,7 @@
 
 mod access_log;
 pub mod limits;
+mod mirror;
 mod ordered;
 pub mod parse;
 mod rollout;
@@ -18,6 +19,7 @@ mod validate;
 
 pub use access_log::ACCESS_LOG_FIELDS;
 pub use limits::Limits;
+pub use mirror::{CompareConfig, MirrorConfig};
 pub use ordered::OrderedMap;
 pub use rollout::{GatesConfig, RolloutConfig, WebhookConfig};
 pub use step::{Step, StepConfig};
@@ -625,55 +627,6 @@ pub struct BlueGreenConfig {
 pub enum PercentValue {
     Number(f64),
     Text(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MirrorConfig {
-    #[serde(default)]
-    pub to: String,
-    #[serde(default = "default_mirror_percent")]
-    pub percent: Percent,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sticky: Vec<Sticky>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub methods: Option<Vec<String>>,
-    #[serde(default = "default_mirror_body")]
-    pub max_body_bytes: u64,
-    #[serde(default = "default_mirror_timeout")]
-    pub timeout: Dur,
-    #[serde(default = "default_mirror_in_flight")]
-    pub max_in_flight: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compare: Option<CompareConfig>,
-}
-
-fn default_mirror_percent() -> Percent {
-    Percent::from(100.0)
-}
-fn default_mirror_body() -> u64 {
-    65536
-}
-fn default_mirror_timeout() -> Dur {
-    "2s".into()
-}
-fn default_mirror_in_flight() -> u64 {
-    256
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CompareConfig {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ignore_headers: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ignore_json: Vec<String>,
-    #[serde(default = "default_compare_body")]
-    pub max_body_bytes: u64,
-}
-
-fn default_compare_body() -> u64 {
-    1 << 20
 }
 
 impl Config {

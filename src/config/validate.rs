@@ -594,19 +594,8 @@ fn mirror(path: &str, m: &MirrorConfig, e: &mut Errors) {
         e.push(format!("{path}.max_in_flight"), "must be at least 1, got 0");
     }
     if let Some(c) = &m.compare {
-        for (i, h) in c.ignore_headers.iter().enumerate() {
-            e.check(
-                format!("{path}.compare.ignore_headers[{i}]"),
-                parse::header_name(h),
-            );
-        }
-        for (i, p) in c.ignore_json.iter().enumerate() {
-            if !p.is_empty() && !p.starts_with('/') {
-                e.push(
-                    format!("{path}.compare.ignore_json[{i}]"),
-                    format!("invalid JSON pointer {p:?} (must start with '/')"),
-                );
-            }
+        for (at, problem) in c.problems() {
+            e.push(format!("{path}.compare.{at}"), problem);
         }
     }
 }

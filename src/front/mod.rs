@@ -39,8 +39,8 @@ pub use conn::{
     READ_CHUNK,
 };
 pub use drain::{open_connections, Drain, InFlight};
-pub use http2::options as http2_settings;
 pub use head::{answer_head, classify, head_complete, Accepted, Head, RequestFields, MAX_FIELDS};
+pub use http2::options as http2_settings;
 pub use listener::{PlainTcp, TcpListeners};
 
 use crate::config::Limits;

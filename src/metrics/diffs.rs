@@ -21,6 +21,11 @@ const REDACTED: [&str; 7] = [
     "x-csrf-token",
 ];
 
+/// Whether a header's values are never shown (credentials).
+pub fn redacted(name: &str) -> bool {
+    REDACTED.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
+
 /// One response of a differing pair, as shown.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[schemars(rename = "DiffSide")]
@@ -37,7 +42,7 @@ impl Side {
         let headers = headers
             .iter()
             .map(|(k, v)| {
-                let shown = if REDACTED.contains(&k.as_str()) {
+                let shown = if redacted(k) {
                     "[redacted]".to_string()
                 } else {
                     String::from_utf8_lossy(v).into_owned()

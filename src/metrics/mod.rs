@@ -8,6 +8,7 @@
 //! is taken only the first time a snapshot sees a pair, so at most once per pair per config change.
 
 pub mod diffs;
+pub mod fields;
 mod histogram;
 pub mod series;
 
@@ -103,6 +104,8 @@ pub struct Metrics {
     pub access_log: AccessLogCounters,
     /// Differing shadow/primary pairs, newest last.
     pub mirror_diffs: diffs::Diffs,
+    /// Per-field differences of each mirroring route.
+    pub mirror_fields: fields::Fields,
 }
 
 fn unix_now() -> u64 {
@@ -123,6 +126,7 @@ impl Default for Metrics {
             last_reload_success_unix: AtomicU64::new(unix_now()),
             access_log: AccessLogCounters::default(),
             mirror_diffs: diffs::Diffs::default(),
+            mirror_fields: fields::Fields::default(),
         }
     }
 }

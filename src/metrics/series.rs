@@ -154,7 +154,7 @@ pub struct Stats {
     pub latency: Latencies,
     /// Shadow copies of this route's traffic started towards this target.
     pub mirror_sent: u64,
-    /// Shadow answers compared with their primary's, and how many differed.
+    /// Shadow answers compared with their primary's, and how many differed in a significant field.
     pub mirror_compared: u64,
     pub mirror_diffs: u64,
     /// Shadow copies that failed: no answer, no answer within the timeout, or a 5xx answer.
@@ -308,6 +308,8 @@ struct Totals {
     connections: [AtomicU64; 2],
     mirror: [AtomicU64; MirrorOutcome::ALL.len()],
     compare: [AtomicU64; CompareResult::ALL.len()],
+    /// Compared pairs with a significant difference (`proxy::mirror` and `metrics::fields`).
+    significant: AtomicU64,
     /// Shadow answers with a 5xx status.
     mirror_5xx: AtomicU64,
     /// gRPC calls by `grpc-status` (0–16) and the status class they were counted in.
@@ -513,12 +515,16 @@ impl Series {
         }
     }
 
-    /// How a shadow's answer compared with its primary's.
-    pub fn record_compare(&self, now: u64, result: CompareResult) {
+    /// How a shadow's answer compared with its primary's, and whether it differed in a significant
+    /// field (what `max_mirror_diff_rate` counts).
+    pub fn record_compare(&self, now: u64, result: CompareResult, significant: bool) {
         self.totals.compare[result as usize].fetch_add(1, Relaxed);
+        if significant {
+            self.totals.significant.fetch_add(1, Relaxed);
+        }
         if let Some(slot) = self.slot(now) {
             slot.mirror_compared.fetch_add(1, Relaxed);
-            if result != CompareResult::Match {
+            if significant {
                 slot.mirror_diffs.fetch_add(1, Relaxed);
             }
         }
@@ -542,7 +548,7 @@ impl Series {
             latency: t.latency.read(),
             mirror_sent: t.mirror[MirrorOutcome::Sent as usize].load(Relaxed),
             mirror_compared: t.compare.iter().map(|c| c.load(Relaxed)).sum(),
-            mirror_diffs: t.compare[1..].iter().map(|c| c.load(Relaxed)).sum(),
+            mirror_diffs: t.significant.load(Relaxed),
             mirror_errors: t.mirror[MirrorOutcome::Error as usize].load(Relaxed)
                 + t.mirror[MirrorOutcome::Timeout as usize].load(Relaxed)
                 + t.mirror_5xx.load(Relaxed),

@@ -120,6 +120,7 @@ impl Proxy {
                 snapshot: &snapshot,
                 mirror: m,
                 route: decision.route,
+                served_by: decision.target,
                 request_id: &ctx.request_id,
                 client: decision.client.map(|c| snapshot.table.client_name(c)),
             },

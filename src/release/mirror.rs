@@ -18,6 +18,28 @@ pub struct Compare {
     pub ignore_json: Vec<String>,
     /// Bytes of each body captured for the comparison.
     pub max_body_bytes: usize,
+    /// Mirrored safe requests also sent a second time to the primary's upstream, to learn the
+    /// noise (per million).
+    pub noise_per_million: u32,
+    /// Diffy's thresholds, 0–1: relative and absolute difference of a field's shadow and noise rates.
+    pub noise_relative: f64,
+    pub noise_absolute: f64,
+}
+
+impl Compare {
+    /// Whether a copy of this request also goes to the primary's upstream, to learn the noise:
+    /// sampled among safe requests without a body.
+    pub fn learns_noise_from(
+        &self,
+        method: &str,
+        body: bool,
+        random: &mut dyn FnMut() -> u32,
+    ) -> bool {
+        self.noise_per_million > 0
+            && !body
+            && matches!(method, "GET" | "HEAD" | "OPTIONS")
+            && random() % 1_000_000 < self.noise_per_million
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -68,21 +90,36 @@ impl Mirror {
             max_body_bytes: m.max_body_bytes,
             timeout,
             max_in_flight: m.max_in_flight,
-            compare: m.compare.as_ref().map(|c| Compare {
-                ignore_headers: c
-                    .ignore_headers
-                    .iter()
-                    .map(|h| h.to_ascii_lowercase())
-                    .collect(),
-                ignore_json: c.ignore_json.clone(),
-                max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
-            }),
+            compare: match &m.compare {
+                Some(c) => {
+                    Some(compile_compare(c).map_err(|(at, e)| err(&format!("compare.{at}"), e))?)
+                }
+                None => None,
+            },
         })
     }
 
     fn allows_method(&self, method: &str) -> bool {
         self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
     }
+}
+
+fn compile_compare(c: &crate::config::CompareConfig) -> Result<Compare, (&'static str, String)> {
+    let noise = c.noise_percent.read().map_err(|e| ("noise_percent", e))?;
+    let relative = c.noise_relative.read().map_err(|e| ("noise_relative", e))?;
+    let absolute = c.noise_absolute.read().map_err(|e| ("noise_absolute", e))?;
+    Ok(Compare {
+        ignore_headers: c
+            .ignore_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        ignore_json: c.ignore_json.clone(),
+        max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
+        noise_per_million: (noise * 10_000.0).round() as u32,
+        noise_relative: relative / 100.0,
+        noise_absolute: absolute / 100.0,
+    })
 }
 
 /// The mirror a routed request should be copied to, if any: the route mirrors, the request's method is

@@ -164,8 +164,7 @@ fn shadow_mirror(own: Option<MirrorConfig>, canary: &str, percent: f64) -> Mirro
     if m.compare.is_none() {
         m.compare = Some(CompareConfig {
             ignore_headers: vec!["date".into(), "x-request-id".into()],
-            ignore_json: Vec::new(),
-            max_body_bytes: 1 << 20,
+            ..CompareConfig::default()
         });
     }
     m

@@ -294,6 +294,7 @@ impl Engine {
                     body_len: length,
                     idempotent,
                     request_id: &request_id,
+                    served_by: d.target,
                 };
                 (shadow, tap) =
                     match ShadowCopy::start(self.proxy.metrics(), snapshot, m, d.route, primary) {

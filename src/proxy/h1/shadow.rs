@@ -18,7 +18,7 @@ use crate::metrics::{Metrics, MirrorOutcome};
 use crate::proxy::mirror::{self, Captured, InFlight, Meta};
 use crate::proxy::SHADOW_HEADER;
 use crate::release::mirror::Compare;
-use crate::release::{Mirror, RouteId};
+use crate::release::{Mirror, RouteId, UpstreamId};
 use crate::state::Snapshot;
 use crate::upstream::Timeouts;
 use bytes::{Buf, BytesMut};
@@ -65,6 +65,8 @@ struct Job {
     /// `None` when the mirror target has no healthy backend.
     addr: Option<SocketAddr>,
     timeouts: Timeouts,
+    /// Where the same request goes a second time to learn the noise (the primary's upstream).
+    noise: Option<(SocketAddr, Timeouts)>,
     head_request: bool,
     replayable: bool,
     request_id: String,
@@ -83,6 +85,8 @@ pub(super) struct Primary<'a> {
     pub(super) body_len: Option<u64>,
     pub(super) idempotent: bool,
     pub(super) request_id: &'a str,
+    /// The upstream the primary goes to.
+    pub(super) served_by: UpstreamId,
 }
 
 impl ShadowCopy {
@@ -99,6 +103,16 @@ impl ShadowCopy {
         let addr = pool
             .and_then(|p| p.select(&[]))
             .and_then(|b| b.addr.as_inet().copied());
+        let body = primary.body_len.is_some_and(|n| n > 0);
+        let noise = m
+            .compare
+            .as_ref()
+            .filter(|c| c.learns_noise_from(primary.method, body, &mut || rand::random()))
+            .and_then(|_| {
+                let pool = snapshot.pools.get(primary.served_by)?;
+                let addr = pool.select(&[])?.addr.as_inet().copied()?;
+                Some((addr, pool.timeouts()))
+            });
         let (compare, tap) = match &m.compare {
             Some(c) => {
                 let (tx, rx) = oneshot::channel();
@@ -124,6 +138,7 @@ impl ShadowCopy {
         let job = Job {
             addr,
             timeouts: pool.map(|p| p.timeouts()).unwrap_or_default(),
+            noise,
             head_request: primary.method == "HEAD",
             replayable: primary.idempotent,
             request_id: primary.request_id.to_string(),
@@ -174,6 +189,7 @@ async fn run(bytes: Vec<u8>, job: Box<Job>) {
     let Job {
         addr,
         timeouts,
+        noise,
         head_request,
         replayable,
         request_id,
@@ -183,26 +199,32 @@ async fn run(bytes: Vec<u8>, job: Box<Job>) {
         in_flight,
     } = *job;
     let limit = compare.as_ref().map_or(0, |(_, c)| c.max_body_bytes);
-    let mut shadow = Captured::default();
-    let exchanged = match addr {
-        Some(addr) => {
-            let shadow = &mut shadow;
-            let call = Call {
-                bytes: &bytes,
-                timeouts,
-                head_request,
-                request_id: &request_id,
-                limit,
-            };
-            tokio::time::timeout(meta.timeout, exchange(call, addr, replayable, shadow)).await
-        }
-        None => Ok(Err(())),
+    let call = |timeouts| Call {
+        bytes: &bytes,
+        timeouts,
+        head_request,
+        request_id: &request_id,
+        limit,
     };
-    match exchanged {
+    let shadow = async {
+        let addr = addr.ok_or(())?;
+        let mut shadow = Captured::default();
+        exchange(call(timeouts), addr, replayable, &mut shadow).await?;
+        Ok::<_, ()>(shadow)
+    };
+    let noise = async {
+        let (addr, timeouts) = noise?;
+        let mut answer = Captured::default();
+        let got = exchange(call(timeouts), addr, replayable, &mut answer);
+        tokio::time::timeout(meta.timeout, got).await.ok()?.ok()?;
+        Some(answer)
+    };
+    let (exchanged, noise) = tokio::join!(tokio::time::timeout(meta.timeout, shadow), noise);
+    let shadow = match exchanged {
         Err(_) => return in_flight.record(&metrics, MirrorOutcome::Timeout),
         Ok(Err(())) => return in_flight.record(&metrics, MirrorOutcome::Error),
-        Ok(Ok(())) => {}
-    }
+        Ok(Ok(shadow)) => shadow,
+    };
     let Some((primary, cfg)) = compare else {
         return;
     };
@@ -210,7 +232,12 @@ async fn run(bytes: Vec<u8>, job: Box<Job>) {
     let Ok(Ok(primary)) = tokio::time::timeout(Duration::from_secs(300), primary).await else {
         return;
     };
-    mirror::judge(&primary, &shadow, &cfg, meta, &metrics, &in_flight);
+    let answers = mirror::Answers {
+        primary: &primary,
+        shadow: &shadow,
+        noise: noise.as_ref(),
+    };
+    mirror::judge(answers, &cfg, meta, &metrics, &in_flight);
 }
 
 /// One shadow request, as sent.

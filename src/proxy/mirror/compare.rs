@@ -4,6 +4,8 @@
 //! pointers removed), others byte for byte. Hop-by-hop headers, `content-length`,
 //! `transfer-encoding`, `date` and `ignore_headers` are left out.
 
+use crate::metrics::diffs::redacted;
+use crate::metrics::fields::{FieldDiff, Kind, SHOWN};
 use crate::metrics::CompareResult;
 use crate::release::mirror::Compare;
 use serde_json::Value;
@@ -50,12 +52,18 @@ impl Captured {
     }
 }
 
-/// The result of one comparison, with a one-line human account of the first difference.
+/// The result of one comparison: its class, a one-line human account of the first difference, and
+/// every difference, field by field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
     pub result: CompareResult,
     pub diff: String,
+    pub fields: Vec<FieldDiff>,
 }
+
+/// Distinct fields one pair reports at most (a body whose every array item differs reports each
+/// generalised path once).
+pub const MAX_PAIR_FIELDS: usize = 256;
 
 const ALWAYS_IGNORED: [&str; 14] = [
     // Compared as the status of a gRPC answer, wherever it came (headers or trailers).
@@ -75,42 +83,98 @@ const ALWAYS_IGNORED: [&str; 14] = [
     "date",
 ];
 
+/// The differences of one pair, as they are found.
+#[derive(Default)]
+struct Found {
+    fields: Vec<FieldDiff>,
+    first: Option<String>,
+}
+
+impl Found {
+    fn push(&mut self, d: FieldDiff) {
+        let seen = self
+            .fields
+            .iter()
+            .any(|f| f.kind == d.kind && f.path == d.path);
+        if !seen && self.fields.len() < MAX_PAIR_FIELDS {
+            self.fields.push(d);
+        }
+    }
+
+    fn first(&mut self, text: impl FnOnce() -> String) {
+        if self.first.is_none() {
+            self.first = Some(text());
+        }
+    }
+}
+
+fn plain(path: &str, kind: Kind, primary: Option<String>, shadow: Option<String>) -> FieldDiff {
+    FieldDiff {
+        path: path.to_string(),
+        kind,
+        primary,
+        shadow,
+        primary_type: None,
+        shadow_type: None,
+    }
+}
+
+fn kind_of<T>(p: &Option<T>, s: &Option<T>) -> Kind {
+    match (p, s) {
+        (None, Some(_)) => Kind::Added,
+        (Some(_), None) => Kind::Removed,
+        _ => Kind::Value,
+    }
+}
+
 pub fn compare(primary: &Captured, shadow: &Captured, cfg: &Compare) -> Verdict {
+    let mut status = Found::default();
     if primary.status != shadow.status {
-        return Verdict {
-            result: CompareResult::Status,
-            diff: format!(
+        status.first(|| {
+            format!(
                 "status: primary {} != shadow {}",
                 primary.status, shadow.status
-            ),
-        };
+            )
+        });
+        let (p, s) = (primary.status.to_string(), shadow.status.to_string());
+        status.push(plain("status", Kind::Value, Some(p), Some(s)));
     }
     if primary.grpc_status != shadow.grpc_status {
         let show = |c: Option<u8>| c.map_or("none".to_string(), |c| c.to_string());
-        return Verdict {
-            result: CompareResult::Status,
-            diff: format!(
+        status.first(|| {
+            format!(
                 "grpc-status: primary {} != shadow {}",
                 show(primary.grpc_status),
                 show(shadow.grpc_status)
-            ),
-        };
+            )
+        });
+        let (p, s) = (
+            primary.grpc_status.map(|c| c.to_string()),
+            shadow.grpc_status.map(|c| c.to_string()),
+        );
+        status.push(plain("grpc-status", kind_of(&p, &s), p, s));
     }
-    if let Some(diff) = body_diff(primary, shadow, cfg) {
-        return Verdict {
-            result: CompareResult::Body,
-            diff,
-        };
-    }
-    if let Some(diff) = header_diff(primary, shadow, cfg) {
-        return Verdict {
-            result: CompareResult::Headers,
-            diff,
-        };
-    }
+    let mut body = Found::default();
+    body_diffs(primary, shadow, cfg, &mut body);
+    let mut headers = Found::default();
+    header_diffs(primary, shadow, cfg, &mut headers);
+    let (result, diff) = if let Some(d) = status.first.take() {
+        (CompareResult::Status, d)
+    } else if let Some(d) = body.first.take() {
+        (CompareResult::Body, d)
+    } else if let Some(d) = headers.first.take() {
+        (CompareResult::Headers, d)
+    } else {
+        (CompareResult::Match, String::new())
+    };
+    let mut fields = status.fields;
+    fields.extend(body.fields);
+    fields.extend(headers.fields);
+    fields.truncate(MAX_PAIR_FIELDS);
     Verdict {
-        result: CompareResult::Match,
-        diff: String::new(),
+        result,
+        diff,
+        fields,
     }
 }
 
@@ -125,36 +189,43 @@ fn kept_headers(c: &Captured, cfg: &Compare) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn header_diff(primary: &Captured, shadow: &Captured, cfg: &Compare) -> Option<String> {
+fn header_diffs(primary: &Captured, shadow: &Captured, cfg: &Compare, found: &mut Found) {
     let (p, s) = (kept_headers(primary, cfg), kept_headers(shadow, cfg));
     if p == s {
-        return None;
+        return;
     }
-    let show = |v: Option<&(String, Vec<u8>)>| match v {
-        Some((_, v)) => format!("{:?}", String::from_utf8_lossy(v)),
-        None => "absent".to_string(),
-    };
     let mut names: Vec<&String> = p.iter().chain(s.iter()).map(|(n, _)| n).collect();
     names.sort();
     names.dedup();
-    let diffs: Vec<String> = names
-        .into_iter()
-        .filter_map(|n| {
-            let pv: Vec<_> = p.iter().filter(|(k, _)| k == n).collect();
-            let sv: Vec<_> = s.iter().filter(|(k, _)| k == n).collect();
-            (pv != sv).then(|| {
-                format!(
-                    "header {n}: primary {} != shadow {}",
-                    show(pv.first().copied()),
-                    show(sv.first().copied())
-                )
+    let mut texts = Vec::new();
+    for n in names {
+        let pv: Vec<_> = p.iter().filter(|(k, _)| k == n).collect();
+        let sv: Vec<_> = s.iter().filter(|(k, _)| k == n).collect();
+        if pv == sv {
+            continue;
+        }
+        let show = |v: Option<&&(String, Vec<u8>)>| {
+            v.map(|(_, v)| {
+                if redacted(n) {
+                    "[redacted]".to_string()
+                } else {
+                    cut(&String::from_utf8_lossy(v))
+                }
             })
-        })
-        .collect();
-    Some(diffs.join("; "))
+        };
+        let (ps, ss) = (show(pv.first()), show(sv.first()));
+        let quoted = |v: &Option<String>| v.as_ref().map_or("absent".into(), |v| format!("{v:?}"));
+        texts.push(format!(
+            "header {n}: primary {} != shadow {}",
+            quoted(&ps),
+            quoted(&ss)
+        ));
+        found.push(plain(&format!("header/{n}"), kind_of(&ps, &ss), ps, ss));
+    }
+    found.first(|| texts.join("; "));
 }
 
-fn body_diff(primary: &Captured, shadow: &Captured, cfg: &Compare) -> Option<String> {
+fn body_diffs(primary: &Captured, shadow: &Captured, cfg: &Compare, found: &mut Found) {
     if !primary.truncated && !shadow.truncated {
         if let (Ok(mut a), Ok(mut b)) = (
             serde_json::from_slice::<Value>(&primary.body),
@@ -164,11 +235,13 @@ fn body_diff(primary: &Captured, shadow: &Captured, cfg: &Compare) -> Option<Str
                 remove_pointer(&mut a, pointer);
                 remove_pointer(&mut b, pointer);
             }
-            return json_diff(&a, &b, &mut String::new());
+            let mut at = Path::default();
+            json_diffs(&a, &b, &mut at, found);
+            return;
         }
     }
     if primary.body == shadow.body {
-        return None;
+        return;
     }
     let at = primary
         .body
@@ -180,13 +253,21 @@ fn body_diff(primary: &Captured, shadow: &Captured, cfg: &Compare) -> Option<Str
         let end = (at + 24).min(b.len());
         format!("{:?}", String::from_utf8_lossy(&b[at.min(end)..end]))
     };
-    Some(format!(
-        "body differs at byte {at} (primary {} bytes, shadow {} bytes): primary {} shadow {}",
-        primary.body.len(),
-        shadow.body.len(),
-        around(&primary.body),
-        around(&shadow.body)
-    ))
+    found.first(|| {
+        format!(
+            "body differs at byte {at} (primary {} bytes, shadow {} bytes): primary {} shadow {}",
+            primary.body.len(),
+            shadow.body.len(),
+            around(&primary.body),
+            around(&shadow.body)
+        )
+    });
+    found.push(plain(
+        "body",
+        Kind::Value,
+        Some(around(&primary.body)),
+        Some(around(&shadow.body)),
+    ));
 }
 
 /// Removes the value a JSON pointer (RFC 6901) names, if present.
@@ -210,60 +291,121 @@ fn remove_pointer(v: &mut Value, pointer: &str) {
     }
 }
 
-/// The first place two JSON values differ, as `body at /a/0/b: primary X != shadow Y`.
-fn json_diff(a: &Value, b: &Value, path: &mut String) -> Option<String> {
+/// Where a walk is in a JSON body: the pointer itself (for the first difference, in words) and the
+/// field it belongs to (array indexes as `*`).
+#[derive(Default)]
+struct Path {
+    concrete: String,
+    field: String,
+}
+
+impl Path {
+    fn enter(&mut self, concrete: &str, field: &str) -> (usize, usize) {
+        let marks = (self.concrete.len(), self.field.len());
+        self.concrete.push('/');
+        self.concrete.push_str(concrete);
+        self.field.push('/');
+        self.field.push_str(field);
+        marks
+    }
+
+    fn leave(&mut self, (c, f): (usize, usize)) {
+        self.concrete.truncate(c);
+        self.field.truncate(f);
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Every place two JSON values differ, by field; the first also in words, as
+/// `body at /a/0/b: primary X != shadow Y`.
+fn json_diffs(a: &Value, b: &Value, at: &mut Path, found: &mut Found) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
             keys.sort();
             keys.dedup();
             for k in keys {
-                let len = path.len();
-                path.push('/');
-                path.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                let found = match (x.get(k), y.get(k)) {
-                    (Some(p), Some(s)) => json_diff(p, s, path),
-                    (p, s) => Some(describe(path, p, s)),
-                };
-                path.truncate(len);
-                if found.is_some() {
-                    return found;
-                }
+                let escaped = k.replace('~', "~0").replace('/', "~1");
+                let marks = at.enter(&escaped, &escaped);
+                one(x.get(k), y.get(k), at, found);
+                at.leave(marks);
             }
-            None
         }
         (Value::Array(x), Value::Array(y)) => {
             for i in 0..x.len().max(y.len()) {
-                let len = path.len();
-                path.push_str(&format!("/{i}"));
-                let found = match (x.get(i), y.get(i)) {
-                    (Some(p), Some(s)) => json_diff(p, s, path),
-                    (p, s) => Some(describe(path, p, s)),
-                };
-                path.truncate(len);
-                if found.is_some() {
-                    return found;
-                }
+                let marks = at.enter(&i.to_string(), "*");
+                one(x.get(i), y.get(i), at, found);
+                at.leave(marks);
             }
-            None
         }
-        _ if a == b => None,
-        _ => Some(describe(path, Some(a), Some(b))),
+        _ if a == b => {}
+        _ => one_leaf(a, b, at, found),
+    }
+}
+
+fn one(p: Option<&Value>, s: Option<&Value>, at: &mut Path, found: &mut Found) {
+    match (p, s) {
+        (Some(p), Some(s)) => json_diffs(p, s, at, found),
+        (p, s) => {
+            found.first(|| describe(&at.concrete, p, s));
+            found.push(FieldDiff {
+                path: at.field.clone(),
+                kind: if p.is_some() {
+                    Kind::Removed
+                } else {
+                    Kind::Added
+                },
+                primary: p.map(show),
+                shadow: s.map(show),
+                primary_type: p.map(type_name),
+                shadow_type: s.map(type_name),
+            });
+        }
+    }
+}
+
+fn one_leaf(a: &Value, b: &Value, at: &mut Path, found: &mut Found) {
+    found.first(|| describe(&at.concrete, Some(a), Some(b)));
+    let path = if at.field.is_empty() { "/" } else { &at.field };
+    found.push(FieldDiff {
+        path: path.to_string(),
+        kind: if type_name(a) == type_name(b) {
+            Kind::Value
+        } else {
+            Kind::Type
+        },
+        primary: Some(show(a)),
+        shadow: Some(show(b)),
+        primary_type: Some(type_name(a)),
+        shadow_type: Some(type_name(b)),
+    });
+}
+
+/// A value as shown: its JSON text, cut.
+fn show(v: &Value) -> String {
+    cut(&v.to_string())
+}
+
+fn cut(t: &str) -> String {
+    if t.chars().count() > SHOWN {
+        format!("{}…", t.chars().take(SHOWN).collect::<String>())
+    } else {
+        t.to_string()
     }
 }
 
 fn describe(path: &str, p: Option<&Value>, s: Option<&Value>) -> String {
-    let show = |v: Option<&Value>| match v {
-        Some(v) => {
-            let t = v.to_string();
-            if t.len() > 120 {
-                format!("{}…", t.chars().take(120).collect::<String>())
-            } else {
-                t
-            }
-        }
-        None => "absent".to_string(),
-    };
+    let show = |v: Option<&Value>| v.map_or("absent".to_string(), show);
     let at = if path.is_empty() { "/" } else { path };
     format!("body at {at}: primary {} != shadow {}", show(p), show(s))
 }
@@ -277,6 +419,9 @@ mod tests {
             ignore_headers: ignore_headers.iter().map(|s| s.to_string()).collect(),
             ignore_json: ignore_json.iter().map(|s| s.to_string()).collect(),
             max_body_bytes: 1 << 20,
+            noise_per_million: 0,
+            noise_relative: 0.2,
+            noise_absolute: 0.0003,
         }
     }
 
@@ -412,6 +557,61 @@ mod tests {
             .result,
             CompareResult::Match
         );
+    }
+
+    #[test]
+    fn every_difference_is_reported_by_field_with_array_indexes_generalised() {
+        let a = resp(
+            200,
+            &[("x-v", "1"), ("set-cookie", "a=1")],
+            r#"{"order":{"id":7,"total":10.5,"legacy_id":3,"items":[{"price":1},{"price":2}]}}"#,
+        );
+        let b = resp(
+            200,
+            &[("x-v", "2"), ("set-cookie", "a=2"), ("x-new", "y")],
+            r#"{"order":{"id":7,"total":"10.5","currency":"EUR","items":[{"price":1},{"price":3},{"price":4}]}}"#,
+        );
+        let v = compare(&a, &b, &cfg(&[], &[]));
+        assert_eq!(v.result, CompareResult::Body);
+        let got: Vec<(&str, Kind)> = v.fields.iter().map(|f| (f.path.as_str(), f.kind)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/order/currency", Kind::Added),
+                ("/order/items/*/price", Kind::Value),
+                ("/order/items/*", Kind::Added),
+                ("/order/legacy_id", Kind::Removed),
+                ("/order/total", Kind::Type),
+                ("header/set-cookie", Kind::Value),
+                ("header/x-new", Kind::Added),
+                ("header/x-v", Kind::Value),
+            ]
+        );
+        let total = &v.fields[4];
+        assert_eq!(
+            (total.primary_type, total.shadow_type),
+            (Some("number"), Some("string"))
+        );
+        assert_eq!(total.shadow.as_deref(), Some("\"10.5\""));
+        let cookie = &v.fields[5];
+        assert_eq!(
+            cookie.primary.as_deref(),
+            Some("[redacted]"),
+            "credentials are never shown"
+        );
+        // The first difference, in words, keeps its concrete path.
+        assert_eq!(
+            v.diff,
+            "body at /order/currency: primary absent != shadow \"EUR\""
+        );
+        // Status first, and as a field of its own.
+        let s = compare(&a, &resp(503, &[], "{}"), &cfg(&[], &[]));
+        assert_eq!(s.result, CompareResult::Status);
+        assert_eq!(
+            (s.fields[0].path.as_str(), s.fields[0].kind),
+            ("status", Kind::Value)
+        );
+        assert!(compare(&a, &a, &cfg(&[], &[])).fields.is_empty());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod compare;
 pub use compare::{Captured, Verdict};
 
 use crate::metrics::diffs::{DiffSample, Side};
+use crate::metrics::fields::Rule;
 use crate::metrics::{Metrics, MirrorOutcome, Series};
 use crate::release::mirror::Compare;
 use crate::release::{Mirror, RouteId, UpstreamId};
@@ -156,6 +157,8 @@ pub struct Start<'a> {
     pub snapshot: &'a Arc<Snapshot>,
     pub mirror: &'a Mirror,
     pub route: RouteId,
+    /// The upstream the primary goes to: where a noise copy goes.
+    pub served_by: UpstreamId,
     pub request_id: &'a str,
     pub client: Option<&'a str>,
 }
@@ -192,6 +195,7 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
         snapshot,
         mirror,
         route,
+        served_by,
         request_id,
         client,
     } = s;
@@ -215,6 +219,11 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
         target: mirror.to,
         request_id: request_id.to_string(),
         client: client.map(str::to_string),
+    };
+    // The noise copy's tag: the same request, to the primary's upstream.
+    let tag_base = ShadowTag {
+        target: served_by,
+        ..tag.clone()
     };
     let sub = SubCtx::builder()
         .user_ctx(Box::new(tag))
@@ -257,13 +266,23 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
             .path_and_query()
             .map_or_else(|| req.uri.path(), |p| p.as_str()),
     );
-    let task = tokio::spawn(run_shadow(
+    let noise = match &mirror.compare {
+        Some(c) if c.learns_noise_from(&meta.method, has_body, &mut || rand::random()) => {
+            noise_copy(session, &tag_base, h2)
+        }
+        _ => None,
+    };
+    let shadow = Sub {
         prepared,
-        Channels {
+        channels: Channels {
             rx: shadow_rx,
             _input: keep_input,
             proxy_error: subreq_proxy_error,
         },
+    };
+    let task = tokio::spawn(run_shadow(
+        shadow,
+        noise,
         primary_rx,
         meta,
         metrics.clone(),
@@ -277,6 +296,23 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
         task: task.abort_handle(),
         series,
         metrics: metrics.clone(),
+    })
+}
+
+/// The noise copy of a request without a body: a subrequest to the primary's upstream.
+fn noise_copy(session: &mut Session, tag: &ShadowTag, h2: bool) -> Option<Sub> {
+    let sub = SubCtx::builder()
+        .user_ctx(Box::new(tag.clone()))
+        .body_mode(BodyMode::NoBody)
+        .build();
+    let (prepared, handle) = spawn_in_http1_form(session, sub, h2, false, None, false)?;
+    Some(Sub {
+        prepared,
+        channels: Channels {
+            rx: handle.rx,
+            _input: handle.tx,
+            proxy_error: handle.subreq_proxy_error,
+        },
     })
 }
 
@@ -397,46 +433,48 @@ impl Meta {
     }
 }
 
-/// Runs the subrequest, reads the shadow's answer, and compares it with the primary's.
-async fn run_shadow(
+/// A subrequest to run and read whole: the shadow copy, or the noise copy.
+struct Sub {
     prepared: pingora::proxy::PreparedSubrequest,
     channels: Channels,
-    primary: Option<(oneshot::Receiver<Captured>, Compare)>,
-    meta: Meta,
-    metrics: Arc<Metrics>,
-    in_flight: InFlight,
-) {
-    let series = in_flight.0.clone();
-    let Channels {
-        mut rx,
-        _input,
-        mut proxy_error,
-    } = channels;
-    let limit = primary.as_ref().map_or(0, |(_, c)| c.max_body_bytes);
+}
+
+/// Runs a subrequest and reads its whole answer, keeping the first `limit` body bytes; `Err` (with
+/// the subrequest's error, if it told one) when no complete answer came.
+async fn read_whole(sub: Sub, limit: usize) -> Result<Captured, Option<Box<pingora::Error>>> {
+    let Sub {
+        prepared,
+        channels:
+            Channels {
+                mut rx,
+                _input,
+                mut proxy_error,
+            },
+    } = sub;
     let collect = async move {
-        let mut shadow = Captured::default();
+        let mut answer = Captured::default();
         let mut complete = false;
         while let Some(task) = rx.recv().await {
             match task {
                 HttpTask::Header(h, end) => {
-                    shadow.status = h.status.as_u16();
-                    shadow.headers = h
+                    answer.status = h.status.as_u16();
+                    answer.headers = h
                         .headers
                         .iter()
                         .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
                         .collect();
-                    shadow.note_grpc_status(&h.headers);
+                    answer.note_grpc_status(&h.headers);
                     complete = end;
                 }
                 HttpTask::Body(b, end) | HttpTask::UpgradedBody(b, end) => {
                     if let Some(b) = b {
-                        shadow.push_body(&b, limit);
+                        answer.push_body(&b, limit);
                     }
                     complete = end;
                 }
                 HttpTask::Trailer(t) => {
                     if let Some(t) = t {
-                        shadow.note_grpc_status(&t);
+                        answer.note_grpc_status(&t);
                     }
                     complete = true;
                 }
@@ -450,22 +488,45 @@ async fn run_shadow(
                 break;
             }
         }
-        (shadow, complete)
+        (answer, complete)
     };
-    let outcome = tokio::time::timeout(meta.timeout, async {
-        let (_, got) = tokio::join!(prepared.run(), collect);
-        got
-    })
-    .await;
+    let (_, (answer, complete)) = tokio::join!(prepared.run(), collect);
+    if answer.status == 0 || !complete {
+        return Err(proxy_error.try_recv().ok());
+    }
+    Ok(answer)
+}
+
+/// Runs the shadow's subrequest (and the noise copy's), reads the answers, and compares them with
+/// the primary's.
+async fn run_shadow(
+    shadow: Sub,
+    noise: Option<Sub>,
+    primary: Option<(oneshot::Receiver<Captured>, Compare)>,
+    meta: Meta,
+    metrics: Arc<Metrics>,
+    in_flight: InFlight,
+) {
+    let series = in_flight.0.clone();
+    let limit = primary.as_ref().map_or(0, |(_, c)| c.max_body_bytes);
+    let noise = async {
+        let n = noise?;
+        let answer = tokio::time::timeout(meta.timeout, read_whole(n, limit)).await;
+        answer.ok()?.ok()
+    };
+    let (shadow, noise) = tokio::join!(
+        tokio::time::timeout(meta.timeout, read_whole(shadow, limit)),
+        noise
+    );
     let now = metrics.now();
-    let shadow = match outcome {
+    let shadow = match shadow {
         Err(_) => {
             series.record_mirror(now, MirrorOutcome::Timeout);
             return;
         }
-        Ok((shadow, complete)) if shadow.status == 0 || !complete => {
+        Ok(Err(e)) => {
             series.record_mirror(now, MirrorOutcome::Error);
-            if let Ok(e) = proxy_error.try_recv() {
+            if let Some(e) = e {
                 log::debug!(
                     "mirror of {} {} to {}: {e}",
                     meta.method,
@@ -475,7 +536,7 @@ async fn run_shadow(
             }
             return;
         }
-        Ok((shadow, _)) => shadow,
+        Ok(Ok(shadow)) => shadow,
     };
     if shadow.status >= 500 {
         series.record_shadow_5xx(now);
@@ -487,22 +548,50 @@ async fn run_shadow(
     let Ok(Ok(primary)) = tokio::time::timeout(Duration::from_secs(300), primary_rx).await else {
         return;
     };
-    judge(&primary, &shadow, &cfg, meta, &metrics, &in_flight);
+    let answers = Answers {
+        primary: &primary,
+        shadow: &shadow,
+        noise: noise.as_ref(),
+    };
+    judge(answers, &cfg, meta, &metrics, &in_flight);
     drop(in_flight);
 }
 
-/// Compares a shadow's answer with the primary's, counts the result and keeps a differing pair.
+/// Compares a shadow's answer with the primary's (and, for a noise pair, a second answer of the
+/// primary's upstream with the primary's), counts the fields that differ and the pairs judged, and
+/// keeps a differing pair.
 pub fn judge(
-    primary: &Captured,
-    shadow: &Captured,
+    answers: Answers<'_>,
     cfg: &Compare,
     meta: Meta,
     metrics: &Metrics,
     in_flight: &InFlight,
 ) {
+    let Answers {
+        primary,
+        shadow,
+        noise,
+    } = answers;
     let series = &in_flight.0;
+    let rule = Rule::of(cfg);
+    let fields = &metrics.mirror_fields;
+    let mut judged = Vec::new();
+    if let Some(noise) = noise {
+        let n = compare::compare(primary, noise, cfg);
+        judged.extend(fields.noise_pair(&meta.route, &meta.target, &n.fields, &rule));
+    }
     let verdict = compare::compare(primary, shadow, cfg);
-    series.record_compare(metrics.now(), verdict.result);
+    judged.extend(fields.shadow_pair(
+        &meta.route,
+        &meta.target,
+        verdict.result,
+        &verdict.fields,
+        &rule,
+    ));
+    let now = metrics.now();
+    for j in judged {
+        series.record_compare(now, j.result, j.significant);
+    }
     if verdict.result != crate::metrics::CompareResult::Match {
         metrics.mirror_diffs.push(DiffSample {
             at: crate::time::rfc3339(SystemTime::now()),
@@ -527,4 +616,12 @@ pub fn judge(
             ),
         });
     }
+}
+
+/// The answers a comparison reads.
+pub struct Answers<'a> {
+    pub primary: &'a Captured,
+    pub shadow: &'a Captured,
+    /// A second answer of the primary's upstream to the same request, when it was asked for one.
+    pub noise: Option<&'a Captured>,
 }
