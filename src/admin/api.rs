@@ -89,6 +89,9 @@ pub(crate) fn handle(
             let diffs = state.metrics().mirror_diffs.list(route.as_deref());
             json(StatusCode::OK, &DiffsBody { diffs })
         }
+        (&Method::GET, ["v1", "routes", route, "mirror", "fields"]) => {
+            super::mirror::fields(&state.load(), state.metrics(), route)
+        }
         (&Method::GET, ["v1", "audit"]) => audit(state, req),
         (_, path) => not_here(req, path),
     }
@@ -112,6 +115,7 @@ fn not_here(req: &Request, path: &[&str]) -> Response<Vec<u8>> {
             | ["v1", "routes", _]
             | ["v1", "routes", _, "rollback" | "explain" | "rollout"]
             | ["v1", "routes", _, "rollout", _]
+            | ["v1", "routes", _, "mirror", "fields"]
             | ["v1", "revisions", _, "restore"]
     );
     if known {

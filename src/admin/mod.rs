@@ -7,6 +7,7 @@
 mod api;
 pub mod body;
 mod explain;
+mod mirror;
 pub mod openapi;
 pub mod prometheus;
 mod stats;

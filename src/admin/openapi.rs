@@ -348,6 +348,18 @@ const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "get",
+        path: "/v1/routes/{name}/mirror/fields",
+        summary: "Per field: how often the shadow's answers differ from the primary's, against the noise of the primary's upstream; and the schema drift",
+        description: None,
+        params: &[ROUTE],
+        body: Body::None,
+        answer: Answer::Json(schema::<crate::metrics::fields::Report>),
+        change: false,
+        etag: false,
+        refusals: &[(404, "No such route, or the route does not compare mirrored answers.")],
+    },
+    Operation {
+        method: "get",
         path: "/v1/fleet",
         summary: "The fleet: this instance, and every live instance with the revision it serves and the rollouts it leads",
         description: None,

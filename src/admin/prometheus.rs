@@ -3,6 +3,7 @@
 //! encoded with its `TextEncoder`, followed by anything registered in its default registry.
 
 use crate::config::Config;
+use crate::metrics::fields::{Kind, Rule};
 use crate::metrics::series::CLASS_NAMES;
 use crate::metrics::{
     class_of, CompareResult, Latencies, Metrics, MirrorOutcome, Rejection, Series, Stats,
@@ -214,6 +215,7 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
     let p = Process::of(metrics, revision);
     let weights = weight_family(config);
     let (log_lines, log_dropped) = access_log_families(metrics);
+    let (field_diffs, significant) = field_families(metrics, config);
     [
         t.requests,
         t.bytes_in,
@@ -226,6 +228,8 @@ fn families(metrics: &Metrics, revision: u64, config: &Config) -> Vec<MetricFami
         t.connections,
         t.mirror,
         t.compare,
+        field_diffs,
+        significant,
         p.rejected,
         p.revision,
         p.reloads,
@@ -408,6 +412,32 @@ impl Traffic {
             );
         }
     }
+}
+
+/// `switchyard_mirror_field_diffs_total{route,kind}` and `switchyard_mirror_significant_fields{route}`:
+/// a dark release's differences by kind, and how many fields differ significantly now.
+fn field_families(metrics: &Metrics, config: &Config) -> (Family, Family) {
+    let mut diffs = Family::new(
+        "switchyard_mirror_field_diffs_total",
+        "Field differences between shadow and primary answers, by kind (value, type, added, removed).",
+        MetricType::COUNTER,
+    );
+    let mut significant = Family::new(
+        "switchyard_mirror_significant_fields",
+        "Fields whose shadow differences exceed the noise of the primary's upstream.",
+        MetricType::GAUGE,
+    );
+    let rule = |route: &str| {
+        let r = config.routes.iter().find(|r| r.name == route)?;
+        Some(Rule::of_config(r.mirror.as_ref()?.compare.as_ref()?))
+    };
+    for (route, kinds, count) in metrics.mirror_fields.totals(&rule) {
+        for k in Kind::ALL {
+            diffs.counter(&[("route", &route), ("kind", k.as_str())], kinds[k as usize]);
+        }
+        significant.gauge(&[("route", &route)], count as f64);
+    }
+    (diffs, significant)
 }
 
 /// `switchyard_fallbacks_total`. Every fallback a route can make exists from the start (at 0), so a

@@ -55,9 +55,14 @@ pub enum CtlCommand {
     /// Set the mirrored share of a route's traffic.
     Mirror { route: String, percent: f64 },
     /// The latest mirror differences (newest last): when, route, request, and what differed.
+    /// `diffs ROUTE --fields`: the route's differences field by field, against the noise of the
+    /// primary's upstream, with the schema drift in words.
     Diffs {
         /// Only this route.
         route: Option<String>,
+        /// Per field (needs ROUTE).
+        #[arg(long, requires = "route")]
+        fields: bool,
     },
     /// The live config in the file's format (YAML), to commit: written to the config file and
     /// reloaded, it changes no traffic.
@@ -497,7 +502,15 @@ fn execute(c: &Client, command: CtlCommand) -> Result<(Value, String), Failure> 
             let table = rollout_table(&v);
             Ok((v, table))
         }
-        CtlCommand::Diffs { route } => {
+        CtlCommand::Diffs {
+            route: Some(route),
+            fields: true,
+        } => {
+            let v = c.get(&format!("/v1/routes/{}/mirror/fields", encode(&route)))?;
+            let table = fields_table(&v);
+            Ok((v, table))
+        }
+        CtlCommand::Diffs { route, .. } => {
             let v = c.get("/v1/mirror/diffs")?;
             let table = diffs_table(&v, route.as_deref());
             Ok((v, table))

@@ -27,6 +27,59 @@ pub(super) fn diffs_table(v: &Value, route: Option<&str>) -> String {
     t
 }
 
+/// A route's differences field by field (`diffs ROUTE --fields`), significant fields first, then
+/// the schema drift in words.
+pub(super) fn fields_table(v: &Value) -> String {
+    let pairs = v["pairs"].as_u64().unwrap_or(0);
+    let noise_pairs = v["noise_pairs"].as_u64().unwrap_or(0);
+    let mut t = format!(
+        "{} → {}: {pairs} pairs compared, {noise_pairs} noise pairs{}\n",
+        text(&v["route"]),
+        text(&v["target"]),
+        if v["noise_learned"].as_bool() == Some(false) {
+            " (noise not learned yet: no field is judged)"
+        } else {
+            ""
+        }
+    );
+    t += &format!(
+        "{:<32}  {:<8}  {:>8}  {:>8}  {:<11}  {}\n",
+        "FIELD", "KIND", "SHADOW", "NOISE", "SIGNIFICANT", "EXAMPLE (primary → shadow)"
+    );
+    let percent = |f: &Value, rate: &str| format!("{:.1}%", f[rate].as_f64().unwrap_or(0.0) * 100.0);
+    for f in v["fields"].as_array().into_iter().flatten() {
+        let example = &f["example"];
+        let side = |s: &Value| s.as_str().unwrap_or("absent").to_string();
+        t += &format!(
+            "{:<32}  {:<8}  {:>8}  {:>8}  {:<11}  {} → {}\n",
+            text(&f["path"]),
+            text(&f["kind"]),
+            percent(f, "shadow_rate"),
+            percent(f, "noise_rate"),
+            match (f["significant"].as_bool(), f["noisy"].as_bool()) {
+                (Some(true), _) => "yes",
+                (_, Some(true)) => "no (noise)",
+                _ => "no",
+            },
+            side(&example["primary"]),
+            side(&example["shadow"])
+        );
+    }
+    let drift: Vec<&str> = v["drift"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !drift.is_empty() {
+        t += "\nschema drift:\n";
+        for d in drift {
+            t += &format!("  {d}\n");
+        }
+    }
+    t
+}
+
 /// The audit log, newest last.
 pub(super) fn audit_table(v: &Value) -> String {
     let mut t = format!(

@@ -16,6 +16,7 @@
 //! are counted as overflow, by kind), one example pair a field, values cut to [`SHOWN`] characters.
 
 use super::CompareResult;
+use crate::config::CompareConfig;
 use crate::release::mirror::Compare;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -89,6 +90,16 @@ impl Rule {
             learns: c.noise_per_million > 0,
             relative: c.noise_relative,
             absolute: c.noise_absolute,
+        }
+    }
+
+    /// The rule of a `compare:` as written (validated: a value that does not read counts as 0).
+    pub fn of_config(c: &CompareConfig) -> Rule {
+        let read = |p: &crate::config::Percent| p.read().unwrap_or(0.0) / 100.0;
+        Rule {
+            learns: read(&c.noise_percent) > 0.0,
+            relative: read(&c.noise_relative),
+            absolute: read(&c.noise_absolute),
         }
     }
 
@@ -340,7 +351,8 @@ impl Fields {
                 for (k, (shadow, _)) in kinds.iter_mut().zip(l.overflow) {
                     *k += shadow;
                 }
-                let significant = rules(name).map_or(0, |rule| {
+                let learned = rules(name).filter(|rule| l.learned(rule));
+                let significant = learned.map_or(0, |rule| {
                     (0..l.fields.len())
                         .filter(|&i| l.significant(i, &rule))
                         .count()
