@@ -221,10 +221,14 @@ impl Rollouts {
         let gates = Gates::from_config(&ro.gates);
         let alpha = step_alpha(ro);
         let reach = reach(ro, run.record.step);
-        match ro.steps.get(run.record.step).map(|s| &s.kind) {
+        let mut check = match ro.steps.get(run.record.step).map(|s| &s.kind) {
             Some(Step::Mirror(_)) => judge::judge_mirror(&gates, alpha, &c, &b, &reach),
             _ => judge::judge(&gates, alpha, &c, &b, &reach),
+        };
+        if check.gate.as_deref() == Some("max_mirror_diff_rate") {
+            check.summary += &significant_fields(state, &run.record.route);
         }
+        check
     }
 
     /// `failure_limit` failed checks: rolls the canary back and marks the rollout failed, or with
@@ -345,4 +349,39 @@ pub fn step_timeout(ro: &RolloutConfig) -> Duration {
     ro.step_timeout
         .as_ref()
         .map_or(DEFAULT_STEP_TIMEOUT, |t| t.get())
+}
+
+/// The fields that failed a `max_mirror_diff_rate` gate, in words: `; significant fields: /price
+/// (value, 20.0% of pairs, noise 0.0%), …`.
+fn significant_fields(state: &State, route: &str) -> String {
+    let live = state.load();
+    let compare = live
+        .table
+        .route_id(route)
+        .and_then(|id| live.table.route(id)?.mirror.as_ref()?.compare.as_ref());
+    let Some(rule) = compare.map(crate::metrics::fields::Rule::of) else {
+        return String::new();
+    };
+    let Some(report) = state.metrics().mirror_fields.report(route, &rule) else {
+        return String::new();
+    };
+    let fields: Vec<String> = report
+        .fields
+        .iter()
+        .filter(|f| f.significant)
+        .take(5)
+        .map(|f| {
+            format!(
+                "{} ({}, {:.1}% of pairs, noise {:.1}%)",
+                f.path,
+                f.kind.as_str(),
+                f.shadow_rate * 100.0,
+                f.noise_rate * 100.0
+            )
+        })
+        .collect();
+    if fields.is_empty() {
+        return String::new();
+    }
+    format!("; significant fields: {}", fields.join(", "))
 }

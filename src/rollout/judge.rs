@@ -382,7 +382,7 @@ fn ceiling(gate: &str, name: &str, k: u64, n: u64, max: f64, alpha: f64) -> Test
     });
     let fail = evidence.rejects();
     let what = if name == "mirror_diffs" {
-        "shadow answers differing"
+        "shadow answers differing in a significant field"
     } else {
         "5xx"
     };
