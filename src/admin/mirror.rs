@@ -8,7 +8,11 @@ use crate::state::Snapshot;
 use http::{Response, StatusCode};
 
 /// The report of `route` under the live config: its rule is the route's `compare:` now.
-pub(super) fn fields(live: &Snapshot, metrics: &crate::metrics::Metrics, route: &str) -> Response<Vec<u8>> {
+pub(super) fn fields(
+    live: &Snapshot,
+    metrics: &crate::metrics::Metrics,
+    route: &str,
+) -> Response<Vec<u8>> {
     let Some(id) = live.table.route_id(route) else {
         return error(StatusCode::NOT_FOUND, &live.config.no_such_route(route));
     };

@@ -433,7 +433,10 @@ fn field_families(metrics: &Metrics, config: &Config) -> (Family, Family) {
     };
     for (route, kinds, count) in metrics.mirror_fields.totals(&rule) {
         for k in Kind::ALL {
-            diffs.counter(&[("route", &route), ("kind", k.as_str())], kinds[k as usize]);
+            diffs.counter(
+                &[("route", &route), ("kind", k.as_str())],
+                kinds[k as usize],
+            );
         }
         significant.gauge(&[("route", &route)], count as f64);
     }

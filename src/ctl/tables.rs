@@ -46,7 +46,8 @@ pub(super) fn fields_table(v: &Value) -> String {
         "{:<32}  {:<8}  {:>8}  {:>8}  {:<11}  {}\n",
         "FIELD", "KIND", "SHADOW", "NOISE", "SIGNIFICANT", "EXAMPLE (primary → shadow)"
     );
-    let percent = |f: &Value, rate: &str| format!("{:.1}%", f[rate].as_f64().unwrap_or(0.0) * 100.0);
+    let percent =
+        |f: &Value, rate: &str| format!("{:.1}%", f[rate].as_f64().unwrap_or(0.0) * 100.0);
     for f in v["fields"].as_array().into_iter().flatten() {
         let example = &f["example"];
         let side = |s: &Value| s.as_str().unwrap_or("absent").to_string();

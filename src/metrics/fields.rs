@@ -15,7 +15,6 @@
 //! Memory is bounded: at most [`MAX_FIELDS`] distinct fields a route (differences at further fields
 //! are counted as overflow, by kind), one example pair a field, values cut to [`SHOWN`] characters.
 
-use super::CompareResult;
 use crate::config::CompareConfig;
 use crate::release::mirror::Compare;
 use serde::Serialize;
@@ -117,10 +116,9 @@ impl Rule {
     }
 }
 
-/// A compared pair, judged: what the rollout's gate and the comparison counters see.
+/// A compared pair, judged: what the rollout's gate sees.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Judged {
-    pub result: CompareResult,
     /// One of its differing fields is significant.
     pub significant: bool,
 }
@@ -144,7 +142,6 @@ struct Field {
 /// A pair compared before the noise was learned.
 #[derive(Debug)]
 struct Pending {
-    result: CompareResult,
     /// Indexes of its fields; `None` for a difference counted as overflow.
     fields: Vec<Option<usize>>,
 }
@@ -218,10 +215,7 @@ impl Ledger {
             || overflow_kinds
                 .iter()
                 .any(|&k| self.overflow_significant(k, rule));
-        Judged {
-            result: p.result,
-            significant,
-        }
+        Judged { significant }
     }
 
     /// Judges the waiting pairs once the noise is learned, or the oldest when too many wait.
@@ -267,7 +261,6 @@ impl Fields {
         &self,
         route: &str,
         target: &str,
-        result: CompareResult,
         diffs: &[FieldDiff],
         rule: &Rule,
     ) -> Vec<Judged> {
@@ -292,7 +285,7 @@ impl Fields {
                 fields.push(i);
             }
             let mut out = Vec::new();
-            let pair = Pending { result, fields };
+            let pair = Pending { fields };
             if l.learned(rule) {
                 let kinds: Vec<Kind> = diffs
                     .iter()

@@ -154,7 +154,8 @@ pub struct Stats {
     pub latency: Latencies,
     /// Shadow copies of this route's traffic started towards this target.
     pub mirror_sent: u64,
-    /// Shadow answers compared with their primary's, and how many differed in a significant field.
+    /// Shadow answers compared with their primary's and judged, and how many differed in a
+    /// significant field.
     pub mirror_compared: u64,
     pub mirror_diffs: u64,
     /// Shadow copies that failed: no answer, no answer within the timeout, or a 5xx answer.
@@ -308,7 +309,8 @@ struct Totals {
     connections: [AtomicU64; 2],
     mirror: [AtomicU64; MirrorOutcome::ALL.len()],
     compare: [AtomicU64; CompareResult::ALL.len()],
-    /// Compared pairs with a significant difference (`proxy::mirror` and `metrics::fields`).
+    /// Compared pairs judged, and those with a significant difference (`metrics::fields`).
+    judged: AtomicU64,
     significant: AtomicU64,
     /// Shadow answers with a 5xx status.
     mirror_5xx: AtomicU64,
@@ -515,10 +517,15 @@ impl Series {
         }
     }
 
-    /// How a shadow's answer compared with its primary's, and whether it differed in a significant
-    /// field (what `max_mirror_diff_rate` counts).
-    pub fn record_compare(&self, now: u64, result: CompareResult, significant: bool) {
+    /// How a shadow's answer compared with its primary's (`switchyard_mirror_compare_total`).
+    pub fn record_compare(&self, result: CompareResult) {
         self.totals.compare[result as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A compared pair judged: whether it differed in a significant field (what
+    /// `max_mirror_diff_rate` counts). Pairs are judged once the noise is learned (`metrics::fields`).
+    pub fn record_judged(&self, now: u64, significant: bool) {
+        self.totals.judged.fetch_add(1, Relaxed);
         if significant {
             self.totals.significant.fetch_add(1, Relaxed);
         }
@@ -547,7 +554,7 @@ impl Series {
             fallbacks: t.fallbacks.load(Relaxed),
             latency: t.latency.read(),
             mirror_sent: t.mirror[MirrorOutcome::Sent as usize].load(Relaxed),
-            mirror_compared: t.compare.iter().map(|c| c.load(Relaxed)).sum(),
+            mirror_compared: t.judged.load(Relaxed),
             mirror_diffs: t.significant.load(Relaxed),
             mirror_errors: t.mirror[MirrorOutcome::Error as usize].load(Relaxed)
                 + t.mirror[MirrorOutcome::Timeout as usize].load(Relaxed)

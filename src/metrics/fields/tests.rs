@@ -46,7 +46,7 @@ fn pairs_wait_for_the_noise_then_only_significant_fields_count() {
         if i % 5 == 0 {
             d.push(price.clone());
         }
-        judged.extend(fields.shadow_pair("api", "v2", CompareResult::Body, &d, &RULE));
+        judged.extend(fields.shadow_pair("api", "v2", &d, &RULE));
     }
     assert!(
         judged.is_empty(),
@@ -66,14 +66,8 @@ fn pairs_wait_for_the_noise_then_only_significant_fields_count() {
     assert!(!by_path("/ts").significant && by_path("/ts").noisy);
     assert_eq!(report.fields[0].path, "/price", "significant fields first");
     // A pair compared now is judged at once.
-    let now = fields.shadow_pair("api", "v2", CompareResult::Body, &[ts], &RULE);
-    assert_eq!(
-        now,
-        vec![Judged {
-            result: CompareResult::Body,
-            significant: false
-        }]
-    );
+    let now = fields.shadow_pair("api", "v2", &[ts], &RULE);
+    assert_eq!(now, vec![Judged { significant: false }]);
 }
 
 #[test]
@@ -84,7 +78,7 @@ fn without_noise_learning_every_difference_counts_at_once() {
     };
     let fields = Fields::default();
     let d = [diff("status", Kind::Value, (None, None))];
-    let j = fields.shadow_pair("api", "v2", CompareResult::Status, &d, &rule);
+    let j = fields.shadow_pair("api", "v2", &d, &rule);
     assert_eq!(j.len(), 1);
     assert!(j[0].significant);
 }
@@ -95,9 +89,7 @@ fn waiting_pairs_are_bounded() {
     let d = [diff("/a", Kind::Value, (None, None))];
     let mut judged = 0;
     for _ in 0..(MAX_PENDING + 10) {
-        judged += fields
-            .shadow_pair("api", "v2", CompareResult::Body, &d, &RULE)
-            .len();
+        judged += fields.shadow_pair("api", "v2", &d, &RULE).len();
     }
     assert_eq!(judged, 10, "the oldest are judged when too many wait");
 }
@@ -111,7 +103,7 @@ fn distinct_fields_are_bounded_and_the_rest_counted_as_overflow() {
     };
     for i in 0..(MAX_FIELDS + 44) {
         let d = [diff(&format!("/f{i}"), Kind::Added, (None, Some("number")))];
-        fields.shadow_pair("api", "v2", CompareResult::Body, &d, &rule);
+        fields.shadow_pair("api", "v2", &d, &rule);
     }
     let report = fields.report("api", &rule).unwrap();
     assert_eq!(report.fields.len(), MAX_FIELDS);
@@ -124,8 +116,8 @@ fn distinct_fields_are_bounded_and_the_rest_counted_as_overflow() {
 fn another_target_starts_a_new_ledger() {
     let fields = Fields::default();
     let d = [diff("/a", Kind::Value, (None, None))];
-    fields.shadow_pair("api", "v2", CompareResult::Body, &d, &RULE);
-    fields.shadow_pair("api", "v3", CompareResult::Body, &d, &RULE);
+    fields.shadow_pair("api", "v2", &d, &RULE);
+    fields.shadow_pair("api", "v3", &d, &RULE);
     let report = fields.report("api", &RULE).unwrap();
     assert_eq!((report.target.as_str(), report.pairs), ("v3", 1));
 }
@@ -146,7 +138,7 @@ fn drift_names_additions_removals_renames_and_type_changes() {
         diff("header/x-v", Kind::Value, (None, None)),
     ];
     for _ in 0..10 {
-        fields.shadow_pair("api", "v2", CompareResult::Body, &pair, &rule);
+        fields.shadow_pair("api", "v2", &pair, &rule);
     }
     let mut drift = fields.report("api", &rule).unwrap().drift;
     drift.sort();

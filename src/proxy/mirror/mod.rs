@@ -188,6 +188,37 @@ pub fn admit(
     Some(InFlight(series.clone()))
 }
 
+/// How a request's body is framed.
+struct Framing {
+    /// Its Content-Length.
+    declared: Option<u64>,
+    chunked: bool,
+    h2: bool,
+    has_body: bool,
+}
+
+impl Framing {
+    fn of(session: &mut Session) -> Framing {
+        let headers = &session.req_header().headers;
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
+        // HTTP/2 frames a body without either header (a gRPC call's message, say): its stream says
+        // whether one follows.
+        let h2 = session.req_header().version == http::Version::HTTP_2;
+        let has_body = chunked
+            || declared.is_some_and(|n| n > 0)
+            || (h2 && declared.is_none() && !session.as_downstream_mut().is_body_empty());
+        Framing {
+            declared,
+            chunked,
+            h2,
+            has_body,
+        }
+    }
+}
+
 /// Starts the shadow copy of this request, or counts why it was not started.
 pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
     let Start {
@@ -199,17 +230,12 @@ pub fn start(session: &mut Session, s: Start<'_>) -> Option<MirrorCtx> {
         request_id,
         client,
     } = s;
-    let headers = &session.req_header().headers;
-    let declared = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
-    // HTTP/2 frames a body without either header (a gRPC call's message, say): its stream says
-    // whether one follows.
-    let h2 = session.req_header().version == http::Version::HTTP_2;
-    let has_body = chunked
-        || declared.is_some_and(|n| n > 0)
-        || (h2 && declared.is_none() && !session.as_downstream_mut().is_body_empty());
+    let Framing {
+        declared,
+        chunked,
+        h2,
+        has_body,
+    } = Framing::of(session);
     session.subrequest_spawner.as_ref()?;
     let in_flight = admit(metrics, snapshot, mirror, route, declared)?;
     let series = in_flight.0.clone();
@@ -581,16 +607,11 @@ pub fn judge(
         judged.extend(fields.noise_pair(&meta.route, &meta.target, &n.fields, &rule));
     }
     let verdict = compare::compare(primary, shadow, cfg);
-    judged.extend(fields.shadow_pair(
-        &meta.route,
-        &meta.target,
-        verdict.result,
-        &verdict.fields,
-        &rule,
-    ));
+    judged.extend(fields.shadow_pair(&meta.route, &meta.target, &verdict.fields, &rule));
+    series.record_compare(verdict.result);
     let now = metrics.now();
     for j in judged {
-        series.record_compare(now, j.result, j.significant);
+        series.record_judged(now, j.significant);
     }
     if verdict.result != crate::metrics::CompareResult::Match {
         metrics.mirror_diffs.push(DiffSample {
