@@ -33,7 +33,7 @@ rules:
   - when: {header: {X-Version: beta}}
     to: v2
 split: {targets: {v1: 100, v2: 0}, baseline: v1, sticky: [header:X-User-Id]}
-mirror: {to: v2, percent: 10, compare: {}}",
+mirror: {to: v2, percent: 10, compare: {noise_percent: 100}}",
             )
             .route(
                 "name: pay

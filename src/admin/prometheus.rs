@@ -431,7 +431,15 @@ fn field_families(metrics: &Metrics, config: &Config) -> (Family, Family) {
         let r = config.routes.iter().find(|r| r.name == route)?;
         Some(Rule::of_config(r.mirror.as_ref()?.compare.as_ref()?))
     };
-    for (route, kinds, count) in metrics.mirror_fields.totals(&rule) {
+    let mut routes = metrics.mirror_fields.totals(&rule);
+    // Every comparing route has its series from the start, at 0, for a dashboard's queries.
+    for r in &config.routes {
+        let compares = r.mirror.as_ref().is_some_and(|m| m.compare.is_some());
+        if compares && !routes.iter().any(|(name, _, _)| *name == r.name) {
+            routes.push((r.name.clone(), [0; 4], 0));
+        }
+    }
+    for (route, kinds, count) in routes {
         for k in Kind::ALL {
             diffs.counter(
                 &[("route", &route), ("kind", k.as_str())],

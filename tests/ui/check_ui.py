@@ -134,6 +134,10 @@ def main():
         diffs = page.locator('section[data-route="api"] [data-testid="mirror-diffs"]')
         if not wait_until(lambda: diffs.count() > 0 and "body at /" in diffs.inner_text()):
             fail("mirror diffs", page.locator('section[data-route="api"]').inner_text())
+        # Per field: v2's own version is significant, against the noise of v1 answering twice.
+        fields = page.locator('section[data-route="api"] [data-testid="significant-fields"]')
+        if not wait_until(lambda: fields.count() > 0 and "/version (value)" in fields.inner_text()):
+            fail("significant fields", page.locator('section[data-route="api"]').inner_text())
 
         # A change made with ctl shows up without a reload.
         env = dict(os.environ, SWITCHYARD_ADMIN=args.admin, SWITCHYARD_TOKEN=args.token)
