@@ -92,6 +92,11 @@ fn every_command_the_demo_prints_runs_as_printed() {
                     rollout_state()
                 );
             }
+            if command.ends_with("ctl diffs payments --fields") {
+                assert!(eventually(Duration::from_secs(20), || run(export, command)
+                    .1
+                    .contains("changes /order/total from number to string")));
+            }
             if command.ends_with("ctl diffs payments") {
                 assert!(eventually(Duration::from_secs(10), || run(export, command)
                     .1

@@ -70,8 +70,10 @@ Move traffic live (every change is a revision in the audit log):
   SWITCHYARD ctl audit
 
 Dark release: payments-v3 gets a copy of every payments request and its answers are compared with the
-primary's; v3 answers the order's total as a string, so every pair differs there:
+primary's; v3 answers the order's total as a string, so every pair differs there. Field by field,
+against the noise of v1 answering the same request twice, with the schema drift in words:
   SWITCHYARD ctl diffs payments
+  SWITCHYARD ctl diffs payments --fields
 
 Compare the versions (last 60 s and since start; Prometheus text on /metrics):
   SWITCHYARD ctl stats payments
