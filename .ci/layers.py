@@ -6,7 +6,7 @@ import re
 import sys
 
 FLOORS = [
-    ["time", "config"],
+    ["time", "config", "stats"],
     ["policy", "release"],
     ["state", "upstream", "metrics"],
     ["rollout", "fleet"],

@@ -58,7 +58,10 @@ pub fn cases() -> (Captured, [(&'static str, Captured); 3]) {
         [
             ("identical", captured(&order("10:00:00.001", "a1", false))),
             ("noise only", captured(&order("10:00:00.002", "b2", false))),
-            ("rename and price", captured(&order("10:00:00.002", "b2", true))),
+            (
+                "rename and price",
+                captured(&order("10:00:00.002", "b2", true)),
+            ),
         ],
     )
 }

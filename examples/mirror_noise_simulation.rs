@@ -9,10 +9,14 @@
 //! pairs also bring a noise pair (v1 against v1). The step's gate: `max_mirror_diff_rate: 1%`, at the
 //! step significance of a one-step plan at confidence 0.99, `min_requests: 100`.
 //!
-//! - A/A: v2 differs only by the noise; 5,000 pairs a run. Reported: the share of runs ever failed
+//! - A/A: v2 differs only by the noise; 20,000 pairs a run. Reported: the share of runs ever failed
 //!   (the gate's bound is 1%), at several `noise_percent` and check intervals.
-//! - Power: the real change at `d` = 2% and 5%. Reported: the share caught within 5,000 pairs and the
-//!   median pairs until caught.
+//! - Power: the real change at `d` = 2%, 5%, 20% and 100% (a renamed field). Reported: the share
+//!   caught within 20,000 pairs and the median pairs until caught.
+//!
+//! How fast a change is told from noise depends on the noise pairs: a field that never differed in
+//! `q` noise pairs may still be noise at a rate up to about 14/`q` (the confidence sequence's bound at
+//! `FIELD_ALPHA`), so a change at rate `d` needs `q` well above 20/`d`.
 //!
 //! Run: `cargo run --release --example mirror_noise_simulation -- [RUNS]` (default 200). No
 //! network; it stops by itself.
@@ -25,7 +29,7 @@ use switchyard::metrics::Stats;
 use switchyard::rollout::checks;
 use switchyard::rollout::judge::{self, Gates, Outcome};
 
-const PAIRS: u64 = 5_000;
+const PAIRS: u64 = 20_000;
 /// Noisy fields and how often two answers differ there.
 const NOISE: [(&str, f64); 2] = [("/ts", 1.0), ("/items", 0.3)];
 
@@ -54,7 +58,14 @@ fn pair(rng: &mut SmallRng, d: f64) -> Vec<FieldDiff> {
 }
 
 /// One run: the pairs compared when a check failed the step, or `None`.
-fn run(rng: &mut SmallRng, gates: &Gates, alpha: f64, noise: f64, d: f64, every: u64) -> Option<u64> {
+fn run(
+    rng: &mut SmallRng,
+    gates: &Gates,
+    alpha: f64,
+    noise: f64,
+    d: f64,
+    every: u64,
+) -> Option<u64> {
     let fields = Fields::default();
     let rule = Rule {
         learns: true,
@@ -113,26 +124,26 @@ fn main() {
     let gates = Gates::from_config(&plan.gates);
     let alpha = checks::step_alpha(&plan);
     println!(
-        "{runs} runs of {PAIRS} pairs; noise: /ts in every pair, /items in 30%; gate max_mirror_diff_rate 1% at significance {alpha}"
+        "{runs} runs of {PAIRS} pairs (mirrored safe requests); noise: /ts in every pair, /items in 30%; gate max_mirror_diff_rate 1% at significance {alpha}"
     );
     for noise_percent in [5.0, 20.0, 50.0] {
         let noise = noise_percent / 100.0;
         println!("noise_percent {noise_percent}:");
-        for every in [500u64, 50] {
+        for every in [1000u64, 100] {
             let mut rng = SmallRng::seed_from_u64(every + noise_percent as u64);
             let failed = (0..runs)
                 .filter(|_| run(&mut rng, &gates, alpha, noise, 0.0, every).is_some())
                 .count();
             println!(
-                "  A/A, checked every {every:>3} pairs: {failed} of {runs} runs failed ({:.1}%, bound 1.0%)",
+                "  A/A, checked every {every:>4} pairs: {failed} of {runs} runs failed ({:.1}%, bound 1.0%)",
                 100.0 * failed as f64 / runs as f64
             );
-            for d in [0.02, 0.05] {
+            for d in [0.02, 0.05, 0.2, 1.0] {
                 let caught: Vec<u64> = (0..runs)
                     .filter_map(|_| run(&mut rng, &gates, alpha, noise, d, every))
                     .collect();
                 println!(
-                    "  /price differs in {:.0}% of v2's answers, checked every {every:>3}: caught in {} of {runs} ({:.1}%), median {} pairs",
+                    "  /price differs in {:>3.0}% of v2's answers, checked every {every:>4}: caught in {} of {runs} ({:.1}%), median {} pairs",
                     d * 100.0,
                     caught.len(),
                     100.0 * caught.len() as f64 / runs as f64,

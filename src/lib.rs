@@ -9,7 +9,8 @@
 //! Modules sit on floors and import only from their own floor or below (`.ci/layers.py` fails CI
 //! on an upward import or a cycle):
 //!
-//! 1. [`time`], [`config`]: timestamps; the configuration read into typed values.
+//! 1. [`time`], [`config`], [`stats`]: timestamps; the configuration read into typed values; the
+//!    anytime-valid tests the rollout's gates and the mirror's field judgments use.
 //! 2. [`policy`], [`release`]: the rules both request paths share; the pure release decision.
 //! 3. [`state`], [`upstream`], [`metrics`]: the live snapshot and its single writer (a fleet's
 //!    store plugs in as a [`state::shared::SharedStore`]); backend pools and health; counters.
@@ -35,6 +36,7 @@ pub mod release;
 pub mod rollout;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod time;
 pub mod upgrade;
 pub mod upstream;

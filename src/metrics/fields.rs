@@ -17,7 +17,9 @@
 
 use crate::config::CompareConfig;
 use crate::release::mirror::Compare;
+use crate::stats;
 use serde::Serialize;
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
@@ -72,15 +74,26 @@ pub struct FieldDiff {
     pub shadow_type: Option<&'static str>,
 }
 
-/// Diffy's rule: a field is significant when its shadow difference rate `r` is above its noise rate
-/// `n`, with `(r − n) / (r + n)` above `relative` and `r − n` above `absolute`.
+/// Diffy's rule, held to its evidence: a field is significant when its shadow difference rate `r` is
+/// above its noise rate `n`, with `(r − n) / (r + n)` above `relative` and `r − n` above `absolute`,
+/// for the rates as low (`r`) and as high (`n`) as their confidence sequences at [`FIELD_ALPHA`]
+/// allow. A sequence covers its rate at all times with probability 1 − `FIELD_ALPHA`, so a field
+/// that differs no more often between v1 and v2 than between two answers of v1 is ever judged
+/// significant with probability at most 2 × `FIELD_ALPHA`, however often it is judged; the point
+/// estimates alone, read after every pair, would take a noisy field's early low noise count for a
+/// real difference (examples/mirror_noise_simulation.rs measures both).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rule {
-    /// Whether noise is learned at all (`noise_percent` above 0); without, the noise rate is 0.
+    /// Whether noise is learned at all (`noise_percent` above 0). Without, there is no noise to hold
+    /// a difference against: every difference counts at once, as observed.
     pub learns: bool,
     pub relative: f64,
     pub absolute: f64,
 }
+
+/// The chance that each of a field's two confidence sequences (shadow rate, noise rate) ever misses
+/// its rate.
+pub const FIELD_ALPHA: f64 = 0.001;
 
 impl Rule {
     /// The rule of a route's `compare:`.
@@ -106,12 +119,18 @@ impl Rule {
         if pairs == 0 || shadow == 0 {
             return false;
         }
-        let r = shadow as f64 / pairs as f64;
-        let n = if noise_pairs == 0 {
-            0.0
+        let (r, n) = if self.learns {
+            let (r, _) = stats::rate_interval(shadow, pairs, FIELD_ALPHA);
+            let (_, n) = stats::rate_interval(noise, noise_pairs, FIELD_ALPHA);
+            (r, n)
         } else {
-            noise as f64 / noise_pairs as f64
+            (shadow as f64 / pairs as f64, 0.0)
         };
+        self.holds(r, n)
+    }
+
+    /// Diffy's thresholds on a shadow rate `r` and a noise rate `n`.
+    pub fn holds(&self, r: f64, n: f64) -> bool {
         r > n && (r - n) / (r + n) > self.relative && r - n > self.absolute
     }
 }
@@ -137,6 +156,10 @@ struct Field {
     noise_diffs: u64,
     example: Option<Example>,
     types: (Option<&'static str>, Option<&'static str>),
+    /// Its last judgment: the pairs and noise pairs then, the rule, and whether it was significant.
+    /// Reused until either count has grown by a 32nd (at least 8): a confidence sequence may be read
+    /// at any moments, and computing two per field per pair would cost more than the comparison.
+    judged: Cell<Option<(u64, u64, Rule, bool)>>,
 }
 
 /// A pair compared before the noise was learned.
@@ -186,6 +209,7 @@ impl Ledger {
             noise_diffs: 0,
             example: None,
             types: (d.primary_type, d.shadow_type),
+            judged: Cell::new(None),
         });
         self.index
             .insert((d.path.clone(), d.kind), self.fields.len() - 1);
@@ -198,7 +222,17 @@ impl Ledger {
 
     fn significant(&self, i: usize, rule: &Rule) -> bool {
         let f = &self.fields[i];
-        rule.significant(f.shadow_diffs, self.pairs, f.noise_diffs, self.noise_pairs)
+        let fresh = |then: u64, now: u64| now - then.min(now) < (then / 32).max(8);
+        if let Some((pairs, noise_pairs, r, significant)) = f.judged.get() {
+            if r == *rule && fresh(pairs, self.pairs) && fresh(noise_pairs, self.noise_pairs) {
+                return significant;
+            }
+        }
+        let significant =
+            rule.significant(f.shadow_diffs, self.pairs, f.noise_diffs, self.noise_pairs);
+        f.judged
+            .set(Some((self.pairs, self.noise_pairs, *rule, significant)));
+        significant
     }
 
     fn overflow_significant(&self, kind: Kind, rule: &Rule) -> bool {

@@ -19,9 +19,9 @@
 //! same at every check of the step; Bonferroni), so the chance that any gate ever fails an identical
 //! canary within the step stays below the step's share.
 
-use super::stats::{self, Evidence};
 use crate::config::GatesConfig;
 use crate::metrics::Stats;
+use crate::stats::{self, Evidence};
 use serde::{Deserialize, Serialize};
 
 /// The gates of a rollout, compiled.

@@ -12,7 +12,7 @@ pub mod judge;
 pub mod others;
 pub mod plan;
 pub mod record;
-pub mod stats;
+pub use crate::stats;
 pub mod view;
 
 pub use controller::{ControlError, Controller, Phase, Rollouts};

@@ -19,19 +19,36 @@ fn diff(path: &str, kind: Kind, types: (Option<&'static str>, Option<&'static st
 }
 
 #[test]
-fn diffys_rule_on_its_own_terms() {
+fn diffys_thresholds_on_rates() {
     // Always different in both: noise, not significant.
-    assert!(!RULE.significant(100, 100, 20, 20));
+    assert!(!RULE.holds(1.0, 1.0));
     // Different in 20% of shadow pairs, never between two baseline answers.
-    assert!(RULE.significant(20, 100, 0, 20));
+    assert!(RULE.holds(0.2, 0.0));
     // 30% against 25% noise: (0.05 / 0.55) = 9% relative, under 20%.
-    assert!(!RULE.significant(30, 100, 5, 20));
+    assert!(!RULE.holds(0.3, 0.25));
     // 60% against 25%: 41% relative and 35 points absolute.
-    assert!(RULE.significant(60, 100, 5, 20));
+    assert!(RULE.holds(0.6, 0.25));
     // Above the noise but by less than the absolute threshold (0.03% of pairs).
-    assert!(!RULE.significant(2, 10_000, 0, 20));
-    assert!(RULE.significant(4, 10_000, 0, 20));
-    assert!(!RULE.significant(0, 100, 0, 20));
+    assert!(!RULE.holds(0.0002, 0.0));
+    assert!(RULE.holds(0.0004, 0.0));
+}
+
+#[test]
+fn significance_needs_the_evidence_of_both_rates() {
+    // 20% of 1,000 pairs against none of 200 noise pairs: the shadow rate is at least 14.7% and the
+    // noise at most 5.9% (confidence sequences at FIELD_ALPHA).
+    assert!(RULE.significant(200, 1000, 0, 200));
+    // The same rates on 100 and 20: the noise could still be 39%.
+    assert!(!RULE.significant(20, 100, 0, 20));
+    // 30% against 30% noise.
+    assert!(!RULE.significant(300, 1000, 60, 200));
+    // Without noise learning, what is observed counts.
+    let plain = Rule {
+        learns: false,
+        ..RULE
+    };
+    assert!(plain.significant(1, 1, 0, 0));
+    assert!(!plain.significant(0, 1, 0, 0));
 }
 
 #[test]
@@ -39,14 +56,16 @@ fn pairs_wait_for_the_noise_then_only_significant_fields_count() {
     let fields = Fields::default();
     let ts = diff("/ts", Kind::Value, (Some("string"), Some("string")));
     let price = diff("/price", Kind::Value, (Some("number"), Some("number")));
-    let mut judged = Vec::new();
-    // 100 shadow pairs: /ts always differs, /price in one pair of five.
-    for i in 0..100 {
+    let pair = |i: usize| {
         let mut d = vec![ts.clone()];
         if i % 5 == 0 {
             d.push(price.clone());
         }
-        judged.extend(fields.shadow_pair("api", "v2", &d, &RULE));
+        d
+    };
+    let mut judged = Vec::new();
+    for i in 0..5 {
+        judged.extend(fields.shadow_pair("api", "v2", &pair(i), &RULE));
     }
     assert!(
         judged.is_empty(),
@@ -56,16 +75,25 @@ fn pairs_wait_for_the_noise_then_only_significant_fields_count() {
     for _ in 0..MIN_NOISE_PAIRS {
         judged.extend(fields.noise_pair("api", "v2", std::slice::from_ref(&ts), &RULE));
     }
-    assert_eq!(judged.len(), 100, "the waiting pairs are judged once it is");
-    assert_eq!(judged.iter().filter(|j| j.significant).count(), 20);
+    assert_eq!(judged.len(), 5, "the waiting pairs are judged once it is");
+    for _ in MIN_NOISE_PAIRS..200 {
+        fields.noise_pair("api", "v2", std::slice::from_ref(&ts), &RULE);
+    }
+    // 1,000 pairs, /price in one of five: it becomes significant once its evidence is in.
+    for i in 5..1005 {
+        judged.extend(fields.shadow_pair("api", "v2", &pair(i), &RULE));
+    }
+    assert_eq!(judged.len(), 1005);
+    let counted = judged.iter().filter(|j| j.significant).count();
+    assert!((120..=200).contains(&counted), "{counted}");
     let report = fields.report("api", &RULE).unwrap();
-    assert_eq!((report.pairs, report.noise_pairs), (100, 20));
+    assert_eq!((report.pairs, report.noise_pairs), (1005, 200));
     assert!(report.noise_learned);
     let by_path = |p: &str| report.fields.iter().find(|f| f.path == p).unwrap();
     assert!(by_path("/price").significant && !by_path("/price").noisy);
     assert!(!by_path("/ts").significant && by_path("/ts").noisy);
     assert_eq!(report.fields[0].path, "/price", "significant fields first");
-    // A pair compared now is judged at once.
+    // A pair with only noise is judged at once, and does not count.
     let now = fields.shadow_pair("api", "v2", &[ts], &RULE);
     assert_eq!(now, vec![Judged { significant: false }]);
 }

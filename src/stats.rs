@@ -1,4 +1,4 @@
-//! Anytime-valid tests for the rollout's gates (SPEC §6): each is a test martingale, so it may be
+//! Anytime-valid tests for the rollout's gates (SPEC §6) and the mirror's fields (SPEC §5): each is a test martingale, so it may be
 //! looked at after every request and still fails an identical canary with probability at most
 //! `alpha` over the whole step (Ville's inequality: P(sup_n Λ_n ≥ 1/alpha) ≤ alpha).
 //!
