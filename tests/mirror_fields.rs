@@ -43,11 +43,14 @@ struct JsonUpstream {
     _runtime: tokio::runtime::Runtime,
 }
 
-fn json_upstream(answer: fn(u64) -> Value) -> JsonUpstream {
+type Answer = Arc<dyn Fn(u64) -> Value + Send + Sync>;
+
+fn json_upstream(answer: Answer) -> JsonUpstream {
     let (runtime, listener) = server_runtime();
     let addr = listener.local_addr().unwrap();
     runtime.spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -102,9 +105,9 @@ fn metric(admin: SocketAddr, series: &str) -> f64 {
 
 fn noisy_fields_are_noise_and_the_real_change_and_rename_are_significant() {
     let (v1, v2, same) = (
-        json_upstream(v1_order),
-        json_upstream(v2_order),
-        json_upstream(v1_order),
+        json_upstream(Arc::new(v1_order)),
+        json_upstream(Arc::new(v2_order)),
+        json_upstream(Arc::new(v1_order)),
     );
     let admin = free_addr();
     let body = format!(
@@ -291,10 +294,23 @@ routes:
     assert_ne!(code, 0, "{out}");
 }
 
-/// An instance whose route `api` walks v2 through a dark step (`{mirror: 100}`) to 100%, judged on
-/// `max_mirror_diff_rate: 5%`, under a steady load; returns the rollout as it ended.
-fn dark_rollout(v2: fn(u64) -> Value) -> Value {
-    let (v1, v2) = (json_upstream(v1_order), json_upstream(v2));
+/// A route `api` walks v2 through a dark step (`{mirror: 100}`) to 100%, judged on
+/// `max_mirror_diff_rate: 5%`, under a steady load. v2 renames a field and changes a price: the step
+/// fails and names them, never the noise. v2 is fixed (now v1's answers, with its own noise) and the
+/// rollout retried: the step learns afresh, passes, and v2 reaches 100%.
+fn a_dark_step_fails_on_significant_fields_and_passes_an_identical_but_noisy_v2() {
+    let fixed = Arc::new(AtomicBool::new(false));
+    let v2_answer: Answer = {
+        let fixed = fixed.clone();
+        Arc::new(move |id| {
+            if fixed.load(Ordering::Relaxed) {
+                v1_order(id)
+            } else {
+                v2_order(id)
+            }
+        })
+    };
+    let (v1, v2) = (json_upstream(Arc::new(v1_order)), json_upstream(v2_answer));
     let admin = free_addr();
     let body = format!(
         r#"admin:
@@ -334,28 +350,46 @@ routes:
             }
         })
     };
-    let mut view = Value::Null;
-    let ended = eventually(Duration::from_secs(40), || {
-        view = admin_get(admin, "/v1/routes/api/rollout").json();
-        view["state"] == "failed" || view["state"] == "succeeded"
-    });
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    assert!(ended, "{view:#}");
-    view
-}
-
-fn a_dark_step_fails_on_significant_fields_and_passes_an_identical_but_noisy_v2() {
-    let failed = dark_rollout(v2_order);
-    assert_eq!(failed["state"], "failed", "{failed:#}");
+    let wait = |state: &str| {
+        let mut view = Value::Null;
+        let reached = eventually(Duration::from_secs(40), || {
+            view = admin_get(admin, "/v1/routes/api/rollout").json();
+            view["state"] == state
+        });
+        assert!(reached, "not {state}: {view:#}");
+        view
+    };
+    let failed = wait("failed");
     let reason = failed["reason"].as_str().unwrap();
     assert!(reason.contains("max_mirror_diff_rate"), "{reason}");
     assert!(reason.contains("significant fields: "), "{reason}");
     assert!(reason.contains("/order/customer (removed"), "{reason}");
     assert!(!reason.contains("/ts"), "noise is never a reason: {reason}");
 
-    let passed = dark_rollout(v1_order);
-    assert_eq!(passed["state"], "succeeded", "{passed:#}");
+    fixed.store(true, Ordering::Relaxed);
+    let auth = format!("Bearer {TOKEN}");
+    let retried = send_body(
+        &h1_client(),
+        "POST",
+        &format!("http://{admin}/v1/routes/api/rollout/retry"),
+        &[("Authorization", auth.as_str())],
+        Some("{}"),
+    );
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    let passed = wait("succeeded");
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    // The retried step judged its own pairs: the failed attempt's fields are forgotten.
+    let report = admin_get(admin, "/v1/routes/api/mirror/fields").json();
+    assert_eq!(report["drift"], json!([]), "{report:#}\n{passed:#}");
+    assert!(
+        report["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["significant"] == false),
+        "{report:#}"
+    );
 }
 
 on_both_paths!(

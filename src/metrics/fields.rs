@@ -359,6 +359,13 @@ impl Fields {
         })
     }
 
+    /// Forgets what was learned of `route`: a rollout's mirror step judges its canary on its own pairs
+    /// and noise, not on an earlier step's or attempt's.
+    pub fn reset(&self, route: &str) {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes.remove(route);
+    }
+
     /// The report of one route (`GET /v1/routes/{name}/mirror/fields`), `None` before its first pair.
     pub fn report(&self, route: &str, rule: &Rule) -> Option<Report> {
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());

@@ -198,6 +198,10 @@ impl Rollouts {
         }
         let Some(marks) = run.marks.as_mut() else {
             run.marks = Some(now);
+            if let Some(Step::Mirror(_)) = ro.steps.get(run.record.step).map(|s| &s.kind) {
+                // The step's fields and noise are learned from its own window, as its counts are.
+                state.metrics().mirror_fields.reset(&run.record.route);
+            }
             return Check::plain(
                 Outcome::Inconclusive,
                 None,

@@ -141,6 +141,17 @@ fn distinct_fields_are_bounded_and_the_rest_counted_as_overflow() {
 }
 
 #[test]
+fn a_reset_forgets_the_route() {
+    let fields = Fields::default();
+    let d = [diff("/a", Kind::Value, (None, None))];
+    fields.shadow_pair("api", "v2", &d, &RULE);
+    fields.shadow_pair("web", "v2", &d, &RULE);
+    fields.reset("api");
+    assert!(fields.report("api", &RULE).is_none());
+    assert_eq!(fields.report("web", &RULE).unwrap().pairs, 1);
+}
+
+#[test]
 fn another_target_starts_a_new_ledger() {
     let fields = Fields::default();
     let d = [diff("/a", Kind::Value, (None, None))];
