@@ -114,8 +114,10 @@ pub async fn serve<S: Service>(
         proxy_digest: stream.get_proxy_digest(),
         socket_digest: stream.get_socket_digest(),
     });
+    // The handshake's and each accept's states are boxed while they run, not kept in this future:
+    // an idle connection's task then holds little beyond the connection itself.
     let handshake = handshake(stream, Some(options(limits)));
-    let handshake = tokio::time::timeout(limits.header_timeout, handshake);
+    let handshake = Box::pin(tokio::time::timeout(limits.header_timeout, handshake));
     let mut conn = match handshake.await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
@@ -138,10 +140,10 @@ pub async fn serve<S: Service>(
         let accepted = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            accepted = HttpSession::from_h2_conn(
+            accepted = Box::pin(HttpSession::from_h2_conn(
                 &mut conn,
                 digest.clone(),
-            ) => accepted,
+            )) => accepted,
             _ = open.idle_for(idle) => break,
         };
         match accepted {
@@ -163,7 +165,7 @@ pub async fn serve<S: Service>(
             Ok(None) | Err(_) => return,
         }
     }
-    close(service, app, conn, digest, &open, &shutdown).await;
+    Box::pin(close(service, app, conn, digest, &open, &shutdown)).await;
 }
 
 /// Serves one stream in a task of its own, counted as open while it runs: on the engine when it
