@@ -12,6 +12,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchyard::metrics::fields::{Fields, Rule};
 use switchyard::proxy::mirror::compare::compare;
 
+#[path = "support/mirror_fixture.rs"]
 mod mirror_fixture;
 
 #[global_allocator]

@@ -8,7 +8,7 @@
 use switchyard::metrics::fields::{FieldDiff, Fields, Kind, Rule, MAX_FIELDS};
 use switchyard::proxy::mirror::compare::compare;
 
-#[path = "../benches/mirror_fixture.rs"]
+#[path = "../benches/support/mirror_fixture.rs"]
 mod mirror_fixture;
 
 #[global_allocator]

@@ -110,33 +110,30 @@ fn noisy_fields_are_noise_and_the_real_change_and_rename_are_significant() {
         json_upstream(Arc::new(v1_order)),
     );
     let admin = free_addr();
-    let body = format!(
-        r#"admin:
-  listen: "{admin}"
-  tokens: {{ops: {token}}}
-upstreams:
-  v1: {{backends: ["{v1}"]}}
-  v2: {{backends: ["{v2}"]}}
-  v2same: {{backends: ["{same}"]}}
-routes:
-  - name: changed
-    match: {{path_prefix: /changed}}
-    split: {{targets: {{v1: 100}}}}
-    mirror: {{to: v2, percent: 100, compare: {{noise_percent: 100}}}}
-  - name: same
-    match: {{path_prefix: /same}}
-    split: {{targets: {{v1: 100}}}}
-    mirror: {{to: v2same, percent: 100, compare: {{noise_percent: 100}}}}
-  - name: unlearned
-    match: {{path_prefix: /unlearned}}
-    split: {{targets: {{v1: 100}}}}
-    mirror: {{to: v2, percent: 100, compare: {{}}}}
-"#,
-        token = sha256_hex(TOKEN),
-        v1 = v1.addr,
-        v2 = v2.addr,
-        same = same.addr,
-    );
+    let body = Fixture::new()
+        .admin(admin, &[("ops", TOKEN)])
+        .upstream("v1", v1.addr)
+        .upstream("v2", v2.addr)
+        .upstream("v2same", same.addr)
+        .route(
+            "name: changed
+match: {path_prefix: /changed}
+split: {targets: {v1: 100}}
+mirror: {to: v2, percent: 100, compare: {noise_percent: 100}}",
+        )
+        .route(
+            "name: same
+match: {path_prefix: /same}
+split: {targets: {v1: 100}}
+mirror: {to: v2same, percent: 100, compare: {noise_percent: 100}}",
+        )
+        .route(
+            "name: unlearned
+match: {path_prefix: /unlearned}
+split: {targets: {v1: 100}}
+mirror: {to: v2, percent: 100, compare: {}}",
+        )
+        .yaml();
     let proxy = ProxyProcess::start(&body);
     wait_listening(admin);
     let agent = client();
@@ -312,29 +309,23 @@ fn a_dark_step_fails_on_significant_fields_and_passes_an_identical_but_noisy_v2(
     };
     let (v1, v2) = (json_upstream(Arc::new(v1_order)), json_upstream(v2_answer));
     let admin = free_addr();
-    let body = format!(
-        r#"admin:
-  listen: "{admin}"
-  tokens: {{ops: {token}}}
-upstreams:
-  v1: {{backends: ["{v1}"]}}
-  v2: {{backends: ["{v2}"]}}
-routes:
-  - name: api
-    match: {{path_prefix: /}}
-    split: {{targets: {{v1: 100, v2: 0}}, baseline: v1}}
-    mirror: {{to: v2, percent: 0, compare: {{noise_percent: 100}}}}
-    rollout:
-      canary: v2
-      steps: [{{mirror: 100}}, 100]
-      hold: 3s
-      interval: 300ms
-      gates: {{min_requests: 60, max_mirror_diff_rate: 5%, max_p99_ratio: 5}}
-"#,
-        token = sha256_hex(TOKEN),
-        v1 = v1.addr,
-        v2 = v2.addr,
-    );
+    let body = Fixture::new()
+        .admin(admin, &[("ops", TOKEN)])
+        .upstream("v1", v1.addr)
+        .upstream("v2", v2.addr)
+        .route(
+            "name: api
+match: {path_prefix: /}
+split: {targets: {v1: 100, v2: 0}, baseline: v1}
+mirror: {to: v2, percent: 0, compare: {noise_percent: 100}}
+rollout:
+  canary: v2
+  steps: [{mirror: 100}, 100]
+  hold: 3s
+  interval: 300ms
+  gates: {min_requests: 60, max_mirror_diff_rate: 5%, max_p99_ratio: 5}",
+        )
+        .yaml();
     let proxy = ProxyProcess::start(&body);
     wait_listening(admin);
     let stop = Arc::new(AtomicBool::new(false));

@@ -3,54 +3,42 @@
 //! drift they show.
 
 use super::{error, json};
-use crate::metrics::fields::{Overflow, Report, Rule};
+use crate::config::CompareConfig;
+use crate::metrics::fields::Rule;
+use crate::metrics::Metrics;
 use crate::state::Snapshot;
 use http::{Response, StatusCode};
 
-/// The report of `route` under the live config: its rule is the route's `compare:` now.
-pub(super) fn fields(
-    live: &Snapshot,
-    metrics: &crate::metrics::Metrics,
-    route: &str,
-) -> Response<Vec<u8>> {
+/// The report of `route` under the live config: its rule is the route's `compare:` now. A route that
+/// no longer compares still shows what was learned, under the default thresholds, as observed.
+pub(super) fn fields(live: &Snapshot, metrics: &Metrics, route: &str) -> Response<Vec<u8>> {
     let Some(id) = live.table.route_id(route) else {
         return error(StatusCode::NOT_FOUND, &live.config.no_such_route(route));
     };
+    let rule = Rule::for_route(&live.table, route);
     let mirror = live.table.route(id).and_then(|r| r.mirror.as_ref());
-    let compare = mirror.and_then(|m| m.compare.as_ref());
-    let rule = compare.map_or(
-        Rule {
-            learns: false,
-            relative: 0.2,
-            absolute: 0.0003,
-        },
-        Rule::of,
-    );
-    match metrics.mirror_fields.report(route, &rule) {
-        Some(report) => json(StatusCode::OK, &report),
-        None => match (mirror, compare) {
-            (Some(m), Some(_)) => json(
+    match (rule, mirror) {
+        (Some(rule), Some(m)) => {
+            let target = live.table.upstream_name(m.to);
+            json(
                 StatusCode::OK,
-                &Report {
-                    route: route.to_string(),
-                    target: live.table.upstream_name(m.to).to_string(),
-                    pairs: 0,
-                    noise_pairs: 0,
-                    noise_learned: !rule.learns,
-                    fields: Vec::new(),
-                    overflow: Overflow {
-                        shadow_diffs: 0,
-                        noise_diffs: 0,
-                    },
-                    drift: Vec::new(),
-                },
-            ),
-            _ => error(
-                StatusCode::NOT_FOUND,
-                &format!(
+                &metrics.mirror_fields.report_or_empty(route, target, &rule),
+            )
+        }
+        _ => {
+            let observed = Rule {
+                learns: false,
+                ..Rule::of_config(&CompareConfig::default())
+            };
+            match metrics.mirror_fields.report(route, &observed) {
+                Some(report) => json(StatusCode::OK, &report),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    &format!(
                     "route {route:?} does not compare mirrored answers (it has no mirror.compare)"
                 ),
-            ),
-        },
+                ),
+            }
+        }
     }
 }

@@ -17,6 +17,7 @@
 
 use crate::config::CompareConfig;
 use crate::release::mirror::Compare;
+use crate::release::ReleaseTable;
 use crate::stats;
 use serde::Serialize;
 use std::cell::Cell;
@@ -105,6 +106,12 @@ impl Rule {
         }
     }
 
+    /// The rule of `route`'s `compare:` in `table`, if it compares mirrored answers.
+    pub fn for_route(table: &ReleaseTable, route: &str) -> Option<Rule> {
+        let r = table.route(table.route_id(route)?)?;
+        Some(Rule::of(r.mirror.as_ref()?.compare.as_ref()?))
+    }
+
     /// The rule of a `compare:` as written (validated: a value that does not read counts as 0).
     pub fn of_config(c: &CompareConfig) -> Rule {
         let read = |p: &crate::config::Percent| p.read().unwrap_or(0.0) / 100.0;
@@ -162,11 +169,13 @@ struct Field {
     judged: Cell<Option<(u64, u64, Rule, bool)>>,
 }
 
-/// A pair compared before the noise was learned.
+/// A compared pair, as it is judged (at once, or once the noise is learned).
 #[derive(Debug)]
 struct Pending {
-    /// Indexes of its fields; `None` for a difference counted as overflow.
-    fields: Vec<Option<usize>>,
+    /// Indexes of its differing fields.
+    fields: Vec<usize>,
+    /// Kinds of its differences at fields beyond [`MAX_FIELDS`] (judged by their overflow counts).
+    overflow: Vec<Kind>,
 }
 
 #[derive(Debug)]
@@ -240,13 +249,9 @@ impl Ledger {
         rule.significant(shadow, self.pairs, noise, self.noise_pairs)
     }
 
-    fn judge(&self, p: &Pending, overflow_kinds: &[Kind], rule: &Rule) -> Judged {
-        let significant = p
-            .fields
-            .iter()
-            .flatten()
-            .any(|&i| self.significant(i, rule))
-            || overflow_kinds
+    fn judge(&self, p: &Pending, rule: &Rule) -> Judged {
+        let significant = p.fields.iter().any(|&i| self.significant(i, rule))
+            || p.overflow
                 .iter()
                 .any(|&k| self.overflow_significant(k, rule));
         Judged { significant }
@@ -259,13 +264,7 @@ impl Ledger {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
-            // Overflowed differences of a waiting pair are judged by kind, all kinds at once.
-            let kinds: Vec<Kind> = if p.fields.iter().any(Option::is_none) {
-                Kind::ALL.to_vec()
-            } else {
-                Vec::new()
-            };
-            out.push(self.judge(&p, &kinds, rule));
+            out.push(self.judge(&p, rule));
         }
     }
 }
@@ -300,10 +299,12 @@ impl Fields {
     ) -> Vec<Judged> {
         self.with(route, target, |l| {
             l.pairs += 1;
-            let mut fields = Vec::with_capacity(diffs.len());
+            let mut pair = Pending {
+                fields: Vec::with_capacity(diffs.len()),
+                overflow: Vec::new(),
+            };
             for d in diffs {
-                let i = l.field(d);
-                match i {
+                match l.field(d) {
                     Some(i) => {
                         let f = &mut l.fields[i];
                         f.shadow_diffs += 1;
@@ -313,21 +314,17 @@ impl Fields {
                                 shadow: d.shadow.clone(),
                             });
                         }
+                        pair.fields.push(i);
                     }
-                    None => l.overflow[d.kind as usize].0 += 1,
+                    None => {
+                        l.overflow[d.kind as usize].0 += 1;
+                        pair.overflow.push(d.kind);
+                    }
                 }
-                fields.push(i);
             }
             let mut out = Vec::new();
-            let pair = Pending { fields };
             if l.learned(rule) {
-                let kinds: Vec<Kind> = diffs
-                    .iter()
-                    .zip(&pair.fields)
-                    .filter(|(_, i)| i.is_none())
-                    .map(|(d, _)| d.kind)
-                    .collect();
-                out.push(l.judge(&pair, &kinds, rule));
+                out.push(l.judge(&pair, rule));
             } else {
                 l.pending.push_back(pair);
                 l.release(rule, &mut out);
@@ -370,6 +367,12 @@ impl Fields {
     pub fn report(&self, route: &str, rule: &Rule) -> Option<Report> {
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes.get(route).map(|l| report(route, l, rule))
+    }
+
+    /// The report of one route mirroring to `target`: empty before its first pair.
+    pub fn report_or_empty(&self, route: &str, target: &str, rule: &Rule) -> Report {
+        self.report(route, rule)
+            .unwrap_or_else(|| report(route, &Ledger::new(target), rule))
     }
 
     /// Per route: differences counted by kind ([`Kind::ALL`] order), and significant fields now.

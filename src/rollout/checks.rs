@@ -358,12 +358,7 @@ pub fn step_timeout(ro: &RolloutConfig) -> Duration {
 /// The fields that failed a `max_mirror_diff_rate` gate, in words: `; significant fields: /price
 /// (value, 20.0% of pairs, noise 0.0%), …`.
 fn significant_fields(state: &State, route: &str) -> String {
-    let live = state.load();
-    let compare = live
-        .table
-        .route_id(route)
-        .and_then(|id| live.table.route(id)?.mirror.as_ref()?.compare.as_ref());
-    let Some(rule) = compare.map(crate::metrics::fields::Rule::of) else {
+    let Some(rule) = crate::metrics::fields::Rule::for_route(&state.load().table, route) else {
         return String::new();
     };
     let Some(report) = state.metrics().mirror_fields.report(route, &rule) else {
