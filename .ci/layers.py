@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Fails when a top-level module of src/ imports one on a higher floor, or when modules import each
-other in a cycle. The floors are the layering src/lib.rs states; test code is not counted."""
+other in a cycle, or when a source file is over MAX_LINES lines. The floors are the layering
+src/lib.rs states; test code is not counted."""
 import os
 import re
 import sys
 
+MAX_LINES = 800
 FLOORS = [
     ["time", "config", "stats"],
     ["policy", "release"],
@@ -67,10 +69,18 @@ def main():
     for m in sorted(modules):
         if m not in state:
             visit(m, [m])
+    # Rooms of a readable size: no source file over MAX_LINES (functions are clippy.toml's).
+    for d, _, fs in os.walk(root):
+        for f in fs:
+            path = os.path.join(d, f)
+            if f.endswith(".rs"):
+                lines = sum(1 for _ in open(path, encoding="utf-8"))
+                if lines > MAX_LINES:
+                    problems.append(f"{os.path.relpath(path, os.path.dirname(root))}: {lines} lines, over {MAX_LINES}")
     if problems:
         print("\n".join(problems))
         sys.exit(1)
-    print(f"{len(modules)} modules on {len(FLOORS)} floors, every import downward or level, no cycle")
+    print(f"{len(modules)} modules on {len(FLOORS)} floors, every import downward or level, no cycle; no file over {MAX_LINES} lines")
 
 
 main()
