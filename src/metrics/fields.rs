@@ -278,14 +278,17 @@ pub struct Fields {
 impl Fields {
     fn with<T>(&self, route: &str, target: &str, f: impl FnOnce(&mut Ledger) -> T) -> T {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        let ledger = routes
-            .entry(route.to_string())
-            .or_insert_with(|| Ledger::new(target));
-        if ledger.target != target {
-            // The route mirrors to another target now: what was learned was about the old one.
-            *ledger = Ledger::new(target);
+        if let Some(ledger) = routes.get_mut(route) {
+            if ledger.target != target {
+                // The route mirrors to another target now: what was learned was about the old one.
+                *ledger = Ledger::new(target);
+            }
+            return f(ledger);
         }
-        f(ledger)
+        // The route's name is copied once, not for every pair.
+        f(routes
+            .entry(route.to_string())
+            .or_insert_with(|| Ledger::new(target)))
     }
 
     /// Counts a compared shadow pair with its differences; returns the pairs judged now (this one,
